@@ -1,0 +1,265 @@
+"""The `sidestep` command line: every command has --help, and --json prints one JSON object on stdout."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="sidestep: batch indexing and serving for retrieval and recommendation.\n\n"
+                       "Data lives under the data root (--home, $SIDESTEP_HOME, default ./var).")
+err = Console(stderr=True)
+out = Console()
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout.")]
+DomainOpt = Annotated[str | None, typer.Option("--domain", "-d", help="Domain name (a-z 0-9 . _ -).")]
+
+
+@app.callback()
+def main(
+    home: Annotated[Path | None, typer.Option("--home", help="Data root (overrides $SIDESTEP_HOME).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML config ($SIDESTEP_CONFIG); default: "
+                                                "the embedded sample corpus.")] = None,
+) -> None:
+    if home:
+        os.environ["SIDESTEP_HOME"] = str(home.resolve())
+    if config:
+        os.environ["SIDESTEP_CONFIG"] = str(config.resolve())
+    from storage import runtime
+
+    runtime.configure(_root())
+
+
+def _settings():
+    from sidestep.config import load_settings
+
+    return load_settings()
+
+
+def _root():
+    from storage.paths import DataRoot
+
+    return DataRoot.from_settings(_settings())
+
+
+@contextlib.contextmanager
+def _quiet_stdout(as_json: bool):
+    """With --json, anything the stack prints goes to stderr so stdout holds only the JSON object."""
+    if as_json:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    else:
+        yield
+
+
+def _emit(obj: Any, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(obj, default=str) + "\n")
+        sys.stdout.flush()
+
+
+def _fail(msg: str, as_json: bool, code: int = 1) -> None:
+    if as_json:
+        _emit({"error": msg}, True)
+    else:
+        err.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(code)
+
+
+def _run(fn, as_json: bool, *args, **kwargs):
+    """Run a flow; expected failures become a clear message and a non-zero exit, not a traceback."""
+    from sidestep.readers import SourceError
+
+    try:
+        with _quiet_stdout(as_json):
+            return fn(*args, **kwargs)
+    except (SourceError, ValueError, FileNotFoundError, RuntimeError) as e:
+        summary = getattr(e, "summary", None)
+        if summary and as_json:
+            _emit({"error": str(e), **summary}, True)
+            raise typer.Exit(1) from None
+        _fail(str(e), as_json)
+
+
+@app.command()
+def ingest(
+    path: Annotated[str, typer.Argument(help="File or folder to read.")],
+    domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to ingest into.")],
+    format: Annotated[str | None, typer.Option("--format", "-f", help="beir|jsonl|csv|parquet|textdir|recbole|"
+                                               "lcrec (detected when omitted).")] = None,
+    id_field: Annotated[str, typer.Option(help="Id column/key (jsonl, csv, parquet).")] = "id",
+    title_field: Annotated[str, typer.Option(help="Title column/key; '' for none.")] = "title",
+    text_field: Annotated[str, typer.Option(help="Text column/key.")] = "text",
+    snapshot: Annotated[bool, typer.Option(help="The source is the whole corpus: tombstone documents it "
+                                           "no longer has.")] = False,
+    max_text_bytes: Annotated[int | None, typer.Option(help="Quarantine texts longer than this.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Read a source into a domain: incremental by content hash; bad records go to quarantine."""
+    from flows.ingest import ingest_flow
+
+    res = _run(ingest_flow, as_json, path=str(Path(path).resolve()) if "://" not in path else path, domain=domain,
+               format=format, id_field=id_field, title_field=title_field or None, text_field=text_field,
+               snapshot=snapshot, max_text_bytes=max_text_bytes)
+    _emit(res, as_json)
+    if not as_json:
+        _table("ingest " + domain, {k: res[k] for k in ("read", "new", "updated", "unchanged", "tombstoned",
+                                                         "quarantined", "duplicates", "interactions",
+                                                         "live_documents")})
+        if res["quarantined"]:
+            err.print(f"[yellow]{res['quarantined']} record(s) quarantined[/yellow]: see `sidestep status`")
+
+
+@app.command()
+def reindex(
+    domain: Annotated[list[str] | None, typer.Option("--domain", "-d", help="Domain(s) to reindex; all "
+                                                     "configured domains when omitted.")] = None,
+    force: Annotated[bool, typer.Option(help="Publish a new version even if nothing changed.")] = False,
+    skip_ingest: Annotated[bool, typer.Option(help="Reuse the stored documents; do not read sources.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the nightly reindex now: ingest → embed → index → publish, per configured domain."""
+    from flows.reindex import nightly_reindex
+
+    res = _run(nightly_reindex, as_json, domains=domain or None, force=force, skip_ingest=skip_ingest)
+    _emit(res, as_json)
+    if not as_json:
+        t = Table("domain", "documents", "encoded", "reused", "version", "published")
+        for d, r in res["domains"].items():
+            t.add_row(d, str(r["embed"]["documents"]), str(r["embed"]["encoded"]), str(r["embed"]["reused"]),
+                      str(r["index"]["version"]), "yes" if r["index"]["published"] else "no")
+        out.print(t)
+
+
+@app.command("eval")
+def eval_(
+    dataset_dir: Annotated[str, typer.Argument(help="A BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")],
+    domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to index the corpus into.")],
+    k: Annotated[int, typer.Option(help="Results per query (Recall@100 needs 100).", min=1, max=1000)] = 100,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Rerank with the verifier (when one is "
+                                         "published).")] = True,
+    out_path: Annotated[str | None, typer.Option("--out", help="Also write the run (query_id, doc_id, rank, "
+                                                 "score) to this Parquet file.")] = None,
+    split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
+    min_rel: Annotated[int, typer.Option(help="Smallest grade counted relevant by MRR and Recall.", min=1)] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest and index a BEIR folder, run its queries through the serving search path, store the run
+    in DuckDB and print nDCG@10, MRR@10 and Recall@100 (computed by SQL views)."""
+    from flows.evaluate import evaluate_flow
+
+    res = _run(evaluate_flow, as_json, dataset_dir=str(Path(dataset_dir).resolve()), domain=domain, k=k,
+               split=split, min_rel=min_rel, verify=verify, out=out_path)
+    _emit(res, as_json)
+    if not as_json:
+        _table(f"{domain} {split} ({res['queries']} queries, {res['index_version']})", res["metrics"])
+        if res["verify"]["requested"] and not res["verify"]["applied"]:
+            err.print(f"[yellow]note:[/yellow] {res['verify']['reason']}")
+        out.print(f"run stored as {res['run_id']} in {_root().eval_db()}")
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="Query text.")],
+    domain: DomainOpt = None,
+    k: Annotated[int, typer.Option(min=1, max=1000)] = 10,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    url: Annotated[str | None, typer.Option(help="Ask a running server (e.g. http://127.0.0.1:8000) instead "
+                                            "of searching in-process.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search a domain's published index (in-process, or through a running server with --url)."""
+    body = {"query": query, "k": k, "domain": domain, "verify": verify}
+    if url:
+        import httpx
+
+        r = httpx.post(url.rstrip("/") + "/search", json=body, timeout=60)
+        if r.status_code >= 400:
+            _fail(f"HTTP {r.status_code}: {r.text}", as_json)
+        res = r.json()
+    else:
+        from serving.core import SearchService
+
+        with _quiet_stdout(as_json):
+            try:
+                res = SearchService(_settings(), _root()).search(**body)
+            except LookupError as e:
+                _fail(str(e), as_json)
+            except ValueError as e:
+                _fail(str(e), as_json, 2)
+    _emit(res, as_json)
+    if not as_json:
+        t = Table("#", "doc_id", "score", "title / snippet", title=f"{res['domain']} @ {res['index_version']}")
+        for i, h in enumerate(res["results"], 1):
+            t.add_row(str(i), h["doc_id"], f"{h['score']:.4f}", (h.get("title") or h.get("snippet", ""))[:80])
+        out.print(t)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default from config: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8000).")] = None,
+    preset: Annotated[str, typer.Option(help="Deployment preset from serving/options.py.")] = "local",
+) -> None:
+    """Start the Ray Serve application (POST /search, GET /healthz, /docs) until Ctrl-C."""
+    from serving.run import ServeHandle
+
+    s = _settings()
+    with ServeHandle(_root(), host=host or s.serve.host, port=port or s.serve.port, preset=preset) as h:
+        err.print(f"serving on {h.url}  (docs: {h.url}/docs)  Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            err.print("stopping")
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Published versions per domain, document counts and quarantine sizes."""
+    from storage.status import domain_status
+
+    res = domain_status(_root())
+    _emit(res, as_json)
+    if not as_json:
+        t = Table("domain", "serving_version", "age", "documents", "tombstoned", "chunks", "versions",
+                  "quarantined", title=f"data root {res['data_root']}")
+        for d, r in res["domains"].items():
+            t.add_row(d, str(r["serving_version"]), _age(r["serving_age_s"]), str(r["documents"]),
+                      str(r["tombstoned"]), str(r["chunks"]), str(len(r["versions"])), str(r["quarantined"]))
+        out.print(t)
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="HTTP port for the demo server.")] = 8000,
+) -> None:
+    """The Quickstart: reindex the sample corpus, evaluate it, serve it, query it over HTTP, summarize."""
+    from flows.demo import run_demo
+
+    raise typer.Exit(run_demo(_settings(), _root(), port=port, console=out))
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds / 3600:.1f}h" if seconds >= 3600 else f"{seconds / 60:.0f}m"
+
+
+def _table(title: str, row: dict) -> None:
+    t = Table(*row.keys(), title=title)
+    t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+    out.print(t)
+
+
+if __name__ == "__main__":
+    app()

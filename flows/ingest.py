@@ -1,0 +1,21 @@
+"""The ingest flow: one source into one domain."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from sidestep.config import Format, SourceConfig
+from tasks.common import root_from, settings_from
+from tasks.ingest import ingest_task
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(path: str, domain: str, format: Format | None = None, id_field: str = "id",
+                title_field: str | None = "title", text_field: str = "text", snapshot: bool = False,
+                max_text_bytes: int | None = None, config_path: str | None = None) -> dict:
+    """Read PATH into DOMAIN: new and changed documents are upserted by content hash, bad records
+    quarantined with their reason; with snapshot, documents this source no longer has are tombstoned."""
+    settings = settings_from(config_path)
+    source = SourceConfig(domain=domain, path=path, format=format, id_field=id_field, title_field=title_field,
+                          text_field=text_field, snapshot=snapshot)
+    return ingest_task(str(root_from(settings).root), source, max_text_bytes or settings.ingest.max_text_bytes)

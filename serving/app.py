@@ -1,0 +1,143 @@
+"""The Ray Serve application: a FastAPI ingress composed with a search deployment.
+
+POST /search, GET /healthz, OpenAPI at /docs. Bad requests get a 4xx with a
+message, never a 500. The search replica polls each domain's CURRENT pointer
+and hot-swaps to a new, validated version without dropping requests;
+`reconfigure(user_config)` can pin versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from sidestep.config import load_settings
+from storage.paths import DataRoot
+
+from .core import SearchService
+from .options import preset
+
+log = logging.getLogger("sidestep.serving")
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(..., min_length=1, max_length=2000, description="Query text.")
+    k: int = Field(10, ge=1, le=1000, description="Number of documents to return.")
+    domain: str | None = Field(None, max_length=64, description="Domain to search; the default domain if null.")
+    verify: bool = Field(True, description="Rerank with the verifier (reported as not applied until one exists).")
+
+
+class SearchResult(BaseModel):
+    doc_id: str
+    score: float
+    recall_score: float
+    title: str = ""
+    snippet: str = ""
+    chunk: int = 0
+
+
+class SearchResponse(BaseModel):
+    index_version: str
+    domain: str
+    results: list[SearchResult]
+    verify: dict
+    timings_ms: dict[str, float]
+
+
+api = FastAPI(title="sidestep", version="0.1.0",
+              description="Recall (then verify) over published, versioned indexes.")
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    msgs = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}" for e in exc.errors()]
+    return JSONResponse(status_code=422, content={"detail": "; ".join(msgs), "errors": exc.errors()})
+
+
+@serve.deployment(name="search")
+class SearchDeployment:
+    def __init__(self, data_root: str, config_path: str | None = None):
+        self.service = SearchService(load_settings(config_path), DataRoot(Path(data_root)))
+        self.poll_s = self.service.settings.serve.reload_poll_s
+        self._stop = threading.Event()
+        threading.Thread(target=self._poll, name="current-poller", daemon=True).start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.service.refresh()
+            except Exception:  # the poller must never die
+                log.exception("refresh failed")
+
+    def reconfigure(self, user_config: dict) -> None:
+        """user_config: {"pin": {domain: version}, "reload_poll_s": float}."""
+        self.poll_s = float(user_config.get("reload_poll_s", self.poll_s))
+        self.service.pin(user_config.get("pin") or {})
+
+    def search(self, query: str, k: int, domain: str | None, verify: bool) -> dict:
+        try:
+            return self.service.search(query, k, domain, verify)
+        except LookupError as e:
+            return {"error": str(e), "status": 404}
+        except ValueError as e:
+            return {"error": str(e), "status": 400}
+
+    def health(self) -> dict:
+        return self.service.health()
+
+    def check_health(self) -> None:
+        if not self.service.corpora and self.service.root.domains_with_indexes():
+            raise RuntimeError("published indexes exist but none is loaded")
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+@serve.deployment(name="ingress")
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, search: DeploymentHandle):
+        self.search_handle = search
+
+    @api.post("/search", response_model=SearchResponse, responses={400: {}, 404: {}, 422: {}, 503: {}})
+    async def search(self, req: SearchRequest) -> dict:
+        res = await self.search_handle.search.remote(req.query, req.k, req.domain, req.verify)
+        if "error" in res:
+            raise HTTPException(status_code=res["status"], detail=res["error"])
+        return res
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        try:
+            h = await asyncio.wait_for(self.search_handle.health.remote(), timeout=10)
+        except Exception as e:
+            return JSONResponse(status_code=503, content={"status": "unavailable", "error": str(e)})
+        return JSONResponse(status_code=200 if h["status"] == "ok" else 503, content=h)
+
+
+def build_app(data_root: str, config_path: str | None = None, preset_name: str = "local"):
+    p = preset(preset_name)
+    search = SearchDeployment.options(**p["search"]).bind(data_root, config_path)
+    return Ingress.options(**p["ingress"]).bind(search)
+
+
+def app_from_env(args: dict | None = None):
+    """Import path for `serve run` / serve config files: data root and config from the environment."""
+    import os
+
+    from storage.paths import DataRoot as _DR
+
+    args = args or {}
+    root = _DR.from_settings(load_settings(args.get("config"))).root
+    return build_app(str(root), args.get("config") or os.environ.get("SIDESTEP_CONFIG"),
+                     args.get("preset", "local"))

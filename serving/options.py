@@ -1,0 +1,34 @@
+"""Named deployment presets, in one place (as Ray's serve_workloads does).
+
+A preset sizes each deployment of the application; `sidestep serve --preset NAME` picks one.
+"""
+
+from __future__ import annotations
+
+PRESETS: dict[str, dict[str, dict]] = {
+    # one 2-core machine: the ingress is light, the search replica owns the encoder and indexes
+    "local": {
+        "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 64},
+        "search": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 16,
+                   "health_check_period_s": 5, "health_check_timeout_s": 30},
+    },
+    # tests: smallest footprint, fast health checks
+    "test": {
+        "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 32},
+        "search": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 8,
+                   "health_check_period_s": 2, "health_check_timeout_s": 30},
+    },
+    # a cluster node with spare cores: more search replicas behind one ingress
+    "cluster": {
+        "ingress": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 256},
+        "search": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 4},
+                   "ray_actor_options": {"num_cpus": 2}, "max_ongoing_requests": 16,
+                   "health_check_period_s": 10, "health_check_timeout_s": 60},
+    },
+}
+
+
+def preset(name: str) -> dict[str, dict]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown serving preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]

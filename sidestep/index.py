@@ -1,0 +1,114 @@
+"""FAISS indexes over pooled chunk vectors, and search that returns documents.
+
+Exact inner product (IndexFlatIP) below a size threshold, HNSW above it: for
+corpora under a few hundred thousand chunks exact search is the honest default.
+Vectors are unit-norm, so inner product is cosine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    kind: str  # "flat_ip" | "hnsw_flat_ip"
+    dim: int
+    ntotal: int
+    hnsw_m: int | None = None
+    ef_construction: int | None = None
+    ef_search: int | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def build_index(vectors: np.ndarray, *, exact_max_vectors: int, hnsw_m: int = 32, ef_construction: int = 200,
+                ef_search: int = 256) -> tuple[faiss.Index, IndexParams]:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    if n <= exact_max_vectors:
+        index = faiss.IndexFlatIP(dim)
+        params = IndexParams("flat_ip", dim, n)
+    else:
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        index.hnsw.efSearch = ef_search
+        params = IndexParams("hnsw_flat_ip", dim, n, hnsw_m, ef_construction, ef_search)
+    index.add(vectors)
+    return index, params
+
+
+def configure_search(index: faiss.Index, ef_search: int | None) -> None:
+    if ef_search and isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = ef_search
+
+
+@dataclass(frozen=True)
+class Hit:
+    doc_id: str
+    score: float
+    row: int  # the best chunk's row in the index
+
+
+class DocSearcher:
+    """Chunk-level FAISS search aggregated to documents (a document scores as its best chunk)."""
+
+    def __init__(self, index: faiss.Index, doc_ids: Sequence[str], *, overfetch: int = 4,
+                 doc_score: str = "max"):
+        if index.ntotal != len(doc_ids):
+            raise ValueError(f"index has {index.ntotal} vectors but {len(doc_ids)} chunk rows")
+        self.index = index
+        self.doc_ids = np.asarray(doc_ids, dtype=object)
+        self.n_docs = len(set(doc_ids))
+        self.overfetch = overfetch
+        self.doc_score = doc_score
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.index.ntotal == 0 or k <= 0:
+            return [[] for _ in range(len(queries))]
+        want = min(k, self.n_docs)
+        fetch = min(max(k * self.overfetch, k), self.index.ntotal)
+        out: list[list[Hit] | None] = [None] * len(queries)
+        todo = list(range(len(queries)))
+        while todo:
+            scores, rows = self.index.search(queries[todo], fetch)
+            again = []
+            for j, q in enumerate(todo):
+                hits = self._aggregate(scores[j], rows[j], k)
+                if len(hits) < want and fetch < self.index.ntotal:
+                    again.append(q)
+                else:
+                    out[q] = hits
+            todo, fetch = again, min(fetch * 4, self.index.ntotal)
+        return [h or [] for h in out]
+
+    def _aggregate(self, scores: np.ndarray, rows: np.ndarray, k: int) -> list[Hit]:
+        best: dict[str, Hit] = {}
+        second: dict[str, float] = {}
+        for s, r in zip(scores, rows, strict=True):
+            if r < 0:
+                continue
+            d = self.doc_ids[r]
+            if d not in best:
+                best[d] = Hit(d, float(s), int(r))
+            elif d not in second:
+                second[d] = float(s)
+        hits = list(best.values())
+        if self.doc_score == "mean_top2":
+            hits = [Hit(h.doc_id, (h.score + second.get(h.doc_id, h.score)) / 2, h.row) for h in hits]
+            hits.sort(key=lambda h: -h.score)
+        return hits[:k]
+
+
+def serialize(index: faiss.Index) -> bytes:
+    return faiss.serialize_index(index).tobytes()
+
+
+def deserialize(data: bytes) -> faiss.Index:
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))

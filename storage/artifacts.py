@@ -1,0 +1,162 @@
+"""Immutable, versioned index artifacts and the atomic CURRENT pointer per domain.
+
+Publishing: build into a hidden staging folder, fsync, write the manifest with
+checksums, rename the folder to its version name, verify it by re-reading,
+then os.replace the CURRENT pointer. A crash at any point leaves CURRENT naming
+the last complete version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sidestep.config import check_name
+
+from .atomic import fault_point, fsync_dir, fsync_file, sha256_file, write_text
+from .paths import DataRoot
+
+MANIFEST = "manifest.json"
+MANIFEST_SCHEMA = 1
+
+
+class CorruptArtifact(RuntimeError):
+    """A version folder whose files do not match its manifest."""
+
+
+class PublishBusy(RuntimeError):
+    """Another process holds the domain's publish lock."""
+
+
+def new_version_name(fingerprint: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S%f")[:-3]
+    return f"v{stamp}-{fingerprint[:8]}"
+
+
+class IndexStore:
+    def __init__(self, root: DataRoot):
+        self.root = root
+
+    # reading -----------------------------------------------------------------
+    def current(self, domain: str) -> str | None:
+        p = self.root.current_pointer(domain)
+        try:
+            name = p.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return check_name(name, "version") if name else None
+
+    def versions(self, domain: str) -> list[str]:
+        """Complete versions (a manifest is the last file written), oldest first."""
+        base = self.root.indexes(domain)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
+                      and (p / MANIFEST).is_file())
+
+    def path(self, domain: str, version: str) -> Path:
+        return self.root.index_version(domain, version)
+
+    def manifest(self, domain: str, version: str) -> dict:
+        return json.loads((self.path(domain, version) / MANIFEST).read_text())
+
+    def current_manifest(self, domain: str) -> dict | None:
+        v = self.current(domain)
+        return self.manifest(domain, v) if v else None
+
+    def verify(self, domain: str, version: str) -> dict:
+        """Re-read every file and compare sizes and sha256 with the manifest."""
+        folder = self.path(domain, version)
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except (FileNotFoundError, json.JSONDecodeError) as e:
+            raise CorruptArtifact(f"{domain}/{version}: unreadable manifest ({e})") from e
+        for name, meta in manifest.get("files", {}).items():
+            f = folder / name
+            if not f.is_file():
+                raise CorruptArtifact(f"{domain}/{version}: missing file {name}")
+            if f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
+                raise CorruptArtifact(f"{domain}/{version}: checksum mismatch for {name}")
+        return manifest
+
+    # writing -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, domain: str, wait: bool = True) -> Iterator[None]:
+        """One publisher per domain at a time (an flock, released if the process dies)."""
+        p = self.root.lock(domain)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError as e:
+                raise PublishBusy(f"another process is publishing domain {domain!r}") from e
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def staging(self, domain: str) -> Iterator[Path]:
+        """A hidden folder to build a version in; removed if the build fails."""
+        base = self.root.indexes(domain)
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = base / f".staging-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()
+        try:
+            yield tmp
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def publish(self, domain: str, staged: Path, version: str, manifest: dict) -> dict:
+        """Seal a staged folder as `version` and point CURRENT at it."""
+        check_name(version, "version")
+        files = {}
+        for f in sorted(staged.iterdir()):
+            if f.is_file() and f.name != MANIFEST:
+                fsync_file(f)
+                files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+        manifest = {
+            **manifest,
+            "schema": MANIFEST_SCHEMA,
+            "domain": domain,
+            "version": version,
+            "parent": self.current(domain),
+            "created_at": datetime.now(UTC).isoformat(),
+            "files": files,
+        }
+        write_text(staged / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+        fsync_dir(staged)
+        fault_point("publish:staged")
+        final = self.path(domain, version)
+        if final.exists():
+            raise FileExistsError(f"version {domain}/{version} already exists; published versions are immutable")
+        os.rename(staged, final)
+        fsync_dir(final.parent)
+        fault_point("publish:renamed")
+        self.verify(domain, version)
+        self.set_current(domain, version)
+        fault_point("publish:pointed")
+        return manifest
+
+    def set_current(self, domain: str, version: str) -> None:
+        """Verify, then atomically repoint CURRENT (also the rollback primitive)."""
+        self.verify(domain, version)
+        write_text(self.root.current_pointer(domain), version + "\n")
+
+    def clean_staging(self, domain: str) -> int:
+        """Remove staging folders left by crashed publishes; call it holding the domain's lock."""
+        n = 0
+        base = self.root.indexes(domain)
+        if base.is_dir():
+            for d in base.glob(".staging-*"):
+                shutil.rmtree(d, ignore_errors=True)
+                n += 1
+        return n

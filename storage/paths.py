@@ -1,0 +1,100 @@
+"""The data root and every path under it. No other package builds paths.
+
+Layout (DESIGN.md): documents/ (Parquet, partitioned by domain), interactions/,
+maps/, embeddings/, codebooks/<version>/, tables/<domain>/<version>/,
+indexes/<domain>/<version>/ + indexes/<domain>/CURRENT, quarantine/, runs/,
+eval.duckdb.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sidestep.config import Settings, check_name
+
+DEFAULT_ROOT = "./var"
+
+
+def resolve_root(settings: Settings | None = None, override: str | os.PathLike | None = None) -> Path:
+    """Explicit override, then $SIDESTEP_HOME, then the config's data_root, then ./var."""
+    raw = override or os.environ.get("SIDESTEP_HOME") or (settings.data_root if settings else None) or DEFAULT_ROOT
+    return Path(raw).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    root: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, override: str | os.PathLike | None = None) -> DataRoot:
+        return cls(resolve_root(settings, override))
+
+    def _inside(self, *parts: str) -> Path:
+        """Join and refuse anything that escapes the root (names come from requests and configs)."""
+        p = self.root.joinpath(*parts).resolve()
+        if p != self.root and self.root not in p.parents:
+            raise ValueError(f"path {p} escapes the data root {self.root}")
+        return p
+
+    # documents and sources
+    def documents(self, domain: str) -> Path:
+        return self._inside("documents", f"domain={check_name(domain)}")
+
+    def documents_root(self) -> Path:
+        return self._inside("documents")
+
+    def interactions(self, domain: str) -> Path:
+        return self._inside("interactions", f"domain={check_name(domain)}")
+
+    def quarantine(self, domain: str) -> Path:
+        return self._inside("quarantine", f"domain={check_name(domain)}")
+
+    def quarantine_root(self) -> Path:
+        return self._inside("quarantine")
+
+    # versioned artifacts
+    def embeddings(self, encoder_key: str) -> Path:
+        return self._inside("embeddings", check_name(encoder_key, "encoder key"))
+
+    def indexes(self, domain: str) -> Path:
+        return self._inside("indexes", check_name(domain))
+
+    def indexes_root(self) -> Path:
+        return self._inside("indexes")
+
+    def index_version(self, domain: str, version: str) -> Path:
+        return self._inside("indexes", check_name(domain), check_name(version, "version"))
+
+    def current_pointer(self, domain: str) -> Path:
+        return self._inside("indexes", check_name(domain), "CURRENT")
+
+    def lock(self, domain: str) -> Path:
+        return self._inside("locks", f"{check_name(domain)}.lock")
+
+    # evaluation
+    def eval_db(self) -> Path:
+        return self._inside("eval.duckdb")
+
+    def runs(self) -> Path:
+        return self._inside("runs")
+
+    # local runtimes kept inside the root so that tests and scripts stay self-contained
+    def prefect_home(self) -> Path:
+        return self._inside("prefect")
+
+    def ray_home(self) -> Path:
+        return self._inside("ray", "home")
+
+    def domains_with_indexes(self) -> list[str]:
+        base = self.indexes_root()
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if (p / "CURRENT").is_file())
+
+    def domains_with_documents(self) -> list[str]:
+        base = self.documents_root()
+        if not base.is_dir():
+            return []
+        return sorted(p.name.split("=", 1)[1] for p in base.iterdir() if p.name.startswith("domain="))

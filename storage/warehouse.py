@@ -1,0 +1,307 @@
+"""The DuckDB evaluation warehouse (``eval.duckdb`` in the data root).
+
+Every evaluation run stores its results, the qrels it was judged against and
+the query ids it was evaluated on, so each run is self-contained. Metrics are
+SQL views over those tables, not numbers computed in Python: whatever the
+command line prints can be recomputed by anyone with ``duckdb eval.duckdb``.
+
+Metric conventions (checked against ir_measures / pytrec_eval in the tests):
+
+- ``ndcg_10``: trec_eval ``ndcg_cut_10``; linear gain ``rel / log2(pos + 1)``,
+  every judgment with relevance > 0 counts as gain (``min_rel`` does not
+  apply), ideal DCG from the run's qrels sorted by relevance.
+- ``mrr_10``: 1 / position of the first result in the top 10 with relevance
+  >= ``min_rel``; 0 when there is none.
+- ``recall_100``: relevant (>= ``min_rel``) documents in the top 100 divided
+  by all relevant documents in the qrels.
+- A query with no results, or with no relevant document at all, scores 0 on
+  every metric and still counts in the means (ir_measures does the same for
+  any query present in the qrels).
+- Positions come from ``rank`` (ties broken by doc_id), renumbered 1..n per
+  query, so gaps in ranks cannot inflate a metric.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+__all__ = ["Warehouse"]
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id        VARCHAR PRIMARY KEY,
+    group_id      VARCHAR NOT NULL,
+    label         VARCHAR NOT NULL,
+    dataset       VARCHAR NOT NULL,
+    domain        VARCHAR NOT NULL,
+    index_version VARCHAR NOT NULL,
+    started_at    TIMESTAMP NOT NULL,  -- UTC
+    config        VARCHAR NOT NULL,    -- JSON text: config::JSON, json_extract(config, '$.k')
+    n_queries     INTEGER NOT NULL,
+    min_rel       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS run_results (
+    run_id   VARCHAR NOT NULL,
+    query_id VARCHAR NOT NULL,
+    doc_id   VARCHAR NOT NULL,
+    rank     INTEGER NOT NULL,
+    score    DOUBLE
+);
+CREATE TABLE IF NOT EXISTS run_qrels (
+    run_id    VARCHAR NOT NULL,
+    query_id  VARCHAR NOT NULL,
+    doc_id    VARCHAR NOT NULL,
+    relevance INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS run_queries (
+    run_id   VARCHAR NOT NULL,
+    query_id VARCHAR NOT NULL
+);
+"""
+
+_QUERY_METRICS = """
+CREATE OR REPLACE VIEW query_metrics AS
+WITH positioned AS (
+    SELECT run_id, query_id, doc_id,
+           row_number() OVER (PARTITION BY run_id, query_id ORDER BY rank, doc_id) AS pos
+    FROM run_results
+),
+judged AS (  -- the top 100 of each evaluated query, with its grade (unjudged = 0)
+    SELECT p.run_id, p.query_id, p.pos, coalesce(q.relevance, 0) AS rel, r.min_rel
+    FROM positioned p
+    JOIN runs r USING (run_id)
+    JOIN run_queries e ON e.run_id = p.run_id AND e.query_id = p.query_id
+    LEFT JOIN run_qrels q
+           ON q.run_id = p.run_id AND q.query_id = p.query_id AND q.doc_id = p.doc_id
+    WHERE p.pos <= 100
+),
+found AS (
+    SELECT run_id, query_id,
+           sum(CASE WHEN pos <= 10 AND rel > 0 THEN rel / log2(pos + 1) ELSE 0 END) AS dcg_10,
+           min(CASE WHEN pos <= 10 AND rel >= min_rel THEN pos END)                 AS first_hit,
+           count(*) FILTER (WHERE rel >= min_rel)                                   AS hits_100
+    FROM judged
+    GROUP BY run_id, query_id
+),
+ideal AS (
+    SELECT run_id, query_id, relevance,
+           row_number() OVER (PARTITION BY run_id, query_id ORDER BY relevance DESC) AS pos
+    FROM run_qrels
+    WHERE relevance > 0
+),
+ideal_dcg AS (
+    SELECT run_id, query_id, sum(relevance / log2(pos + 1)) AS idcg_10
+    FROM ideal WHERE pos <= 10
+    GROUP BY run_id, query_id
+),
+relevant AS (
+    SELECT q.run_id, q.query_id, count(*) AS n_rel
+    FROM run_qrels q JOIN runs r USING (run_id)
+    WHERE q.relevance >= r.min_rel
+    GROUP BY q.run_id, q.query_id
+)
+SELECT e.run_id, e.query_id,
+       coalesce(f.dcg_10 / nullif(i.idcg_10, 0), 0.0)::DOUBLE     AS ndcg_10,
+       coalesce(1.0 / f.first_hit, 0.0)::DOUBLE                   AS mrr_10,
+       coalesce(f.hits_100 / nullif(n.n_rel, 0), 0.0)::DOUBLE     AS recall_100
+FROM run_queries e
+LEFT JOIN found f     ON f.run_id = e.run_id AND f.query_id = e.query_id
+LEFT JOIN ideal_dcg i ON i.run_id = e.run_id AND i.query_id = e.query_id
+LEFT JOIN relevant n  ON n.run_id = e.run_id AND n.query_id = e.query_id;
+"""
+
+_RUN_METRICS = """
+CREATE OR REPLACE VIEW run_metrics AS
+SELECT r.run_id, r.label, r.group_id, r.dataset, r.domain, r.index_version, r.started_at,
+       r.n_queries,
+       avg(m.ndcg_10)    AS ndcg_10,
+       avg(m.mrr_10)     AS mrr_10,
+       avg(m.recall_100) AS recall_100,
+       r.min_rel
+FROM runs r
+LEFT JOIN query_metrics m USING (run_id)
+GROUP BY ALL;
+"""
+
+_RESULT_COLUMNS = ("query_id", "doc_id", "rank", "score")
+_METRIC_KEYS = {"ndcg@10": "ndcg_10", "mrr@10": "mrr_10", "recall@100": "recall_100"}
+
+
+class Warehouse:
+    """One connection to the evaluation database; use as a context manager."""
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        self.path = Path(path)
+        if read_only and not self.path.exists():
+            raise FileNotFoundError(f"evaluation database not found: {self.path}")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(str(self.path), read_only=read_only)
+        if not read_only:
+            self._create_schema()
+
+    def _create_schema(self) -> None:
+        """Tables if missing, views always replaced: reopening upgrades the metric SQL."""
+        self._con.execute("BEGIN")
+        try:
+            self._con.execute(_TABLES)
+            self._con.execute(_QUERY_METRICS)
+            self._con.execute(_RUN_METRICS)
+            self._con.execute("COMMIT")
+        except Exception:
+            self._con.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Release the file lock so other processes (the duckdb CLI) can open it."""
+        self._con.close()
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -----------------------------------------------------------
+
+    def record_run(
+        self,
+        *,
+        run_id: str,
+        dataset: str,
+        domain: str,
+        index_version: str,
+        config: Mapping[str, Any],
+        results: pa.Table,
+        qrels: Mapping[str, Mapping[str, int]],
+        queries: Iterable[str] | None = None,
+        min_rel: int = 1,
+        label: str = "main",
+        group_id: str | None = None,
+    ) -> None:
+        """Store one configuration's run atomically, replacing any earlier run_id.
+
+        ``queries`` are the evaluated query ids (default: the qrels' queries);
+        one with no results still counts with metrics 0. Only the qrels of the
+        evaluated queries are stored, so the run needs nothing outside itself.
+        """
+        if min_rel < 1:
+            raise ValueError(f"min_rel must be >= 1 (unjudged documents have relevance 0), got {min_rel}")
+        evaluated = _unique_ids(qrels.keys() if queries is None else queries)
+        if not evaluated:
+            raise ValueError(f"run {run_id!r}: no queries to evaluate")
+        results = _normalize_results(results)
+        run_row = _run_row(run_id, group_id or run_id, label, dataset, domain, index_version,
+                           config, len(evaluated), min_rel)
+        qrels_table = _qrels_table(qrels, set(evaluated))
+        queries_table = pa.table({"query_id": pa.array(evaluated, pa.string())})
+        self._insert_run(run_id, run_row, results, qrels_table, queries_table)
+
+    def _insert_run(self, run_id: str, run_row: pa.Table, results: pa.Table,
+                    qrels: pa.Table, queries: pa.Table) -> None:
+        """Delete then insert in one transaction: a crash leaves the old run or the new one."""
+        con = self._con
+        staged = {"_stage_run": run_row, "_stage_results": results,
+                  "_stage_qrels": qrels, "_stage_queries": queries}
+        for name, table in staged.items():
+            con.register(name, table)
+        con.execute("BEGIN")
+        try:
+            for table in ("runs", "run_results", "run_qrels", "run_queries"):
+                con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            con.execute("INSERT INTO runs BY NAME SELECT * FROM _stage_run")
+            con.execute("INSERT INTO run_results SELECT ?, query_id, doc_id, rank, score FROM _stage_results",
+                        [run_id])
+            con.execute("INSERT INTO run_qrels SELECT ?, query_id, doc_id, relevance FROM _stage_qrels",
+                        [run_id])
+            con.execute("INSERT INTO run_queries SELECT ?, query_id FROM _stage_queries", [run_id])
+            _check_results(con, run_id)
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            for name in staged:
+                con.unregister(name)
+
+    # -- reading -----------------------------------------------------------
+
+    def metrics(self, run_id: str) -> dict[str, float]:
+        """The run's means as the command line prints them, read from ``run_metrics``."""
+        rows = self._con.sql(
+            "SELECT ndcg_10, mrr_10, recall_100 FROM run_metrics WHERE run_id = ?", params=[run_id]
+        ).fetchall()
+        if not rows:
+            raise KeyError(f"no run {run_id!r} in {self.path}")
+        return {key: float(value) for key, value in zip(_METRIC_KEYS, rows[0], strict=True)}
+
+    def per_query(self, run_id: str) -> pa.Table:
+        """Per-query metrics of one run (every evaluated query), sorted by query_id."""
+        return self.query("SELECT * FROM query_metrics WHERE run_id = ? ORDER BY query_id", [run_id])
+
+    def runs(self) -> pa.Table:
+        """All runs with their aggregate metrics, newest first."""
+        return self.query("SELECT * FROM run_metrics ORDER BY started_at DESC, run_id")
+
+    def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
+        """Any SQL against the warehouse, as an Arrow table."""
+        return self._con.sql(sql, params=params).to_arrow_table()
+
+
+def _unique_ids(ids: Iterable[str]) -> list[str]:
+    """Query ids as strings, first occurrence kept, so n_queries counts each once."""
+    return list(dict.fromkeys(str(i) for i in ids))
+
+
+def _normalize_results(results: pa.Table) -> pa.Table:
+    """The four result columns with the warehouse's types; a clear error if one is missing."""
+    missing = [c for c in _RESULT_COLUMNS if c not in results.column_names]
+    if missing:
+        raise ValueError(f"results table lacks columns {missing}; has {results.column_names}")
+    schema = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()),
+                        ("rank", pa.int32()), ("score", pa.float64())])
+    return results.select(list(_RESULT_COLUMNS)).cast(schema)
+
+
+def _check_results(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Reject ranks below 1 and a document listed twice for one query (trec_eval would reject it too)."""
+    found = con.sql(
+        """SELECT query_id, doc_id, count(*) AS n, min(rank) AS min_rank FROM run_results
+           WHERE run_id = ? GROUP BY query_id, doc_id HAVING n > 1 OR min_rank < 1 LIMIT 1""",
+        params=[run_id],
+    ).fetchall()
+    if found:
+        bad = found[0]
+        raise ValueError(
+            f"run {run_id!r}: query {bad[0]!r} has doc {bad[1]!r} {bad[2]} time(s), min rank {bad[3]}"
+            " (each document once per query, ranks from 1)"
+        )
+
+
+def _run_row(run_id: str, group_id: str, label: str, dataset: str, domain: str, index_version: str,
+             config: Mapping[str, Any], n_queries: int, min_rel: int) -> pa.Table:
+    """The single ``runs`` row; started_at is naive UTC so the column sorts across machines."""
+    return pa.table({
+        "run_id": [run_id], "group_id": [group_id], "label": [label], "dataset": [dataset],
+        "domain": [domain], "index_version": [index_version],
+        "started_at": pa.array([datetime.now(UTC).replace(tzinfo=None)], pa.timestamp("us")),
+        "config": [json.dumps(dict(config), sort_keys=True, default=str)],
+        "n_queries": pa.array([n_queries], pa.int32()), "min_rel": pa.array([min_rel], pa.int32()),
+    })
+
+
+def _qrels_table(qrels: Mapping[str, Mapping[str, int]], evaluated: set[str]) -> pa.Table:
+    """Flatten the qrels of the evaluated queries into columns for one bulk insert."""
+    rows = [(str(q), str(d), int(rel)) for q, docs in qrels.items() if str(q) in evaluated
+            for d, rel in docs.items()]
+    query_ids, doc_ids, rels = zip(*rows, strict=True) if rows else ((), (), ())
+    return pa.table({"query_id": pa.array(query_ids, pa.string()),
+                     "doc_id": pa.array(doc_ids, pa.string()),
+                     "relevance": pa.array(rels, pa.int32())})

@@ -1,0 +1,72 @@
+"""Embed: encode only documents whose content hash is not cached yet, in immutable shards."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from sidestep.config import Settings
+from sidestep.encoder import encoder_key, model_dim
+from storage.documents import DocumentStore
+from storage.embeddings import EmbeddingStore
+from storage.paths import DataRoot
+
+from .common import encoder_for
+
+SHARD_DOCS = 512
+
+
+def embed_domain(root: DataRoot, settings: Settings, domain: str, *, show_progress: bool = True) -> dict:
+    docs = DocumentStore(root).read(domain, include_deleted=False)
+    key = encoder_key(settings.encoder.model_path)
+    store = EmbeddingStore(root, key, model_dim(settings.encoder.model_path))
+    known = store.known()
+    todo = docs.filter(pc.invert(pc.is_in(docs["content_hash"], value_set=_arr(known))))
+    # one entry per distinct content (two ids with the same text are encoded once)
+    seen: dict[str, tuple[str, str, str]] = {}
+    for h, t, x in zip(todo["content_hash"].to_pylist(), todo["title"].to_pylist(), todo["text"].to_pylist(),
+                       strict=True):
+        seen.setdefault(h, (h, t, x))
+    pending = list(seen.values())
+    t0 = time.perf_counter()
+    chunks = 0
+    if pending:
+        enc = encoder_for(settings)
+        ch = settings.chunking
+        with _progress(show_progress) as bar:
+            job = bar.add_task(f"embed {domain}", total=len(pending))
+            for s in range(0, len(pending), SHARD_DOCS):
+                batch = pending[s:s + SHARD_DOCS]
+                encoded = enc.encode_documents(batch, window_tokens=ch.window_tokens, overlap_tokens=ch.overlap_tokens,
+                                               max_chunks=ch.max_chunks_per_doc,
+                                               progress=lambda n: bar.advance(job, n))
+                info = store.write(encoded)
+                chunks += info.rows
+    seconds = time.perf_counter() - t0
+    return {"domain": domain, "encoder": key, "documents": docs.num_rows, "encoded": len(pending), "reused": docs.num_rows - todo.num_rows,
+        "chunks_encoded": chunks, "seconds": round(seconds, 3),
+        "docs_per_s": round(len(pending) / seconds, 2) if pending and seconds > 0 else None}
+
+
+def _arr(values: set[str]):
+    import pyarrow as pa
+
+    return pa.array(sorted(values), pa.string())
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    disable=not enabled, transient=False)
+
+
+@task(name="embed-domain", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["embed"])
+def embed_task(root: str, settings: Settings, domain: str) -> dict:
+    out = embed_domain(DataRoot(Path(root)), settings, domain)
+    get_run_logger().info("embed %(domain)s: documents=%(documents)d encoded=%(encoded)d reused=%(reused)d "
+                          "chunks_encoded=%(chunks_encoded)d seconds=%(seconds).1f", out)
+    return out

@@ -1,0 +1,108 @@
+"""Rebuild a domain's FAISS index from cached embeddings and publish it atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from sidestep.config import Settings
+from sidestep.encoder import encoder_key, model_dim
+from sidestep.index import build_index
+from storage.artifacts import IndexStore, new_version_name
+from storage.documents import DocumentStore
+from storage.embeddings import EmbeddingStore
+from storage.indexes import write_version_files
+from storage.paths import DataRoot
+
+SNIPPET_CHARS = 280
+
+
+def fingerprint(settings: Settings, key: str, docs: pa.Table) -> str:
+    """Everything the index content depends on; equal fingerprints → nothing to publish."""
+    h = hashlib.sha256()
+    params = {"encoder": key, "chunking": settings.chunking.model_dump(), "index": settings.index.model_dump(
+        include={"exact_max_vectors", "hnsw_m", "hnsw_ef_construction"})}
+    h.update(json.dumps(params, sort_keys=True).encode())
+    for d, c in sorted(zip(docs["doc_id"].to_pylist(), docs["content_hash"].to_pylist(), strict=True)):
+        h.update(f"{d}\x1f{c}\n".encode())
+    return h.hexdigest()
+
+
+def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bool = False) -> dict:
+    docs = DocumentStore(root).read(domain, include_deleted=False).sort_by("doc_id")
+    key = encoder_key(settings.encoder.model_path)
+    fp = fingerprint(settings, key, docs)
+    store = IndexStore(root)
+    current = store.current_manifest(domain)
+    if current and current.get("fingerprint") == fp and not force:
+        return {"domain": domain, "published": False, "version": current["version"],
+                "reason": "unchanged corpus and parameters"}
+    if docs.num_rows == 0:
+        return {"domain": domain, "published": False, "version": store.current(domain),
+                "reason": "no live documents"}
+    t0 = time.perf_counter()
+    emb = EmbeddingStore(root, key, model_dim(settings.encoder.model_path))
+    rows, pooled = emb.gather(docs["content_hash"].to_pylist())
+    by_hash: dict[str, list[int]] = {}
+    for i, h in enumerate(rows["content_hash"].to_pylist()):
+        by_hash.setdefault(h, []).append(i)
+    missing = [h for h in set(docs["content_hash"].to_pylist()) if h not in by_hash]
+    if missing:
+        raise RuntimeError(f"{len(missing)} documents of {domain} have no embeddings; run the embed step first")
+    cidx, cs, ce = (rows[c].to_pylist() for c in ("chunk_idx", "char_start", "char_end"))
+    shard, toff, ntok = (rows[c].to_pylist() for c in ("shard", "token_offset", "n_tokens"))
+    out: dict[str, list] = {k: [] for k in ("doc_id", "title", "content_hash", "chunk_idx", "char_start", "char_end",
+                                            "shard", "token_offset", "n_tokens", "snippet")}
+    order: list[int] = []
+    for d, t, x, h in zip(*(docs[c].to_pylist() for c in ("doc_id", "title", "text", "content_hash")), strict=True):
+        full = f"{t} {x}".strip() if t else x.strip()
+        for i in sorted(by_hash[h], key=lambda i: cidx[i]):
+            order.append(i)
+            for k, v in (("doc_id", d), ("title", t), ("content_hash", h), ("chunk_idx", cidx[i]),
+                         ("char_start", cs[i]), ("char_end", ce[i]), ("shard", shard[i]),
+                         ("token_offset", toff[i]), ("n_tokens", ntok[i]),
+                         ("snippet", full[cs[i]:ce[i]][:SNIPPET_CHARS])):
+                out[k].append(v)
+    vectors = pooled[np.asarray(order, dtype=np.int64)]
+    ix = settings.index
+    index, params = build_index(vectors, exact_max_vectors=ix.exact_max_vectors, hnsw_m=ix.hnsw_m,
+                                ef_construction=ix.hnsw_ef_construction, ef_search=ix.hnsw_ef_search)
+    version = new_version_name(fp)
+    manifest = {
+        "fingerprint": fp,
+        "counts": {"documents": docs.num_rows, "chunks": len(order)},
+        "index": params.as_dict(),
+        "encoder": key,
+        "chunking": settings.chunking.model_dump(),
+        "embeddings": {"encoder": key, "shards": sorted(set(out["shard"]))},
+    }
+    with store.lock(domain):
+        now = store.current_manifest(domain)
+        if now and now.get("fingerprint") == fp and not force:  # another run published it meanwhile
+            return {"domain": domain, "published": False, "version": now["version"],
+                    "reason": "published concurrently by another run"}
+        store.clean_staging(domain)
+        with store.staging(domain) as staged:
+            write_version_files(staged, index, pa.table(out))
+            manifest = store.publish(domain, staged, version, manifest)
+    return {"domain": domain, "published": True, "version": version, "parent": manifest["parent"],
+            "documents": docs.num_rows, "chunks": len(order), "index": params.kind,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+@task(name="publish-index", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["index"])
+def publish_task(root: str, settings: Settings, domain: str, force: bool = False) -> dict:
+    out = publish_domain(DataRoot(Path(root)), settings, domain, force=force)
+    log = get_run_logger()
+    if out["published"]:
+        log.info("index %(domain)s: published %(version)s (%(documents)d documents, %(chunks)d chunks, %(index)s)", out)
+    else:
+        log.info("index %(domain)s: nothing published (%(reason)s); serving %(version)s", out)
+    return out
