@@ -105,6 +105,17 @@ def ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """Read a source into a domain: incremental by content hash; bad records go to quarantine."""
+    from sidestep.config import check_name
+    from sidestep.readers import SourceError, detect_format
+
+    try:  # refuse an unreadable source before starting anything
+        check_name(domain)
+        if format is None:
+            detect_format(path)
+        elif not Path(path).exists():
+            raise SourceError(f"source not found: {path}")
+    except (SourceError, ValueError) as e:
+        _fail(str(e), as_json, 2)
     from flows.ingest import ingest_flow
 
     res = _run(ingest_flow, as_json, path=str(Path(path).resolve()) if "://" not in path else path, domain=domain,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -21,7 +22,8 @@ from .common import encoder_for
 SHARD_DOCS = 512
 
 
-def embed_domain(root: DataRoot, settings: Settings, domain: str, *, show_progress: bool = True) -> dict:
+def embed_domain(root: DataRoot, settings: Settings, domain: str, *, show_progress: bool = True,
+                 log: Callable[[str], None] | None = None) -> dict:
     docs = DocumentStore(root).read(domain, include_deleted=False)
     key = encoder_key(settings.encoder.model_path)
     store = EmbeddingStore(root, key, model_dim(settings.encoder.model_path))
@@ -47,6 +49,10 @@ def embed_domain(root: DataRoot, settings: Settings, domain: str, *, show_progre
                                                progress=lambda n: bar.advance(job, n))
                 info = store.write(encoded)
                 chunks += info.rows
+                done, el = s + len(batch), time.perf_counter() - t0
+                if log:
+                    log(f"embed {domain}: {done}/{len(pending)} documents, {chunks} chunks, "
+                        f"{done / el:.1f} docs/s, shard {info.shard}")
     seconds = time.perf_counter() - t0
     return {"domain": domain, "encoder": key, "documents": docs.num_rows, "encoded": len(pending), "reused": docs.num_rows - todo.num_rows,
         "chunks_encoded": chunks, "seconds": round(seconds, 3),
@@ -66,7 +72,8 @@ def _progress(enabled: bool) -> Progress:
 
 @task(name="embed-domain", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["embed"])
 def embed_task(root: str, settings: Settings, domain: str) -> dict:
-    out = embed_domain(DataRoot(Path(root)), settings, domain)
-    get_run_logger().info("embed %(domain)s: documents=%(documents)d encoded=%(encoded)d reused=%(reused)d "
+    logger = get_run_logger()
+    out = embed_domain(DataRoot(Path(root)), settings, domain, log=logger.info)
+    logger.info("embed %(domain)s: documents=%(documents)d encoded=%(encoded)d reused=%(reused)d "
                           "chunks_encoded=%(chunks_encoded)d seconds=%(seconds).1f", out)
     return out

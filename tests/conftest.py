@@ -1,0 +1,83 @@
+"""Test session setup: a short temporary base for every data root (Ray's socket paths must stay
+short), Prefect and Ray kept local, the encoder loaded once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+_BASE = Path(tempfile.mkdtemp(prefix="sst-", dir="/tmp"))
+os.environ.update({
+    "PREFECT_HOME": str(_BASE / "prefect"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "SIDESTEP_HOME": str(_BASE / "default-root"),
+})
+os.environ.pop("SIDESTEP_CONFIG", None)
+
+import pytest  # noqa: E402
+
+from sidestep.config import default_settings, load_settings  # noqa: E402
+from storage.paths import DataRoot  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_BASE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def base_dir() -> Path:
+    return _BASE
+
+
+@pytest.fixture
+def data_root(tmp_path_factory, monkeypatch) -> DataRoot:
+    """A fresh, empty data root for one test, made the process default."""
+    p = Path(tempfile.mkdtemp(prefix="r-", dir=_BASE))
+    monkeypatch.setenv("SIDESTEP_HOME", str(p))
+    return DataRoot(p)
+
+
+@pytest.fixture(scope="session")
+def settings():
+    return default_settings()
+
+
+@pytest.fixture(scope="session")
+def encoder(settings):
+    """The real all-MiniLM-L6-v2, loaded once; the same object the tasks use in this process."""
+    from tasks.common import encoder_for
+
+    return encoder_for(settings)
+
+
+def write_config(path: Path, body: str):
+    path.write_text(body)
+    return load_settings(path)
+
+
+@pytest.fixture(scope="session")
+def sample(encoder) -> SimpleNamespace:
+    """A data root holding the sample corpus, reindexed once by the real nightly Prefect flow."""
+    from flows.reindex import nightly_reindex
+
+    root = DataRoot(Path(tempfile.mkdtemp(prefix="sample-", dir=_BASE)))
+    old = os.environ.get("SIDESTEP_HOME")
+    os.environ["SIDESTEP_HOME"] = str(root.root)
+    try:
+        summary = nightly_reindex()
+    finally:
+        os.environ["SIDESTEP_HOME"] = old or ""
+    assert not summary["failed"], summary["failed"]
+    return SimpleNamespace(root=root, summary=summary)

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from sidestep.index import build_index
+from storage.artifacts import CorruptArtifact, IndexStore, PublishBusy
+from storage.atomic import write_parquet
+from storage.indexes import load_version, write_version_files
+
+
+def _publish(store: IndexStore, domain: str, n: int, version: str) -> dict:
+    rng = np.random.default_rng(n)
+    vecs = rng.normal(size=(n, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    index, params = build_index(vecs, exact_max_vectors=1000)
+    chunks = pa.table({
+        "doc_id": [f"d{i}" for i in range(n)], "title": [""] * n, "content_hash": ["h"] * n,
+        "chunk_idx": [0] * n, "char_start": [0] * n, "char_end": [1] * n, "shard": ["s"] * n,
+        "token_offset": [0] * n, "n_tokens": [1] * n, "snippet": ["x"] * n})
+    with store.staging(domain) as staged:
+        write_version_files(staged, index, chunks)
+        return store.publish(domain, staged, version, {"counts": {"documents": n}, "index": params.as_dict()})
+
+
+def test_publish_points_current_at_a_verified_version(data_root):
+    store = IndexStore(data_root)
+    assert store.current("news") is None
+    m1 = _publish(store, "news", 5, "v1")
+    assert store.current("news") == "v1" and m1["parent"] is None
+    m2 = _publish(store, "news", 7, "v2")
+    assert store.current("news") == "v2" and m2["parent"] == "v1"
+    assert store.versions("news") == ["v1", "v2"]
+    corpus = load_version(store, "news", "v2")
+    assert corpus.n_docs == 7 and corpus.version == "v2"
+    assert set(m2["files"]) == {"index.faiss", "chunks.parquet"}
+
+
+def test_published_versions_are_immutable(data_root):
+    store = IndexStore(data_root)
+    _publish(store, "news", 5, "v1")
+    with pytest.raises(FileExistsError):
+        _publish(store, "news", 6, "v1")
+    assert store.current("news") == "v1"
+    assert not list(store.root.indexes("news").glob(".staging-*"))  # the failed build left nothing behind
+
+
+def test_corruption_is_detected_and_never_becomes_current(data_root):
+    store = IndexStore(data_root)
+    _publish(store, "news", 5, "v1")
+    _publish(store, "news", 6, "v2")
+    f = store.path("news", "v2") / "index.faiss"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtifact):
+        store.verify("news", "v2")
+    with pytest.raises(CorruptArtifact):
+        load_version(store, "news", "v2")
+    store.set_current("news", "v1")  # rollback to a good version works
+    with pytest.raises(CorruptArtifact):
+        store.set_current("news", "v2")
+    assert store.current("news") == "v1"
+
+
+def test_names_cannot_escape_the_data_root(data_root):
+    store = IndexStore(data_root)
+    for bad in ["../etc", "/abs", "a/b", "..", "UPPER", ""]:
+        with pytest.raises(ValueError):
+            store.path(bad, "v1")
+        with pytest.raises(ValueError):
+            store.path("news", bad)
+
+
+def test_publish_lock_admits_one_publisher(data_root):
+    store = IndexStore(data_root)
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from storage.artifacts import IndexStore
+        from storage.paths import DataRoot
+        with IndexStore(DataRoot(Path({str(data_root.root)!r}))).lock("news"):
+            print("locked", flush=True)
+            time.sleep(30)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        with pytest.raises(PublishBusy), store.lock("news", wait=False):
+            pass
+    finally:
+        p.kill()
+        p.wait()
+    with store.lock("news", wait=False):  # released when its holder died
+        pass
+
+
+def test_atomic_parquet_write_survives_a_crash_mid_write(data_root, tmp_path):
+    """kill -9 while a new version of a file is being written: the old file is intact."""
+    target = tmp_path / "docs.parquet"
+    write_parquet(target, pa.table({"x": list(range(10))}))
+    code = textwrap.dedent(f"""
+        import os, pyarrow as pa, pyarrow.parquet as pq
+        from pathlib import Path
+        import storage.atomic as a
+        real = pq.write_table
+        def slow(table, where, **kw):
+            real(table.slice(0, 5), where, **kw)
+            Path({str(tmp_path / "marker")!r}).write_text("mid-write")
+            import time; time.sleep(60)
+        a.pq.write_table = slow
+        a.write_parquet(Path({str(target)!r}), pa.table({{"x": list(range(1000))}}))
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "marker").exists():
+        assert time.monotonic() < deadline and p.poll() is None
+        time.sleep(0.05)
+    os.kill(p.pid, 9)
+    p.wait()
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(target)["x"].to_pylist() == list(range(10))

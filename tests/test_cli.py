@@ -1,0 +1,72 @@
+"""The command line: --help everywhere, --json on stdout, clear errors with non-zero exits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+runner = CliRunner()
+COMMANDS = ["ingest", "reindex", "serve", "search", "eval", "status", "demo"]
+VENV_BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help(cmd):
+    r = runner.invoke(app, [cmd, "--help"])
+    assert r.exit_code == 0, r.output
+    assert "Usage" in r.output and len(r.output.splitlines()) > 4
+
+
+def test_the_installed_entry_point_runs():
+    exe = VENV_BIN / "sidestep"
+    if not exe.exists():
+        pytest.skip("sidestep is not installed in .venv")
+    r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and all(c in r.stdout for c in COMMANDS)
+
+
+def test_ingest_of_a_missing_path_is_a_clear_json_error_and_writes_nothing(data_root):
+    r = runner.invoke(app, ["ingest", str(data_root.root / "missing.jsonl"), "--domain", "x", "--json"])
+    assert r.exit_code == 2
+    assert "source not found" in json.loads(r.stdout)["error"]
+    assert not (data_root.root / "documents").exists()
+
+
+def test_ingest_refuses_a_domain_name_that_would_escape_the_root(data_root, tmp_path):
+    f = tmp_path / "a.jsonl"
+    f.write_text('{"id": "1", "text": "hello"}\n')
+    r = runner.invoke(app, ["ingest", str(f), "--domain", "../../etc", "--json"])
+    assert r.exit_code == 2 and "invalid domain name" in json.loads(r.stdout)["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_ingest_then_status_and_search_as_json(data_root, tmp_path, encoder):
+    f = tmp_path / "notes.jsonl"
+    f.write_text("\n".join(json.dumps({"id": f"n{i}", "text": t}) for i, t in enumerate(
+        ["Kestrels hover over roadside verges.", "Oak leaves turn brown in autumn.", "not json"])) + "\nnot json\n")
+    r = runner.invoke(app, ["ingest", str(f), "--domain", "notes", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert (res["read"], res["new"], res["quarantined"]) == (4, 3, 1)
+    r = runner.invoke(app, ["reindex", "--skip-ingest", "--json", "--domain", "notes"])
+    assert r.exit_code != 0  # "notes" is not a configured domain: refused with a message
+    assert "unknown domain" in json.loads(r.stdout)["error"]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'default_domain = "notes"\n[[sources]]\ndomain = "notes"\npath = "{f}"\nformat = "jsonl"\n')
+    r = runner.invoke(app, ["--config", str(cfg), "reindex", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["encoded"] == 3  # ingest stores documents; reindex embeds them
+    r = runner.invoke(app, ["--config", str(cfg), "search", "small falcon hovering", "--json", "--k", "2"])
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.stdout)
+    assert hits["results"][0]["doc_id"] == "n0" and hits["index_version"].startswith("v")
+    r = runner.invoke(app, ["--config", str(cfg), "status", "--json"])
+    st = json.loads(r.stdout)["domains"]["notes"]
+    assert st["serving_version"] == hits["index_version"] and st["documents"] == 3 and st["quarantined"] == 1

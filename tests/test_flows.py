@@ -1,0 +1,142 @@
+"""Real Prefect flows on real Parquet, FAISS and DuckDB, in temporary data roots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import ir_measures
+import pyarrow.parquet as pq
+import pytest
+from ir_measures import RR, R, nDCG
+
+from flows.evaluate import evaluate_flow
+from flows.ingest import ingest_flow
+from flows.reindex import nightly_reindex
+from sidestep.beir import load_qrels
+from sidestep.config import SAMPLES_DIR
+from sidestep.readers import SourceError
+from sidestep.search import search_texts
+from storage.artifacts import IndexStore
+from storage.documents import DocumentStore, QuarantineStore
+from storage.indexes import load_current
+from storage.status import domain_status
+from storage.warehouse import Warehouse
+
+from .conftest import FIXTURES, write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def test_nightly_reindex_publishes_every_configured_domain(sample, settings):
+    s = sample.summary
+    assert sorted(p["domain"] for p in s["published"]) == sorted(settings.domains())
+    assert s["encoded"] == sum(DocumentStore(sample.root).live_count(d) for d in settings.domains())
+    store = IndexStore(sample.root)
+    for d in settings.domains():
+        m = store.verify(d, store.current(d))
+        assert m["counts"]["chunks"] >= m["counts"]["documents"] > 0
+        assert m["index"]["kind"] == "flat_ip"
+    # handbook has long documents: they were split into several chunks
+    assert store.current_manifest("handbook")["counts"]["chunks"] > 60
+    # interactions of the recommendation domain are stored too
+    assert domain_status(sample.root)["domains"]["shop"]["interactions"] == 25
+
+
+def test_rerun_on_an_unchanged_corpus_reencodes_and_publishes_nothing(sample, monkeypatch):
+    monkeypatch.setenv("SIDESTEP_HOME", str(sample.root.root))
+    store = IndexStore(sample.root)
+    before = {d: store.current(d) for d in sample.root.domains_with_indexes()}
+    again = nightly_reindex()
+    assert again["encoded"] == 0 and again["published"] == []
+    assert all(r["ingest"][0]["unchanged"] == r["embed"]["documents"] for r in again["domains"].values())
+    assert {d: store.current(d) for d in before} == before
+
+
+def test_incremental_reindex_encodes_only_what_changed(data_root, tmp_path, monkeypatch):
+    src = tmp_path / "recipes.jsonl"
+    shutil.copy(SAMPLES_DIR / "recipes" / "recipes.jsonl", src)
+    cfg = write_config(tmp_path / "c.toml", f"""
+[[sources]]
+domain = "recipes"
+path = "{src}"
+format = "jsonl"
+id_field = "recipe_id"
+title_field = "name"
+text_field = "body"
+""")
+    monkeypatch.setenv("SIDESTEP_CONFIG", str(tmp_path / "c.toml"))
+    first = nightly_reindex()
+    v1 = first["published"][0]["version"]
+    rows = [json.loads(line) for line in src.read_text().splitlines()]
+    rows[0]["body"] += " Finish with a squeeze of lime."
+    removed = rows.pop(1)["recipe_id"]
+    rows.append({"recipe_id": "r-new", "name": "Plain rice", "body": "Rinse the rice, simmer it covered."})
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    second = nightly_reindex()
+    ing = second["domains"]["recipes"]["ingest"][0]
+    assert (ing["new"], ing["updated"], ing["tombstoned"]) == (1, 1, 1)
+    assert second["encoded"] == 2
+    v2 = second["published"][0]["version"]
+    assert IndexStore(data_root).manifest("recipes", v2)["parent"] == v1
+    corpus = load_current(IndexStore(data_root), "recipes")
+    assert removed not in set(corpus.searcher.doc_ids) and "r-new" in set(corpus.searcher.doc_ids)
+    assert cfg.domains() == ["recipes"]
+
+
+def test_bad_input_is_quarantined_with_reasons_and_good_records_are_searchable(data_root, tmp_path, monkeypatch,
+                                                                              encoder):
+    expected = json.loads((FIXTURES / "bad_input" / "expected.json").read_text())
+    write_config(tmp_path / "c.toml", f"""
+[ingest]
+max_text_bytes = {expected["max_text_bytes"]}
+[[sources]]
+domain = "bad"
+path = "{FIXTURES / "bad_input" / "corpus.jsonl"}"
+format = "jsonl"
+""")
+    monkeypatch.setenv("SIDESTEP_CONFIG", str(tmp_path / "c.toml"))
+    summary = nightly_reindex()
+    assert summary["quarantined"] == len(expected["bad"])
+    q = QuarantineStore(data_root).read("bad").to_pylist()
+    got = sorted((r["location"], r["reason"].split(":")[0]) for r in q)
+    assert got == sorted((b["location"], b["reason"]) for b in expected["bad"])
+    assert all(r["raw"] is not None and r["run_id"] for r in q)
+    corpus = load_current(IndexStore(data_root), "bad")
+    docs = DocumentStore(data_root).read("bad", include_deleted=False).to_pylist()
+    assert sorted(d["doc_id"] for d in docs) == sorted(expected["good_ids"])
+    hits, _ = search_texts(encoder, corpus, [f"{d['title']} {d['text']}".strip() for d in docs], k=1)
+    assert [h[0].doc_id for h in hits] == [d["doc_id"] for d in docs]
+
+
+def test_an_unreadable_source_fails_before_anything_is_written(data_root):
+    with pytest.raises(SourceError, match="source not found"):
+        ingest_flow(path=str(data_root.root / "nope.jsonl"), domain="x")
+    with pytest.raises(SourceError):
+        ingest_flow(path=str(FIXTURES / "bad_input" / "expected.json"), domain="x", format="csv")
+    assert not (data_root.root / "documents").exists()
+
+
+def test_evaluate_flow_stores_the_run_and_sql_metrics_match_ir_measures(data_root, tmp_path):
+    folder = SAMPLES_DIR / "handbook"
+    out = tmp_path / "run.parquet"
+    res = evaluate_flow(dataset_dir=str(folder), domain="handbook", k=20, out=str(out))
+    assert set(res["metrics"]) == {"ndcg@10", "mrr@10", "recall@100"}
+    assert res["queries"] == 24 and res["baselines"] == {}
+    run = pq.read_table(out)
+    assert run.column_names == ["query_id", "doc_id", "rank", "score"]
+    assert run.num_rows == 24 * 20
+    qrels = load_qrels(folder, "test")
+    ref = ir_measures.calc_aggregate(
+        [nDCG @ 10, RR @ 10, R @ 100],
+        [ir_measures.Qrel(q, d, r) for q, ds in qrels.items() for d, r in ds.items()],
+        [ir_measures.ScoredDoc(q, d, -float(rk)) for q, d, rk in
+         zip(*(run[c].to_pylist() for c in ("query_id", "doc_id", "rank")), strict=True)])
+    m = res["metrics"]
+    assert m["ndcg@10"] == pytest.approx(ref[nDCG @ 10], abs=1e-6)
+    assert m["mrr@10"] == pytest.approx(ref[RR @ 10], abs=1e-6)
+    assert m["recall@100"] == pytest.approx(ref[R @ 100], abs=1e-6)
+    # the sample queries are answerable: dense recall finds most of them
+    assert m["recall@100"] > 0.8
+    with Warehouse(data_root.eval_db(), read_only=True) as wh:
+        assert wh.runs().num_rows == 1

@@ -1,0 +1,152 @@
+"""A real Ray Serve application on loopback, real HTTP requests, real published indexes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import httpx
+import pytest
+
+from storage.artifacts import IndexStore
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(sample):
+    from serving.run import ServeHandle
+
+    os.environ["SIDESTEP_HOME"] = str(sample.root.root)
+    h = ServeHandle(sample.root, port=_free_port(), preset="test")
+    with h, httpx.Client(base_url=h.url, timeout=60) as client:
+        yield client
+    # stopped: nothing listens any more
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(h.url + "/healthz", timeout=2)
+
+
+def test_healthz_reports_every_published_domain(server, sample):
+    r = server.get("/healthz")
+    assert r.status_code == 200
+    body = r.json()
+    store = IndexStore(sample.root)
+    assert body["domains"] == {d: store.current(d) for d in sample.root.domains_with_indexes()}
+
+
+def test_search_answers_with_the_index_version_and_ranked_results(server, sample):
+    r = server.post("/search", json={"query": "where do herons nest", "domain": "field-notes", "k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["index_version"] == IndexStore(sample.root).current("field-notes")
+    assert len(body["results"]) == 3
+    assert body["results"][0]["doc_id"] == "birds/heron.md"
+    scores = [h["score"] for h in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(h["recall_score"] == h["score"] for h in body["results"])
+    assert body["verify"] == {"requested": True, "applied": False, "reason": body["verify"]["reason"]}
+    assert {"encode", "recall", "total"} <= set(body["timings_ms"])
+
+
+def test_null_domain_uses_the_default_domain(server):
+    body = server.post("/search", json={"query": "rotate TLS certificates"}).json()
+    assert body["domain"] == "handbook" and len(body["results"]) == 10
+
+
+@pytest.mark.parametrize("payload,status,fragment", [
+    ({"query": ""}, 422, "query"),
+    ({"query": "x" * 2001}, 422, "query"),
+    ({"query": "ok", "k": 0}, 422, "k"),
+    ({"query": "ok", "k": 1001}, 422, "k"),
+    ({"query": "ok", "k": "ten"}, 422, "k"),
+    ({"query": "ok", "domain": "nope"}, 404, "unknown domain"),
+    ({"query": "ok", "domain": "../etc"}, 404, "unknown domain"),
+    ({"query": "ok", "surprise": 1}, 422, "surprise"),
+    ({"k": 3}, 422, "query"),
+    ({"query": "   "}, 400, "empty"),
+])
+def test_bad_requests_get_a_4xx_with_a_message(server, payload, status, fragment):
+    r = server.post("/search", json=payload)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["detail"]
+
+
+def test_non_json_body_is_a_4xx(server):
+    r = server.post("/search", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_openapi_docs_are_served(server):
+    assert server.get("/docs").status_code == 200
+    spec = server.get("/openapi.json").json()
+    assert "/search" in spec["paths"] and "/healthz" in spec["paths"]
+
+
+def _publish_in_subprocess(root, fault: str | None, marker) -> subprocess.Popen:
+    code = textwrap.dedent("""
+        from sidestep.config import default_settings
+        from storage.paths import DataRoot
+        from tasks.index import publish_domain
+        print(publish_domain(DataRoot.from_settings(default_settings()), default_settings(), "handbook", force=True))
+    """)
+    env = {**os.environ, "SIDESTEP_HOME": str(root.root)}
+    if fault:
+        env.update({"SIDESTEP_FAULT_POINT": fault, "SIDESTEP_FAULT_POINT_MARKER": str(marker)})
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+
+
+def _served_version(server) -> str:
+    r = server.post("/search", json={"query": "database backups", "domain": "handbook", "k": 1})
+    assert r.status_code == 200, r.text
+    return r.json()["index_version"]
+
+
+@pytest.mark.parametrize("fault", ["publish:staged", "publish:renamed"])
+def test_killed_publish_leaves_current_and_serving_on_the_old_version(server, sample, tmp_path, fault):
+    store = IndexStore(sample.root)
+    old = store.current("handbook")
+    marker = tmp_path / "marker"
+    p = _publish_in_subprocess(sample.root, fault, marker)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert p.poll() is None and time.monotonic() < deadline, "publish did not reach the fault point"
+        time.sleep(0.1)
+    p.kill()  # SIGKILL, mid-publish
+    p.wait()
+    assert store.current("handbook") == old
+    store.verify("handbook", old)
+    end = time.monotonic() + 5  # longer than the replicas' reload poll: they must stay on `old`
+    while time.monotonic() < end:
+        assert _served_version(server) == old
+        time.sleep(0.5)
+
+
+def test_a_new_version_is_hot_swapped_without_failed_requests(server, sample):
+    store = IndexStore(sample.root)
+    old = store.current("handbook")
+    p = _publish_in_subprocess(sample.root, None, None)
+    seen, failures = set(), 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        r = server.post("/search", json={"query": "database backups", "domain": "handbook", "k": 5})
+        if r.status_code != 200:
+            failures += 1
+        else:
+            seen.add(r.json()["index_version"])
+        if p.poll() is not None and store.current("handbook") in seen:
+            break
+        time.sleep(0.1)
+    assert p.returncode == 0
+    new = store.current("handbook")
+    assert new != old and new in seen and failures == 0
+    assert not list(sample.root.indexes("handbook").glob(".staging-*"))  # crashed publishes were cleaned
