@@ -4,9 +4,10 @@ POST /search, GET /healthz, OpenAPI at /docs. Bad requests get a 4xx with a
 message, never a 500. The search replica polls each domain's CURRENT pointer
 and hot-swaps to a new, validated version without dropping requests;
 `reconfigure(user_config)` can pin versions.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI reads the request models from the
+endpoint annotations at runtime, and Ray's class-based ingress cannot resolve them as strings.
+"""
 
 import asyncio
 import logging

@@ -46,6 +46,9 @@ def data_root(tmp_path_factory, monkeypatch) -> DataRoot:
     """A fresh, empty data root for one test, made the process default."""
     p = Path(tempfile.mkdtemp(prefix="r-", dir=_BASE))
     monkeypatch.setenv("SIDESTEP_HOME", str(p))
+    # recorded so that teardown removes it again even if a CLI call in the test sets it
+    monkeypatch.setenv("SIDESTEP_CONFIG", "")
+    monkeypatch.delenv("SIDESTEP_CONFIG")
     return DataRoot(p)
 
 
@@ -73,11 +76,9 @@ def sample(encoder) -> SimpleNamespace:
     from flows.reindex import nightly_reindex
 
     root = DataRoot(Path(tempfile.mkdtemp(prefix="sample-", dir=_BASE)))
-    old = os.environ.get("SIDESTEP_HOME")
-    os.environ["SIDESTEP_HOME"] = str(root.root)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIDESTEP_HOME", str(root.root))
+        mp.delenv("SIDESTEP_CONFIG", raising=False)
         summary = nightly_reindex()
-    finally:
-        os.environ["SIDESTEP_HOME"] = old or ""
     assert not summary["failed"], summary["failed"]
     return SimpleNamespace(root=root, summary=summary)
