@@ -88,8 +88,6 @@ class Encoder:
         self.st = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
         self.st.eval()
         self.tokenizer = self.st[0].tokenizer
-        # Documents are tokenized whole and windowed here, so the length warning does not apply.
-        self.tokenizer.model_max_length = 1_000_000_000
         self.model = self.st[0].auto_model
         self.dim = int(self.st.get_embedding_dimension())
         self.max_seq = int(self.st.max_seq_length)
@@ -103,8 +101,10 @@ class Encoder:
         return encoder_key(self.path)
 
     # forward -----------------------------------------------------------------
-    def _forward(self, seqs: Sequence[list[int]], want_tokens: bool) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Pooled + token embeddings for id sequences (specials included), longest-first batches."""
+    def _forward(self, seqs: Sequence[list[int]], want_tokens: bool,
+                 progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Pooled + token embeddings for id sequences (specials included), longest-first batches
+        (sorting by length keeps padding, the main waste on CPU, small)."""
         import torch
 
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
@@ -128,7 +128,21 @@ class Encoder:
                     half = out.to(torch.float16).numpy()
                     for r, i in enumerate(idx):
                         tokens[i] = half[r, :len(seqs[i])].copy()
+                if progress:
+                    progress(len(idx))
         return pooled, tokens
+
+    def tokenize_documents(self, texts: Sequence[str]):
+        """Whole-document tokenization with character offsets (windowing happens afterwards,
+        so the tokenizer's "longer than the maximum" warning does not apply and is silenced)."""
+        from transformers.utils import logging as hf_logging
+
+        prev = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            return self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        finally:
+            hf_logging.set_verbosity(prev)
 
     def _wrap(self, ids: list[int]) -> list[int]:
         return [self.cls, *ids, self.sep]
@@ -163,25 +177,24 @@ class Encoder:
         """
         size = min(window_tokens, self.max_seq) - 2
         texts = [doc_text(t, x) for _, t, x in docs]
-        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        enc = self.tokenize_documents(texts)
         plans: list[list[Chunk]] = []
         seqs: list[list[int]] = []
-        owner: list[int] = []
         for d, (ids, offs) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
             chunks = chunk_offsets(list(offs), size, min(overlap_tokens, size - 1), max_chunks, len(texts[d]))
             plans.append(chunks)
             for c in chunks:
                 seqs.append(self._wrap(ids[c.tok_start:c.tok_end]))
-                owner.append(d)
-        pooled_all = np.zeros((len(seqs), self.dim), np.float32)
-        tokens_all: list[np.ndarray] = []
-        step = max(self.batch_size * 8, 256)
-        for s in range(0, len(seqs), step):
-            p, t = self._forward(seqs[s:s + step], want_tokens=True)
-            pooled_all[s:s + step] = p
-            tokens_all.extend(t)
-            if progress:
-                progress(len(set(owner[s:s + step])))
+        done = [0, 0]  # sequences encoded, documents reported
+
+        def report(n: int) -> None:  # progress in documents, proportional to sequences encoded
+            done[0] += n
+            docs_now = len(docs) * done[0] // max(len(seqs), 1)
+            if progress and docs_now > done[1]:
+                progress(docs_now - done[1])
+                done[1] = docs_now
+
+        pooled_all, tokens_all = self._forward(seqs, want_tokens=True, progress=report)
         out: list[EncodedDoc] = []
         row = 0
         for d, chunks in enumerate(plans):

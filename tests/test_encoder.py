@@ -36,3 +36,9 @@ def test_documents_are_chunked_and_keep_token_embeddings(encoder):
 def test_encoder_key_identifies_weights_without_loading(encoder):
     assert encoder_key(None) == encoder.key
     assert model_dim(None) == encoder.dim == 384
+
+
+def test_encoding_long_documents_leaves_the_sentence_transformer_usable(encoder):
+    long_text = "lorem ipsum " * 400
+    encoder.encode_documents([("h", "", long_text)])
+    assert encoder.st.encode([long_text]).shape == (1, 384)  # still truncates at max_seq_length
