@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import httpx
 
@@ -26,6 +25,9 @@ class ServeHandle:
         self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
     def start(self) -> ServeHandle:
+        # Ray needs its own HOME (see storage/runtime.py); remember the caller's environment to restore it.
+        self._saved_env = {k: os.environ.get(k) for k in ("HOME", "RAY_TMPDIR", "RAY_NODE_IP_ADDRESS",
+                                                          "RAY_SERVE_HTTP_HOST")}
         runtime.configure(self.root, ray=True)
         import ray
         from ray import serve
@@ -66,6 +68,11 @@ class ServeHandle:
         finally:
             if ray.is_initialized():
                 ray.shutdown()
+            for k, v in getattr(self, "_saved_env", {}).items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def __enter__(self) -> ServeHandle:
         try:
@@ -77,6 +84,3 @@ class ServeHandle:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-def data_root_path(root: DataRoot) -> Path:
-    return root.root
