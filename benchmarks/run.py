@@ -114,12 +114,22 @@ def main() -> None:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary data root")
+    ap.add_argument("--resume", help="data root of an interrupted run: finished phases are not rerun")
     args = ap.parse_args()
     data = Path(args.data)
     for name in ("scifact", "msmarco-5k"):
         if not (data / name / "corpus.jsonl").is_file():
             raise SystemExit(f"missing dataset {data / name}; see ../shared/data/README.md")
-    root = Path(tempfile.mkdtemp(prefix="ssb-", dir="/tmp"))
+    root = Path(args.resume) if args.resume else Path(tempfile.mkdtemp(prefix="ssb-", dir="/tmp"))
+    partial = root / "bench_partial.json"
+    done: dict = json.loads(partial.read_text()) if partial.is_file() else {}
+
+    def phase(name: str, fn):
+        if name not in done:
+            done[name] = fn()
+            partial.write_text(json.dumps(done, indent=2))
+        return done[name]
+
     env = {**os.environ, "SIDESTEP_HOME": str(root), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     os.environ.update({k: env[k] for k in ("SIDESTEP_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")})
@@ -128,13 +138,13 @@ def main() -> None:
     res: dict = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "data_root": str(root)}
 
     print("1/6 whole reindex of SciFact (sidestep reindex) ...", flush=True)
-    reindex, wall, peak = sh(["--config", str(cfg), "reindex", "--json"], env)
+    reindex, wall, peak = phase("reindex", lambda: sh(["--config", str(cfg), "reindex", "--json"], env))
     n_docs = reindex["domains"]["scifact"]["embed"]["documents"]
     res["reindex"] = {"documents": n_docs, "chunks": reindex["domains"]["scifact"]["index"]["chunks"],
                       "wall_s": wall, "docs_per_s": n_docs / wall, "peak_rss_mb": peak,
                       "embed_s": reindex["domains"]["scifact"]["embed"]["seconds"]}
     print("2/6 rerun on the unchanged corpus ...", flush=True)
-    again, wall2, _ = sh(["--config", str(cfg), "reindex", "--json"], env)
+    again, wall2, _ = phase("rerun", lambda: sh(["--config", str(cfg), "reindex", "--json"], env))
     res["rerun"] = {"wall_s": wall2, "encoded": again["encoded"], "published": len(again["published"])}
 
     print("3/6 bare encoder on the same texts ...", flush=True)
@@ -144,18 +154,19 @@ def main() -> None:
 
     docs = [json.loads(line) for line in (data / "scifact" / "corpus.jsonl").open()]
     texts = [doc_text(d.get("title", ""), d["text"]) for d in docs]
-    t_docs = bare_encoder(texts, 32)
-    t_chunks = bare_encoder(chunk_texts(root, "scifact"), 32)
+    t_docs = phase("bare_docs", lambda: bare_encoder(texts, 32))
+    t_chunks = phase("bare_chunks", lambda: bare_encoder(chunk_texts(root, "scifact"), 32))
     res["bare"] = {"docs_truncated_s": t_docs, "docs_truncated_per_s": len(texts) / t_docs,
                    "chunk_texts_s": t_chunks, "chunk_texts_docs_per_s": len(texts) / t_chunks}
 
     print("4/6 sidestep eval scifact ...", flush=True)
-    sf, wall_sf, peak_sf = sh(["eval", str(data / "scifact"), "--domain", "scifact", "--json"], env)
+    sf, wall_sf, peak_sf = phase("eval_scifact", lambda: sh(
+        ["eval", str(data / "scifact"), "--domain", "scifact", "--json"], env))
     res["scifact"] = {**sf["metrics"], "queries": sf["queries"], "wall_s": wall_sf, "peak_rss_mb": peak_sf,
                       "encoded": sf["embed"]["encoded"], "qps": sf["queries_per_s"]}
     print("5/6 sidestep eval msmarco-5k (grade >= 2 relevant for MRR/Recall) ...", flush=True)
-    mm, wall_mm, peak_mm = sh(["eval", str(data / "msmarco-5k"), "--domain", "msmarco", "--min-rel", "2",
-                               "--json"], env)
+    mm, wall_mm, peak_mm = phase("eval_msmarco", lambda: sh(
+        ["eval", str(data / "msmarco-5k"), "--domain", "msmarco", "--min-rel", "2", "--json"], env))
     res["msmarco"] = {**mm["metrics"], "queries": mm["queries"], "wall_s": wall_mm, "peak_rss_mb": peak_mm,
                       "documents": mm["embed"]["documents"], "embed_s": mm["embed"]["seconds"]}
 
@@ -163,8 +174,8 @@ def main() -> None:
     from sidestep.beir import load_queries
 
     qs = list(load_queries(data / "scifact", split="test").values())
-    res["http_k10"] = http_latency(root, "scifact", qs, 10)
-    res["http_k100"] = http_latency(root, "scifact", qs, 100)
+    res["http_k10"] = phase("http_k10", lambda: http_latency(root, "scifact", qs, 10))
+    res["http_k100"] = phase("http_k100", lambda: http_latency(root, "scifact", qs, 100))
     (REPO / "benchmarks" / "last_run.json").write_text(json.dumps(res, indent=2))
     Path(args.out).write_text(render(res))
     print(f"wrote {args.out}")

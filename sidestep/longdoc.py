@@ -48,6 +48,7 @@ GAMMAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5)
 ROUTE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 ROUTE_R = (1, 2, 3, 5)
 ROUTE_LAMBDAS = (0.0, 0.5, 1.0)
+POOLS = ("all", "query")  # how e(global ⊕ query) is pooled, see maps.encode_in_context
 _YES_NO = {"yes", "no", "unanswerable", "none"}
 
 
@@ -150,10 +151,10 @@ class Prepared:
     used: np.ndarray  # question indices with evidence
     left_out: dict[str, int]
     q_vecs: np.ndarray
-    q_ctx: np.ndarray  # e(own document's global text ⊕ question); = q_vecs where no map
+    q_ctx: dict[str, np.ndarray]  # pool -> e(own document's global text ⊕ question); = q_vecs where no map
     timing: dict[str, float]
     map_errors: dict[str, str] = field(default_factory=dict)
-    _ctx_cache: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    _ctx_cache: dict[tuple[str, int, int], np.ndarray] = field(default_factory=dict)
     _chunk_cache: dict[tuple[int, float], np.ndarray] = field(default_factory=dict)
 
 
@@ -199,17 +200,20 @@ def prepare(encoder: Encoder, ds: LongDocSet, *, encoded: Sequence[EncodedDoc] |
     t0 = time.perf_counter()
     q_vecs = encoder.encode_queries(ds.questions)
     ctx = [maps[d].global_text() if maps[d] else "" for d in ds.q_doc]
-    q_ctx = encode_in_context(encoder, ctx, ds.questions)
     no_map = [i for i, d in enumerate(ds.q_doc) if maps[d] is None]
-    q_ctx[no_map] = q_vecs[no_map]
+    q_ctx = {}
+    for pool in POOLS:
+        q_ctx[pool] = encode_in_context(encoder, ctx, ds.questions, pool=pool)
+        q_ctx[pool][no_map] = q_vecs[no_map]
     n_tok = sum(c.tok_end - c.tok_start for e in encoded for c in e.chunks)
     timing = {"encode_s": float(encode_seconds or 0.0), "summarize_s": map_s,
               "summarize_s_per_doc": map_s / max(1, len(ds.texts)),
               "summarize_share_of_reindex": map_s / max(1e-9, float(encode_seconds or 0.0)),
               "encoded_chunk_tokens": n_tok, "query_encode_s": time.perf_counter() - t0}
     prep = Prepared(ds, encoded, maps, map_vecs, chunk_sec, evidence, used, left, q_vecs, q_ctx, timing, errors)
-    for i, d in enumerate(ds.q_doc):
-        prep._ctx_cache[(i, d)] = q_ctx[i]
+    for pool in POOLS:
+        for i, d in enumerate(ds.q_doc):
+            prep._ctx_cache[(pool, i, d)] = q_ctx[pool][i]
     return prep
 
 
@@ -245,14 +249,14 @@ def doc_chunks(prep: Prepared, d: int, gamma: float) -> np.ndarray:
     return prep._chunk_cache[key]
 
 
-def within_ranks(prep: Prepared, qs: np.ndarray, alpha: float, gamma: float) -> np.ndarray:
+def within_ranks(prep: Prepared, qs: np.ndarray, alpha: float, gamma: float, pool: str = "all") -> np.ndarray:
     """0-based rank of the best evidence chunk in its own document, per question in `qs`."""
     by_doc: dict[int, list[int]] = {}
     for i in qs:
         by_doc.setdefault(prep.ds.q_doc[i], []).append(int(i))
     ranks = {}
     for d, items in by_doc.items():
-        q = condition_queries(prep.q_vecs[items], prep.q_ctx[items], alpha)
+        q = condition_queries(prep.q_vecs[items], prep.q_ctx[pool][items], alpha)
         scores = q @ doc_chunks(prep, d, gamma).T
         for row, i in enumerate(items):
             ranks[i] = _rank(scores[row], prep.evidence[i])
@@ -276,15 +280,16 @@ def _objective(ranks: np.ndarray) -> tuple[float, float]:
     return r["recall@3"], float(np.mean(list(r.values())))
 
 
-def tune_within(prep: Prepared, dev: np.ndarray, alphas: Sequence[float], gammas: Sequence[float]
-                ) -> tuple[float, float]:
+def tune_within(prep: Prepared, dev: np.ndarray, alphas: Sequence[float], gammas: Sequence[float],
+                pools: Sequence[str] = POOLS) -> tuple[float, float, str]:
     """Grid search on dev questions; on ties the setting closest to plain retrieval wins."""
-    best, best_key = (1.0, 0.0), None
-    for a in alphas:
-        for g in gammas:
-            key = (*_objective(within_ranks(prep, dev, a, g)), -(abs(1 - a) + g))
-            if best_key is None or key > best_key:
-                best, best_key = (float(a), float(g)), key
+    best, best_key = (1.0, 0.0, "all"), None
+    for pool in pools:
+        for a in alphas:
+            for g in gammas:
+                key = (*_objective(within_ranks(prep, dev, a, g, pool)), -(abs(1 - a) + g))
+                if best_key is None or key > best_key:
+                    best, best_key = (float(a), float(g), pool), key
     return best
 
 
@@ -321,15 +326,15 @@ def bag_corpus(prep: Prepared, cv: CorpusView, qs: np.ndarray) -> tuple[np.ndarr
     return np.asarray(c_ranks), np.asarray(d_ranks)
 
 
-def _fill_ctx(prep: Prepared, encoder: Encoder, pairs: set[tuple[int, int]]) -> None:
+def _fill_ctx(prep: Prepared, encoder: Encoder, pool: str, pairs: set[tuple[int, int]]) -> None:
     """Encode e(global text of d ⊕ question i) for the routed pairs not seen yet."""
-    todo = sorted(p for p in pairs if p not in prep._ctx_cache)
+    todo = sorted(p for p in pairs if (pool, *p) not in prep._ctx_cache)
     if not todo:
         return
     ctx = [prep.maps[d].global_text() if prep.maps[d] else "" for _, d in todo]
-    vecs = encode_in_context(encoder, ctx, [prep.ds.questions[i] for i, _ in todo])
+    vecs = encode_in_context(encoder, ctx, [prep.ds.questions[i] for i, _ in todo], pool=pool)
     for (i, d), v in zip(todo, vecs, strict=True):
-        prep._ctx_cache[(i, d)] = v if prep.maps[d] else prep.q_vecs[i]
+        prep._ctx_cache[(pool, i, d)] = v if prep.maps[d] else prep.q_vecs[i]
 
 
 @dataclass(frozen=True)
@@ -339,6 +344,7 @@ class RouteParams:
     doc_lambda: float
     alpha: float
     gamma: float
+    pool: str = "all"
 
 
 def route_scores(prep: Prepared, cv: CorpusView, qs: np.ndarray, map_weight: float) -> np.ndarray:
@@ -358,7 +364,8 @@ def routed_corpus(prep: Prepared, encoder: Encoder, cv: CorpusView, qs: np.ndarr
     map-conditioned query of each document; returns (chunk ranks, document ranks)."""
     dscores = route_scores(prep, cv, qs, rp.map_weight) if dscores is None else dscores
     routed = np.argsort(-dscores, axis=1, kind="stable")[:, :rp.top_r]
-    _fill_ctx(prep, encoder, {(int(i), int(d)) for i, row in zip(qs, routed, strict=True) for d in row})
+    if rp.alpha < 1:
+        _fill_ctx(prep, encoder, rp.pool, {(int(i), int(d)) for i, row in zip(qs, routed, strict=True) for d in row})
     c_ranks, d_ranks = [], []
     for row, i in enumerate(qs):
         d_true = prep.ds.q_doc[i]
@@ -377,19 +384,21 @@ def routed_corpus(prep: Prepared, encoder: Encoder, cv: CorpusView, qs: np.ndarr
 
 
 def _doc_chunk_scores(prep: Prepared, i: int, d: int, rp: RouteParams) -> np.ndarray:
-    q = condition_queries(prep.q_vecs[i][None], prep._ctx_cache[(i, d)][None], rp.alpha)[0]
+    if rp.alpha >= 1:
+        return doc_chunks(prep, d, rp.gamma) @ prep.q_vecs[i]
+    q = condition_queries(prep.q_vecs[i][None], prep._ctx_cache[(rp.pool, i, d)][None], rp.alpha)[0]
     return doc_chunks(prep, d, rp.gamma) @ q
 
 
 def tune_routing(prep: Prepared, encoder: Encoder, cv: CorpusView, dev: np.ndarray, alpha: float,
-                 gamma: float) -> RouteParams:
+                 gamma: float, pool: str) -> RouteParams:
     """Grid over fusion weight, R and the document-score bonus, on dev questions only."""
     best, best_key = None, None
     for w in ROUTE_WEIGHTS:
         ds_ = route_scores(prep, cv, dev, w)
         for r in ROUTE_R:
             for lam in ROUTE_LAMBDAS:
-                rp = RouteParams(w, r, lam, alpha, gamma)
+                rp = RouteParams(w, r, lam, alpha, gamma, pool)
                 c_ranks, d_ranks = routed_corpus(prep, encoder, cv, dev, rp, ds_)
                 key = (*_objective(c_ranks), float(np.mean(d_ranks < r)), -r, w)
                 if best_key is None or key > best_key:
@@ -420,18 +429,19 @@ def evaluate(prep: Prepared, encoder: Encoder, *, seed: int = 0, log: Callable[[
         test, dev = prep.used[q_fold == f], prep.used[q_fold != f]
         if len(test) == 0:
             continue
-        a_q, _ = tune_within(prep, dev, ALPHAS, (0.0,))
-        _, g_s = tune_within(prep, dev, (1.0,), GAMMAS)
-        a_b, g_b = tune_within(prep, dev, ALPHAS, GAMMAS)
-        rp = tune_routing(prep, encoder, cv, dev, a_b, g_b)
-        tuned[f"fold{f}"] = {"query_alpha": a_q, "section_gamma": g_s, "both_alpha": a_b, "both_gamma": g_b,
-                             "route": rp.__dict__, "n_dev": len(dev), "n_test": len(test)}
+        a_q, _, p_q = tune_within(prep, dev, ALPHAS, (0.0,))
+        _, g_s, _ = tune_within(prep, dev, (1.0,), GAMMAS, ("all",))
+        a_b, g_b, p_b = tune_within(prep, dev, ALPHAS, GAMMAS)
+        rp = tune_routing(prep, encoder, cv, dev, a_b, g_b, p_b)
+        tuned[f"fold{f}"] = {"query_alpha": a_q, "query_pool": p_q, "section_gamma": g_s, "both_alpha": a_b,
+                             "both_gamma": g_b, "both_pool": p_b, "route": rp.__dict__, "n_dev": len(dev),
+                             "n_test": len(test)}
         if log:
             log(f"fold {f}: {tuned[f'fold{f}']}")
         ranks["bag"].append(within_ranks(prep, test, 1.0, 0.0))
-        ranks["query"].append(within_ranks(prep, test, a_q, 0.0))
+        ranks["query"].append(within_ranks(prep, test, a_q, 0.0, p_q))
         ranks["section"].append(within_ranks(prep, test, 1.0, g_s))
-        ranks["both"].append(within_ranks(prep, test, a_b, g_b))
+        ranks["both"].append(within_ranks(prep, test, a_b, g_b, p_b))
         c, d = bag_corpus(prep, cv, test)
         ranks["c_bag"].append(c)
         ranks["d_bag"].append(d)

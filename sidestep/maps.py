@@ -796,15 +796,28 @@ def embed_maps(encoder: Encoder, maps: Sequence[DocMap]) -> list[MapVectors]:
     return out
 
 
-def encode_in_context(encoder: Encoder, contexts: Sequence[str], queries: Sequence[str]) -> np.ndarray:
-    """e(context ⊕ query): the context is cut, never the query, so both fit one encoder window."""
+def encode_in_context(encoder: Encoder, contexts: Sequence[str], queries: Sequence[str], *,
+                      pool: str = "all") -> np.ndarray:
+    """e(context ⊕ query): the context is cut, never the query, so both fit one encoder window.
+
+    pool="all" is MiA-RAG's form (mean over every token). pool="query" averages only the
+    query's tokens, read in the context of the map: the query keeps its own direction and
+    only its meaning is disambiguated by the summary.
+    """
+    if pool not in ("all", "query"):
+        raise ValueError(f"unknown pool {pool!r}")
     tok = encoder.tokenizer
     q_ids = tok(list(queries), add_special_tokens=False, truncation=True,
                 max_length=encoder.max_query_tokens - 2)["input_ids"]
     c_ids = tok(list(contexts), add_special_tokens=False)["input_ids"]
     room = encoder.max_seq - 2
     seqs = [encoder._wrap(c[:max(0, room - len(q))] + q) for c, q in zip(c_ids, q_ids, strict=True)]
-    return encoder._forward(seqs, want_tokens=False)[0]
+    pooled, tokens = encoder._forward(seqs, want_tokens=pool == "query")
+    if pool == "all":
+        return pooled
+    out = np.stack([t[-1 - len(q):-1].astype(np.float32).mean(0) if q else t.astype(np.float32).mean(0)
+                    for t, q in zip(tokens, q_ids, strict=True)])
+    return _unit(out)
 
 
 # ----------------------------------------------------------------------------- conditioning, routing
