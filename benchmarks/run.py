@@ -78,29 +78,32 @@ def chunk_texts(root: Path, domain: str) -> list[str]:
     return [docs[c["doc_id"]][c["char_start"]:c["char_end"]] for c in chunks]
 
 
-def http_latency(root: Path, domain: str, queries: list[str], k: int) -> dict:
+def http_latency(root: Path, domain: str, queries: list[str], ks: tuple[int, ...]) -> dict:
     import httpx
     import psutil
 
     from serving.run import ServeHandle
     from storage.paths import DataRoot
 
+    out = {}
     with ServeHandle(DataRoot(root), port=8765, preset="local") as h, httpx.Client(base_url=h.url, timeout=60) as c:
-        for q in queries[:10]:
-            c.post("/search", json={"query": q, "domain": domain, "k": k, "verify": False})
-        lat, errors = [], 0
-        t0 = time.perf_counter()
-        for q in queries:
-            s = time.perf_counter()
-            r = c.post("/search", json={"query": q, "domain": domain, "k": k, "verify": False})
-            lat.append((time.perf_counter() - s) * 1e3)
-            errors += r.status_code != 200
-        wall = time.perf_counter() - t0
-        rss = sum(p.memory_info().rss for p in psutil.process_iter() if _is_ray(p)) / 2**20
-    lat.sort()
-    return {"requests": len(lat), "errors": errors, "p50_ms": statistics.median(lat),
-            "p99_ms": lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))], "qps": len(lat) / wall,
-            "serving_rss_mb": rss}
+        for k in ks:
+            for q in queries[:10]:
+                c.post("/search", json={"query": q, "domain": domain, "k": k, "verify": False})
+            lat, errors = [], 0
+            t0 = time.perf_counter()
+            for q in queries:
+                s = time.perf_counter()
+                r = c.post("/search", json={"query": q, "domain": domain, "k": k, "verify": False})
+                lat.append((time.perf_counter() - s) * 1e3)
+                errors += r.status_code != 200
+            wall = time.perf_counter() - t0
+            rss = sum(p.memory_info().rss for p in psutil.process_iter() if _is_ray(p)) / 2**20
+            lat.sort()
+            out[f"k{k}"] = {"requests": len(lat), "errors": errors, "p50_ms": statistics.median(lat),
+                            "p99_ms": lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))],
+                            "qps": len(lat) / wall, "serving_rss_mb": rss}
+    return out
 
 
 def _is_ray(p) -> bool:
@@ -117,6 +120,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary data root")
     ap.add_argument("--resume", help="data root of an interrupted run: finished phases are not rerun")
+    ap.add_argument("--note", default="", help="a sentence on the run's conditions, printed under the title")
     args = ap.parse_args()
     data = Path(args.data)
     for name in ("scifact", "msmarco-5k"):
@@ -137,7 +141,8 @@ def main() -> None:
     os.environ.update({k: env[k] for k in ("SIDESTEP_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")})
     cfg = root / "bench.toml"
     cfg.write_text(f'[[sources]]\ndomain = "scifact"\npath = "{data / "scifact"}"\nformat = "beir"\n')
-    res: dict = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "data_root": str(root)}
+    res: dict = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "data_root": str(root),
+                 "note": args.note}
 
     print("1/6 whole reindex of SciFact (sidestep reindex) ...", flush=True)
     reindex, wall, peak, cpu = phase("reindex", lambda: sh(["--config", str(cfg), "reindex", "--json"], env))
@@ -178,8 +183,8 @@ def main() -> None:
     from sidestep.beir import load_queries
 
     qs = list(load_queries(data / "scifact", split="test").values())
-    res["http_k10"] = phase("http_k10", lambda: http_latency(root, "scifact", qs, 10))
-    res["http_k100"] = phase("http_k100", lambda: http_latency(root, "scifact", qs, 100))
+    http = phase("http", lambda: http_latency(root, "scifact", qs, (10, 100)))
+    res["http_k10"], res["http_k100"] = http["k10"], http["k100"]
     (REPO / "benchmarks" / "last_run.json").write_text(json.dumps(res, indent=2))
     Path(args.out).write_text(render(res))
     print(f"wrote {args.out}")
@@ -201,7 +206,7 @@ def render(r: dict) -> str:
 Produced by `benchmarks/run.py` on {r['started']} ({platform.machine()}, {os.cpu_count()} cores, Python
 {platform.python_version()}); encoder all-MiniLM-L6-v2; all figures from one run, ratios against
 baselines measured in the same run. Regenerate with `make bench`.
-
+{("" if not r.get("note") else chr(10) + "Conditions: " + r["note"] + chr(10))}
 ## Retrieval quality (`sidestep eval`, dense recall, verify not yet available)
 
 | dataset | queries | nDCG@10 | MRR@10 | Recall@100 | protocol |

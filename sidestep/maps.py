@@ -49,7 +49,7 @@ class MapParams:
 
     section_budget_chars: int = 300
     global_budget_chars: int = 600
-    min_section_chars: int = 400
+    min_section_chars: int = 1000
     max_section_chars: int = 6000
     max_sentence_chars: int = 500
     tiling_window: int = 3  # sentences on each side of a gap
@@ -252,6 +252,7 @@ class Heading:
     end: int
     level: int
     title: str
+    markup: bool = True  # from <Hn> or '#' markup, not inferred from layout
 
 
 @dataclass(frozen=True)
@@ -297,10 +298,11 @@ def find_headings(text: str) -> list[Heading]:
     for m in _NUM_HEAD.finditer(text):
         if _short_title(m.group(2).strip(), 10):
             level = m.group(1).count(".") + 1
-            found.setdefault(m.start(), Heading(m.start(), m.end(), level, f"{m.group(1)} {m.group(2).strip()}"))
+            title = f"{m.group(1)} {m.group(2).strip()}"
+            found.setdefault(m.start(), Heading(m.start(), m.end(), level, title, False))
     for m in _LINE.finditer(text):
         if m.start() not in found and _plain_heading(text, m):
-            found[m.start()] = Heading(m.start(), m.end(), 1, m.group(1).strip())
+            found[m.start()] = Heading(m.start(), m.end(), 1, m.group(1).strip(), False)
     return sorted(found.values(), key=lambda h: h.start)
 
 
@@ -319,22 +321,34 @@ def _structural_spans(text: str, heads: list[Heading]) -> list[SectionSpan]:
     return spans
 
 
+def merge_titles(a: str, b: str) -> str:
+    """Title of two merged sections: a parent's path is implied by its child's; siblings are
+    listed ("Records > Game; Season") so no heading is lost from the map."""
+    if not a or b.startswith(a):
+        return b
+    if not b or a.startswith(b) or b in a.split("; "):
+        return a
+    return f"{a}; {b.rsplit(' > ', 1)[-1]}"
+
+
 def _merge_small(spans: list[SectionSpan], min_chars: int) -> list[SectionSpan]:
     """Fold sections shorter than min_chars into the next one (the last into the previous)."""
     out: list[SectionSpan] = []
-    carry: int | None = None
+    carry: SectionSpan | None = None
     for s in spans:
-        start = s.char_start if carry is None else carry
-        if s.char_end - start < min_chars:
-            carry = start
+        if carry is not None:
+            s = SectionSpan(merge_titles(carry.title, s.title), carry.char_start, s.char_end)
+        if s.char_end - s.char_start < min_chars:
+            carry = s
             continue
-        out.append(SectionSpan(s.title, start, s.char_end))
+        out.append(s)
         carry = None
     if carry is not None:
         if out:
-            out[-1] = SectionSpan(out[-1].title, out[-1].char_start, spans[-1].char_end)
+            last = out[-1]
+            out[-1] = SectionSpan(merge_titles(last.title, carry.title), last.char_start, carry.char_end)
         else:
-            out.append(SectionSpan(spans[-1].title, carry, spans[-1].char_end))
+            out.append(carry)
     return out
 
 
@@ -363,8 +377,12 @@ def _depth_scores(vecs: np.ndarray, window: int) -> np.ndarray:
     return depth.astype(np.float32)
 
 
-def _topic_cuts(starts: np.ndarray, vecs: np.ndarray | None, lo: int, hi: int, p: MapParams) -> list[int]:
-    """Char positions (sentence starts) that cut [lo, hi) at topic shifts, within min/max sizes."""
+def _topic_cuts(starts: np.ndarray, vecs: np.ndarray | None, lo: int, hi: int, p: MapParams,
+                threshold: bool = True) -> list[int]:
+    """Char positions (sentence starts) that cut [lo, hi) at topic shifts, within min/max sizes.
+
+    With threshold=False only pieces over max_section_chars are cut (still at the deepest
+    gaps): a section its author delimited is not re-segmented, only kept to size."""
     m = len(starts)
     if m < 2:
         return []
@@ -372,7 +390,7 @@ def _topic_cuts(starts: np.ndarray, vecs: np.ndarray | None, lo: int, hi: int, p
     has_vec = vecs is not None and len(vecs) and bool(np.any(vecs))
     depth = _depth_scores(vecs, p.tiling_window) if has_vec else np.zeros(m - 1, np.float32)
     cuts: list[int] = []
-    if has_vec:
+    if has_vec and threshold:
         thr = float(depth.mean() + p.tiling_std * depth.std())
         for g in np.argsort(-depth, kind="stable"):
             if depth[g] <= max(thr, 1e-6):
@@ -438,7 +456,8 @@ def find_sections(text: str, sentences: Sequence[tuple[int, int]] | None = None,
             continue
         sel = np.flatnonzero((starts >= sp.char_start) & (starts < sp.char_end))
         vec = vectors[sel] if vectors is not None and len(sel) else None
-        bounds = [sp.char_start, *_topic_cuts(starts[sel], vec, sp.char_start, sp.char_end, p), sp.char_end]
+        cuts = _topic_cuts(starts[sel], vec, sp.char_start, sp.char_end, p, threshold=not heads)
+        bounds = [sp.char_start, *cuts, sp.char_end]
         out.extend(SectionSpan(sp.title, a, b) for a, b in zip(bounds, bounds[1:], strict=False))
     return out
 
@@ -649,9 +668,10 @@ class LLMSummarizer:
 
 # ----------------------------------------------------------------------------- building a map
 def doc_title(text: str, heads: list[Heading] | None = None) -> str:
-    """The document's own title when its markup names one (a level-1 heading)."""
+    """The document's own title when its markup names one (a level-1 <H1> or '#' near the top);
+    a layout-inferred line such as "Introduction" is a section, not the document's title."""
     heads = find_headings(text) if heads is None else heads
-    return next((h.title for h in heads if h.level == 1 and h.start < 1000), "")
+    return next((h.title for h in heads if h.level == 1 and h.markup and h.start < 1000), "")
 
 
 def build_map(text: str, tokens: TokenView | None = None, *, content_hash: str = "", title: str = "",
@@ -764,6 +784,28 @@ def chunk_sections(doc_map: DocMap, chunks: Sequence[Chunk]) -> list[int]:
     return out
 
 
+def chunk_section_weights(doc_map: DocMap, chunks: Sequence[Chunk]) -> np.ndarray:
+    """(n_chunks, n_sections) share of each chunk's characters in each section (rows sum to 1).
+
+    A chunk (~900 characters) often straddles a section boundary; weighting by overlap lets
+    it carry both sections instead of the larger one only.
+    """
+    n = max(1, len(doc_map.sections))
+    w = np.zeros((len(chunks), n), np.float32)
+    if not doc_map.sections:
+        w[:, 0] = 1.0
+        return w
+    starts = np.asarray([s.char_start for s in doc_map.sections])
+    ends = np.asarray([s.char_end for s in doc_map.sections])
+    for row, c in enumerate(chunks):
+        overlap = np.clip(np.minimum(ends, c.char_end) - np.maximum(starts, c.char_start), 0, None)
+        if overlap.sum() > 0:
+            w[row] = overlap / overlap.sum()
+        else:
+            w[row, max(0, np.searchsorted(starts, c.char_start, "right") - 1)] = 1.0
+    return w
+
+
 # ----------------------------------------------------------------------------- map vectors
 @dataclass
 class MapVectors:
@@ -783,16 +825,18 @@ def encode_texts(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
 
 
 def embed_maps(encoder: Encoder, maps: Sequence[DocMap]) -> list[MapVectors]:
-    """Encode every map's global text and section texts in one batched pass."""
-    texts: list[str] = []
-    for m in maps:
-        texts += [m.global_text(), *m.section_texts()]
-    vecs = encode_texts(encoder, texts)
+    """Encode every map's global text and section texts, batched across maps.
+
+    Global texts (~150 tokens) and section texts (~70) are encoded in separate passes so a
+    batch is never padded to a global text's length: that alone halves the cost of a map.
+    """
+    glob = encode_texts(encoder, [m.global_text() for m in maps])
+    secs = encode_texts(encoder, [t for m in maps for t in m.section_texts()])
     out, row = [], 0
-    for m in maps:
+    for g, m in zip(glob, maps, strict=True):
         n = len(m.sections)
-        out.append(MapVectors(vecs[row], vecs[row + 1:row + 1 + n]))
-        row += 1 + n
+        out.append(MapVectors(g, secs[row:row + n]))
+        row += n
     return out
 
 
@@ -826,13 +870,20 @@ def condition_queries(query_vecs: np.ndarray, context_vecs: np.ndarray, alpha: f
     return _unit(alpha * np.asarray(query_vecs, np.float32) + (1 - alpha) * np.asarray(context_vecs, np.float32))
 
 
-def section_aware_chunks(chunk_vecs: np.ndarray, section_vecs: np.ndarray, chunk_section: Sequence[int],
-                         gamma: float) -> np.ndarray:
-    """normalize(e(chunk) + gamma * e(section)): each chunk carries its section's map entry,
-    without re-encoding any chunk (the section vector is shared by all its chunks)."""
+def section_aware_chunks(chunk_vecs: np.ndarray, section_vecs: np.ndarray,
+                         chunk_section: Sequence[int] | np.ndarray, gamma: float) -> np.ndarray:
+    """normalize(e(chunk) + gamma * e(section)): each chunk carries its section's map entry
+    (heading path + summary), without re-encoding any chunk.
+
+    `chunk_section` is either each chunk's section index (`chunk_sections`) or an
+    (n_chunks, n_sections) overlap matrix (`chunk_section_weights`, the default in the
+    benchmark), in which case a straddling chunk carries the overlap-weighted mix.
+    """
     if gamma == 0 or len(section_vecs) == 0:
         return np.asarray(chunk_vecs, np.float32)
-    return _unit(chunk_vecs + gamma * section_vecs[np.asarray(chunk_section, dtype=np.int64)])
+    assign = np.asarray(chunk_section)
+    sec = assign @ section_vecs if assign.ndim == 2 else section_vecs[assign.astype(np.int64)]
+    return _unit(chunk_vecs + gamma * sec)
 
 
 def doc_max_scores(scores: np.ndarray, chunk_doc: np.ndarray, n_docs: int) -> np.ndarray:
