@@ -184,12 +184,15 @@ def search(
     domain: DomainOpt = None,
     k: Annotated[int, typer.Option(min=1, max=1000)] = 10,
     verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    mode: Annotated[str, typer.Option(help="chunks (bag of chunks) or map (route by document maps, then "
+                                      "map-conditioned chunk choice).")] = "chunks",
+    doc_id: Annotated[str | None, typer.Option(help="With --mode map: rank the chunks of this document.")] = None,
     url: Annotated[str | None, typer.Option(help="Ask a running server (e.g. http://127.0.0.1:8000) instead "
                                             "of searching in-process.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search a domain's published index (in-process, or through a running server with --url)."""
-    body = {"query": query, "k": k, "domain": domain, "verify": verify}
+    body = {"query": query, "k": k, "domain": domain, "verify": verify, "mode": mode, "doc_id": doc_id}
     if url:
         import httpx
 
@@ -209,9 +212,11 @@ def search(
                 _fail(str(e), as_json, 2)
     _emit(res, as_json)
     if not as_json:
-        t = Table("#", "doc_id", "score", "title / snippet", title=f"{res['domain']} @ {res['index_version']}")
+        t = Table("#", "doc_id", "chunk", "score", "title / snippet",
+                  title=f"{res['domain']} @ {res['index_version']} ({res['mode']})")
         for i, h in enumerate(res["results"], 1):
-            t.add_row(str(i), h["doc_id"], f"{h['score']:.4f}", (h.get("title") or h.get("snippet", ""))[:80])
+            t.add_row(str(i), h["doc_id"], str(h.get("chunk", 0)), f"{h['score']:.4f}",
+                      (h.get("snippet", "") if doc_id else h.get("title") or h.get("snippet", ""))[:80])
         out.print(t)
 
 

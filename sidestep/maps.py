@@ -252,6 +252,7 @@ class Heading:
     end: int
     level: int
     title: str
+    markup: bool = True  # from <Hn> or '#' markup, not inferred from layout
 
 
 @dataclass(frozen=True)
@@ -297,10 +298,11 @@ def find_headings(text: str) -> list[Heading]:
     for m in _NUM_HEAD.finditer(text):
         if _short_title(m.group(2).strip(), 10):
             level = m.group(1).count(".") + 1
-            found.setdefault(m.start(), Heading(m.start(), m.end(), level, f"{m.group(1)} {m.group(2).strip()}"))
+            title = f"{m.group(1)} {m.group(2).strip()}"
+            found.setdefault(m.start(), Heading(m.start(), m.end(), level, title, False))
     for m in _LINE.finditer(text):
         if m.start() not in found and _plain_heading(text, m):
-            found[m.start()] = Heading(m.start(), m.end(), 1, m.group(1).strip())
+            found[m.start()] = Heading(m.start(), m.end(), 1, m.group(1).strip(), False)
     return sorted(found.values(), key=lambda h: h.start)
 
 
@@ -319,22 +321,34 @@ def _structural_spans(text: str, heads: list[Heading]) -> list[SectionSpan]:
     return spans
 
 
+def merge_titles(a: str, b: str) -> str:
+    """Title of two merged sections: a parent's path is implied by its child's; siblings are
+    listed ("Records > Game; Season") so no heading is lost from the map."""
+    if not a or b.startswith(a):
+        return b
+    if not b or a.startswith(b) or b in a.split("; "):
+        return a
+    return f"{a}; {b.rsplit(' > ', 1)[-1]}"
+
+
 def _merge_small(spans: list[SectionSpan], min_chars: int) -> list[SectionSpan]:
     """Fold sections shorter than min_chars into the next one (the last into the previous)."""
     out: list[SectionSpan] = []
-    carry: int | None = None
+    carry: SectionSpan | None = None
     for s in spans:
-        start = s.char_start if carry is None else carry
-        if s.char_end - start < min_chars:
-            carry = start
+        if carry is not None:
+            s = SectionSpan(merge_titles(carry.title, s.title), carry.char_start, s.char_end)
+        if s.char_end - s.char_start < min_chars:
+            carry = s
             continue
-        out.append(SectionSpan(s.title, start, s.char_end))
+        out.append(s)
         carry = None
     if carry is not None:
         if out:
-            out[-1] = SectionSpan(out[-1].title, out[-1].char_start, spans[-1].char_end)
+            last = out[-1]
+            out[-1] = SectionSpan(merge_titles(last.title, carry.title), last.char_start, carry.char_end)
         else:
-            out.append(SectionSpan(spans[-1].title, carry, spans[-1].char_end))
+            out.append(carry)
     return out
 
 
@@ -363,8 +377,12 @@ def _depth_scores(vecs: np.ndarray, window: int) -> np.ndarray:
     return depth.astype(np.float32)
 
 
-def _topic_cuts(starts: np.ndarray, vecs: np.ndarray | None, lo: int, hi: int, p: MapParams) -> list[int]:
-    """Char positions (sentence starts) that cut [lo, hi) at topic shifts, within min/max sizes."""
+def _topic_cuts(starts: np.ndarray, vecs: np.ndarray | None, lo: int, hi: int, p: MapParams,
+                threshold: bool = True) -> list[int]:
+    """Char positions (sentence starts) that cut [lo, hi) at topic shifts, within min/max sizes.
+
+    With threshold=False only pieces over max_section_chars are cut (still at the deepest
+    gaps): a section its author delimited is not re-segmented, only kept to size."""
     m = len(starts)
     if m < 2:
         return []
@@ -372,7 +390,7 @@ def _topic_cuts(starts: np.ndarray, vecs: np.ndarray | None, lo: int, hi: int, p
     has_vec = vecs is not None and len(vecs) and bool(np.any(vecs))
     depth = _depth_scores(vecs, p.tiling_window) if has_vec else np.zeros(m - 1, np.float32)
     cuts: list[int] = []
-    if has_vec:
+    if has_vec and threshold:
         thr = float(depth.mean() + p.tiling_std * depth.std())
         for g in np.argsort(-depth, kind="stable"):
             if depth[g] <= max(thr, 1e-6):
@@ -438,7 +456,8 @@ def find_sections(text: str, sentences: Sequence[tuple[int, int]] | None = None,
             continue
         sel = np.flatnonzero((starts >= sp.char_start) & (starts < sp.char_end))
         vec = vectors[sel] if vectors is not None and len(sel) else None
-        bounds = [sp.char_start, *_topic_cuts(starts[sel], vec, sp.char_start, sp.char_end, p), sp.char_end]
+        cuts = _topic_cuts(starts[sel], vec, sp.char_start, sp.char_end, p, threshold=not heads)
+        bounds = [sp.char_start, *cuts, sp.char_end]
         out.extend(SectionSpan(sp.title, a, b) for a, b in zip(bounds, bounds[1:], strict=False))
     return out
 
@@ -649,9 +668,10 @@ class LLMSummarizer:
 
 # ----------------------------------------------------------------------------- building a map
 def doc_title(text: str, heads: list[Heading] | None = None) -> str:
-    """The document's own title when its markup names one (a level-1 heading)."""
+    """The document's own title when its markup names one (a level-1 <H1> or '#' near the top);
+    a layout-inferred line such as "Introduction" is a section, not the document's title."""
     heads = find_headings(text) if heads is None else heads
-    return next((h.title for h in heads if h.level == 1 and h.start < 1000), "")
+    return next((h.title for h in heads if h.level == 1 and h.markup and h.start < 1000), "")
 
 
 def build_map(text: str, tokens: TokenView | None = None, *, content_hash: str = "", title: str = "",
