@@ -178,6 +178,31 @@ def eval_(
         out.print(f"run stored as {res['run_id']} in {_root().eval_db()}")
 
 
+@app.command("eval-longdoc")
+def eval_longdoc(
+    path: Annotated[str, typer.Argument(help="An L-Eval JSONL file (input = document, instructions = "
+                                        "questions, outputs = answers).")],
+    seed: Annotated[int, typer.Option(help="Seed of the dev/test split of documents (parameters are tuned on "
+                                      "dev questions, reported on held-out ones).")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evidence-chunk Recall@1/3/5 inside long documents: bag of chunks vs map-conditioned retrieval
+    (and section-aware chunks, both together, and a corpus-level routing mode), in one run."""
+    if not Path(path).is_file():
+        _fail(f"file not found: {path}", as_json, 2)
+    from flows.longdoc import longdoc_flow
+
+    res = _run(longdoc_flow, as_json, path=str(Path(path).resolve()), seed=seed)
+    _emit(res, as_json)
+    if not as_json:
+        t = Table("mode", "recall@1", "recall@3", "recall@5", title=f"{Path(path).name}: evidence chunk recall")
+        for mode, m in res.get("within_document", {}).items():
+            if isinstance(m, dict) and "recall@3" in m:
+                t.add_row(mode, *(f"{m[k]:.3f}" for k in ("recall@1", "recall@3", "recall@5")))
+        out.print(t)
+        out.print(f"stored as {res['run_id']} in {_root().eval_db()}")
+
+
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="Query text.")],

@@ -99,7 +99,7 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
         "chunking": settings.chunking.model_dump(),
         "embeddings": {"encoder": key, "shards": sorted(set(out["shard"]))},
     }
-    if maps:
+    if settings.maps.enabled:
         manifest["maps"] = {"key": map_key(settings), "documents_with_map": sum(
             v is not None for v in doc_maps["global_vec"])}
     with store.lock(domain):
@@ -110,7 +110,8 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
         store.clean_staging(domain)
         with store.staging(domain) as staged:
             write_version_files(staged, index, pa.table(out),
-                                pa.table(doc_maps, schema=index_maps_schema(dim)) if maps else None)
+                                pa.table(doc_maps, schema=index_maps_schema(dim)) if settings.maps.enabled
+                                else None)
             manifest = store.publish(domain, staged, version, manifest)
     return {"domain": domain, "published": True, "version": version, "parent": manifest["parent"],
             "documents": docs.num_rows, "chunks": len(order), "index": params.kind,
