@@ -178,18 +178,46 @@ def eval_(
         out.print(f"run stored as {res['run_id']} in {_root().eval_db()}")
 
 
+@app.command("eval-longdoc")
+def eval_longdoc(
+    path: Annotated[str, typer.Argument(help="An L-Eval JSONL file (input = document, instructions = "
+                                        "questions, outputs = answers).")],
+    seed: Annotated[int, typer.Option(help="Seed of the dev/test split of documents (parameters are tuned on "
+                                      "dev questions, reported on held-out ones).")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evidence-chunk Recall@1/3/5 inside long documents: bag of chunks vs map-conditioned retrieval
+    (and section-aware chunks, both together, and a corpus-level routing mode), in one run."""
+    if not Path(path).is_file():
+        _fail(f"file not found: {path}", as_json, 2)
+    from flows.longdoc import longdoc_flow
+
+    res = _run(longdoc_flow, as_json, path=str(Path(path).resolve()), seed=seed)
+    _emit(res, as_json)
+    if not as_json:
+        t = Table("mode", "recall@1", "recall@3", "recall@5", title=f"{Path(path).name}: evidence chunk recall")
+        for mode, m in res.get("within_document", {}).items():
+            if isinstance(m, dict) and "recall@3" in m:
+                t.add_row(mode, *(f"{m[k]:.3f}" for k in ("recall@1", "recall@3", "recall@5")))
+        out.print(t)
+        out.print(f"stored as {res['run_id']} in {_root().eval_db()}")
+
+
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="Query text.")],
     domain: DomainOpt = None,
     k: Annotated[int, typer.Option(min=1, max=1000)] = 10,
     verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    mode: Annotated[str, typer.Option(help="chunks (bag of chunks) or map (route by document maps, then "
+                                      "map-conditioned chunk choice).")] = "chunks",
+    doc_id: Annotated[str | None, typer.Option(help="With --mode map: rank the chunks of this document.")] = None,
     url: Annotated[str | None, typer.Option(help="Ask a running server (e.g. http://127.0.0.1:8000) instead "
                                             "of searching in-process.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search a domain's published index (in-process, or through a running server with --url)."""
-    body = {"query": query, "k": k, "domain": domain, "verify": verify}
+    body = {"query": query, "k": k, "domain": domain, "verify": verify, "mode": mode, "doc_id": doc_id}
     if url:
         import httpx
 
@@ -209,9 +237,11 @@ def search(
                 _fail(str(e), as_json, 2)
     _emit(res, as_json)
     if not as_json:
-        t = Table("#", "doc_id", "score", "title / snippet", title=f"{res['domain']} @ {res['index_version']}")
+        t = Table("#", "doc_id", "chunk", "score", "title / snippet",
+                  title=f"{res['domain']} @ {res['index_version']} ({res['mode']})")
         for i, h in enumerate(res["results"], 1):
-            t.add_row(str(i), h["doc_id"], f"{h['score']:.4f}", (h.get("title") or h.get("snippet", ""))[:80])
+            t.add_row(str(i), h["doc_id"], str(h.get("chunk", 0)), f"{h['score']:.4f}",
+                      (h.get("snippet", "") if doc_id else h.get("title") or h.get("snippet", ""))[:80])
         out.print(t)
 
 

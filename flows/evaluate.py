@@ -10,6 +10,7 @@ from tasks.embed import embed_task
 from tasks.evaluate import evaluate_task
 from tasks.index import publish_task
 from tasks.ingest import ingest_task
+from tasks.summarize import summarize_task
 
 
 @flow(name="evaluate", log_prints=True)
@@ -21,6 +22,7 @@ def evaluate_flow(dataset_dir: str, domain: str, k: int = 100, split: str = "tes
     ingest = ingest_task(root, SourceConfig(domain=domain, path=dataset_dir, format="beir", snapshot=True),
                          settings.ingest.max_text_bytes)
     emb = embed_task(root, settings, domain)
+    summarize_task(root, settings, domain)
     pub = publish_task(root, settings, domain)
     res = evaluate_task(root, settings, dataset_dir, domain, k, split, min_rel, out)
     res["verify"] = {"requested": verify, "applied": False,

@@ -1,4 +1,4 @@
-"""The nightly reindex: ingest → embed → index → publish, for every configured domain."""
+"""The nightly reindex: ingest → embed → summarize (document maps) → index → publish, per domain."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from tasks.common import root_from, settings_from
 from tasks.embed import embed_task
 from tasks.index import publish_task
 from tasks.ingest import ingest_task
+from tasks.summarize import summarize_task
 
 
 class ReindexFailed(RuntimeError):
@@ -32,26 +33,30 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
     if unknown:
         raise ValueError(f"unknown domain(s) {unknown}; configured: {known}")
     log = get_run_logger()
-    summary: dict = {"domains": {}, "failed": {}, "encoded": 0, "reused": 0, "published": [], "quarantined": 0}
+    summary: dict = {"domains": {}, "failed": {}, "encoded": 0, "reused": 0, "summarized": 0, "maps_failed": 0,
+                     "published": [], "quarantined": 0}
     for domain in chosen:
         try:
             ingests = [] if skip_ingest else [
                 ingest_task(root, s, settings.ingest.max_text_bytes) for s in settings.sources_for(domain)]
             emb = embed_task(root, settings, domain)
+            maps = summarize_task(root, settings, domain)
             pub = publish_task(root, settings, domain, force=force)
         except Exception as e:  # one domain's failure must not stop the others
             log.error("domain %s failed: %s", domain, e)
             summary["failed"][domain] = f"{type(e).__name__}: {e}"
             continue
-        summary["domains"][domain] = {"ingest": ingests, "embed": emb, "index": pub}
+        summary["domains"][domain] = {"ingest": ingests, "embed": emb, "summarize": maps, "index": pub}
+        summary["summarized"] += maps["summarized"]
+        summary["maps_failed"] += maps["failed"]
         summary["encoded"] += emb["encoded"]
         summary["reused"] += emb["reused"]
         summary["quarantined"] += sum(i["quarantined"] for i in ingests)
         if pub["published"]:
             summary["published"].append({"domain": domain, "version": pub["version"]})
-    log.info("reindex: %d domains, encoded=%d reused=%d published=%d quarantined=%d failed=%d",
-             len(chosen), summary["encoded"], summary["reused"], len(summary["published"]), summary["quarantined"],
-             len(summary["failed"]))
+    log.info("reindex: %d domains, encoded=%d reused=%d summarized=%d maps_failed=%d published=%d "
+             "quarantined=%d failed=%d", len(chosen), summary["encoded"], summary["reused"], summary["summarized"],
+             summary["maps_failed"], len(summary["published"]), summary["quarantined"], len(summary["failed"]))
     if summary["failed"]:
         raise ReindexFailed(summary)
     return summary

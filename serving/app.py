@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +37,11 @@ class SearchRequest(BaseModel):
     k: int = Field(10, ge=1, le=1000, description="Number of documents to return.")
     domain: str | None = Field(None, max_length=64, description="Domain to search; the default domain if null.")
     verify: bool = Field(True, description="Rerank with the verifier (reported as not applied until one exists).")
+    mode: Literal["chunks", "map"] = Field(
+        "chunks", description="chunks: bag of chunks. map: route by document maps, then pick chunks with the "
+                              "query conditioned on each document's summary.")
+    doc_id: str | None = Field(None, max_length=512, description="With mode 'map': rank the chunks of this one "
+                                                                  "document.")
 
 
 class SearchResult(BaseModel):
@@ -50,6 +56,7 @@ class SearchResult(BaseModel):
 class SearchResponse(BaseModel):
     index_version: str
     domain: str
+    mode: str
     results: list[SearchResult]
     verify: dict
     timings_ms: dict[str, float]
@@ -85,9 +92,10 @@ class SearchDeployment:
         self.poll_s = float(user_config.get("reload_poll_s", self.poll_s))
         self.service.pin(user_config.get("pin") or {})
 
-    def search(self, query: str, k: int, domain: str | None, verify: bool) -> dict:
+    def search(self, query: str, k: int, domain: str | None, verify: bool, mode: str = "chunks",
+               doc_id: str | None = None) -> dict:
         try:
-            return self.service.search(query, k, domain, verify)
+            return self.service.search(query, k, domain, verify, mode, doc_id)
         except LookupError as e:
             return {"error": str(e), "status": 404}
         except ValueError as e:
@@ -112,7 +120,8 @@ class Ingress:
 
     @api.post("/search", response_model=SearchResponse, responses={400: {}, 404: {}, 422: {}, 503: {}})
     async def search(self, req: SearchRequest) -> dict:
-        res = await self.search_handle.search.remote(req.query, req.k, req.domain, req.verify)
+        res = await self.search_handle.search.remote(req.query, req.k, req.domain, req.verify, req.mode,
+                                                     req.doc_id)
         if "error" in res:
             raise HTTPException(status_code=res["status"], detail=res["error"])
         return res

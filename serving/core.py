@@ -11,7 +11,7 @@ import time
 
 from sidestep.config import Settings, check_name
 from sidestep.encoder import Encoder
-from sidestep.search import IndexedCorpus, search_texts
+from sidestep.search import IndexedCorpus, MapParamsSearch, search_texts
 from storage.artifacts import IndexStore
 from storage.indexes import load_version
 from storage.paths import DataRoot
@@ -80,7 +80,8 @@ class SearchService:
         return domain
 
     # queries -----------------------------------------------------------------
-    def search(self, query: str, k: int = 10, domain: str | None = None, verify: bool = True) -> dict:
+    def search(self, query: str, k: int = 10, domain: str | None = None, verify: bool = True,
+               mode: str = "chunks", doc_id: str | None = None) -> dict:
         t0 = time.perf_counter()
         query = (query or "").strip()
         if not query:
@@ -92,11 +93,14 @@ class SearchService:
         name = self.resolve_domain(domain)
         with self._lock:
             corpus = self.corpora[name]
-        hits, timings = search_texts(self.encoder, corpus, [query], k)
+        m = self.settings.maps
+        params = MapParamsSearch(top_r=m.route_top_r, map_weight=m.map_weight, alpha=m.alpha, gamma=m.gamma)
+        hits, timings = search_texts(self.encoder, corpus, [query], k, mode=mode, doc_id=doc_id, params=params)
         timings["total"] = (time.perf_counter() - t0) * 1e3
         return {
             "index_version": corpus.version,
             "domain": name,
+            "mode": mode,
             "results": [h.as_dict() for h in hits[0]],
             "verify": {"requested": verify, "applied": False,
                        **({"reason": "no verifier is published yet: results are recall only"} if verify else {})},

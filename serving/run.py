@@ -27,7 +27,7 @@ class ServeHandle:
     def start(self) -> ServeHandle:
         # Ray needs its own HOME (see storage/runtime.py); remember the caller's environment to restore it.
         self._saved_env = {k: os.environ.get(k) for k in ("HOME", "RAY_TMPDIR", "RAY_NODE_IP_ADDRESS",
-                                                          "RAY_SERVE_HTTP_HOST")}
+                                                          "RAY_SERVE_HTTP_HOST", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
         runtime.configure(self.root, ray=True)
         import ray
         from ray import serve

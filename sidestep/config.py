@@ -74,6 +74,21 @@ class IngestConfig(_Strict):
     max_text_bytes: int = Field(1_000_000, ge=1, description="Longer texts are quarantined.")
 
 
+class MapsConfig(_Strict):
+    enabled: bool = Field(True, description="Build document maps (summarize stage) during reindex.")
+    summarizer: Literal["extractive", "llm"] = Field(
+        "extractive", description="extractive runs offline on the CPU; llm calls an OpenAI-compatible endpoint.")
+    llm_endpoint: str | None = Field(None, description="Base URL of an OpenAI-compatible API (llm summarizer).")
+    llm_model: str | None = Field(None, description="Model name for the llm summarizer.")
+    llm_api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    section_budget_chars: int = Field(300, ge=40, description="Length budget of a section summary.")
+    global_budget_chars: int = Field(600, ge=40, description="Length budget of the global summary.")
+    route_top_r: int = Field(3, ge=1, description="Documents routed to by their maps in map search mode.")
+    map_weight: float = Field(0.5, ge=0, le=1, description="Routing score = w*cos(q, map) + (1-w)*best chunk.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Query conditioning: a*e(q) + (1-a)*e(summary + q).")
+    gamma: float = Field(0.0, ge=0, description="Section-aware chunks: e(chunk) + g*e(section summary).")
+
+
 class ServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -91,6 +106,7 @@ class Settings(_Strict):
     encoder: EncoderConfig = EncoderConfig()
     index: IndexConfig = IndexConfig()
     ingest: IngestConfig = IngestConfig()
+    maps: MapsConfig = MapsConfig()
     serve: ServeConfig = ServeConfig()
 
     def domains(self) -> list[str]:

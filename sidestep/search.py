@@ -13,6 +13,33 @@ import numpy as np
 
 from .encoder import Encoder
 from .index import DocSearcher
+from .maps import condition_queries, encode_in_context, section_aware_chunks
+
+MODES = ("chunks", "map")
+
+
+@dataclass
+class MapParamsSearch:
+    """Map search parameters (tuned on dev questions, see benchmarks/)."""
+
+    top_r: int = 3
+    map_weight: float = 0.5
+    alpha: float = 0.5
+    gamma: float = 0.0
+
+
+@dataclass
+class MapIndex:
+    """Document maps of one index version, aligned with its chunk rows."""
+
+    doc_ids: list[str]
+    global_vecs: np.ndarray  # (n_docs, dim); zero rows for documents without a map
+    has_map: np.ndarray  # (n_docs,) bool
+    global_summaries: list[str | None]
+    section_vecs: list[np.ndarray]  # per document (n_sections, dim)
+    chunk_doc: np.ndarray  # (n_chunks,) document position of each chunk row
+    chunk_section: np.ndarray  # (n_chunks,) section of each chunk row, -1 without a map
+    chunk_vecs: np.ndarray  # (n_chunks, dim) the pooled chunk vectors of the index
 
 
 @dataclass
@@ -26,6 +53,7 @@ class IndexedCorpus:
     snippets: Sequence[str]
     chunk_idx: Sequence[int]
     manifest: dict = field(default_factory=dict)
+    maps: MapIndex | None = None
 
     @property
     def n_docs(self) -> int:
@@ -53,12 +81,102 @@ def search_vectors(corpus: IndexedCorpus, qvecs: np.ndarray, k: int) -> list[lis
     return out
 
 
-def search_texts(encoder: Encoder, corpus: IndexedCorpus, texts: Sequence[str], k: int
+def search_texts(encoder: Encoder, corpus: IndexedCorpus, texts: Sequence[str], k: int, *, mode: str = "chunks",
+                 doc_id: str | None = None, params: MapParamsSearch | None = None
                  ) -> tuple[list[list[SearchHit]], dict[str, float]]:
-    """Encode queries, recall from the index; returns hits and per-stage timings in ms."""
+    """Encode queries, recall from the index; returns hits and per-stage timings in ms.
+
+    mode "chunks": bag of chunks (a document scores as its best chunk).
+    mode "map": route by document maps first (map score fused with the best chunk), then pick
+    each routed document's chunk with the query conditioned on that document's global summary.
+    With doc_id, mode "map" ranks the chunks of that one document (map-conditioned query).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown search mode {mode!r}; choose one of {MODES}")
+    if mode == "map" and corpus.maps is None:
+        raise ValueError(f"domain {corpus.domain!r} has no document maps in version {corpus.version}")
     t0 = time.perf_counter()
     qvecs = encoder.encode_queries(texts)
     t1 = time.perf_counter()
-    hits = search_vectors(corpus, qvecs, k)
+    if mode == "chunks":
+        if doc_id is not None:
+            raise ValueError("doc_id needs mode 'map'")
+        hits = search_vectors(corpus, qvecs, k)
+    else:
+        p = params or MapParamsSearch()
+        hits = [_map_search(encoder, corpus, t, q, k, p, doc_id) for t, q in zip(texts, qvecs, strict=True)]
     t2 = time.perf_counter()
-    return hits, {"encode": (t1 - t0) * 1e3, "recall": (t2 - t1) * 1e3}
+    return hits, {"encode": (t1 - t0) * 1e3, ("recall" if mode == "chunks" else "map_search"): (t2 - t1) * 1e3}
+
+
+def _hit(corpus: IndexedCorpus, doc: str, score: float, recall: float, row: int) -> SearchHit:
+    return SearchHit(doc, float(score), float(recall), corpus.titles[row], corpus.snippets[row],
+                     int(corpus.chunk_idx[row]))
+
+
+def _best_rows(corpus: IndexedCorpus, encoder: Encoder, text: str, qvec: np.ndarray, docs: Sequence[int],
+               p: MapParamsSearch) -> dict[int, tuple[int, np.ndarray]]:
+    """For each document: its chunk rows scored with the query conditioned on the document's map."""
+    m = corpus.maps
+    assert m is not None
+    mapped = [d for d in docs if m.has_map[d]]
+    ctx = encode_in_context(encoder, [m.global_summaries[d] or "" for d in mapped], [text] * len(mapped)) \
+        if mapped and p.alpha < 1 else None
+    out = {}
+    for d in docs:
+        rows = np.flatnonzero(m.chunk_doc == d)
+        vecs = m.chunk_vecs[rows]
+        q = qvec
+        if m.has_map[d]:
+            if ctx is not None:
+                q = condition_queries(qvec[None], ctx[mapped.index(d)][None], p.alpha)[0]
+            secs = m.chunk_section[rows]
+            if p.gamma and len(m.section_vecs[d]) and (secs >= 0).all():
+                vecs = section_aware_chunks(vecs, m.section_vecs[d], secs, p.gamma)
+        out[d] = (rows, vecs @ q)
+    return out
+
+
+def _map_search(encoder: Encoder, corpus: IndexedCorpus, text: str, qvec: np.ndarray, k: int,
+                p: MapParamsSearch, doc_id: str | None) -> list[SearchHit]:
+    m = corpus.maps
+    assert m is not None
+    plain = m.chunk_vecs @ qvec
+    if doc_id is not None:  # within one document: rank its chunks
+        if doc_id not in m.doc_ids:
+            raise LookupError(f"unknown doc_id {doc_id!r} in domain {corpus.domain!r}")
+        d = m.doc_ids.index(doc_id)
+        rows, scores = _best_rows(corpus, encoder, text, qvec, [d], p)[d]
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [_hit(corpus, doc_id, scores[i], plain[rows[i]], rows[i]) for i in order]
+    n_docs = len(m.doc_ids)
+    chunk_max = np.full(n_docs, -np.inf, np.float32)
+    np.maximum.at(chunk_max, m.chunk_doc, plain)
+    gv = np.where(m.has_map[:, None], m.global_vecs, 0)
+    map_score = gv @ qvec
+    map_score = np.where(m.has_map, map_score, chunk_max)  # no map: the document is judged by its chunks
+    routed, route_scores = _route(map_score, chunk_max, p)
+    best = _best_rows(corpus, encoder, text, qvec, list(routed), p)
+    hits = []
+    for d, sc in zip(routed, route_scores, strict=True):
+        rows, scores = best[d]
+        i = int(np.argmax(scores))
+        hits.append(_hit(corpus, m.doc_ids[d], sc, chunk_max[d], rows[i]))
+    if len(hits) < k:  # the rest by their best chunk, as bag-of-chunks would rank them
+        seen = set(routed)
+        fused = p.map_weight * map_score + (1 - p.map_weight) * chunk_max
+        for d in np.argsort(-fused, kind="stable"):
+            if len(hits) >= k:
+                break
+            if d in seen:
+                continue
+            rows = np.flatnonzero(m.chunk_doc == d)
+            r = rows[int(np.argmax(plain[rows]))]
+            hits.append(_hit(corpus, m.doc_ids[d], fused[d], chunk_max[d], r))
+    return hits[:k]
+
+
+def _route(map_score: np.ndarray, chunk_max: np.ndarray, p: MapParamsSearch) -> tuple[np.ndarray, np.ndarray]:
+    fused = p.map_weight * map_score + (1 - p.map_weight) * chunk_max
+    order = np.argsort(-fused, kind="stable")[:p.top_r]
+    return order, fused[order]

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import faiss
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sidestep.index import DocSearcher, configure_search
-from sidestep.search import IndexedCorpus
+from sidestep.search import IndexedCorpus, MapIndex
 
 from . import schemas
 from .artifacts import IndexStore
@@ -18,11 +19,34 @@ from .atomic import write_parquet, write_with
 
 INDEX_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.parquet"
+MAPS_FILE = "maps.parquet"
 
 
-def write_version_files(staged: Path, index: faiss.Index, chunks: pa.Table) -> None:
+def write_version_files(staged: Path, index: faiss.Index, chunks: pa.Table, maps: pa.Table | None = None) -> None:
     write_with(staged / INDEX_FILE, lambda tmp: faiss.write_index(index, str(tmp)))
+    if "section" not in chunks.column_names:
+        chunks = chunks.append_column("section", pa.array([-1] * chunks.num_rows, pa.int32()))
     write_parquet(staged / CHUNKS_FILE, chunks.cast(schemas.INDEX_CHUNKS))
+    if maps is not None:
+        write_parquet(staged / MAPS_FILE, maps)
+
+
+def _map_index(folder: Path, index: faiss.Index, doc_ids: list[str], sections: list[int]) -> MapIndex | None:
+    """Document maps of a version, with the chunk vectors map search needs (exact indexes only)."""
+    if not (folder / MAPS_FILE).is_file():
+        return None
+    t = pq.read_table(folder / MAPS_FILE).to_pydict()
+    dim = index.d
+    has = np.asarray([v is not None for v in t["global_vec"]])
+    gv = np.zeros((len(has), dim), np.float32)
+    if has.any():
+        gv[has] = np.asarray([v for v in t["global_vec"] if v is not None], np.float32)
+    svecs = [np.asarray(v, np.float32).reshape(-1, dim) if v is not None else np.zeros((0, dim), np.float32)
+             for v in t["section_vecs"]]
+    pos = {d: i for i, d in enumerate(t["doc_id"])}
+    return MapIndex(doc_ids=t["doc_id"], global_vecs=gv, has_map=has, global_summaries=t["global_summary"],
+                    section_vecs=svecs, chunk_doc=np.asarray([pos[d] for d in doc_ids], np.int64),
+                    chunk_section=np.asarray(sections, np.int64), chunk_vecs=index.reconstruct_n(0, index.ntotal))
 
 
 def load_version(store: IndexStore, domain: str, version: str, *, verify: bool = True,
@@ -32,8 +56,9 @@ def load_version(store: IndexStore, domain: str, version: str, *, verify: bool =
     folder = store.path(domain, version)
     index = faiss.read_index(str(folder / INDEX_FILE))
     configure_search(index, ef_search)
-    chunks = pq.read_table(folder / CHUNKS_FILE, columns=["doc_id", "title", "chunk_idx", "snippet"])
+    chunks = pq.read_table(folder / CHUNKS_FILE)
     doc_ids = chunks["doc_id"].to_pylist()
+    sections = chunks["section"].to_pylist() if "section" in chunks.column_names else [-1] * len(doc_ids)
     return IndexedCorpus(
         domain=domain,
         version=version,
@@ -42,6 +67,7 @@ def load_version(store: IndexStore, domain: str, version: str, *, verify: bool =
         snippets=chunks["snippet"].to_pylist(),
         chunk_idx=chunks["chunk_idx"].to_pylist(),
         manifest=manifest,
+        maps=_map_index(folder, index, doc_ids, sections) if isinstance(index, faiss.IndexFlat) else None,
     )
 
 

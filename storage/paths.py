@@ -58,6 +58,9 @@ class DataRoot:
     def embeddings(self, encoder_key: str) -> Path:
         return self._inside("embeddings", check_name(encoder_key, "encoder key"))
 
+    def maps(self, key: str) -> Path:
+        return self._inside("maps", check_name(key, "map key"))
+
     def indexes(self, domain: str) -> Path:
         return self._inside("indexes", check_name(domain))
 

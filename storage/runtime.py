@@ -54,6 +54,9 @@ def configure(root: DataRoot, *, ray: bool = False) -> dict[str, str]:
             "RAY_TMPDIR": str(tmp),
             "HOME": str(ray_home(root)),
             "RAY_NODE_IP_ADDRESS": "127.0.0.1",
+            # Ray "resolves" 127.0.0.1 to the machine's outward address (a UDP connect to 8.8.8.8)
+            # unless this single-machine switch is off; with it, every Ray address stays loopback.
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             "RAY_SERVE_HTTP_HOST": "127.0.0.1",
         })
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,19 @@ INDEX_CHUNKS = _with_version(pa.schema([
     ("token_offset", pa.int64()),
     ("n_tokens", pa.int32()),
     ("snippet", pa.string()),
+    ("section", pa.int32()),  # the chunk's section in its document's map; -1 without a map
 ]), "index_chunks")
+
+
+def index_maps_schema(dim: int) -> pa.Schema:
+    """Per document of an index version: its map's summary and vectors (null vectors: no map)."""
+    return _with_version(pa.schema([
+        ("doc_id", pa.string()),
+        ("global_summary", pa.string()),
+        ("section_titles", pa.list_(pa.string())),
+        ("global_vec", pa.list_(pa.float32(), dim)),
+        ("section_vecs", pa.list_(pa.list_(pa.float32(), dim))),
+    ]), "index_maps")
 
 RUN = _with_version(pa.schema([
     ("query_id", pa.string()),

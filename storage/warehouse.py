@@ -64,6 +64,17 @@ CREATE TABLE IF NOT EXISTS run_queries (
     run_id   VARCHAR NOT NULL,
     query_id VARCHAR NOT NULL
 );
+CREATE TABLE IF NOT EXISTS longdoc_runs (
+    run_id     VARCHAR PRIMARY KEY,
+    dataset    VARCHAR NOT NULL,
+    started_at TIMESTAMP NOT NULL,
+    config     VARCHAR
+);
+CREATE TABLE IF NOT EXISTS longdoc_metrics (
+    run_id VARCHAR NOT NULL,
+    metric VARCHAR NOT NULL,  -- dotted path into the report, e.g. within_document.map_conditioned.recall@3
+    value  DOUBLE NOT NULL
+);
 """
 
 _QUERY_METRICS = """
@@ -249,6 +260,32 @@ class Warehouse:
     def runs(self) -> pa.Table:
         """All runs with their aggregate metrics, newest first."""
         return self.query("SELECT * FROM run_metrics ORDER BY started_at DESC, run_id")
+
+    def record_longdoc(self, *, run_id: str, dataset: str, report: dict[str, Any], config: dict[str, Any]) -> int:
+        """Store every numeric figure of an eval-longdoc report under its dotted path."""
+        rows: list[tuple[str, str, float]] = []
+
+        def walk(prefix: str, obj: Any) -> None:
+            if isinstance(obj, dict):
+                for k, v in obj.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+                rows.append((run_id, prefix, float(obj)))
+
+        walk("", report)
+        self._con.execute("BEGIN")
+        try:
+            self._con.execute("DELETE FROM longdoc_metrics WHERE run_id = ?", [run_id])
+            self._con.execute("DELETE FROM longdoc_runs WHERE run_id = ?", [run_id])
+            self._con.execute("INSERT INTO longdoc_runs VALUES (?, ?, now()::TIMESTAMP, ?)",
+                              [run_id, dataset, json.dumps(config, sort_keys=True, default=str)])
+            if rows:
+                self._con.executemany("INSERT INTO longdoc_metrics VALUES (?, ?, ?)", rows)
+            self._con.execute("COMMIT")
+        except Exception:
+            self._con.execute("ROLLBACK")
+            raise
+        return len(rows)
 
     def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
         """Any SQL against the warehouse, as an Arrow table."""

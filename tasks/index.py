@@ -12,23 +12,30 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from sidestep.chunking import Chunk
 from sidestep.config import Settings
 from sidestep.encoder import encoder_key, model_dim
 from sidestep.index import build_index
+from sidestep.maps import chunk_sections
 from storage.artifacts import IndexStore, new_version_name
 from storage.documents import DocumentStore
 from storage.embeddings import EmbeddingStore
 from storage.indexes import write_version_files
+from storage.maps import MapStore
 from storage.paths import DataRoot
+from storage.schemas import index_maps_schema
+
+from .summarize import map_key
 
 SNIPPET_CHARS = 280
 
 
-def fingerprint(settings: Settings, key: str, docs: pa.Table) -> str:
+def fingerprint(settings: Settings, key: str, docs: pa.Table, mapped: set[str] | None = None) -> str:
     """Everything the index content depends on; equal fingerprints → nothing to publish."""
     h = hashlib.sha256()
     params = {"encoder": key, "chunking": settings.chunking.model_dump(), "index": settings.index.model_dump(
-        include={"exact_max_vectors", "hnsw_m", "hnsw_ef_construction"})}
+        include={"exact_max_vectors", "hnsw_m", "hnsw_ef_construction"}),
+        "maps": sorted(mapped) if mapped is not None else None}
     h.update(json.dumps(params, sort_keys=True).encode())
     for d, c in sorted(zip(docs["doc_id"].to_pylist(), docs["content_hash"].to_pylist(), strict=True)):
         h.update(f"{d}\x1f{c}\n".encode())
@@ -38,7 +45,10 @@ def fingerprint(settings: Settings, key: str, docs: pa.Table) -> str:
 def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bool = False) -> dict:
     docs = DocumentStore(root).read(domain, include_deleted=False).sort_by("doc_id")
     key = encoder_key(settings.encoder.model_path)
-    fp = fingerprint(settings, key, docs)
+    dim = model_dim(settings.encoder.model_path)
+    maps = MapStore(root, map_key(settings), dim).gather(docs["content_hash"].to_pylist()) \
+        if settings.maps.enabled else {}
+    fp = fingerprint(settings, key, docs, set(maps) if settings.maps.enabled else None)
     store = IndexStore(root)
     current = store.current_manifest(domain)
     if current and current.get("fingerprint") == fp and not force:
@@ -48,7 +58,7 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
         return {"domain": domain, "published": False, "version": store.current(domain),
                 "reason": "no live documents"}
     t0 = time.perf_counter()
-    emb = EmbeddingStore(root, key, model_dim(settings.encoder.model_path))
+    emb = EmbeddingStore(root, key, dim)
     rows, pooled = emb.gather(docs["content_hash"].to_pylist())
     by_hash: dict[str, list[int]] = {}
     for i, h in enumerate(rows["content_hash"].to_pylist()):
@@ -59,12 +69,18 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
     cidx, cs, ce = (rows[c].to_pylist() for c in ("chunk_idx", "char_start", "char_end"))
     shard, toff, ntok = (rows[c].to_pylist() for c in ("shard", "token_offset", "n_tokens"))
     out: dict[str, list] = {k: [] for k in ("doc_id", "title", "content_hash", "chunk_idx", "char_start", "char_end",
-                                            "shard", "token_offset", "n_tokens", "snippet")}
+                                            "shard", "token_offset", "n_tokens", "snippet", "section")}
     order: list[int] = []
+    doc_maps: dict[str, list] = {k: [] for k in ("doc_id", "global_summary", "section_titles", "global_vec",
+                                                 "section_vecs")}
     for d, t, x, h in zip(*(docs[c].to_pylist() for c in ("doc_id", "title", "text", "content_hash")), strict=True):
         full = f"{t} {x}".strip() if t else x.strip()
-        for i in sorted(by_hash[h], key=lambda i: cidx[i]):
+        rows_of_doc = sorted(by_hash[h], key=lambda i: cidx[i])
+        sections = _sections(maps.get(h), rows_of_doc, cs, ce)
+        _add_map(doc_maps, d, maps.get(h))
+        for i, sec in zip(rows_of_doc, sections, strict=True):
             order.append(i)
+            out["section"].append(sec)
             for k, v in (("doc_id", d), ("title", t), ("content_hash", h), ("chunk_idx", cidx[i]),
                          ("char_start", cs[i]), ("char_end", ce[i]), ("shard", shard[i]),
                          ("token_offset", toff[i]), ("n_tokens", ntok[i]),
@@ -83,6 +99,9 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
         "chunking": settings.chunking.model_dump(),
         "embeddings": {"encoder": key, "shards": sorted(set(out["shard"]))},
     }
+    if settings.maps.enabled:
+        manifest["maps"] = {"key": map_key(settings), "documents_with_map": sum(
+            v is not None for v in doc_maps["global_vec"])}
     with store.lock(domain):
         now = store.current_manifest(domain)
         if now and now.get("fingerprint") == fp and not force:  # another run published it meanwhile
@@ -90,11 +109,32 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
                     "reason": "published concurrently by another run"}
         store.clean_staging(domain)
         with store.staging(domain) as staged:
-            write_version_files(staged, index, pa.table(out))
+            write_version_files(staged, index, pa.table(out),
+                                pa.table(doc_maps, schema=index_maps_schema(dim)) if settings.maps.enabled
+                                else None)
             manifest = store.publish(domain, staged, version, manifest)
     return {"domain": domain, "published": True, "version": version, "parent": manifest["parent"],
             "documents": docs.num_rows, "chunks": len(order), "index": params.kind,
             "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _sections(entry, rows: list[int], cs: list[int], ce: list[int]) -> list[int]:
+    if entry is None:
+        return [-1] * len(rows)
+    return chunk_sections(entry[0], [Chunk(k, 0, 0, cs[i], ce[i]) for k, i in enumerate(rows)])
+
+
+def _add_map(doc_maps: dict[str, list], doc_id: str, entry) -> None:
+    doc_maps["doc_id"].append(doc_id)
+    if entry is None:
+        for k in ("global_summary", "section_titles", "global_vec", "section_vecs"):
+            doc_maps[k].append(None)
+        return
+    m, v = entry
+    doc_maps["global_summary"].append(m.global_summary)
+    doc_maps["section_titles"].append([s.title for s in m.sections])
+    doc_maps["global_vec"].append(v.global_vec.tolist())
+    doc_maps["section_vecs"].append(v.section_vecs.tolist())
 
 
 @task(name="publish-index", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["index"])

@@ -41,6 +41,50 @@ def test_nightly_reindex_publishes_every_configured_domain(sample, settings):
     assert store.current_manifest("handbook")["counts"]["chunks"] > 60
     # interactions of the recommendation domain are stored too
     assert domain_status(sample.root)["domains"]["shop"]["interactions"] == 25
+    # every document got a map, and the index versions carry them
+    assert s["summarized"] == s["encoded"] and s["maps_failed"] == 0
+    m = store.current_manifest("handbook")
+    assert m["maps"]["documents_with_map"] == 60 and "maps.parquet" in m["files"]
+
+
+def test_map_search_routes_by_maps_and_conditions_the_query(sample, encoder):
+    corpus = load_current(IndexStore(sample.root), "handbook")
+    assert corpus.maps is not None and corpus.maps.has_map.all()
+    hits, timings = search_texts(encoder, corpus, ["how do I undo a bad deploy"], 5, mode="map")
+    assert hits[0][0].doc_id == "hb-029" and len({h.doc_id for h in hits[0]}) == 5
+    assert "map_search" in timings
+    within, _ = search_texts(encoder, corpus, ["how long to watch metrics before rolling back"], 3, mode="map",
+                             doc_id="hb-029")
+    assert {h.doc_id for h in within[0]} == {"hb-029"} and len({h.chunk for h in within[0]}) == 3
+    with pytest.raises(ValueError):
+        search_texts(encoder, corpus, ["x"], 3, mode="nope")
+
+
+def test_a_failing_summarizer_quarantines_maps_and_documents_stay_searchable(data_root, tmp_path, monkeypatch,
+                                                                            encoder):
+    write_config(tmp_path / "c.toml", f"""
+[maps]
+summarizer = "llm"
+llm_endpoint = "http://127.0.0.1:9"
+llm_model = "none"
+[[sources]]
+domain = "recipes"
+path = "{SAMPLES_DIR / "recipes" / "recipes.jsonl"}"
+format = "jsonl"
+id_field = "recipe_id"
+title_field = "name"
+text_field = "body"
+""")
+    monkeypatch.setenv("SIDESTEP_CONFIG", str(tmp_path / "c.toml"))
+    summary = nightly_reindex()
+    assert summary["maps_failed"] == 30 and summary["summarized"] == 0 and summary["published"]
+    q = QuarantineStore(data_root).read("recipes").to_pylist()
+    assert len(q) == 30 and all(r["reason"].startswith("map_failed:") for r in q)
+    corpus = load_current(IndexStore(data_root), "recipes")
+    hits, _ = search_texts(encoder, corpus, ["chickpea curry"], 3)
+    assert hits[0][0].doc_id == "r06"
+    routed, _ = search_texts(encoder, corpus, ["chickpea curry"], 3, mode="map")  # falls back to chunks
+    assert routed[0][0].doc_id == "r06" and not corpus.maps.has_map.any()
 
 
 def test_rerun_on_an_unchanged_corpus_reencodes_and_publishes_nothing(sample, monkeypatch):

@@ -58,6 +58,13 @@ def test_search_answers_with_the_index_version_and_ranked_results(server, sample
     assert {"encode", "recall", "total"} <= set(body["timings_ms"])
 
 
+def test_map_mode_says_which_mode_ran(server):
+    body = server.post("/search", json={"query": "undo a bad deploy", "domain": "handbook", "mode": "map",
+                                        "k": 3}).json()
+    assert body["mode"] == "map" and body["results"][0]["doc_id"] == "hb-029"
+    assert server.post("/search", json={"query": "undo a bad deploy"}).json()["mode"] == "chunks"
+
+
 def test_null_domain_uses_the_default_domain(server):
     body = server.post("/search", json={"query": "rotate TLS certificates"}).json()
     assert body["domain"] == "handbook" and len(body["results"]) == 10
@@ -74,6 +81,9 @@ def test_null_domain_uses_the_default_domain(server):
     ({"query": "ok", "surprise": 1}, 422, "surprise"),
     ({"k": 3}, 422, "query"),
     ({"query": "   "}, 400, "empty"),
+    ({"query": "ok", "mode": "magic"}, 422, "mode"),
+    ({"query": "ok", "mode": "map", "doc_id": "nope"}, 404, "unknown doc_id"),
+    ({"query": "ok", "doc_id": "hb-001"}, 400, "doc_id needs mode"),
 ])
 def test_bad_requests_get_a_4xx_with_a_message(server, payload, status, fragment):
     r = server.post("/search", json=payload)
