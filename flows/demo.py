@@ -1,6 +1,6 @@
 """`make run`: the whole product on the embedded sample corpus, start to finish, in one process.
 
-Nightly reindex (Prefect) → evaluation into DuckDB → Ray Serve on loopback → sample
+Nightly reindex (Prefect; ingest, embed, document maps, index, publish) → evaluation into DuckDB → Ray Serve on loopback → sample
 queries over HTTP → evaluation summary from SQL → everything stopped.
 """
 
@@ -45,8 +45,9 @@ def run_demo(settings: Settings, root: DataRoot, *, port: int = 8000, console: C
     con = console or Console()
     con.rule("1. nightly reindex (Prefect flow)")
     summary = nightly_reindex()
-    con.print(f"encoded {summary['encoded']} documents, reused {summary['reused']}, "
-              f"published {len(summary['published'])} version(s), quarantined {summary['quarantined']}")
+    con.print(f"encoded {summary['encoded']} documents, reused {summary['reused']}, mapped "
+              f"{summary['summarized']} (maps failed {summary['maps_failed']}), published "
+              f"{len(summary['published'])} version(s), quarantined {summary['quarantined']}")
 
     con.rule("2. evaluation (Prefect flow → Parquet + DuckDB)")
     run_ids = []

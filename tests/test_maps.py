@@ -27,6 +27,7 @@ from sidestep.maps import (
     Summary,
     TokenView,
     build_map,
+    chunk_section_weights,
     chunk_sections,
     condition_queries,
     embed_maps,
@@ -298,6 +299,14 @@ def test_chunk_sections_by_largest_overlap():
                "g", "extractive")
     chunks = [Chunk(0, 0, 9, 0, 90), Chunk(1, 8, 20, 80, 200), Chunk(2, 18, 26, 180, 260), Chunk(3, 24, 30, 240, 300)]
     assert chunk_sections(m, chunks) == [0, 1, 1, 2]
+    w = chunk_section_weights(m, chunks)
+    np.testing.assert_allclose(w.sum(1), 1.0)
+    np.testing.assert_allclose(w[1], [20 / 120, 100 / 120, 0.0])  # straddles sections 0 and 1
+    secs = np.eye(3, dtype=np.float32)
+    mixed = section_aware_chunks(np.zeros((4, 3), np.float32), secs, w, 1.0)
+    assert mixed[1, 0] > 0 and mixed[1, 1] > mixed[1, 0] and mixed[1, 2] == 0
+    np.testing.assert_allclose(section_aware_chunks(np.zeros((4, 3), np.float32), secs, [0, 1, 1, 2], 1.0)[1],
+                               [0, 1, 0])
     assert DocMap.from_dict(m.as_dict()) == m
 
 
