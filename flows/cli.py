@@ -195,11 +195,14 @@ def eval_longdoc(
     res = _run(longdoc_flow, as_json, path=str(Path(path).resolve()), seed=seed)
     _emit(res, as_json)
     if not as_json:
-        t = Table("mode", "recall@1", "recall@3", "recall@5", title=f"{Path(path).name}: evidence chunk recall")
-        for mode, m in res.get("within_document", {}).items():
-            if isinstance(m, dict) and "recall@3" in m:
-                t.add_row(mode, *(f"{m[k]:.3f}" for k in ("recall@1", "recall@3", "recall@5")))
-        out.print(t)
+        for name, f in res.get("files", {}).items():
+            t = Table("mode", "recall@1", "recall@3", "recall@5",
+                      title=f"{name}: evidence-chunk recall on held-out questions")
+            for scope in ("within_document", "corpus"):
+                for mode, m in f.get(scope, {}).items():
+                    if isinstance(m, dict) and "recall@3" in m:
+                        t.add_row(f"{scope}: {mode}", *(f"{m[k]:.3f}" for k in ("recall@1", "recall@3", "recall@5")))
+            out.print(t)
         out.print(f"stored as {res['run_id']} in {_root().eval_db()}")
 
 

@@ -538,7 +538,7 @@ class ExtractiveSummarizer:
 
     def _candidates(self, sents: list[str]) -> np.ndarray:
         long_ = [i for i, s in enumerate(sents) if len(s) >= self.min_chars and len(s.split()) >= 4]
-        prose = [i for i in long_ if s_end(sents[i])]
+        prose = [i for i in long_ if _ends_sentence(sents[i])]
         return np.asarray(prose if len(prose) >= 2 else long_ or list(range(len(sents))))
 
     @staticmethod
@@ -596,7 +596,7 @@ class ExtractiveSummarizer:
         return picked
 
 
-def s_end(s: str) -> bool:
+def _ends_sentence(s: str) -> bool:
     return s.rstrip("\"')]\u201d\u2019 ").endswith((".", "!", "?"))
 
 

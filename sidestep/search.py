@@ -22,10 +22,10 @@ MODES = ("chunks", "map")
 class MapParamsSearch:
     """Map search parameters (tuned on dev questions, see benchmarks/)."""
 
-    top_r: int = 3
-    map_weight: float = 0.5
-    alpha: float = 0.5
-    gamma: float = 0.0
+    top_r: int = 2
+    map_weight: float = 0.0
+    alpha: float = 0.8
+    gamma: float = 0.7
 
 
 @dataclass
@@ -120,8 +120,8 @@ def _best_rows(corpus: IndexedCorpus, encoder: Encoder, text: str, qvec: np.ndar
     m = corpus.maps
     assert m is not None
     mapped = [d for d in docs if m.has_map[d]]
-    ctx = encode_in_context(encoder, [m.global_summaries[d] or "" for d in mapped], [text] * len(mapped)) \
-        if mapped and p.alpha < 1 else None
+    ctx = encode_in_context(encoder, [m.global_summaries[d] or "" for d in mapped], [text] * len(mapped),
+                            pool="query") if mapped and p.alpha < 1 else None
     out = {}
     for d in docs:
         rows = np.flatnonzero(m.chunk_doc == d)

@@ -327,3 +327,17 @@ def test_routing_picks_the_document_whose_map_matches(encoder):
     assert scores.shape == (3, 2) and np.all(scores[:, 0] >= scores[:, 1])
     fused, _ = route_documents(q, g, top_r=1, chunk_max=np.tile([[0.0, 0.0, 5.0]], (3, 1)), map_weight=0.0)
     assert fused[:, 0].tolist() == [2, 2, 2]  # with all weight on chunk scores the maps do not matter
+
+
+def test_longdoc_evidence_is_the_chunk_holding_the_answer():
+    from sidestep.longdoc import answer_spans, evidence_chunks, normalize
+
+    text = "In 2010 the  team won\n10 games. Later , it won the Title again ."
+    spans = answer_spans(*normalize(text), "10 GAMES.")
+    assert [text[a:b] for a, b in spans] == ["10 games."]  # case and whitespace do not matter
+    assert answer_spans(*normalize(text), "201") == []  # word boundaries: no match inside "2010"
+    chunks = [Chunk(0, 0, 5, 0, 32), Chunk(1, 4, 9, 20, 45), Chunk(2, 8, 12, 42, len(text))]
+    assert evidence_chunks(spans, chunks) == ([0, 1], None)
+    across = answer_spans(*normalize(text), "it won the title again")
+    assert evidence_chunks(across, chunks) == ([], "answer_across_chunk_boundary")
+    assert evidence_chunks([], chunks) == ([], "answer_not_in_document")
