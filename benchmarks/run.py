@@ -185,6 +185,13 @@ def main() -> None:
     qs = list(load_queries(data / "scifact", split="test").values())
     http = phase("http", lambda: http_latency(root, "scifact", qs, (10, 100)))
     res["http_k10"], res["http_k100"] = http["k10"], http["k100"]
+    print("7/7 sidestep eval-longdoc on L-Eval ...", flush=True)
+    res["longdoc"] = {}
+    for name in ("natural_question", "scientific_qa"):
+        f = data / "leval" / f"{name}.jsonl"
+        if f.is_file():
+            rep, wall_ld, _, _ = phase(f"longdoc_{name}", lambda f=f: sh(["eval-longdoc", str(f), "--json"], env))
+            res["longdoc"][name] = {"report": rep, "wall_s": wall_ld}
     (REPO / "benchmarks" / "last_run.json").write_text(json.dumps(res, indent=2))
     Path(args.out).write_text(render(res))
     print(f"wrote {args.out}")
@@ -241,6 +248,13 @@ brackets, which stay comparable if another process shares the machine):
 | 10 | {h10['requests']} | {h10['errors']} | {h10['p50_ms']:.1f} | {h10['p99_ms']:.1f} | {h10['qps']:.1f} |
 | 100 | {h100['requests']} | {h100['errors']} | {h100['p50_ms']:.1f} | {h100['p99_ms']:.1f} | {h100['qps']:.1f} |
 
+## Document maps: evidence retrieval inside long documents (`sidestep eval-longdoc`, L-Eval)
+
+Evidence = the chunk holding the answer string; parameters tuned on the dev half of each file's
+documents, figures on the held-out half (bag-of-chunks is the control from the same run).
+
+{_longdoc_table(r.get("longdoc", {}))}
+
 ## Memory
 
 | process | peak RSS MB |
@@ -249,6 +263,30 @@ brackets, which stay comparable if another process shares the machine):
 | `sidestep eval` SciFact / msmarco-5k | {sf['peak_rss_mb']:.0f} / {mm['peak_rss_mb']:.0f} |
 | Ray Serve processes (all, after the load) | {h10['serving_rss_mb']:.0f} |
 """
+
+
+def _longdoc_table(ld: dict) -> str:
+    if not ld:
+        return "(not run: ../shared/data/leval missing)"
+    rows = ["| file | questions used / left out | mode | R@1 | R@3 | R@5 | summarize share of chunk+encode |",
+            "|---|---|---|---|---|---|---|"]
+    for name, v in ld.items():
+        f = v["report"]["files"][name]
+        used = f.get("questions_with_evidence", "?")
+        left = sum(f.get("questions_left_out", {}).values())
+        t = f.get("timing", {})
+        share = t.get("summarize_share_of_reindex") or t.get("summarize_share_wall")
+        for scope in ("within_document", "corpus"):
+            for mode, m in f.get(scope, {}).items():
+                if isinstance(m, dict) and "recall@3" in m:
+                    rows.append(f"| {name} | {used} / {left} | {scope}: {mode} | {m['recall@1']:.3f} | "
+                                f"{m['recall@3']:.3f} | {m['recall@5']:.3f} | "
+                                f"{'' if share is None else f'{share:.0%}'} |")
+        ra = f.get("corpus", {}).get("map_routing", {}).get("routing_accuracy")
+        if ra is not None:
+            rows.append(f"| {name} | | corpus: map routing reached the right document for {ra:.1%} of "
+                        f"questions | | | | |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
