@@ -101,7 +101,7 @@ class Encoder:
         return encoder_key(self.path)
 
     # forward -----------------------------------------------------------------
-    def _forward(self, seqs: Sequence[list[int]], want_tokens: bool,
+    def encode_ids(self, seqs: Sequence[list[int]], want_tokens: bool,
                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         """Pooled + token embeddings for id sequences (specials included), longest-first batches
         (sorting by length keeps padding, the main waste on CPU, small)."""
@@ -144,21 +144,21 @@ class Encoder:
         finally:
             hf_logging.set_verbosity(prev)
 
-    def _wrap(self, ids: list[int]) -> list[int]:
+    def wrap_specials(self, ids: list[int]) -> list[int]:
         return [self.cls, *ids, self.sep]
 
     # queries -----------------------------------------------------------------
     def query_ids(self, texts: Sequence[str]) -> list[list[int]]:
         enc = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
                              max_length=self.max_query_tokens - 2)["input_ids"]
-        return [self._wrap(ids) for ids in enc]
+        return [self.wrap_specials(ids) for ids in enc]
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        pooled, _ = self._forward(self.query_ids(texts), want_tokens=False)
+        pooled, _ = self.encode_ids(self.query_ids(texts), want_tokens=False)
         return pooled
 
     def encode_queries_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
-        return self._forward(self.query_ids(texts), want_tokens=True)
+        return self.encode_ids(self.query_ids(texts), want_tokens=True)
 
     # documents ---------------------------------------------------------------
     def encode_documents(
@@ -184,7 +184,7 @@ class Encoder:
             chunks = chunk_offsets(list(offs), size, min(overlap_tokens, size - 1), max_chunks, len(texts[d]))
             plans.append(chunks)
             for c in chunks:
-                seqs.append(self._wrap(ids[c.tok_start:c.tok_end]))
+                seqs.append(self.wrap_specials(ids[c.tok_start:c.tok_end]))
         done = [0, 0]  # sequences encoded, documents reported
 
         def report(n: int) -> None:  # progress in documents, proportional to sequences encoded
@@ -194,7 +194,7 @@ class Encoder:
                 progress(docs_now - done[1])
                 done[1] = docs_now
 
-        pooled_all, tokens_all = self._forward(seqs, want_tokens=True, progress=report)
+        pooled_all, tokens_all = self.encode_ids(seqs, want_tokens=True, progress=report)
         out: list[EncodedDoc] = []
         row = 0
         for d, chunks in enumerate(plans):

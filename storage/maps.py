@@ -23,11 +23,11 @@ from sidestep.maps import DocMap, MapVectors
 from .atomic import write_parquet
 from .embeddings import EmbeddingStore
 from .paths import DataRoot
-from .schemas import _with_version
+from .schemas import with_version
 
 
 def map_schema(dim: int) -> pa.Schema:
-    return _with_version(pa.schema([
+    return with_version(pa.schema([
         ("content_hash", pa.string()),
         ("map", pa.string()),  # DocMap.as_dict() as JSON
         ("global_vec", pa.list_(pa.float32(), dim)),

@@ -11,11 +11,11 @@ import pyarrow as pa
 SCHEMA_VERSION = b"1"
 
 
-def _with_version(schema: pa.Schema, name: str) -> pa.Schema:
+def with_version(schema: pa.Schema, name: str) -> pa.Schema:
     return schema.with_metadata({b"sidestep.schema": name.encode(), b"sidestep.schema_version": SCHEMA_VERSION})
 
 
-DOCUMENTS = _with_version(pa.schema([
+DOCUMENTS = with_version(pa.schema([
     ("doc_id", pa.string()),
     ("title", pa.string()),
     ("text", pa.string()),
@@ -28,7 +28,7 @@ DOCUMENTS = _with_version(pa.schema([
     ("deleted", pa.bool_()),
 ]), "documents")
 
-INTERACTIONS = _with_version(pa.schema([
+INTERACTIONS = with_version(pa.schema([
     ("user_id", pa.string()),
     ("history", pa.list_(pa.string())),
     ("target", pa.string()),
@@ -36,7 +36,7 @@ INTERACTIONS = _with_version(pa.schema([
     ("source", pa.string()),
 ]), "interactions")
 
-QUARANTINE = _with_version(pa.schema([
+QUARANTINE = with_version(pa.schema([
     ("run_id", pa.string()),
     ("domain", pa.string()),
     ("source", pa.string()),
@@ -50,7 +50,7 @@ QUARANTINE = _with_version(pa.schema([
 
 def chunk_schema(dim: int) -> pa.Schema:
     """Rows of an embedding shard: one per chunk; token vectors live in the shard's .npy."""
-    return _with_version(pa.schema([
+    return with_version(pa.schema([
         ("content_hash", pa.string()),
         ("chunk_idx", pa.int32()),
         ("n_chunks", pa.int32()),
@@ -64,7 +64,7 @@ def chunk_schema(dim: int) -> pa.Schema:
     ]), "embedding_shard")
 
 
-INDEX_CHUNKS = _with_version(pa.schema([
+INDEX_CHUNKS = with_version(pa.schema([
     ("doc_id", pa.string()),
     ("title", pa.string()),
     ("content_hash", pa.string()),
@@ -81,7 +81,7 @@ INDEX_CHUNKS = _with_version(pa.schema([
 
 def index_maps_schema(dim: int) -> pa.Schema:
     """Per document of an index version: its map's summary and vectors (null vectors: no map)."""
-    return _with_version(pa.schema([
+    return with_version(pa.schema([
         ("doc_id", pa.string()),
         ("global_summary", pa.string()),
         ("section_titles", pa.list_(pa.string())),
@@ -89,7 +89,7 @@ def index_maps_schema(dim: int) -> pa.Schema:
         ("section_vecs", pa.list_(pa.list_(pa.float32(), dim))),
     ]), "index_maps")
 
-RUN = _with_version(pa.schema([
+RUN = with_version(pa.schema([
     ("query_id", pa.string()),
     ("doc_id", pa.string()),
     ("rank", pa.int32()),
