@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -59,9 +60,7 @@ def embed_domain(root: DataRoot, settings: Settings, domain: str, *, show_progre
         "docs_per_s": round(len(pending) / seconds, 2) if pending and seconds > 0 else None}
 
 
-def _arr(values: set[str]):
-    import pyarrow as pa
-
+def _arr(values: set[str]) -> pa.Array:
     return pa.array(sorted(values), pa.string())
 
 

@@ -46,9 +46,10 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
     docs = DocumentStore(root).read(domain, include_deleted=False).sort_by("doc_id")
     key = encoder_key(settings.encoder.model_path)
     dim = model_dim(settings.encoder.model_path)
-    maps = MapStore(root, map_key(settings), dim).gather(docs["content_hash"].to_pylist()) \
-        if settings.maps.enabled else {}
-    fp = fingerprint(settings, key, docs, set(maps) if settings.maps.enabled else None)
+    map_store = MapStore(root, map_key(settings), dim) if settings.maps.enabled else None
+    hashes = set(docs["content_hash"].to_pylist())
+    # the fingerprint needs only which documents have maps; the maps themselves are read to publish
+    fp = fingerprint(settings, key, docs, map_store.known() & hashes if map_store else None)
     store = IndexStore(root)
     current = store.current_manifest(domain)
     if current and current.get("fingerprint") == fp and not force:
@@ -58,6 +59,7 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
         return {"domain": domain, "published": False, "version": store.current(domain),
                 "reason": "no live documents"}
     t0 = time.perf_counter()
+    maps = map_store.gather(hashes) if map_store else {}
     emb = EmbeddingStore(root, key, dim)
     rows, pooled = emb.gather(docs["content_hash"].to_pylist())
     by_hash: dict[str, list[int]] = {}

@@ -28,6 +28,12 @@ from .conftest import FIXTURES, write_config
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
+def recipes_source(path) -> str:
+    """The recipes sample as a config source (it uses non-default field names)."""
+    return (f'[[sources]]\ndomain = "recipes"\npath = "{path}"\nformat = "jsonl"\n'
+            'id_field = "recipe_id"\ntitle_field = "name"\ntext_field = "body"\n')
+
+
 def test_nightly_reindex_publishes_every_configured_domain(sample, settings):
     s = sample.summary
     assert sorted(p["domain"] for p in s["published"]) == sorted(settings.domains())
@@ -67,14 +73,7 @@ def test_a_failing_summarizer_quarantines_maps_and_documents_stay_searchable(dat
 summarizer = "llm"
 llm_endpoint = "http://127.0.0.1:9"
 llm_model = "none"
-[[sources]]
-domain = "recipes"
-path = "{SAMPLES_DIR / "recipes" / "recipes.jsonl"}"
-format = "jsonl"
-id_field = "recipe_id"
-title_field = "name"
-text_field = "body"
-""")
+{recipes_source(SAMPLES_DIR / "recipes" / "recipes.jsonl")}""")
     monkeypatch.setenv("SIDESTEP_CONFIG", str(tmp_path / "c.toml"))
     summary = nightly_reindex()
     assert summary["maps_failed"] == 30 and summary["summarized"] == 0 and summary["published"]
@@ -101,14 +100,7 @@ def test_incremental_reindex_encodes_only_what_changed(data_root, tmp_path, monk
     src = tmp_path / "recipes.jsonl"
     shutil.copy(SAMPLES_DIR / "recipes" / "recipes.jsonl", src)
     cfg = write_config(tmp_path / "c.toml", f"""
-[[sources]]
-domain = "recipes"
-path = "{src}"
-format = "jsonl"
-id_field = "recipe_id"
-title_field = "name"
-text_field = "body"
-""")
+{recipes_source(src)}""")
     monkeypatch.setenv("SIDESTEP_CONFIG", str(tmp_path / "c.toml"))
     first = nightly_reindex()
     v1 = first["published"][0]["version"]
