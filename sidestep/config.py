@@ -90,6 +90,30 @@ class MapsConfig(_Strict):
     gamma: float = Field(0.7, ge=0, description="Section-aware chunks: e(chunk) + g*e(section summary).")
 
 
+class RecConfig(_Strict):
+    """Discrete codes + lookup tables (VQ-Rec) for domains with interactions."""
+
+    positions: int = Field(32, ge=1, le=256, description="D: code positions per item (PQ sub-quantizers).")
+    bits: int = Field(8, ge=1, le=12, description="log2(M) codewords per position; lowered for tiny catalogues.")
+    opq: bool = Field(True, description="Learn an OPQ rotation before product quantization.")
+    fit_sample: int = Field(50_000, ge=256, description="Items sampled to fit the codebook.")
+    drift_threshold: float = Field(
+        1.25, gt=1, description="Refit when quantization error on current items exceeds this times the fit error.")
+    hidden: int = Field(300, ge=8, description="Width of code embeddings and of the sequence encoder.")
+    layers: int = Field(2, ge=1, le=8)
+    heads: int = Field(2, ge=1, le=16)
+    inner: int = Field(256, ge=8, description="Feed-forward width of the sequence encoder.")
+    dropout: float = Field(0.5, ge=0, lt=1)
+    max_history: int = Field(50, ge=1, le=512, description="Most recent items of a history the model reads.")
+    temperature: float = Field(0.07, gt=0, description="Softmax temperature over cosine scores.")
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(512, ge=8)
+    lr: float = Field(1e-3, gt=0)
+    patience: int = Field(8, ge=1, description="Epochs without a better valid NDCG@10 before stopping.")
+    max_train_seconds: float | None = Field(None, description="Wall-clock budget per training run.")
+    threads: int | None = Field(None, description="torch threads for training; None = all cores.")
+
+
 class ServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -108,6 +132,7 @@ class Settings(_Strict):
     index: IndexConfig = IndexConfig()
     ingest: IngestConfig = IngestConfig()
     maps: MapsConfig = MapsConfig()
+    rec: RecConfig = RecConfig()
     serve: ServeConfig = ServeConfig()
 
     def domains(self) -> list[str]:

@@ -41,12 +41,18 @@ def new_version_name(fingerprint: str) -> str:
 
 
 class IndexStore:
-    def __init__(self, root: DataRoot):
+    """Versions of one artifact kind: search indexes (the default), lookup tables, or codebooks."""
+
+    def __init__(self, root: DataRoot, kind: str = "indexes"):
         self.root = root
+        self.kind = kind
+
+    def base(self, domain: str) -> Path:
+        return self.root.artifact_base(self.kind, domain)
 
     # reading -----------------------------------------------------------------
     def current(self, domain: str) -> str | None:
-        p = self.root.current_pointer(domain)
+        p = self.base(domain) / "CURRENT"
         try:
             name = p.read_text().strip()
         except FileNotFoundError:
@@ -55,14 +61,14 @@ class IndexStore:
 
     def versions(self, domain: str) -> list[str]:
         """Complete versions (a manifest is the last file written), oldest first."""
-        base = self.root.indexes(domain)
+        base = self.base(domain)
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
                       and (p / MANIFEST).is_file())
 
     def path(self, domain: str, version: str) -> Path:
-        return self.root.index_version(domain, version)
+        return self.base(domain) / check_name(version, "version")
 
     def manifest(self, domain: str, version: str) -> dict:
         return json.loads((self.path(domain, version) / MANIFEST).read_text())
@@ -90,7 +96,7 @@ class IndexStore:
     @contextlib.contextmanager
     def lock(self, domain: str, wait: bool = True) -> Iterator[None]:
         """One publisher per domain at a time (an flock, released if the process dies)."""
-        p = self.root.lock(domain)
+        p = self.root.lock(domain, self.kind)
         p.parent.mkdir(parents=True, exist_ok=True)
         with open(p, "a+") as f:
             try:
@@ -105,7 +111,7 @@ class IndexStore:
     @contextlib.contextmanager
     def staging(self, domain: str) -> Iterator[Path]:
         """A hidden folder to build a version in; removed if the build fails."""
-        base = self.root.indexes(domain)
+        base = self.base(domain)
         base.mkdir(parents=True, exist_ok=True)
         tmp = base / f".staging-{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
@@ -149,12 +155,12 @@ class IndexStore:
     def set_current(self, domain: str, version: str) -> None:
         """Verify, then atomically repoint CURRENT (also the rollback primitive)."""
         self.verify(domain, version)
-        write_text(self.root.current_pointer(domain), version + "\n")
+        write_text(self.base(domain) / "CURRENT", version + "\n")
 
     def clean_staging(self, domain: str) -> int:
         """Remove staging folders left by crashed publishes; call it holding the domain's lock."""
         n = 0
-        base = self.root.indexes(domain)
+        base = self.base(domain)
         if base.is_dir():
             for d in base.glob(".staging-*"):
                 shutil.rmtree(d, ignore_errors=True)

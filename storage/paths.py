@@ -15,6 +15,8 @@ from pathlib import Path
 from sidestep.config import Settings, check_name
 
 DEFAULT_ROOT = "./var"
+SHARED = "shared"
+ARTIFACT_KINDS = ("indexes", "tables", "codebooks")
 
 
 def resolve_root(settings: Settings | None = None, override: str | os.PathLike | None = None) -> Path:
@@ -73,8 +75,23 @@ class DataRoot:
     def current_pointer(self, domain: str) -> Path:
         return self._inside("indexes", check_name(domain), "CURRENT")
 
-    def lock(self, domain: str) -> Path:
-        return self._inside("locks", f"{check_name(domain)}.lock")
+    def lock(self, domain: str, kind: str = "indexes") -> Path:
+        name = check_name(domain) if kind == "indexes" else f"{kind}-{check_name(domain)}"
+        return self._inside("locks", f"{name}.lock")
+
+    def artifact_base(self, kind: str, domain: str) -> Path:
+        """Where versions of one kind live: indexes/<domain>/, tables/<domain>/, codebooks/
+        (codebooks are shared by every domain, so their `domain` is only a label and must be "shared")."""
+        if kind == "codebooks":
+            if domain != SHARED:
+                raise ValueError(f"codebooks are shared by all domains; got domain {domain!r}")
+            return self._inside("codebooks")
+        if kind not in ARTIFACT_KINDS:
+            raise ValueError(f"unknown artifact kind {kind!r}; expected one of {', '.join(ARTIFACT_KINDS)}")
+        return self._inside(kind, check_name(domain))
+
+    def tables(self, domain: str) -> Path:
+        return self._inside("tables", check_name(domain))
 
     # evaluation
     def eval_db(self) -> Path:

@@ -70,11 +70,56 @@ CREATE TABLE IF NOT EXISTS longdoc_runs (
     started_at TIMESTAMP NOT NULL,
     config     VARCHAR
 );
+CREATE TABLE IF NOT EXISTS rec_runs (
+    run_id           VARCHAR PRIMARY KEY,
+    group_id         VARCHAR NOT NULL,   -- one eval-rec invocation: its variants share it
+    variant          VARCHAR NOT NULL,   -- popularity, text_zero_shot, sidestep, shuffled_codes, ...
+    protocol         VARCHAR NOT NULL,   -- full (nothing masked) or masked (history items excluded)
+    split            VARCHAR NOT NULL,   -- test or valid
+    dataset          VARCHAR NOT NULL,
+    domain           VARCHAR NOT NULL,
+    table_version    VARCHAR,
+    codebook_version VARCHAR,
+    started_at       TIMESTAMP NOT NULL,
+    train_seconds    DOUBLE,
+    peak_rss_mb      DOUBLE,
+    config           VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rec_ranks (
+    run_id VARCHAR NOT NULL,
+    row_id INTEGER NOT NULL,  -- position of the (history, target) pair in the split
+    rank   INTEGER NOT NULL   -- 0-based rank of the target among all items, ties counted against it
+);
+CREATE TABLE IF NOT EXISTS rec_curves (
+    run_id VARCHAR NOT NULL,
+    epoch  INTEGER NOT NULL,
+    metric VARCHAR NOT NULL,
+    value  DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS codebook_diagnostics (
+    codebook_version VARCHAR NOT NULL,
+    domain           VARCHAR NOT NULL,
+    metric           VARCHAR NOT NULL,  -- entropy_bits_mean, dead_codewords, colliding_items, quant_error, ...
+    value            DOUBLE NOT NULL,
+    recorded_at      TIMESTAMP NOT NULL
+);
 CREATE TABLE IF NOT EXISTS longdoc_metrics (
     run_id VARCHAR NOT NULL,
     metric VARCHAR NOT NULL,  -- dotted path into the report, e.g. within_document.map_conditioned.recall@3
     value  DOUBLE NOT NULL
 );
+"""
+
+_REC_METRICS = """
+CREATE OR REPLACE VIEW rec_metrics AS
+SELECT r.run_id, r.group_id, r.variant, r.protocol, r.split, r.dataset, r.domain, r.table_version,
+       r.train_seconds, r.peak_rss_mb, r.started_at, count(k.rank) AS n_users,
+       avg(CASE WHEN k.rank < 10 THEN 1.0 ELSE 0.0 END) AS recall_10,
+       avg(CASE WHEN k.rank < 10 THEN 1.0 / log2(k.rank + 2) ELSE 0.0 END) AS ndcg_10,
+       avg(CASE WHEN k.rank < 50 THEN 1.0 ELSE 0.0 END) AS recall_50,
+       avg(CASE WHEN k.rank < 50 THEN 1.0 / log2(k.rank + 2) ELSE 0.0 END) AS ndcg_50
+FROM rec_runs r LEFT JOIN rec_ranks k USING (run_id)
+GROUP BY ALL;
 """
 
 _QUERY_METRICS = """
@@ -165,6 +210,7 @@ class Warehouse:
             self._con.execute(_TABLES)
             self._con.execute(_QUERY_METRICS)
             self._con.execute(_RUN_METRICS)
+            self._con.execute(_REC_METRICS)
             self._con.execute("COMMIT")
         except Exception:
             self._con.execute("ROLLBACK")
@@ -281,6 +327,61 @@ class Warehouse:
                               [run_id, dataset, json.dumps(config, sort_keys=True, default=str)])
             if rows:
                 self._con.executemany("INSERT INTO longdoc_metrics VALUES (?, ?, ?)", rows)
+            self._con.execute("COMMIT")
+        except Exception:
+            self._con.execute("ROLLBACK")
+            raise
+        return len(rows)
+
+    def record_rec_run(self, *, run_id: str, group_id: str, variant: str, protocol: str, split: str,
+                       dataset: str, domain: str, ranks: Iterable[int], config: Mapping[str, Any],
+                       table_version: str | None = None, codebook_version: str | None = None,
+                       train_seconds: float | None = None, peak_rss_mb: float | None = None,
+                       curve: Iterable[Mapping[str, Any]] = ()) -> dict[str, float]:
+        """Store one recommendation variant's per-user ranks (metrics are the rec_metrics view)."""
+        ranks_t = pa.table({"row_id": pa.array(range(len(r := list(ranks))), pa.int32()),
+                            "rank": pa.array(r, pa.int32())})
+        curve_rows = [(run_id, int(c["epoch"]), k, float(v)) for c in curve for k, v in c.items()
+                      if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        con = self._con
+        con.register("_stage_ranks", ranks_t)
+        con.execute("BEGIN")
+        try:
+            for table in ("rec_runs", "rec_ranks", "rec_curves"):
+                con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            con.execute("INSERT INTO rec_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP, ?, ?, ?)",
+                        [run_id, group_id, variant, protocol, split, dataset, domain, table_version,
+                         codebook_version, train_seconds, peak_rss_mb, json.dumps(config, sort_keys=True,
+                                                                                  default=str)])
+            con.execute("INSERT INTO rec_ranks SELECT ?, row_id, rank FROM _stage_ranks", [run_id])
+            if curve_rows:
+                con.executemany("INSERT INTO rec_curves VALUES (?, ?, ?, ?)", curve_rows)
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.unregister("_stage_ranks")
+        return self.rec_metrics(run_id)
+
+    def rec_metrics(self, run_id: str) -> dict[str, float]:
+        rows = self._con.sql("SELECT recall_10, ndcg_10, recall_50, ndcg_50 FROM rec_metrics WHERE run_id = ?",
+                             params=[run_id]).fetchall()
+        if not rows:
+            raise KeyError(f"no recommendation run {run_id!r} in {self.path}")
+        keys = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
+        return {k: float(v or 0.0) for k, v in zip(keys, rows[0], strict=True)}
+
+    def record_codebook(self, version: str, diagnostics: Mapping[str, Mapping[str, Any]]) -> int:
+        """Numeric codebook diagnostics per domain (lists such as per-position entropy are left out)."""
+        rows = [(version, d, k, float(v)) for d, m in diagnostics.items() for k, v in m.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self._con.execute("BEGIN")
+        try:
+            self._con.execute("DELETE FROM codebook_diagnostics WHERE codebook_version = ?", [version])
+            if rows:
+                self._con.executemany("INSERT INTO codebook_diagnostics VALUES (?, ?, ?, ?, now()::TIMESTAMP)",
+                                      rows)
             self._con.execute("COMMIT")
         except Exception:
             self._con.execute("ROLLBACK")

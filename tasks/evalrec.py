@@ -1,0 +1,139 @@
+"""eval-rec: train a domain's tables (scratch, table-only or full) and evaluate them with their controls
+in one run, every variant's per-user ranks into DuckDB.
+
+Protocol: leave-one-out, full ranking over all items of the domain with nothing
+masked (comparable to VQ-Rec's published figures); the history-masked variant is
+reported beside it. Valid split for early stopping, test split for the figures.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from sidestep.config import Settings
+from sidestep.lookup import rank_metrics
+from sidestep.profiling import PeakRSS
+from sidestep.quantize import shuffled_codes
+from sidestep.recdata import RecData, popularity
+from storage.paths import DataRoot
+from storage.warehouse import Warehouse
+
+from .rec import RecError, domain_data, publish_tables, require_codebook, start_model, train_config
+
+Log = Callable[[str], None]
+
+
+def eval_rec(root: DataRoot, settings: Settings, dataset: str, domain: str, *, mode: str | None = None,
+             pretrained_from: str | None = None, controls: bool = True, epochs: int | None = None,
+             max_seconds: float | None = None, seed: int = 0, publish: bool = True,
+             log: Log | None = None) -> dict:
+    import torch
+
+    if settings.rec.threads:
+        torch.set_num_threads(settings.rec.threads)
+    mode = mode or ("table-only" if pretrained_from else "scratch")
+    book_version, book = require_codebook(root)
+    items, data = domain_data(root, settings, domain)
+    codes = book.encode(items.vectors).astype(np.int64)
+    group = f"rec-{domain}-{uuid.uuid4().hex[:8]}"
+    cfg = train_config(settings, epochs=epochs, max_seconds=max_seconds, seed=seed)
+    common = {"dataset": dataset, "domain": domain, "group_id": group}
+    out: dict = {"domain": domain, "dataset": dataset, "mode": mode, "pretrained_from": pretrained_from,
+                 "codebook_version": book_version, "run_group": group,
+                 "protocol": "leave-one-out, full ranking over all items, nothing masked (test split)",
+                 "counts": {"items": data.n_items, "train_pairs": len(data.train), "valid_users": len(data.valid),
+                            "test_users": len(data.test), "unknown_item_rows": int(sum(data.unknown.values()))},
+                 "baselines": {}, "baselines_masked": {}, "training": {}}
+    with Warehouse(root.eval_db()) as wh:
+        for name, ranks in _fixed_baselines(items.vectors, data).items():
+            for protocol, r in ranks.items():
+                m = wh.record_rec_run(run_id=f"{group}-{name}-{protocol}", variant=name, protocol=protocol,
+                                      split="test", ranks=r, config={"seed": seed}, **common)
+                out["baselines" if protocol == "full" else "baselines_masked"][name] = m
+        variants = [("sidestep", codes)] + ([("shuffled_codes", shuffled_codes(codes, seed))] if controls else [])
+        for name, c in variants:
+            res = _train_variant(root, settings, domain, mode, pretrained_from, book_version, book.spec, c, data,
+                                 cfg, log)
+            model, train = res
+            version = None
+            if name == "sidestep" and publish:
+                version = publish_tables(root, domain, items, c, model, book_version, {
+                    "mode": mode, "pretrained_from": pretrained_from, "config": model.cfg.to_dict(),
+                    "metrics": {"valid": train["best_valid"], "test": train["test"]["full"]},
+                    "training": {k: train[k] for k in ("seconds", "epochs_run", "best_epoch", "peak_rss_mb",
+                                                        "trainable_parameters")}})
+            for protocol in ("full", "masked"):
+                m = wh.record_rec_run(
+                    run_id=f"{group}-{name}-{protocol}", variant=name, protocol=protocol, split="test",
+                    ranks=train["ranks"][protocol], table_version=version, codebook_version=book_version,
+                    train_seconds=train["seconds"], peak_rss_mb=train["peak_rss_mb"],
+                    config={"mode": mode, "pretrained_from": pretrained_from, "seed": seed, **cfg.__dict__},
+                    curve=train["curve"] if protocol == "full" else (), **common)
+                if name == "sidestep":
+                    out["metrics" if protocol == "full" else "metrics_masked"] = m
+                else:
+                    out["baselines" if protocol == "full" else "baselines_masked"][name] = m
+            out["training"][name] = {k: v for k, v in train.items() if k not in ("ranks", "curve", "test")}
+            if version:
+                out["table_version"] = version
+    return out
+
+
+def _fixed_baselines(text: np.ndarray, data: RecData) -> dict[str, dict[str, np.ndarray]]:
+    from sidestep.rectrain import popularity_ranks, text_ranks
+
+    pop = popularity(data)
+    emb = np.vstack([np.zeros((1, text.shape[1]), np.float32), text])
+    return {
+        "popularity": {p: popularity_ranks(pop, data.test, masked=p == "masked") for p in ("full", "masked")},
+        "text_zero_shot": {p: text_ranks(emb, data.test, masked=p == "masked") for p in ("full", "masked")},
+    }
+
+
+def _train_variant(root: DataRoot, settings: Settings, domain: str, mode: str, pretrained_from: str | None,
+                   book_version: str, spec, codes: np.ndarray, data: RecData, cfg, log: Log | None):
+    import torch
+
+    from sidestep.lookup import count_parameters, trainable_parameters
+    from sidestep.rectrain import evaluate, fit_domain
+
+    model, _ = start_model(root, settings, domain, mode, pretrained_from, book_version, spec.codewords,
+                           spec.positions, log)
+    c = torch.from_numpy(codes)
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        res = fit_domain(model, domain, c, data, mode, cfg, log=log)
+        seconds = time.perf_counter() - t0
+    full, r_full = evaluate(model, domain, c, data.test)
+    masked, r_masked = evaluate(model, domain, c, data.test, masked=True)
+    if log:
+        log(f"{domain} {mode}: test recall@10 {full['recall@10']:.4f} ndcg@10 {full['ndcg@10']:.4f} "
+            f"({seconds:.0f} s, best epoch {res.best_epoch}, peak RSS {mem.peak_mb:.0f} MB)")
+    return model, {"seconds": round(seconds, 2), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
+                   "best_valid": res.best_valid, "peak_rss_mb": mem.peak_mb, "curve": res.curve,
+                   "trainable_parameters": count_parameters(trainable_parameters(model, domain, mode)),
+                   "test": {"full": full, "masked": masked}, "ranks": {"full": r_full, "masked": r_masked}}
+
+
+def metrics_check(ranks: np.ndarray) -> dict[str, float]:
+    return rank_metrics(ranks)
+
+
+@task(name="eval-rec", retries=0, cache_policy=NO_CACHE, tags=["rec", "eval"])
+def eval_rec_task(root: str, settings: Settings, dataset: str, domain: str, mode: str | None = None,
+                  pretrained_from: str | None = None, controls: bool = True, epochs: int | None = None,
+                  max_seconds: float | None = None, seed: int = 0) -> dict:
+    log = get_run_logger()
+    try:
+        return eval_rec(DataRoot(Path(root)), settings, dataset, domain, mode=mode, pretrained_from=pretrained_from,
+                        controls=controls, epochs=epochs, max_seconds=max_seconds, seed=seed, log=log.info)
+    except RecError as e:
+        log.error("eval-rec %s: %s", domain, e)
+        raise

@@ -1,0 +1,295 @@
+"""Recommendation stages: fit_codebooks, finetune_tables, rebuild the item index.
+
+Each stage is a plain function over (root, settings) so that flows, the command
+line and tests share it; the Prefect tasks at the bottom are thin wrappers
+carrying retries and tags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from sidestep.config import Settings
+from sidestep.encoder import encoder_key, model_dim
+from sidestep.quantize import Codebook, CodebookSpec, diagnostics, drift, fit_codebook
+from sidestep.recdata import RecData, build_splits
+from sidestep.records import Interaction
+from storage.artifacts import new_version_name
+from storage.documents import DocumentStore
+from storage.embeddings import EmbeddingStore
+from storage.paths import SHARED, DataRoot
+from storage.recstore import (
+    codebook_store,
+    codes_table,
+    load_codebook,
+    load_table_version,
+    table_store,
+    write_codebook,
+    write_table_files,
+)
+from storage.warehouse import Warehouse
+
+Log = Callable[[str], None]
+MODES = ("scratch", "table-only", "full")
+
+
+class RecError(RuntimeError):
+    """A recommendation stage cannot run (no interactions, no codebook, missing pre-trained domain)."""
+
+
+@dataclass
+class Items:
+    ids: list[str]
+    hashes: list[str]
+    vectors: np.ndarray  # (N, dim) unit pooled text vectors
+
+
+def load_items(root: DataRoot, settings: Settings, domain: str) -> Items:
+    """Every live item of a domain with its text vector (mean of its chunks' pooled vectors)."""
+    docs = DocumentStore(root).read(domain, include_deleted=False).sort_by("doc_id")
+    if docs.num_rows == 0:
+        raise RecError(f"domain {domain!r} has no items; ingest it first")
+    ids, hashes = docs["doc_id"].to_pylist(), docs["content_hash"].to_pylist()
+    store = EmbeddingStore(root, encoder_key(settings.encoder.model_path), model_dim(settings.encoder.model_path))
+    rows, pooled = store.gather(hashes)
+    pos: dict[str, list[int]] = {}
+    for i, h in enumerate(rows["content_hash"].to_pylist()):
+        pos.setdefault(h, []).append(i)
+    missing = sorted({h for h in hashes if h not in pos})
+    if missing:
+        raise RecError(f"{len(missing)} items of {domain!r} have no embeddings; run the embed step first")
+    vecs = np.stack([pooled[pos[h]].mean(0) for h in hashes]).astype(np.float32)
+    vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    return Items(ids, hashes, vecs)
+
+
+def load_interactions(root: DataRoot, domain: str) -> list[Interaction]:
+    t = DocumentStore(root).read_interactions(domain)
+    if t.num_rows == 0:
+        raise RecError(f"domain {domain!r} has no interactions; ingest a RecBole or LC-Rec source into it")
+    cols = t.select(["user_id", "history", "target", "split"]).to_pydict()
+    return [Interaction(u, tuple(h), tg, s) for u, h, tg, s in
+            zip(cols["user_id"], cols["history"], cols["target"], cols["split"], strict=True)]
+
+
+def rec_domains(root: DataRoot) -> list[str]:
+    docs = DocumentStore(root)
+    return [d for d in root.domains_with_documents() if docs.read_interactions(d).num_rows > 0]
+
+
+# ----------------------------------------------------------------------------- fit_codebooks
+
+
+def codebook_spec(settings: Settings, n_items: int) -> CodebookSpec:
+    """The configured spec; a catalogue too small for 2**bits codewords gets fewer (k-means needs
+    a few points per centroid), recorded in the manifest."""
+    r = settings.rec
+    bits = max(1, min(r.bits, int(math.log2(max(n_items // 4, 2)))))
+    return CodebookSpec(positions=r.positions, bits=bits, opq=r.opq, sample=r.fit_sample)
+
+
+def fit_codebooks(root: DataRoot, settings: Settings, domains: list[str] | None = None, *, refit: bool = False,
+                  log: Log | None = None) -> dict:
+    """Keep the current codebook unless a refit is asked for, there is none, or quantization error on the
+    current items has drifted past the threshold; otherwise fit one on all domains' items and publish it."""
+    domains = domains or rec_domains(root)
+    if not domains:
+        raise RecError("no domain with interactions: nothing to fit codebooks on")
+    items = {d: load_items(root, settings, d) for d in domains}
+    current = load_codebook(root)
+    drifts = {d: round(drift(current[1], it.vectors), 4) for d, it in items.items()} if current and \
+        current[1].dim == next(iter(items.values())).vectors.shape[1] else {}
+    threshold = settings.rec.drift_threshold
+    reason = ("refit requested" if refit else "no codebook yet" if current is None else
+              "embedding dimension changed" if not drifts else
+              f"drift {max(drifts.values()):.3f} > {threshold}" if max(drifts.values()) > threshold else None)
+    if reason is None:
+        return {"version": current[0], "refit": False, "drift": drifts, "reason": "within drift threshold"}
+    x = np.concatenate([it.vectors for it in items.values()])
+    spec = codebook_spec(settings, len(x))
+    t0 = time.perf_counter()
+    book = fit_codebook(x, spec)
+    seconds = time.perf_counter() - t0
+    diag = {d: {**diagnostics(book.encode(it.vectors), spec.codewords), "quant_error": book.error(it.vectors)}
+            for d, it in items.items()}
+    if log:
+        log(f"codebook: fitted {spec.factory(book.dim)} on {len(x)} items in {seconds:.1f} s ({reason}); "
+            f"fit error {book.fit_error:.4f}")
+    fp = hashlib.sha256(json.dumps({"domains": sorted(domains), "n": len(x), "spec": spec.__dict__},
+                                   sort_keys=True).encode()).hexdigest()
+    version = new_version_name(fp)
+    store = codebook_store(root)
+    with store.lock(SHARED):
+        store.clean_staging(SHARED)
+        with store.staging(SHARED) as staged:
+            meta = write_codebook(staged, book)
+            store.publish(SHARED, staged, version, {**meta, "fingerprint": fp, "reason": reason, "seconds": seconds,
+                                                    "fitted_on": {d: len(it.ids) for d, it in items.items()},
+                                                    "diagnostics": diag})
+    with Warehouse(root.eval_db()) as wh:
+        wh.record_codebook(version, diag)
+    return {"version": version, "refit": True, "reason": reason, "drift": drifts, "seconds": round(seconds, 2),
+            "items": len(x), "codewords": spec.codewords, "positions": spec.positions,
+            "diagnostics": {d: {k: v for k, v in m.items() if k != "entropy_per_position"} for d, m in diag.items()}}
+
+
+def require_codebook(root: DataRoot) -> tuple[str, Codebook]:
+    cur = load_codebook(root)
+    if cur is None:
+        raise RecError("no codebook published; run fit_codebooks first")
+    return cur
+
+
+# ----------------------------------------------------------------------------- data + model helpers
+
+
+def domain_data(root: DataRoot, settings: Settings, domain: str) -> tuple[Items, RecData]:
+    items = load_items(root, settings, domain)
+    data = build_splits(load_interactions(root, domain), items.ids, max_history=settings.rec.max_history)
+    if len(data.train) == 0 or len(data.valid) == 0:
+        raise RecError(f"domain {domain!r}: {len(data.train)} training and {len(data.valid)} validation "
+                       "pairs; leave-one-out needs users with at least 3 interactions")
+    return items, data
+
+
+def seq_config(settings: Settings):
+    from sidestep.lookup import SeqConfig
+
+    r = settings.rec
+    return SeqConfig(hidden=r.hidden, layers=r.layers, heads=r.heads, inner=r.inner, dropout=r.dropout,
+                     max_history=r.max_history, temperature=r.temperature)
+
+
+def train_config(settings: Settings, **overrides):
+    from sidestep.rectrain import TrainConfig
+
+    r = settings.rec
+    base = {"epochs": r.epochs, "batch_size": r.batch_size, "lr": r.lr, "patience": r.patience,
+            "max_seconds": r.max_train_seconds}
+    return TrainConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def model_state(model, domain: str, codebook_version: str) -> dict:
+    return {"config": model.cfg.to_dict(), "positions": model.positions, "codewords": model.codewords,
+            "encoder": model.encoder.state_dict(), "table": model.tables[domain].state_dict(),
+            "codebook_version": codebook_version}
+
+
+def model_from_state(state: dict, domain: str):
+    from sidestep.lookup import SeqConfig, SeqRec
+
+    model = SeqRec(SeqConfig(**state["config"]), state["positions"], state["codewords"], [domain])
+    model.encoder.load_state_dict(state["encoder"])
+    model.tables[domain].load_state_dict(state["table"])
+    model.eval()
+    return model
+
+
+def item_vectors(model, domain: str, codes: np.ndarray) -> np.ndarray:
+    import torch
+    from torch.nn import functional as F
+
+    with torch.no_grad():
+        m = model.tables[domain].item_matrix(torch.from_numpy(codes.astype(np.int64)))[1:]
+        return F.normalize(m, dim=-1).numpy()
+
+
+# ----------------------------------------------------------------------------- finetune_tables
+
+
+def start_model(root: DataRoot, settings: Settings, domain: str, mode: str, pretrained_from: str | None,
+                codebook_version: str, codewords: int, positions: int, log: Log | None = None):
+    """A fresh model (scratch), or the pre-trained domain's encoder with a table for this domain:
+    copied from the pre-trained table when both share the codebook (codes mean the same there),
+    fresh otherwise."""
+    from sidestep.lookup import SeqRec
+
+    if mode not in MODES:
+        raise RecError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    if mode == "scratch" or pretrained_from is None:
+        if mode != "scratch":
+            raise RecError(f"mode {mode!r} needs --pretrained-from DOMAIN (a domain with published tables)")
+        return SeqRec(seq_config(settings), positions, codewords, [domain]), None
+    pre = load_table_version(root, pretrained_from)
+    if pre is None:
+        raise RecError(f"domain {pretrained_from!r} has no published tables to start from; "
+                       f"run `sidestep eval-rec ... --domain {pretrained_from}` first")
+    state = pre.model_state
+    if (state["positions"], state["codewords"]) != (positions, codewords):
+        raise RecError(f"{pretrained_from!r} was trained on {state['positions']}x{state['codewords']} codes, "
+                       f"the current codebook has {positions}x{codewords}")
+    model = model_from_state(state, pretrained_from)
+    same_book = state["codebook_version"] == codebook_version
+    model.add_domain(domain, init_from=pretrained_from if same_book else None)
+    if log and not same_book:
+        log(f"{pretrained_from!r} used codebook {state['codebook_version']}, current is {codebook_version}: "
+            "the new table starts fresh, only the encoder transfers")
+    return model, pre
+
+
+def publish_tables(root: DataRoot, domain: str, items: Items, codes: np.ndarray, model, codebook_version: str,
+                   manifest: dict) -> str:
+    store = table_store(root)
+    fp = hashlib.sha256(json.dumps({k: manifest.get(k) for k in ("mode", "pretrained_from", "config")},
+                                   sort_keys=True, default=str).encode() + b"".join(
+                                       h.encode() for h in items.hashes)).hexdigest()
+    version = new_version_name(fp)
+    with store.lock(domain):
+        store.clean_staging(domain)
+        with store.staging(domain) as staged:
+            write_table_files(staged, codes_table(items.ids, items.hashes, codes),
+                              model_state(model, domain, codebook_version), item_vectors(model, domain, codes))
+            store.publish(domain, staged, version, {**manifest, "fingerprint": fp, "codebook": codebook_version,
+                                                    "counts": {"items": len(items.ids)}})
+    return version
+
+
+def rebuild_item_index(root: DataRoot, settings: Settings, domain: str) -> dict:
+    """New or changed items get codes from the current codebook (no refit) and vectors from the current
+    table; the model is untouched. A table trained on another codebook cannot be reused: retrain."""
+    cur = load_table_version(root, domain)
+    if cur is None:
+        return {"domain": domain, "published": False, "reason": "no tables yet; run finetune_tables"}
+    book_version, book = require_codebook(root)
+    if cur.model_state["codebook_version"] != book_version:
+        return {"domain": domain, "published": False, "version": cur.version,
+                "reason": f"tables use codebook {cur.model_state['codebook_version']}, current is {book_version}: "
+                          "retrain with finetune_tables"}
+    items = load_items(root, settings, domain)
+    if items.hashes == cur.hashes and items.ids == cur.item_ids:
+        return {"domain": domain, "published": False, "version": cur.version, "reason": "unchanged items"}
+    codes = book.encode(items.vectors).astype(np.int64)
+    model = model_from_state(cur.model_state, domain)
+    manifest = {k: v for k, v in cur.manifest.items() if k in ("mode", "pretrained_from", "config", "metrics")}
+    version = publish_tables(root, domain, items, codes, model, book_version,
+                             {**manifest, "rebuilt_from": cur.version})
+    return {"domain": domain, "published": True, "version": version, "items": len(items.ids),
+            "new_items": len(set(items.ids) - set(cur.item_ids))}
+
+
+# ----------------------------------------------------------------------------- Prefect tasks
+
+
+@task(name="fit-codebooks", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["rec"])
+def fit_codebooks_task(root: str, settings: Settings, domains: list[str] | None = None, refit: bool = False) -> dict:
+    log = get_run_logger()
+    out = fit_codebooks(DataRoot(Path(root)), settings, domains, refit=refit, log=log.info)
+    log.info("codebook %(version)s: refit=%(refit)s", out)
+    return out
+
+
+@task(name="rebuild-item-index", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["rec", "index"])
+def rebuild_item_index_task(root: str, settings: Settings, domain: str) -> dict:
+    out = rebuild_item_index(DataRoot(Path(root)), settings, domain)
+    get_run_logger().info("item index %s: %s", domain, out)
+    return out
