@@ -37,6 +37,11 @@ def sample_queries() -> list[tuple[str, str]]:
     return rows
 
 
+def sample_histories(settings: Settings) -> list[tuple[str, list[str]]]:
+    """A known two-item history and one with an id the catalogue lacks, for each recommendation domain."""
+    return [(s.domain, ["0", "2", "no-such-item"]) for s in settings.sources if s.format in ("lcrec", "recbole")]
+
+
 def run_demo(settings: Settings, root: DataRoot, *, port: int = 8000, console: Console | None = None) -> int:
     from flows.evaluate import evaluate_flow
     from flows.reindex import nightly_reindex
@@ -73,6 +78,17 @@ def run_demo(settings: Settings, root: DataRoot, *, port: int = 8000, console: C
                 for i, h in enumerate(body["results"], 1):
                     t.add_row(str(i), h["doc_id"], f"{h['score']:.3f}", (h["title"] or h["snippet"])[:60])
                 con.print(t)
+            for domain, history in sample_histories(settings):
+                r = http.post("/recommend", json={"history": history, "k": 3, "domain": domain})
+                r.raise_for_status()
+                body = r.json()
+                t = Table("#", "item_id", "score", title=f"[{domain}] recommend after {history}  →  "
+                          f"index_version {body['index_version']}  ({body['timings_ms']['total']:.1f} ms)")
+                for i, h in enumerate(body["items"], 1):
+                    t.add_row(str(i), h["item_id"], f"{h['score']:.3f}")
+                con.print(t)
+                if body["unknown_items"]:
+                    con.print(f"unknown item ids reported, not fatal: {body['unknown_items']}")
             bad = http.post("/search", json={"query": "", "k": 5000})
             con.print(f"a bad request is refused with HTTP {bad.status_code}: {bad.json()['detail'][:120]}")
     con.print("serving stopped")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger
 
+from storage.paths import DataRoot
 from tasks.common import root_from, settings_from
 from tasks.embed import embed_task
 from tasks.index import publish_task
 from tasks.ingest import ingest_task
+from tasks.rec import fit_codebooks_task, rec_domains, refresh_tables_task
 from tasks.summarize import summarize_task
 
 
@@ -21,7 +25,8 @@ class ReindexFailed(RuntimeError):
 @flow(name="nightly-reindex", log_prints=True)
 def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_ingest: bool = False,
                     config_path: str | None = None) -> dict:
-    """Ingest every configured source, embed what changed, rebuild and publish each domain's index.
+    """Ingest every configured source, embed what changed, rebuild and publish each domain's index;
+    for domains with interactions, fit codebooks (only on drift), then train or re-encode their tables.
 
     An unchanged corpus re-encodes nothing and publishes nothing. One failing domain does not stop
     the others; the run fails at the end, naming them."""
@@ -54,9 +59,26 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
         summary["quarantined"] += sum(i["quarantined"] for i in ingests)
         if pub["published"]:
             summary["published"].append({"domain": domain, "version": pub["version"]})
+    _recommendation_stages(root, settings, [d for d in chosen if d not in summary["failed"]], force, summary)
     log.info("reindex: %d domains, encoded=%d reused=%d summarized=%d maps_failed=%d published=%d "
              "quarantined=%d failed=%d", len(chosen), summary["encoded"], summary["reused"], summary["summarized"],
              summary["maps_failed"], len(summary["published"]), summary["quarantined"], len(summary["failed"]))
     if summary["failed"]:
         raise ReindexFailed(summary)
     return summary
+
+
+def _recommendation_stages(root: str, settings, domains: list[str], force: bool, summary: dict) -> None:
+    """fit_codebooks once over every domain with interactions, then per domain: tables trained on an older
+    codebook (or none) are trained, current ones only re-encode new items (rebuild_index)."""
+    rec = [d for d in rec_domains(DataRoot(Path(root))) if d in domains]
+    summary["tables"] = {}
+    if not rec:
+        return
+    try:
+        summary["codebook"] = fit_codebooks_task(root, settings, rec, force)
+        for domain in rec:
+            summary["tables"][domain] = refresh_tables_task(root, settings, domain)
+    except Exception as e:
+        get_run_logger().error("recommendation stages failed: %s", e)
+        summary["failed"]["recommendation"] = f"{type(e).__name__}: {e}"

@@ -27,6 +27,7 @@ from storage.paths import DataRoot
 
 from .core import SearchService
 from .options import preset
+from .recommend import RecommendService
 
 log = logging.getLogger("sidestep.serving")
 
@@ -59,6 +60,29 @@ class SearchResponse(BaseModel):
     mode: str
     results: list[SearchResult]
     verify: dict
+    timings_ms: dict[str, float]
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    history: list[str] = Field(..., max_length=10_000, description="The user's items, oldest first; ids the "
+                                                                   "domain does not know are reported, not fatal.")
+    k: int = Field(10, ge=1, le=1000, description="Number of items to return.")
+    domain: str | None = Field(None, max_length=64, description="Recommendation domain; the only one if null.")
+    exclude_history: bool = Field(False, description="Leave the history's own items out of the results.")
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    index_version: str
+    domain: str
+    items: list[RecommendedItem]
+    unknown_items: list[str]
+    note: str | None = None
     timings_ms: dict[str, float]
 
 
@@ -112,11 +136,56 @@ class SearchDeployment:
         self._stop.set()
 
 
+@serve.deployment(name="recommend")
+class RecommendDeployment:
+    """Each recommendation domain's published tables; polls CURRENT and hot-swaps like search."""
+
+    def __init__(self, data_root: str, config_path: str | None = None):
+        self.service = RecommendService(load_settings(config_path), DataRoot(Path(data_root)))
+        self.poll_s = self.service.settings.serve.reload_poll_s
+        self._stop = threading.Event()
+        threading.Thread(target=self._poll, name="tables-poller", daemon=True).start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.service.refresh()
+            except Exception:  # the poller must never die
+                log.exception("tables refresh failed")
+
+    def reconfigure(self, user_config: dict) -> None:
+        """user_config: {"pin": {domain: tables_version}, "reload_poll_s": float}."""
+        self.poll_s = float(user_config.get("reload_poll_s", self.poll_s))
+        self.service.pin(user_config.get("pin") or {})
+
+    def recommend(self, history: list[str], k: int, domain: str | None, exclude_history: bool = False) -> dict:
+        try:
+            return self.service.recommend(history, k, domain, exclude_history)
+        except LookupError as e:
+            return {"error": str(e), "status": 404}
+        except ValueError as e:
+            return {"error": str(e), "status": 400}
+
+    def health(self) -> dict:
+        return self.service.health()
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
 @serve.deployment(name="ingress")
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, search: DeploymentHandle):
+    def __init__(self, search: DeploymentHandle, recommend: DeploymentHandle):
         self.search_handle = search
+        self.recommend_handle = recommend
+
+    @api.post("/recommend", response_model=RecommendResponse, responses={400: {}, 404: {}, 422: {}, 503: {}})
+    async def recommend(self, req: RecommendRequest) -> dict:
+        res = await self.recommend_handle.recommend.remote(req.history, req.k, req.domain, req.exclude_history)
+        if "error" in res:
+            raise HTTPException(status_code=res["status"], detail=res["error"])
+        return res
 
     @api.post("/search", response_model=SearchResponse, responses={400: {}, 404: {}, 422: {}, 503: {}})
     async def search(self, req: SearchRequest) -> dict:
@@ -130,15 +199,18 @@ class Ingress:
     async def healthz(self) -> JSONResponse:
         try:
             h = await asyncio.wait_for(self.search_handle.health.remote(), timeout=10)
+            r = await asyncio.wait_for(self.recommend_handle.health.remote(), timeout=10)
         except Exception as e:
             return JSONResponse(status_code=503, content={"status": "unavailable", "error": str(e)})
-        return JSONResponse(status_code=200 if h["status"] == "ok" else 503, content=h)
+        ok = h["status"] == "ok" and r["status"] == "ok"
+        return JSONResponse(status_code=200 if ok else 503, content={**h, "recommend": r})
 
 
 def build_app(data_root: str, config_path: str | None = None, preset_name: str = "local"):
     p = preset(preset_name)
     search = SearchDeployment.options(**p["search"]).bind(data_root, config_path)
-    return Ingress.options(**p["ingress"]).bind(search)
+    recommend = RecommendDeployment.options(**p["recommend"]).bind(data_root, config_path)
+    return Ingress.options(**p["ingress"]).bind(search, recommend)
 
 
 def app_from_env(args: dict | None = None):

@@ -11,12 +11,16 @@ PRESETS: dict[str, dict[str, dict]] = {
         "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 64},
         "search": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 16,
                    "health_check_period_s": 5, "health_check_timeout_s": 30},
+        "recommend": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 16,
+                      "health_check_period_s": 5, "health_check_timeout_s": 30},
     },
     # tests: smallest footprint, fast health checks
     "test": {
         "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 32},
         "search": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 8,
                    "health_check_period_s": 2, "health_check_timeout_s": 30},
+        "recommend": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 8,
+                      "health_check_period_s": 2, "health_check_timeout_s": 30},
     },
     # a cluster node with spare cores: more search replicas behind one ingress
     "cluster": {
@@ -24,6 +28,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         "search": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 4},
                    "ray_actor_options": {"num_cpus": 2}, "max_ongoing_requests": 16,
                    "health_check_period_s": 10, "health_check_timeout_s": 60},
+        "recommend": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4},
+                      "ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 16,
+                      "health_check_period_s": 10, "health_check_timeout_s": 60},
     },
 }
 

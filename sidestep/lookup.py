@@ -32,6 +32,7 @@ class SeqConfig:
     dropout: float = 0.5
     max_history: int = 50
     temperature: float = 0.07
+    repeat_bias: bool = True  # a learned logit offset for items already in the history
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +63,8 @@ def averaging_matrix(codes: torch.Tensor, codewords: int) -> torch.Tensor:
     rows = torch.arange(1, n + 1).repeat_interleave(positions)
     cols = (codes.long() + torch.arange(positions) * codewords).reshape(-1)
     vals = torch.full((n * positions,), 1.0 / positions)
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n + 1, positions * codewords)).coalesce()
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n + 1, positions * codewords),
+                                   check_invariants=False).coalesce()
 
 
 class SeqEncoder(nn.Module):
@@ -77,6 +79,9 @@ class SeqEncoder(nn.Module):
                                            batch_first=True, layer_norm_eps=1e-12)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.dropout = nn.Dropout(cfg.dropout)
+        # Learned, not imposed: trained by the same cross-entropy, it goes negative where users rarely
+        # repeat an item and positive where they do (the evaluation still ranks every item).
+        self.repeat = nn.Parameter(torch.zeros(())) if cfg.repeat_bias else None
 
     def forward(self, items: torch.Tensor, lengths: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
         """items: (B, L, H) vectors of the history, real items first then padding; lengths: (B,)."""
@@ -110,9 +115,40 @@ class SeqRec(nn.Module):
         x = items[history[:, :width]]
         return F.normalize(self.encoder(x, lengths, self.tables[domain].norm), dim=-1)
 
-    def scores(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Cosine / temperature against every real item (columns are items 1..N)."""
-        return user @ F.normalize(items[1:], dim=-1).T / self.cfg.temperature
+    def scores(self, user: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """Cosine / temperature against every real item (columns are items 1..N), plus the learned repeat
+        bias on the items of each row's history."""
+        logits = user @ F.normalize(items[1:], dim=-1).T / self.cfg.temperature
+        if history is not None and self.encoder.repeat is not None:
+            logits = logits + self.encoder.repeat * history_mask(history, logits.shape[1])
+        return logits
+
+
+def history_mask(history: torch.Tensor, n_items: int) -> torch.Tensor:
+    """(B, N) float: 1 where item column j (item j+1) occurs in the row's history."""
+    mask = torch.zeros(history.shape[0], n_items + 1)
+    mask.scatter_(1, history, 1.0)
+    return mask[:, 1:]
+
+
+def model_state(model, domain: str, codebook_version: str) -> dict:
+    return {"config": model.cfg.to_dict(), "positions": model.positions, "codewords": model.codewords,
+            "encoder": model.encoder.state_dict(), "table": model.tables[domain].state_dict(),
+            "codebook_version": codebook_version}
+
+
+def model_from_state(state: dict, domain: str):
+    model = SeqRec(SeqConfig(**state["config"]), state["positions"], state["codewords"], [domain])
+    model.encoder.load_state_dict(state["encoder"])
+    model.tables[domain].load_state_dict(state["table"])
+    model.eval()
+    return model
+
+
+def item_vectors(model, domain: str, codes: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        m = model.tables[domain].item_matrix(torch.from_numpy(codes.astype(np.int64)))[1:]
+        return F.normalize(m, dim=-1).numpy()
 
 
 def trainable_parameters(model: SeqRec, domain: str, mode: str) -> list[nn.Parameter]:

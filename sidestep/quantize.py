@@ -8,7 +8,7 @@ ids keep their meaning across nightly runs and the lookup tables stay valid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -90,6 +90,9 @@ def fit_codebook(x: np.ndarray, spec: CodebookSpec = CodebookSpec()) -> Codebook
         raise ValueError(f"need at least {spec.codewords} vectors to fit {spec.codewords} codewords, got {len(x)}")
     rng = np.random.default_rng(spec.seed)
     sample = x[rng.choice(len(x), spec.sample, replace=False)] if len(x) > spec.sample else x
+    if spec.opq and len(sample) < x.shape[1]:
+        # faiss's OPQ crashes (segfault, not an exception) with fewer training vectors than dimensions
+        spec = replace(spec, opq=False)
     index = faiss.index_factory(x.shape[1], spec.factory(x.shape[1]))
     keep = _configure(index, spec)
     index.train(np.ascontiguousarray(sample))

@@ -82,7 +82,7 @@ def evaluate(model: SeqRec, domain: str, codes: torch.Tensor, split: Split, *, e
         rows = np.arange(s, min(s + eval_batch, len(split)))
         hist, lengths, target = _tensors(split, rows)
         user = model.user_vectors(domain, items, hist, lengths)
-        ranks.append(target_ranks(model.scores(user, items), target, hist if masked else None))
+        ranks.append(target_ranks(model.scores(user, items, hist), target, hist if masked else None))
     model.train(was)
     r = torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
     return rank_metrics(r), r
@@ -112,13 +112,13 @@ def fit_domain(model: SeqRec, domain: str, codes: torch.Tensor, data: RecData, m
         for rows in batches(data.train, cfg.batch_size, rng):
             hist, lengths, target = _tensors(data.train, rows)
             items = model.tables[domain].item_matrix(codes)
-            logits = model.scores(model.user_vectors(domain, items, hist, lengths), items)
+            logits = model.scores(model.user_vectors(domain, items, hist, lengths), items, hist)
             loss = F.cross_entropy(logits, target - 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         epochs_run = epoch + 1
         valid, _ = evaluate(model, domain, codes, data.valid, eval_batch=cfg.eval_batch)
         el = time.perf_counter() - t0
@@ -180,7 +180,7 @@ def pretrain(model: SeqRec, domains: dict[str, tuple[torch.Tensor, RecData]], cf
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         epochs_run = epoch + 1
         valid = {n: evaluate(model, n, domains[n][0], domains[n][1].valid)[0] for n in names}
         score = float(np.mean([v["ndcg@10"] for v in valid.values()]))
@@ -202,19 +202,35 @@ def pretrain(model: SeqRec, domains: dict[str, tuple[torch.Tensor, RecData]], cf
 
 def _mixed_step(model: SeqRec, domains: dict[str, tuple[torch.Tensor, RecData]], rows: dict[str, np.ndarray],
                 cfg: TrainConfig, rng: np.random.Generator) -> torch.Tensor:
-    users, positives, fakes = [], [], []
+    users, positives, fakes, hists, targets = [], [], [], [], []
     for name, (codes, data) in domains.items():
         table = model.tables[name]
         items = table.item_matrix(codes)
         hist, lengths, target = _tensors(data.train, rows[name])
         users.append(model.user_vectors(name, items, hist, lengths))
         positives.append(items[target])
+        hists.append(hist)
+        targets.append(target)
         fake = _semi_synthetic(codes[target - 1], table.codewords, cfg.fake_ratio, cfg.fakes_per_positive, rng)
         fakes.append(table.item_matrix(fake)[1:])
     user = torch.cat(users)
     cands = F.normalize(torch.cat(positives + fakes), dim=-1)
     logits = user @ cands.T / model.cfg.temperature
+    if model.encoder.repeat is not None:  # the repeat bias sees in-batch candidates of the row's own domain
+        logits = logits + model.encoder.repeat * _in_history(hists, targets, cands.shape[0])
     return F.cross_entropy(logits, torch.arange(len(user)))
+
+
+def _in_history(hists: list[torch.Tensor], targets: list[torch.Tensor], n_cands: int) -> torch.Tensor:
+    rows = sum(len(t) for t in targets)
+    mask = torch.zeros(rows, n_cands)
+    r = c = 0
+    for hist, target in zip(hists, targets, strict=True):
+        hit = (hist.unsqueeze(2) == target.view(1, 1, -1)).any(1).float()
+        mask[r:r + len(target), c:c + len(target)] = hit
+        r += len(target)
+        c += len(target)
+    return mask
 
 
 def _semi_synthetic(codes: torch.Tensor, codewords: int, ratio: float, copies: int,

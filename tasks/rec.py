@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from sidestep.config import Settings
 from sidestep.encoder import encoder_key, model_dim
+from sidestep.lookup import item_vectors, model_from_state, model_state
 from sidestep.quantize import Codebook, CodebookSpec, diagnostics, drift, fit_codebook
 from sidestep.recdata import RecData, build_splits
 from sidestep.records import Interaction
@@ -179,31 +180,6 @@ def train_config(settings: Settings, **overrides):
     return TrainConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def model_state(model, domain: str, codebook_version: str) -> dict:
-    return {"config": model.cfg.to_dict(), "positions": model.positions, "codewords": model.codewords,
-            "encoder": model.encoder.state_dict(), "table": model.tables[domain].state_dict(),
-            "codebook_version": codebook_version}
-
-
-def model_from_state(state: dict, domain: str):
-    from sidestep.lookup import SeqConfig, SeqRec
-
-    model = SeqRec(SeqConfig(**state["config"]), state["positions"], state["codewords"], [domain])
-    model.encoder.load_state_dict(state["encoder"])
-    model.tables[domain].load_state_dict(state["table"])
-    model.eval()
-    return model
-
-
-def item_vectors(model, domain: str, codes: np.ndarray) -> np.ndarray:
-    import torch
-    from torch.nn import functional as F
-
-    with torch.no_grad():
-        m = model.tables[domain].item_matrix(torch.from_numpy(codes.astype(np.int64)))[1:]
-        return F.normalize(m, dim=-1).numpy()
-
-
 # ----------------------------------------------------------------------------- finetune_tables
 
 
@@ -292,4 +268,55 @@ def fit_codebooks_task(root: str, settings: Settings, domains: list[str] | None 
 def rebuild_item_index_task(root: str, settings: Settings, domain: str) -> dict:
     out = rebuild_item_index(DataRoot(Path(root)), settings, domain)
     get_run_logger().info("item index %s: %s", domain, out)
+    return out
+
+
+def finetune_tables(root: DataRoot, settings: Settings, domain: str, mode: str = "scratch",
+                    pretrained_from: str | None = None, epochs: int | None = None, log: Log | None = None) -> dict:
+    """Train and publish a domain's tables (no controls: that is eval-rec's job)."""
+    import torch
+
+    from sidestep.rectrain import evaluate, fit_domain
+
+    book_version, book = require_codebook(root)
+    items, data = domain_data(root, settings, domain)
+    codes = book.encode(items.vectors).astype(np.int64)
+    model, _ = start_model(root, settings, domain, mode, pretrained_from, book_version, book.spec.codewords,
+                           book.spec.positions, log)
+    res = fit_domain(model, domain, torch.from_numpy(codes), data, mode, train_config(settings, epochs=epochs),
+                     log=log)
+    test, _ = evaluate(model, domain, torch.from_numpy(codes), data.test)
+    version = publish_tables(root, domain, items, codes, model, book_version, {
+        "mode": mode, "pretrained_from": pretrained_from, "config": model.cfg.to_dict(),
+        "metrics": {"valid": res.best_valid, "test": test},
+        "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch}})
+    return {"domain": domain, "version": version, "mode": mode, "valid": res.best_valid, "test": test,
+            "seconds": round(res.seconds, 2), "items": len(items.ids)}
+
+
+@task(name="finetune-tables", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["rec", "train"])
+def finetune_task(root: str, settings: Settings, domain: str, mode: str = "scratch",
+                  pretrained_from: str | None = None, epochs: int | None = None) -> dict:
+    log = get_run_logger()
+    out = finetune_tables(DataRoot(Path(root)), settings, domain, mode, pretrained_from, epochs, log=log.info)
+    log.info("tables %(domain)s: published %(version)s (%(mode)s, %(seconds).0f s)", out)
+    return out
+
+
+def refresh_tables(root: DataRoot, settings: Settings, domain: str, log: Log | None = None) -> dict:
+    """The nightly step for one domain: train when its tables are missing or on an older codebook,
+    otherwise re-encode items with the current codebook and table (no training)."""
+    cur = load_table_version(root, domain, verify=False)
+    book_version, _ = require_codebook(root)
+    if cur is None or cur.model_state["codebook_version"] != book_version:
+        out = finetune_tables(root, settings, domain, "scratch", log=log)
+        return {**out, "trained": True, "published": True}
+    return {**rebuild_item_index(root, settings, domain), "trained": False}
+
+
+@task(name="refresh-tables", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["rec"])
+def refresh_tables_task(root: str, settings: Settings, domain: str) -> dict:
+    log = get_run_logger()
+    out = refresh_tables(DataRoot(Path(root)), settings, domain, log=log.info)
+    log.info("tables %s: %s", domain, {k: v for k, v in out.items() if k in ("version", "trained", "published")})
     return out

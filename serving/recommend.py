@@ -1,0 +1,134 @@
+"""The recommendation service a replica runs: each domain's published tables + hot reload.
+
+Plain Python (no Ray), like SearchService. A history is encoded by the
+sequence model over the domain's lookup tables; items come from the FAISS index
+over item vectors built at publish time (inner product of unit vectors = the
+model's cosine).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from sidestep.config import Settings, check_name
+from sidestep.recdata import encode_history
+from storage.paths import DataRoot
+from storage.recstore import TableVersion, load_table_version, table_store
+
+log = logging.getLogger("sidestep.serving")
+
+
+@dataclass
+class LoadedTables:
+    tables: TableVersion
+    model: object  # sidestep.lookup.SeqRec
+    items: object  # torch (N+1, H) item matrix, row 0 = padding
+    index: dict[str, int]
+
+
+def _load(root: DataRoot, domain: str, version: str) -> LoadedTables:
+    import torch
+
+    from sidestep.lookup import model_from_state
+
+    tv = load_table_version(root, domain, version)
+    model = model_from_state(tv.model_state, domain)
+    with torch.no_grad():
+        items = model.tables[domain].item_matrix(torch.from_numpy(tv.codes))
+    return LoadedTables(tv, model, items, tv.item_index)
+
+
+class RecommendService:
+    def __init__(self, settings: Settings, root: DataRoot):
+        self.settings = settings
+        self.root = root
+        self.store = table_store(root)
+        self.loaded: dict[str, LoadedTables] = {}
+        self.pinned: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.refresh()
+
+    def _domains(self) -> list[str]:
+        base = self.root.root / "tables"
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if (p / "CURRENT").is_file())
+
+    def refresh(self) -> dict[str, str]:
+        """Load any domain whose CURRENT (or pin) changed; a version that fails to load is refused and
+        the old one keeps serving."""
+        swapped = {}
+        for domain in self._domains():
+            want = self.pinned.get(domain) or self.store.current(domain)
+            have = self.loaded.get(domain)
+            if not want or (have and have.tables.version == want):
+                continue
+            try:
+                loaded = _load(self.root, domain, want)
+            except Exception as e:  # a bad version never replaces a good one
+                msg = f"refused tables {domain}/{want}: {type(e).__name__}: {e}"
+                if self.errors.get(domain) != msg:
+                    log.error(msg)
+                self.errors[domain] = msg
+                continue
+            with self._lock:
+                self.loaded[domain] = loaded
+            self.errors.pop(domain, None)
+            swapped[domain] = want
+            log.info("recommending %s/%s (%d items)", domain, want, len(loaded.tables.item_ids))
+        return swapped
+
+    def pin(self, pins: dict[str, str]) -> dict[str, str]:
+        self.pinned = {check_name(d): check_name(v, "version") for d, v in (pins or {}).items()}
+        return self.refresh()
+
+    def domains(self) -> list[str]:
+        return sorted(self.loaded)
+
+    def recommend(self, history: list[str], k: int = 10, domain: str | None = None,
+                  exclude_history: bool = False) -> dict:
+        import torch
+
+        t0 = time.perf_counter()
+        if not 1 <= k <= self.settings.serve.max_k:
+            raise ValueError(f"k must be in 1..{self.settings.serve.max_k}, got {k}")
+        if domain is None:
+            if len(self.loaded) != 1:
+                raise ValueError(f"no domain given; choose one of {self.domains()}")
+            domain = next(iter(self.loaded))
+        if domain not in self.loaded:
+            raise LookupError(f"no published tables for domain {domain!r}; domains with tables: {self.domains()}")
+        with self._lock:
+            lt = self.loaded[domain]
+        known, unknown = encode_history(history, lt.index, max_history=lt.model.cfg.max_history)
+        out = {"index_version": lt.tables.version, "domain": domain, "items": [], "unknown_items": unknown}
+        if len(known) == 0:
+            out["note"] = "no item of the history is known to this domain: nothing to recommend from"
+            out["timings_ms"] = {"total": round((time.perf_counter() - t0) * 1e3, 3)}
+            return out
+        with torch.no_grad():
+            hist = torch.from_numpy(known).unsqueeze(0)
+            user = lt.model.user_vectors(domain, lt.items, hist, torch.tensor([len(known)]))
+        t1 = time.perf_counter()
+        extra = len(set(known.tolist())) if exclude_history else 0
+        n = min(k + extra, lt.tables.items_index.ntotal)
+        scores, ids = lt.tables.items_index.search(np.ascontiguousarray(user.numpy(), np.float32), n)
+        seen = set(known.tolist()) if exclude_history else set()
+        items = [{"item_id": lt.tables.item_ids[i], "score": float(s)} for s, i in zip(scores[0], ids[0], strict=True)
+                 if i >= 0 and (i + 1) not in seen][:k]
+        out["items"] = items
+        out["timings_ms"] = {"encode_history": round((t1 - t0) * 1e3, 3),
+                             "search": round((time.perf_counter() - t1) * 1e3, 3),
+                             "total": round((time.perf_counter() - t0) * 1e3, 3)}
+        return out
+
+    def health(self) -> dict:
+        return {"status": "ok" if self.loaded or not self._domains() else "no_tables",
+                "domains": {d: lt.tables.version for d, lt in sorted(self.loaded.items())},
+                "errors": dict(self.errors)}

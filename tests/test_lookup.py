@@ -1,0 +1,182 @@
+"""Lookup tables, the sequence model and its training loops, on tiny planted data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sidestep.lookup import SeqConfig, SeqRec, history_mask, rank_metrics, target_ranks, trainable_parameters
+from sidestep.recdata import build_splits, encode_history, popularity
+from sidestep.records import Interaction
+from sidestep.rectrain import (
+    TrainConfig,
+    _semi_synthetic,
+    evaluate,
+    fit_domain,
+    popularity_ranks,
+    pretrain,
+    text_ranks,
+)
+
+TINY = SeqConfig(hidden=32, layers=1, heads=2, inner=32, dropout=0.1, max_history=8)
+
+
+def _cycle_data(n_items: int = 24, users: int = 80, length: int = 7, seed: int = 0):
+    """Users walk a fixed cycle of items (i -> i+1): the next item is fully determined by the last one."""
+    rng = np.random.default_rng(seed)
+    ids = [f"i{i}" for i in range(n_items)]
+    rows = []
+    for u in range(users):
+        start = int(rng.integers(n_items))
+        rows.append(Interaction(f"u{u}", tuple(ids[(start + t) % n_items] for t in range(length))))
+    return ids, build_splits(rows, ids, max_history=TINY.max_history)
+
+
+def _codes(n_items: int, positions: int = 4, codewords: int = 8, seed: int = 0) -> torch.Tensor:
+    """Distinct codes per item, so that the tables can tell items apart."""
+    rng = np.random.default_rng(seed)
+    while True:
+        c = rng.integers(0, codewords, (n_items, positions))
+        if len({tuple(r) for r in c}) == n_items:
+            return torch.from_numpy(c)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_leave_one_out_splits_of_whole_sequences():
+    ids = ["a", "b", "c", "d", "e"]
+    data = build_splits([Interaction("u", ("a", "b", "c", "d", "e"))], ids)
+    idx = data.index_of()
+    assert [int(t) for t in data.test.target] == [idx["e"]]
+    assert list(data.test.history[0, :4]) == [idx[x] for x in "abcd"] and data.test.lengths[0] == 4
+    assert [int(t) for t in data.valid.target] == [idx["d"]]
+    assert sorted(int(t) for t in data.train.target) == [idx["b"], idx["c"]]
+
+
+def test_recbole_rows_keep_their_split_and_unknown_items_are_counted_not_fatal():
+    rows = [Interaction("u", ("a",), "b", "train"), Interaction("u", ("a", "b"), "c", "valid"),
+            Interaction("u", ("a", "b", "zz"), "c", "test")]
+    data = build_splits(rows, ["a", "b", "c"])
+    assert (len(data.train), len(data.valid), len(data.test)) == (1, 1, 0)
+    assert data.unknown == {"zz": 1}
+    known, unknown = encode_history(["a", "nope", "c"], data.index_of())
+    assert list(known) == [1, 3] and unknown == ["nope"]
+
+
+def test_histories_keep_the_most_recent_items():
+    ids = [str(i) for i in range(20)]
+    data = build_splits([Interaction("u", tuple(ids[:12]), "12", "test")], ids + ["12"], max_history=5)
+    assert list(data.test.history[0]) == [8, 9, 10, 11, 12] and data.test.lengths[0] == 5
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_rank_metrics_agree_with_ir_measures():
+    import ir_measures
+    from ir_measures import Qrel, ScoredDoc, nDCG, R
+
+    rng = np.random.default_rng(0)
+    n_items, n_q = 60, 40
+    scores = torch.from_numpy(rng.standard_normal((n_q, n_items)).astype(np.float32))
+    target = torch.from_numpy(rng.integers(1, n_items + 1, n_q))
+    ours = rank_metrics(target_ranks(scores, target).numpy(), ks=(10, 50))
+    qrels = [Qrel(str(q), str(int(t)), 1) for q, t in enumerate(target)]
+    run = [ScoredDoc(str(q), str(j + 1), float(scores[q, j])) for q in range(n_q) for j in range(n_items)]
+    ref = ir_measures.calc_aggregate([R @ 10, nDCG @ 10, R @ 50, nDCG @ 50], qrels, run)
+    assert ours["recall@10"] == pytest.approx(ref[R @ 10], abs=1e-9)
+    assert ours["ndcg@10"] == pytest.approx(ref[nDCG @ 10], abs=1e-6)
+    assert ours["recall@50"] == pytest.approx(ref[R @ 50], abs=1e-9)
+    assert ours["ndcg@50"] == pytest.approx(ref[nDCG @ 50], abs=1e-6)
+
+
+def test_ties_count_against_the_target_and_masking_never_hides_the_target():
+    scores = torch.zeros(1, 5)
+    assert int(target_ranks(scores, torch.tensor([3]))[0]) == 4  # a constant scorer ranks the target last
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    hist = torch.tensor([[1, 2, 3, 0]])  # items 1..3 in the history, target 3 is one of them
+    assert int(target_ranks(scores, torch.tensor([3]))[0]) == 2
+    assert int(target_ranks(scores, torch.tensor([3]), hist)[0]) == 0
+
+
+def test_item_vectors_are_the_mean_of_their_code_embeddings():
+    model = SeqRec(TINY, 4, 8, ["d"])
+    codes = _codes(10)
+    items = model.tables["d"].item_matrix(codes)
+    table = model.tables["d"].table
+    manual = torch.stack([table[torch.arange(4), c].mean(0) for c in codes])
+    assert torch.allclose(items[1:], manual, atol=1e-6) and torch.equal(items[0], torch.zeros(32))
+
+
+def test_history_mask_marks_exactly_the_history_items():
+    m = history_mask(torch.tensor([[2, 4, 0], [1, 0, 0]]), 5)
+    assert m.tolist() == [[0, 1, 0, 1, 0], [1, 0, 0, 0, 0]]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_scratch_training_learns_the_planted_sequences_far_beyond_popularity():
+    ids, data = _cycle_data()
+    codes = _codes(len(ids))
+    torch.manual_seed(0)
+    model = SeqRec(TINY, 4, 8, ["d"])
+    res = fit_domain(model, "d", codes, data, "scratch", TrainConfig(epochs=40, batch_size=64, lr=5e-3,
+                                                                     patience=40, warmup_steps=5))
+    test, _ = evaluate(model, "d", codes, data.test)
+    pop = rank_metrics(popularity_ranks(popularity(data), data.test))
+    assert test["recall@10"] >= 0.9, (test, res.curve[-1])
+    assert pop["recall@10"] < 0.6
+    assert res.best_valid["ndcg@10"] == max(c["valid_ndcg@10"] for c in res.curve)
+
+
+def test_table_only_fine_tuning_changes_nothing_but_the_domain_table():
+    ids, data = _cycle_data(seed=1)
+    codes = _codes(len(ids), seed=1)
+    model = SeqRec(TINY, 4, 8, ["pre"])
+    model.add_domain("new", init_from="pre")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit_domain(model, "new", codes, data, "table-only", TrainConfig(epochs=3, batch_size=64, lr=1e-2,
+                                                                    warmup_steps=1))
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "table-only training changed nothing"
+    assert all(k.startswith("tables.new.") for k in changed), changed
+    assert "tables.new.table" in changed
+    own = {id(p) for p in trainable_parameters(model, "new", "table-only")}
+    assert own == {id(p) for p in model.tables["new"].parameters()}
+
+
+def test_the_repeat_bias_learns_to_go_negative_when_users_never_repeat():
+    ids, data = _cycle_data(seed=2)
+    model = SeqRec(TINY, 4, 8, ["d"])
+    fit_domain(model, "d", _codes(len(ids), seed=2), data, "scratch", TrainConfig(epochs=5, batch_size=64, lr=1e-2,
+                                                                                  warmup_steps=1))
+    assert model.encoder.repeat.item() < -0.05
+
+
+def test_mixed_domain_pretraining_lowers_the_loss_and_trains_both_tables():
+    ids_a, data_a = _cycle_data(seed=3)
+    ids_b, data_b = _cycle_data(n_items=18, seed=4)
+    model = SeqRec(TINY, 4, 8, ["a", "b"])
+    before = {d: model.tables[d].table.detach().clone() for d in ("a", "b")}
+    res = pretrain(model, {"a": (_codes(len(ids_a), seed=3), data_a), "b": (_codes(len(ids_b), seed=4), data_b)},
+                   TrainConfig(epochs=8, batch_size=64, lr=5e-3, warmup_steps=2, patience=8))
+    assert res.curve[-1]["loss"] < res.curve[0]["loss"]
+    assert all(not torch.equal(before[d], model.tables[d].table) for d in ("a", "b"))
+
+
+def test_semi_synthetic_negatives_replace_about_the_requested_share_of_positions():
+    codes = torch.zeros(2000, 8, dtype=torch.long)
+    fake = _semi_synthetic(codes, 256, 0.5, 1, np.random.default_rng(0))
+    changed = (fake != codes).float().mean().item()
+    assert 0.45 < changed < 0.5  # half replaced, 1/256 of those by the same codeword
+
+
+def test_text_zero_shot_ranks_by_cosine_to_the_history():
+    emb = np.array([[0, 0, 0], [1, 0, 0], [0.8, 0.6, 0], [0, 0, 1], [0, 1, 0]], np.float32)  # row 0 unused
+    data = build_splits([Interaction("u", ("a",), "b", "test")], ["a", "b", "c", "d"])
+    assert int(text_ranks(emb, data.test)[0]) == 1  # the history item a itself is nearest, b next
+    assert int(text_ranks(emb, data.test, masked=True)[0]) == 0
