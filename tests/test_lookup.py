@@ -76,7 +76,7 @@ def test_histories_keep_the_most_recent_items():
 
 def test_rank_metrics_agree_with_ir_measures():
     import ir_measures
-    from ir_measures import Qrel, ScoredDoc, nDCG, R
+    from ir_measures import Qrel, R, ScoredDoc, nDCG
 
     rng = np.random.default_rng(0)
     n_items, n_q = 60, 40

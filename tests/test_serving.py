@@ -99,7 +99,7 @@ def test_non_json_body_is_a_4xx(server):
 def test_openapi_docs_are_served(server):
     assert server.get("/docs").status_code == 200
     spec = server.get("/openapi.json").json()
-    assert "/search" in spec["paths"] and "/healthz" in spec["paths"]
+    assert {"/search", "/recommend", "/healthz"} <= set(spec["paths"])
 
 
 def _publish_in_subprocess(root, fault: str | None, marker) -> subprocess.Popen:
@@ -160,3 +160,33 @@ def test_a_new_version_is_hot_swapped_without_failed_requests(server, sample):
     new = store.current("handbook")
     assert new != old and new in seen and failures == 0
     assert not list(sample.root.indexes("handbook").glob(".staging-*"))  # crashed publishes were cleaned
+
+
+def test_recommend_answers_with_the_tables_version_and_reports_unknown_items(server, sample):
+    from storage.recstore import table_store
+
+    r = server.post("/recommend", json={"history": ["0", "2", "no-such-item"], "k": 5, "domain": "shop"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["index_version"] == table_store(sample.root).current("shop")
+    assert len(body["items"]) == 5 and body["unknown_items"] == ["no-such-item"]
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    excl = server.post("/recommend", json={"history": ["0", "2"], "k": 5, "domain": "shop",
+                                           "exclude_history": True}).json()
+    assert not {"0", "2"} & {i["item_id"] for i in excl["items"]} and len(excl["items"]) == 5
+    only_unknown = server.post("/recommend", json={"history": ["x", "y"], "k": 3, "domain": "shop"}).json()
+    assert only_unknown["items"] == [] and only_unknown["unknown_items"] == ["x", "y"] and only_unknown["note"]
+
+
+@pytest.mark.parametrize("payload,status", [
+    ({"history": ["0"], "k": 3, "domain": "nowhere"}, 404),
+    ({"history": ["0"], "k": 0, "domain": "shop"}, 422),
+    ({"history": "0", "k": 3, "domain": "shop"}, 422),
+    ({"k": 3, "domain": "shop"}, 422),
+    ({"history": ["0"], "k": 3, "domain": "shop", "extra": 1}, 422),
+])
+def test_bad_recommend_requests_get_a_4xx_with_a_message(server, payload, status):
+    r = server.post("/recommend", json=payload)
+    assert r.status_code == status, r.text
+    assert r.json()["detail"]

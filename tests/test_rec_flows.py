@@ -1,0 +1,148 @@
+"""Recommendation stages end to end: real Prefect flows, faiss codebooks, Parquet, DuckDB, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from flows.cli import app
+from sidestep.config import SAMPLES_DIR
+from storage.paths import SHARED
+from storage.recstore import codebook_store, load_codebook, load_table_version, table_store
+from storage.warehouse import Warehouse
+from tasks.common import settings_from
+from tasks.rec import load_items
+
+from .conftest import write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+runner = CliRunner()
+
+COLORS = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple"]
+THINGS = ["notebook", "stapler", "pen", "lamp", "chair", "folder", "marker", "ruler"]
+
+
+def write_recbole(folder, n_items: int = 48, users: int = 90, length: int = 7, seed: int = 0) -> None:
+    """A small RecBole folder: users walk a cycle of items, so that a sequence model has something to learn."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "Toy.text", "w") as f:
+        f.write("item_id:token\ttext:token_seq\n")
+        for i in range(n_items):
+            f.write(f"A{i:04d}\t{COLORS[i % 8]} {THINGS[(i // 8) % 8]} model {i}, office supplies\n")
+    with open(folder / "Toy.item2index", "w") as f:
+        f.writelines(f"A{i:04d}\t{i}\n" for i in range(n_items))
+    seqs = []
+    for _ in range(users):
+        start = int(rng.integers(n_items))
+        seqs.append([(start + t) % n_items for t in range(length)])
+    for split, cut in (("train", None), ("valid", -2), ("test", -1)):
+        with open(folder / f"Toy.{split}.inter", "w") as f:
+            f.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
+            for u, s in enumerate(seqs):
+                if cut is None:
+                    for t in range(1, len(s) - 2):
+                        f.write(f"{u}\t{' '.join(map(str, s[:t]))}\t{s[t]}\n")
+                else:
+                    t = len(s) + cut
+                    f.write(f"{u}\t{' '.join(map(str, s[:t]))}\t{s[t]}\n")
+
+
+def _json(res) -> dict:
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_the_nightly_flow_fits_codebooks_and_publishes_tables_for_domains_with_interactions(sample):
+    s = sample.summary
+    assert s["codebook"]["refit"] is True and s["tables"]["shop"]["published"]
+    version, book = load_codebook(sample.root)
+    assert version == s["codebook"]["version"]
+    tv = load_table_version(sample.root, "shop")
+    assert tv.version == s["tables"]["shop"]["version"] and len(tv.item_ids) == 40
+    assert tv.model_state["codebook_version"] == version
+    items = load_items(sample.root, settings_from(None), "shop")
+    assert tv.item_ids == items.ids
+    assert np.array_equal(tv.codes, book.encode(items.vectors).astype(np.int64))
+    manifest = codebook_store(sample.root).manifest(SHARED, version)
+    assert manifest["diagnostics"]["shop"]["items"] == 40
+    with Warehouse(sample.root.eval_db(), read_only=True) as wh:
+        rows = wh.query("SELECT metric, value FROM codebook_diagnostics WHERE codebook_version = ?",
+                        [version]).to_pylist()
+    assert {"entropy_bits_mean", "dead_codewords", "colliding_items", "quant_error"} <= {r["metric"] for r in rows}
+
+
+def test_a_new_item_gets_codes_from_the_existing_codebook_and_is_recommendable_without_training(data_root, tmp_path):
+    shop = tmp_path / "shop"
+    shutil.copytree(SAMPLES_DIR / "shop", shop)
+    cfg = tmp_path / "sidestep.toml"
+    write_config(cfg, f'[[sources]]\ndomain = "shop"\npath = "{shop}"\nformat = "lcrec"\n')
+    first = _json(runner.invoke(app, ["--config", str(cfg), "reindex", "--json"]))
+    old = load_table_version(data_root, "shop")
+    items = json.loads((shop / "shop.item.json").read_text())
+    items["new-1"] = {"title": "Tern fountain pen, broad nib", "description": "A broad nib version of the Tern pen.",
+                      "brand": "Larkspur", "categories": "Office Products, Writing Supplies, Fountain Pens"}
+    (shop / "shop.item.json").write_text(json.dumps(items))
+    second = _json(runner.invoke(app, ["--config", str(cfg), "reindex", "--json"]))
+    assert second["codebook"]["refit"] is False and second["codebook"]["version"] == first["codebook"]["version"]
+    t = second["tables"]["shop"]
+    assert t["published"] and t["trained"] is False and t["new_items"] == 1
+    new = load_table_version(data_root, "shop")
+    assert "new-1" in new.item_ids and new.items_index.ntotal == 41
+    for part in ("encoder", "table"):  # the model is bit-identical: only codes and the item index changed
+        for k, v in old.model_state[part].items():
+            assert torch.equal(v, new.model_state[part][k]), k
+    from serving.recommend import RecommendService
+
+    svc = RecommendService(settings_from(str(cfg)), data_root)
+    res = svc.recommend(["1", "5"], k=41, domain="shop")
+    assert "new-1" in [i["item_id"] for i in res["items"]] and res["index_version"] == new.version
+    third = _json(runner.invoke(app, ["--config", str(cfg), "reindex", "--json"]))
+    assert third["tables"]["shop"]["published"] is False  # unchanged items: nothing to publish
+
+
+def test_eval_rec_reports_the_model_beside_its_controls_and_stores_every_variant(data_root, tmp_path):
+    write_recbole(tmp_path / "toy")
+    body = _json(runner.invoke(app, ["eval-rec", str(tmp_path / "toy"), "--domain", "toy", "--epochs", "25",
+                                     "--json"]))
+    assert set(body["metrics"]) == {"recall@10", "ndcg@10", "recall@50", "ndcg@50"}
+    assert {"popularity", "text_zero_shot", "shuffled_codes"} <= set(body["baselines"])
+    assert body["counts"]["test_users"] == 90 and body["mode"] == "scratch"
+    # the planted sequences are learnable: the model must beat popularity by far
+    assert body["metrics"]["recall@10"] > body["baselines"]["popularity"]["recall@10"] + 0.2
+    with Warehouse(data_root.eval_db(), read_only=True) as wh:
+        rows = wh.query("SELECT variant, protocol, recall_10, ndcg_10, n_users FROM rec_metrics WHERE group_id = ?",
+                        [body["run_group"]]).to_pylist()
+    got = {(r["variant"], r["protocol"]): r for r in rows}
+    assert got[("sidestep", "full")]["ndcg_10"] == pytest.approx(body["metrics"]["ndcg@10"])
+    assert got[("shuffled_codes", "masked")]["recall_10"] == pytest.approx(
+        body["baselines_masked"]["shuffled_codes"]["recall@10"])
+    assert all(r["n_users"] == 90 for r in rows)
+    assert table_store(data_root).current("toy") == body["table_version"]
+
+    # table-only transfer to a second domain: the pre-trained encoder is bit-identical afterwards
+    write_recbole(tmp_path / "toy2", seed=1)
+    pre = load_table_version(data_root, "toy")
+    body2 = _json(runner.invoke(app, ["eval-rec", str(tmp_path / "toy2"), "--domain", "toy2", "--pretrained-from",
+                                      "toy", "--epochs", "3", "--no-controls", "--json"]))
+    assert body2["mode"] == "table-only" and "shuffled_codes" not in body2["baselines"]
+    post = load_table_version(data_root, "toy2")
+    for k, v in pre.model_state["encoder"].items():
+        assert torch.equal(v, post.model_state["encoder"][k]), k
+    assert body2["training"]["sidestep"]["trainable_parameters"] < body["training"]["sidestep"]["trainable_parameters"]
+
+
+def test_eval_rec_refuses_bad_arguments_with_a_message(data_root, tmp_path):
+    r = runner.invoke(app, ["eval-rec", str(tmp_path / "missing"), "--domain", "x", "--json"])
+    assert r.exit_code == 2 and "not found" in json.loads(r.stdout)["error"]
+    write_recbole(tmp_path / "toy")
+    r = runner.invoke(app, ["eval-rec", str(tmp_path / "toy"), "--domain", "x", "--mode", "table-only", "--json"])
+    assert r.exit_code == 2 and "--pretrained-from" in json.loads(r.stdout)["error"]
+    r = runner.invoke(app, ["eval-rec", str(tmp_path / "toy"), "--domain", "x", "--pretrained-from", "nobody",
+                            "--epochs", "1", "--json"])
+    assert r.exit_code == 1 and "nobody" in json.loads(r.stdout.strip().splitlines()[-1])["error"]
