@@ -13,7 +13,7 @@ from tasks.common import root_from, settings_from
 from tasks.embed import embed_task
 from tasks.evalrec import eval_rec_task
 from tasks.ingest import ingest_task
-from tasks.rec import finetune_task, fit_codebooks_task, rebuild_item_index_task
+from tasks.rec import finetune_task, fit_codebooks_task, rebuild_item_index_task, rec_domains
 
 
 @flow(name="fit-codebooks", log_prints=True)
@@ -52,6 +52,9 @@ def eval_rec_flow(dataset_dir: str, domain: str, mode: str | None = None, pretra
     ingest = ingest_task(root, SourceConfig(domain=domain, path=dataset_dir, snapshot=True),
                          settings.ingest.max_text_bytes)
     emb = embed_task(root, settings, domain)
+    for other in rec_domains(root_from(settings)):  # the codebook is fit on every domain's items
+        if other != domain:
+            embed_task(root, settings, other)
     book = fit_codebooks_task(root, settings, None, refit)
     res = eval_rec_task(root, settings, dataset_dir, domain, mode, pretrained_from, controls, epochs,
                         max_seconds, seed)

@@ -268,3 +268,38 @@ def text_ranks(item_text: np.ndarray, split: Split, *, decay: float = 0.7, maske
         user = F.normalize((emb[hist] * w.unsqueeze(-1)).sum(1), dim=-1)
         out.append(target_ranks(user @ items.T, target, hist if masked else None))
     return torch.cat(out).numpy()
+
+
+# ----------------------------------------------------------------------------- code alignment
+
+
+def alignment_loss(model: SeqRec, domain: str, codes: torch.Tensor, split: Split, batch_size: int,
+                   rng: np.random.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Cross-entropy over all items with item vectors built from an aligned table; the model stays frozen
+    (eval mode: no dropout), so the only thing that can lower it is the alignment."""
+    def loss_fn(aligned: torch.Tensor) -> torch.Tensor:
+        rows = rng.choice(len(split), min(batch_size, len(split)), replace=False)
+        hist, lengths, target = _tensors(split, rows)
+        items = model.tables[domain].item_matrix(codes, aligned)
+        logits = model.scores(model.user_vectors(domain, items, hist, lengths), items, hist)
+        return F.cross_entropy(logits, target - 1)
+
+    return loss_fn
+
+
+def fit_code_alignment(model: SeqRec, domain: str, codes: torch.Tensor, data: RecData, *, steps: int = 200,
+                       batch_size: int = 1024, lr: float = 0.05, seed: int = 0, init: str = "identity"):
+    """Learn, per code position, which pre-trained codeword each of this domain's codewords should read
+    (straight-through Gumbel-Sinkhorn, Hungarian rounding). Returns the alignment module and its curve."""
+    from .align import CodeAlignment, fit_alignment
+
+    table = model.tables[domain]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    align = CodeAlignment(table.positions, table.codewords, init=init, seed=seed)
+    curve = fit_alignment(align, alignment_loss(model, domain, codes, data.train, batch_size,
+                                                np.random.default_rng(seed)), table.table, steps=steps, lr=lr)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return align, curve

@@ -108,15 +108,15 @@ def _train_variant(root: DataRoot, settings: Settings, domain: str, mode: str, p
                            spec.positions, log)
     c = torch.from_numpy(codes)
     with PeakRSS() as mem:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = fit_domain(model, domain, c, data, mode, cfg, log=log)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     full, r_full = evaluate(model, domain, c, data.test)
     masked, r_masked = evaluate(model, domain, c, data.test, masked=True)
     if log:
         log(f"{domain} {mode}: test recall@10 {full['recall@10']:.4f} ndcg@10 {full['ndcg@10']:.4f} "
             f"({seconds:.0f} s, best epoch {res.best_epoch}, peak RSS {mem.peak_mb:.0f} MB)")
-    return model, {"seconds": round(seconds, 2), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
+    return model, {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
                    "best_valid": res.best_valid, "peak_rss_mb": mem.peak_mb, "curve": res.curve,
                    "trainable_parameters": count_parameters(trainable_parameters(model, domain, mode)),
                    "test": {"full": full, "masked": masked}, "ranks": {"full": r_full, "masked": r_masked}}
