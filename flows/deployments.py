@@ -12,6 +12,7 @@ from sidestep.config import load_settings
 
 from .evaluate import evaluate_flow
 from .ingest import ingest_flow
+from .rec import eval_rec_flow, finetune_tables_flow, fit_codebooks_flow, rebuild_index_flow
 from .reindex import nightly_reindex
 
 
@@ -24,6 +25,16 @@ def deployments(cron: str | None = None):
                                   description="Ingest one source into one domain."),
         evaluate_flow.to_deployment(name="on-demand", tags=["eval"],
                                     description="Evaluate a BEIR folder through the serving search path."),
+        fit_codebooks_flow.to_deployment(name="on-demand", tags=["rec"],
+                                         description="Fit OPQ + PQ codebooks (only on drift unless refit)."),
+        finetune_tables_flow.to_deployment(name="on-demand", tags=["rec"],
+                                           description="Train a domain's lookup table (table-only, full or "
+                                                       "scratch) and publish it."),
+        rebuild_index_flow.to_deployment(name="on-demand", tags=["rec"],
+                                         description="Re-encode a domain's items with the current codebook and "
+                                                     "table; publish the item index."),
+        eval_rec_flow.to_deployment(name="on-demand", tags=["rec", "eval"],
+                                    description="Sequential recommendation benchmark with its controls."),
     ]
 
 

@@ -288,7 +288,7 @@ def alignment_loss(model: SeqRec, domain: str, codes: torch.Tensor, split: Split
 
 
 def fit_code_alignment(model: SeqRec, domain: str, codes: torch.Tensor, data: RecData, *, steps: int = 200,
-                       batch_size: int = 1024, lr: float = 0.05, seed: int = 0, init: str = "identity"):
+                       batch_size: int = 256, lr: float = 0.05, seed: int = 0, init: str = "identity"):
     """Learn, per code position, which pre-trained codeword each of this domain's codewords should read
     (straight-through Gumbel-Sinkhorn, Hungarian rounding). Returns the alignment module and its curve."""
     from .align import CodeAlignment, fit_alignment
