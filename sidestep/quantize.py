@@ -64,6 +64,24 @@ class Codebook:
         rec = self.index.sa_decode(self.index.sa_encode(x))
         return float(((x - rec) ** 2).sum(1).mean() / max((x ** 2).sum(1).mean(), 1e-12))
 
+    def table_init(self) -> np.ndarray:
+        """(D, M, dim) code embeddings whose mean over positions is the codebook's own reconstruction:
+        entry (d, m) is D times codeword m of sub-space d, rotated back by the OPQ matrix. A table started
+        here represents every item by its PQ-decoded text vector before any training."""
+        import faiss
+
+        index = self.index
+        rot = np.eye(self.dim, dtype=np.float32)
+        if isinstance(index, faiss.IndexPreTransform):
+            vt = faiss.downcast_VectorTransform(index.chain.at(0))
+            rot = faiss.vector_to_array(vt.A).reshape(vt.d_out, vt.d_in)
+            index = faiss.downcast_index(index.index)
+        pq = index.pq
+        d, m, dsub = pq.M, pq.ksub, pq.dsub
+        cents = faiss.vector_to_array(pq.centroids).reshape(d, m, dsub)
+        out = np.stack([cents[p] @ rot[p * dsub:(p + 1) * dsub, :] for p in range(d)])
+        return (out * d).astype(np.float32)
+
     def to_bytes(self) -> bytes:
         import faiss
 

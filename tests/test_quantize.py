@@ -78,3 +78,12 @@ def test_shuffled_codes_keep_the_code_multiset_but_not_the_assignment():
     s = shuffled_codes(codes, seed=0)
     assert sorted(map(tuple, s)) == sorted(map(tuple, codes))
     assert (s != codes).any(axis=1).mean() > 0.9
+
+
+def test_a_table_started_from_the_codebook_represents_items_by_their_reconstruction(book_and_data):
+    book, x = book_and_data
+    codes = book.encode(x).astype(np.int64)
+    table = book.table_init()
+    assert table.shape == (8, 64, x.shape[1])
+    mean = table[np.arange(8), codes].mean(1)
+    assert np.allclose(mean, book.index.sa_decode(book.index.sa_encode(x)), atol=1e-5)
