@@ -255,6 +255,29 @@ def eval_rec(
 
 
 @app.command()
+def pretrain(
+    domain: Annotated[list[str], typer.Option("--domain", "-d", help="A domain with interactions (repeat the "
+                                              "option for several; ingest them first).")],
+    epochs: Annotated[int | None, typer.Option(help="Most epochs (early stopping on mean valid NDCG@10).",
+                                               min=1)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pre-train the sequence encoder over several domains mixed (in-batch negatives across domains plus
+    semi-synthetic negatives) and publish every domain's table with it; then `eval-rec NEW --pretrained-from
+    D` fine-tunes a new domain's table only."""
+    from flows.rec import pretrain_flow
+
+    res = _run(pretrain_flow, as_json, domains=domain, epochs=epochs)
+    _emit(res, as_json)
+    if not as_json:
+        t = Table("domain", "tables version", "recall@10", "ndcg@10",
+                  title=f"pre-trained in {res['seconds']:.0f} s, {res['epochs_run']} epochs")
+        for d, r in res["domains"].items():
+            t.add_row(d, r["version"], f"{r['test']['recall@10']:.4f}", f"{r['test']['ndcg@10']:.4f}")
+        out.print(t)
+
+
+@app.command()
 def search(
     query: Annotated[str, typer.Argument(help="Query text.")],
     domain: DomainOpt = None,

@@ -12,7 +12,7 @@ from sidestep.config import load_settings
 
 from .evaluate import evaluate_flow
 from .ingest import ingest_flow
-from .rec import eval_rec_flow, finetune_tables_flow, fit_codebooks_flow, rebuild_index_flow
+from .rec import eval_rec_flow, finetune_tables_flow, fit_codebooks_flow, pretrain_flow, rebuild_index_flow
 from .reindex import nightly_reindex
 
 
@@ -30,6 +30,8 @@ def deployments(cron: str | None = None):
         finetune_tables_flow.to_deployment(name="on-demand", tags=["rec"],
                                            description="Train a domain's lookup table (table-only, full or "
                                                        "scratch) and publish it."),
+        pretrain_flow.to_deployment(name="on-demand", tags=["rec", "train"],
+                                    description="Pre-train the sequence encoder over several domains mixed."),
         rebuild_index_flow.to_deployment(name="on-demand", tags=["rec"],
                                          description="Re-encode a domain's items with the current codebook and "
                                                      "table; publish the item index."),

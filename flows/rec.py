@@ -13,7 +13,7 @@ from tasks.common import root_from, settings_from
 from tasks.embed import embed_task
 from tasks.evalrec import eval_rec_task
 from tasks.ingest import ingest_task
-from tasks.rec import finetune_task, fit_codebooks_task, rebuild_item_index_task, rec_domains
+from tasks.rec import finetune_task, fit_codebooks_task, pretrain_task, rebuild_item_index_task, rec_domains
 
 
 @flow(name="fit-codebooks", log_prints=True)
@@ -31,6 +31,18 @@ def finetune_tables_flow(domain: str, mode: str = "scratch", pretrained_from: st
     then publish the table version with its item index."""
     settings = settings_from(config_path)
     return finetune_task(str(root_from(settings).root), settings, domain, mode, pretrained_from, epochs)
+
+
+@flow(name="pretrain-tables", log_prints=True)
+def pretrain_flow(domains: list[str], epochs: int | None = None, config_path: str | None = None) -> dict:
+    """Pre-train one sequence encoder over several domains mixed (in-batch negatives from every domain,
+    semi-synthetic negatives) and publish each domain's table with it."""
+    settings = settings_from(config_path)
+    root = str(root_from(settings).root)
+    for d in domains:
+        embed_task(root, settings, d)
+    fit_codebooks_task(root, settings, None, False)
+    return pretrain_task(root, settings, domains, epochs)
 
 
 @flow(name="rebuild-index", log_prints=True)

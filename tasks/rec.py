@@ -320,3 +320,39 @@ def refresh_tables_task(root: str, settings: Settings, domain: str) -> dict:
     out = refresh_tables(DataRoot(Path(root)), settings, domain, log=log.info)
     log.info("tables %s: %s", domain, {k: v for k, v in out.items() if k in ("version", "trained", "published")})
     return out
+
+
+def pretrain_tables(root: DataRoot, settings: Settings, domains: list[str], epochs: int | None = None,
+                    log: Log | None = None) -> dict:
+    """Mixed-domain pre-training (in-batch negatives across domains + semi-synthetic negatives); every
+    domain's table is published with the one shared encoder, ready for table-only fine-tuning elsewhere."""
+    import torch
+
+    from sidestep.lookup import SeqRec
+    from sidestep.rectrain import evaluate, pretrain
+
+    if len(set(domains)) != len(domains) or not domains:
+        raise RecError("pretrain needs one or more distinct domains")
+    book_version, book = require_codebook(root)
+    loaded = {d: domain_data(root, settings, d) for d in domains}
+    codes = {d: book.encode(items.vectors).astype(np.int64) for d, (items, _) in loaded.items()}
+    model = SeqRec(seq_config(settings), book.spec.positions, book.spec.codewords, list(domains))
+    res = pretrain(model, {d: (torch.from_numpy(codes[d]), data) for d, (_, data) in loaded.items()},
+                   train_config(settings, epochs=epochs), log=log)
+    out = {"codebook_version": book_version, "seconds": round(res.seconds, 2), "epochs_run": res.epochs_run,
+           "best_epoch": res.best_epoch, "domains": {}}
+    for d, (items, data) in loaded.items():
+        test, _ = evaluate(model, d, torch.from_numpy(codes[d]), data.test)
+        version = publish_tables(root, d, items, codes[d], model, book_version, {
+            "mode": "pretrain", "pretrained_with": list(domains), "config": model.cfg.to_dict(),
+            "metrics": {"test": test}, "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run}})
+        out["domains"][d] = {"version": version, "test": test}
+    return out
+
+
+@task(name="pretrain-tables", retries=0, cache_policy=NO_CACHE, tags=["rec", "train"])
+def pretrain_task(root: str, settings: Settings, domains: list[str], epochs: int | None = None) -> dict:
+    log = get_run_logger()
+    out = pretrain_tables(DataRoot(Path(root)), settings, domains, epochs, log=log.info)
+    log.info("pretrain %s: %.0f s, %d epochs", ",".join(domains), out["seconds"], out["epochs_run"])
+    return out

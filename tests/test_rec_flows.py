@@ -137,6 +137,19 @@ def test_eval_rec_reports_the_model_beside_its_controls_and_stores_every_variant
     assert body2["training"]["sidestep"]["trainable_parameters"] < body["training"]["sidestep"]["trainable_parameters"]
 
 
+def test_mixed_domain_pretraining_publishes_every_domain_with_one_shared_encoder(data_root, tmp_path):
+    for name, seed in (("pa", 2), ("pb", 3)):
+        write_recbole(tmp_path / name, n_items=32, users=50, seed=seed)
+        _json(runner.invoke(app, ["ingest", str(tmp_path / name), "--domain", name, "--json"]))
+    body = _json(runner.invoke(app, ["pretrain", "-d", "pa", "-d", "pb", "--epochs", "2", "--json"]))
+    assert set(body["domains"]) == {"pa", "pb"} and body["epochs_run"] == 2
+    a, b = load_table_version(data_root, "pa"), load_table_version(data_root, "pb")
+    assert a.manifest["mode"] == "pretrain" and a.version == body["domains"]["pa"]["version"]
+    for k, v in a.model_state["encoder"].items():
+        assert torch.equal(v, b.model_state["encoder"][k]), k
+    assert not torch.equal(a.model_state["table"]["table"], b.model_state["table"]["table"])
+
+
 def test_eval_rec_refuses_bad_arguments_with_a_message(data_root, tmp_path):
     r = runner.invoke(app, ["eval-rec", str(tmp_path / "missing"), "--domain", "x", "--json"])
     assert r.exit_code == 2 and "not found" in json.loads(r.stdout)["error"]
