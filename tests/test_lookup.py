@@ -180,3 +180,31 @@ def test_text_zero_shot_ranks_by_cosine_to_the_history():
     data = build_splits([Interaction("u", ("a",), "b", "test")], ["a", "b", "c", "d"])
     assert int(text_ranks(emb, data.test)[0]) == 1  # the history item a itself is nearest, b next
     assert int(text_ranks(emb, data.test, masked=True)[0]) == 0
+
+
+def test_code_alignment_through_the_recommendation_loss_recovers_a_planted_permutation():
+    from sidestep.align import apply_permutation, random_permutation, recovery, used_codewords
+    from sidestep.rectrain import fit_code_alignment
+
+    ids, data = _cycle_data(seed=5)
+    codes = _codes(len(ids), seed=5)
+    torch.manual_seed(0)
+    model = SeqRec(TINY, 4, 8, ["d"])
+    fit_domain(model, "d", codes, data, "scratch", TrainConfig(epochs=30, batch_size=64, lr=5e-3, patience=30,
+                                                               warmup_steps=5))
+    planted = random_permutation(4, 8, seed=11)  # old codeword c -> new codeword planted[d, c]
+    new_codes = torch.from_numpy(np.take_along_axis(planted, codes.numpy().T, axis=1).T)
+    truth = np.argsort(planted, axis=1)
+    used = used_codewords(new_codes.numpy(), 8)
+    align, curve = fit_code_alignment(model, "d", new_codes, data, steps=150, batch_size=64, lr=0.1)
+    learned = align.permutation()
+    table = model.tables["d"].table.detach()
+
+    def ndcg(perm):
+        return evaluate(model, "d", new_codes, data.test, table=apply_permutation(table, perm))[0]["ndcg@10"]
+
+    ident, rand = np.tile(np.arange(8), (4, 1)), random_permutation(4, 8, seed=3)
+    assert recovery(learned, truth, used) >= 0.8, recovery(learned, truth, used)
+    assert recovery(learned, truth, used) > max(recovery(ident, truth, used), recovery(rand, truth, used)) + 0.4
+    assert ndcg(learned) > max(ndcg(ident), ndcg(rand)) + 0.2
+    assert curve[-1] < curve[0]
