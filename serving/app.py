@@ -10,7 +10,10 @@ endpoint annotations at runtime, and Ray's class-based ingress cannot resolve th
 """
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Literal
@@ -87,7 +90,38 @@ class RecommendResponse(BaseModel):
 
 
 api = FastAPI(title="sidestep", version="0.1.0",
-              description="Recall (then verify) over published, versioned indexes.")
+              description="Recall (then verify) over published, versioned indexes, and recommendations from "
+                          "learned lookup tables over discrete codes.")
+# The replica's process environment carries the guard settings: Ray pickles the ingress class by value,
+# so a module-level dict set in __init__ would not be the one the middleware reads.
+_TOKEN_VAR, _LIMIT_VAR = "SIDESTEP_INGRESS_TOKEN_SHA256", "SIDESTEP_INGRESS_MAX_BODY"
+OPEN_PATHS = ("/healthz", "/docs", "/openapi.json")
+
+
+def _sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@api.middleware("http")
+async def _guard(request: Request, call_next):
+    """Size limit (413) and bearer token (401) before any work; /healthz and the docs stay open."""
+    if request.url.path not in OPEN_PATHS:
+        limit = int(os.environ.get(_LIMIT_VAR, "65536"))
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return JSONResponse(status_code=413, content={"detail": f"request body is {length} bytes; "
+                                                                   f"the limit is {limit}"})
+        body = await request.body()
+        if len(body) > limit:
+            return JSONResponse(status_code=413, content={"detail": f"request body exceeds {limit} bytes"})
+        want = os.environ.get(_TOKEN_VAR)
+        if want:
+            auth = request.headers.get("authorization", "")
+            given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+            if not given or not hmac.compare_digest(_sha(given), want):
+                return JSONResponse(status_code=401, headers={"WWW-Authenticate": "Bearer"},
+                                    content={"detail": "missing or wrong bearer token"})
+    return await call_next(request)
 
 
 @api.exception_handler(RequestValidationError)
@@ -176,9 +210,15 @@ class RecommendDeployment:
 @serve.deployment(name="ingress")
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, search: DeploymentHandle, recommend: DeploymentHandle):
+    def __init__(self, search: DeploymentHandle, recommend: DeploymentHandle, token_sha256: str | None = None,
+                 max_body_bytes: int = 65_536):
         self.search_handle = search
         self.recommend_handle = recommend
+        os.environ[_LIMIT_VAR] = str(max_body_bytes)
+        if token_sha256:
+            os.environ[_TOKEN_VAR] = token_sha256
+        else:
+            os.environ.pop(_TOKEN_VAR, None)
 
     @api.post("/recommend", response_model=RecommendResponse, responses={400: {}, 404: {}, 422: {}, 503: {}})
     async def recommend(self, req: RecommendRequest) -> dict:
@@ -210,7 +250,11 @@ def build_app(data_root: str, config_path: str | None = None, preset_name: str =
     p = preset(preset_name)
     search = SearchDeployment.options(**p["search"]).bind(data_root, config_path)
     recommend = RecommendDeployment.options(**p["recommend"]).bind(data_root, config_path)
-    return Ingress.options(**p["ingress"]).bind(search, recommend)
+    serve_cfg = load_settings(config_path).serve
+    token = os.environ.get(serve_cfg.token_env) or None
+    # only a hash of the token travels into the deployment's arguments
+    return Ingress.options(**p["ingress"]).bind(search, recommend, _sha(token) if token else None,
+                                               serve_cfg.max_body_bytes)
 
 
 def app_from_env(args: dict | None = None):

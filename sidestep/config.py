@@ -119,6 +119,9 @@ class ServeConfig(_Strict):
     port: int = Field(8000, ge=1, le=65535)
     max_query_chars: int = Field(2000, ge=1)
     max_k: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(65_536, ge=1024, description="Larger request bodies get HTTP 413.")
+    token_env: str = Field("SIDESTEP_API_TOKEN", description="When this environment variable is set, /search "
+                                                             "and /recommend require it as a bearer token.")
     reload_poll_s: float = Field(2.0, gt=0, description="How often replicas look for a new CURRENT version.")
 
 

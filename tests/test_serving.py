@@ -190,3 +190,10 @@ def test_bad_recommend_requests_get_a_4xx_with_a_message(server, payload, status
     r = server.post("/recommend", json=payload)
     assert r.status_code == status, r.text
     assert r.json()["detail"]
+
+
+def test_a_body_over_the_size_limit_gets_413_before_any_work(server):
+    r = server.post("/search", content=b'{"query": "' + b"x" * 70_000 + b'"}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    assert server.get("/healthz").status_code == 200
