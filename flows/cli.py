@@ -354,6 +354,53 @@ def status(as_json: JsonOpt = False) -> None:
         out.print(t)
 
 
+KindOpt = Annotated[str, typer.Option("--kind", help="indexes (search) or tables (recommendation).")]
+
+
+@app.command()
+def rollback(
+    domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to roll back.")],
+    to: Annotated[str | None, typer.Option("--to", help="Version to serve; default: the one before the current.")]
+    = None,
+    kind: KindOpt = "indexes",
+    as_json: JsonOpt = False,
+) -> None:
+    """Point a domain's CURRENT at an earlier complete version (checksums verified first); serving replicas
+    pick it up on their next poll."""
+    from storage.artifacts import CorruptArtifact, IndexStore
+
+    try:
+        if kind not in ("indexes", "tables"):
+            raise ValueError(f"unknown kind {kind!r}: indexes or tables")
+        old, new = IndexStore(_root(), kind).rollback(domain, to)
+    except (ValueError, CorruptArtifact) as e:
+        _fail(str(e), as_json, 2)
+    _emit({"domain": domain, "kind": kind, "previous_version": old, "current_version": new}, as_json)
+    if not as_json:
+        out.print(f"{kind} {domain}: CURRENT {old} → {new}")
+
+
+@app.command()
+def gc(
+    domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to clean.")],
+    keep: Annotated[int, typer.Option(help="Newest versions to keep (the current one is always kept).", min=1)] = 5,
+    kind: KindOpt = "indexes",
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete old published versions of a domain, never the one CURRENT names."""
+    from storage.artifacts import IndexStore
+
+    try:
+        if kind not in ("indexes", "tables"):
+            raise ValueError(f"unknown kind {kind!r}: indexes or tables")
+        removed = IndexStore(_root(), kind).gc(domain, keep)
+    except ValueError as e:
+        _fail(str(e), as_json, 2)
+    _emit({"domain": domain, "kind": kind, "removed": removed}, as_json)
+    if not as_json:
+        out.print(f"{kind} {domain}: removed {len(removed)} version(s)")
+
+
 @app.command()
 def demo(
     port: Annotated[int, typer.Option(help="HTTP port for the demo server.")] = 8000,

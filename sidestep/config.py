@@ -68,6 +68,8 @@ class IndexConfig(_Strict):
     hnsw_ef_search: int = Field(256, ge=8)
     doc_score: Literal["max", "mean_top2"] = Field("max", description="How chunk scores become a document score.")
     chunk_overfetch: int = Field(4, ge=1, le=64, description="Chunks fetched per requested document.")
+    keep_versions: int = Field(5, ge=1, description="Published versions kept per domain (indexes and tables); "
+                                                    "older ones are deleted after a publish, never the current.")
 
 
 class IngestConfig(_Strict):

@@ -157,6 +157,36 @@ class IndexStore:
         self.verify(domain, version)
         write_text(self.base(domain) / "CURRENT", version + "\n")
 
+    def rollback(self, domain: str, to: str | None = None) -> tuple[str | None, str]:
+        """Point CURRENT at `to`, or at the version published before the current one. Returns (old, new)."""
+        with self.lock(domain):
+            now = self.current(domain)
+            versions = self.versions(domain)
+            if to is None:
+                older = [v for v in versions if now is None or v < now]
+                if not older:
+                    raise ValueError(f"{domain}: no version older than {now} to roll back to")
+                to = older[-1]
+            if to not in versions:
+                raise ValueError(f"{domain}: no complete version {to!r}; have {versions}")
+            self.set_current(domain, to)
+            return now, to
+
+    def gc(self, domain: str, keep: int, protect: set[str] | None = None) -> list[str]:
+        """Delete all but the newest `keep` versions; never the one CURRENT names, nor any in `protect`
+        (versions a replica still serves)."""
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        with self.lock(domain):
+            current = self.current(domain)
+            versions = self.versions(domain)
+            doomed = [v for v in versions[:-keep] if v != current and v not in (protect or set())]
+            for v in doomed:
+                folder = self.path(domain, v)
+                (folder / MANIFEST).unlink(missing_ok=True)  # incomplete from here on: never loaded again
+                shutil.rmtree(folder, ignore_errors=True)
+            return doomed
+
     def clean_staging(self, domain: str) -> int:
         """Remove staging folders left by crashed publishes; call it holding the domain's lock."""
         n = 0

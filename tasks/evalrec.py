@@ -68,7 +68,7 @@ def eval_rec(root: DataRoot, settings: Settings, dataset: str, domain: str, *, m
                     "mode": mode, "pretrained_from": pretrained_from, "config": model.cfg.to_dict(),
                     "metrics": {"valid": train["best_valid"], "test": train["test"]["full"]},
                     "training": {k: train[k] for k in ("seconds", "epochs_run", "best_epoch", "peak_rss_mb",
-                                                        "trainable_parameters")}})
+                                                        "trainable_parameters")}}, keep_versions=settings.index.keep_versions)
             for protocol in ("full", "masked"):
                 m = wh.record_rec_run(
                     run_id=f"{group}-{name}-{protocol}", variant=name, protocol=protocol, split="test",

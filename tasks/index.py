@@ -115,7 +115,8 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
                                 pa.table(doc_maps, schema=index_maps_schema(dim)) if settings.maps.enabled
                                 else None)
             manifest = store.publish(domain, staged, version, manifest)
-    return {"domain": domain, "published": True, "version": version, "parent": manifest["parent"],
+    removed = store.gc(domain, settings.index.keep_versions)
+    return {"domain": domain, "published": True, "version": version, "parent": manifest["parent"], "gc": removed,
             "documents": docs.num_rows, "chunks": len(order), "index": params.kind,
             "seconds": round(time.perf_counter() - t0, 3)}
 

@@ -214,7 +214,7 @@ def start_model(root: DataRoot, settings: Settings, domain: str, mode: str, pret
 
 
 def publish_tables(root: DataRoot, domain: str, items: Items, codes: np.ndarray, model, codebook_version: str,
-                   manifest: dict) -> str:
+                   manifest: dict, keep_versions: int = 5) -> str:
     store = table_store(root)
     fp = hashlib.sha256(json.dumps({k: manifest.get(k) for k in ("mode", "pretrained_from", "config")},
                                    sort_keys=True, default=str).encode() + b"".join(
@@ -227,6 +227,7 @@ def publish_tables(root: DataRoot, domain: str, items: Items, codes: np.ndarray,
                               model_state(model, domain, codebook_version), item_vectors(model, domain, codes))
             store.publish(domain, staged, version, {**manifest, "fingerprint": fp, "codebook": codebook_version,
                                                     "counts": {"items": len(items.ids)}})
+    store.gc(domain, keep_versions)
     return version
 
 
@@ -248,7 +249,7 @@ def rebuild_item_index(root: DataRoot, settings: Settings, domain: str) -> dict:
     model = model_from_state(cur.model_state, domain)
     manifest = {k: v for k, v in cur.manifest.items() if k in ("mode", "pretrained_from", "config", "metrics")}
     version = publish_tables(root, domain, items, codes, model, book_version,
-                             {**manifest, "rebuilt_from": cur.version})
+                             {**manifest, "rebuilt_from": cur.version}, keep_versions=settings.index.keep_versions)
     return {"domain": domain, "published": True, "version": version, "items": len(items.ids),
             "new_items": len(set(items.ids) - set(cur.item_ids))}
 
@@ -289,7 +290,7 @@ def finetune_tables(root: DataRoot, settings: Settings, domain: str, mode: str =
     version = publish_tables(root, domain, items, codes, model, book_version, {
         "mode": mode, "pretrained_from": pretrained_from, "config": model.cfg.to_dict(),
         "metrics": {"valid": res.best_valid, "test": test},
-        "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch}})
+        "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch}}, keep_versions=settings.index.keep_versions)
     return {"domain": domain, "version": version, "mode": mode, "valid": res.best_valid, "test": test,
             "seconds": round(res.seconds, 2), "items": len(items.ids)}
 
@@ -345,7 +346,7 @@ def pretrain_tables(root: DataRoot, settings: Settings, domains: list[str], epoc
         test, _ = evaluate(model, d, torch.from_numpy(codes[d]), data.test)
         version = publish_tables(root, d, items, codes[d], model, book_version, {
             "mode": "pretrain", "pretrained_with": list(domains), "config": model.cfg.to_dict(),
-            "metrics": {"test": test}, "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run}})
+            "metrics": {"test": test}, "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run}}, keep_versions=settings.index.keep_versions)
         out["domains"][d] = {"version": version, "test": test}
     return out
 

@@ -128,3 +128,37 @@ def test_atomic_parquet_write_survives_a_crash_mid_write(data_root, tmp_path):
     import pyarrow.parquet as pq
 
     assert pq.read_table(target)["x"].to_pylist() == list(range(10))
+
+
+def test_rollback_goes_to_the_previous_version_or_a_named_one(data_root):
+    store = IndexStore(data_root)
+    for i, v in enumerate(("v1", "v2", "v3")):
+        _publish(store, "d", 5 + i, v)
+    assert store.rollback("d") == ("v3", "v2") and store.current("d") == "v2"
+    assert store.rollback("d", to="v3") == ("v2", "v3")
+    with pytest.raises(ValueError, match="no complete version"):
+        store.rollback("d", to="v9")
+    store.set_current("d", "v1")
+    with pytest.raises(ValueError, match="no version older"):
+        store.rollback("d")
+
+
+def test_gc_keeps_the_newest_versions_and_never_the_current_one(data_root):
+    store = IndexStore(data_root)
+    for i, v in enumerate(("v1", "v2", "v3", "v4")):
+        _publish(store, "d", 5 + i, v)
+    store.set_current("d", "v1")  # rolled back to the oldest: it must survive
+    assert store.gc("d", keep=2) == ["v2"]
+    assert store.versions("d") == ["v1", "v3", "v4"] and store.current("d") == "v1"
+    assert load_version(store, "d", "v1").version == "v1"
+
+
+def test_tables_and_codebooks_live_in_their_own_folders(data_root):
+    from storage.paths import SHARED
+
+    assert IndexStore(data_root, "tables").base("shop") == data_root.root / "tables" / "shop"
+    assert IndexStore(data_root, "codebooks").base(SHARED) == data_root.root / "codebooks"
+    with pytest.raises(ValueError):
+        IndexStore(data_root, "codebooks").base("shop")
+    with pytest.raises(ValueError):
+        IndexStore(data_root, "tables").base("../etc")
