@@ -7,11 +7,12 @@ from datetime import datetime
 
 from .artifacts import IndexStore
 from .documents import DocumentStore, QuarantineStore
-from .paths import DataRoot
+from .paths import SHARED, DataRoot
 
 
 def domain_status(root: DataRoot) -> dict:
     store, docs, quarantine = IndexStore(root), DocumentStore(root), QuarantineStore(root)
+    tables, books = IndexStore(root, "tables"), IndexStore(root, "codebooks")
     domains = sorted(set(root.domains_with_documents()) | set(root.domains_with_indexes()))
     out: dict = {"data_root": str(root.root), "domains": {}}
     for d in domains:
@@ -31,6 +32,9 @@ def domain_status(root: DataRoot) -> dict:
             "index": manifest.get("index", {}).get("kind"),
             "versions": store.versions(d),
             "quarantined": quarantine.count(d),
+            "tables_version": tables.current(d),
+            "tables_versions": len(tables.versions(d)),
         }
     out["quarantined"] = quarantine.count()
+    out["codebook_version"] = books.current(SHARED)
     return out
