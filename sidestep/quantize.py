@@ -97,8 +97,11 @@ class Codebook:
         return cls(index, spec, fit_error)
 
 
-def fit_codebook(x: np.ndarray, spec: CodebookSpec = CodebookSpec()) -> Codebook:
-    """Train OPQ + PQ on a random sample of x (OPQ is slow on 2 cores; a sample of a few 10k is plenty)."""
+def fit_codebook(x: np.ndarray, spec: CodebookSpec = CodebookSpec(), threads: int = 1) -> Codebook:
+    """Train OPQ + PQ on a random sample of x (OPQ is slow on 2 cores; a sample of a few 10k is plenty).
+
+    One OpenMP thread by default: faiss's OpenMP k-means stalls for minutes when another process
+    holds a core, and the nightly flow never has the machine to itself."""
     import faiss
 
     x = _as_f32(x, x.shape[1] if x.ndim == 2 else -1)
@@ -113,7 +116,12 @@ def fit_codebook(x: np.ndarray, spec: CodebookSpec = CodebookSpec()) -> Codebook
         spec = replace(spec, opq=False)
     index = faiss.index_factory(x.shape[1], spec.factory(x.shape[1]))
     keep = _configure(index, spec)
-    index.train(np.ascontiguousarray(sample))
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        index.train(np.ascontiguousarray(sample))
+    finally:
+        faiss.omp_set_num_threads(before)
     del keep
     book = Codebook(index, spec, 0.0)
     return Codebook(index, spec, book.error(sample))
