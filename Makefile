@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-rec ui clean
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/rec.py
+
+bench-rec: $(STAMP)
+	$(BIN)/python benchmarks/rec.py
+
+# a local Prefect server + UI on 127.0.0.1:4200 and a runner serving every deployment
+ui: $(STAMP)
+	$(BIN)/sidestep deploy
 
 clean:
 	rm -rf var .pytest_cache

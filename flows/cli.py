@@ -405,6 +405,27 @@ def gc(
 
 
 @app.command()
+def deploy(
+    port: Annotated[int, typer.Option(help="Port of the Prefect server and UI.")] = 4200,
+    host: Annotated[str, typer.Option(help="Bind address; keep loopback unless behind an authenticating "
+                                      "proxy.")] = "127.0.0.1",
+) -> None:
+    """Start a local Prefect server (SQLite under the data root) with its UI, and a runner serving every
+    deployment (the nightly one on its cron schedule) until Ctrl-C."""
+    from flows.ui import LocalPrefect
+
+    root = _root()
+    with LocalPrefect(root.prefect_home(), host=host, port=port, env={"SIDESTEP_HOME": str(root.root)}) as p:
+        names = sorted(f"{d['name']}" for d in p.deployments())
+        err.print(f"Prefect UI on {p.ui_url}  ·  {len(names)} deployments  ·  Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            err.print("stopping the runner, then the server")
+
+
+@app.command()
 def demo(
     port: Annotated[int, typer.Option(help="HTTP port for the demo server.")] = 8000,
 ) -> None:

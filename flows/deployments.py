@@ -12,6 +12,7 @@ from sidestep.config import load_settings
 
 from .evaluate import evaluate_flow
 from .ingest import ingest_flow
+from .longdoc import longdoc_flow
 from .rec import eval_rec_flow, finetune_tables_flow, fit_codebooks_flow, pretrain_flow, rebuild_index_flow
 from .reindex import nightly_reindex
 
@@ -25,6 +26,8 @@ def deployments(cron: str | None = None):
                                   description="Ingest one source into one domain."),
         evaluate_flow.to_deployment(name="on-demand", tags=["eval"],
                                     description="Evaluate a BEIR folder through the serving search path."),
+        longdoc_flow.to_deployment(name="on-demand", tags=["eval", "maps"],
+                                   description="Evidence-chunk recall in long documents: bag of chunks vs maps."),
         fit_codebooks_flow.to_deployment(name="on-demand", tags=["rec"],
                                          description="Fit OPQ + PQ codebooks (only on drift unless refit)."),
         finetune_tables_flow.to_deployment(name="on-demand", tags=["rec"],
