@@ -355,6 +355,10 @@ def status(as_json: JsonOpt = False) -> None:
         out.print(t)
         if res.get("codebook_version"):
             out.print(f"codebook {res['codebook_version']}")
+        n = res.get("last_nightly")
+        out.print("last nightly: " + (f"{n['outcome']} at {n['started_at']} in {n['seconds']:.0f} s, encoded "
+                                      f"{n['encoded']}, published {len(n['published'])}, run {n['run']}"
+                                      + (f", failed: {n['failed']}" if n["failed"] else "") if n else "never"))
 
 
 KindOpt = Annotated[str, typer.Option("--kind", help="indexes (search) or tables (recommendation).")]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from storage.paths import DataRoot
+from storage.status import record_nightly
 from tasks.common import root_from, settings_from
 from tasks.embed import embed_task
 from tasks.index import publish_task
@@ -30,6 +33,7 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
 
     An unchanged corpus re-encodes nothing and publishes nothing. One failing domain does not stop
     the others; the run fails at the end, naming them."""
+    started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
     settings = settings_from(config_path)
     root = str(root_from(settings).root)
     known = settings.domains()
@@ -63,9 +67,17 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
     log.info("reindex: %d domains, encoded=%d reused=%d summarized=%d maps_failed=%d published=%d "
              "quarantined=%d failed=%d", len(chosen), summary["encoded"], summary["reused"], summary["summarized"],
              summary["maps_failed"], len(summary["published"]), summary["quarantined"], len(summary["failed"]))
+    record_nightly(DataRoot(Path(root)), summary, run_name=_run_name(), started_at=started,
+                   seconds=time.perf_counter() - t0)
     if summary["failed"]:
         raise ReindexFailed(summary)
     return summary
+
+
+def _run_name() -> str | None:
+    from prefect.runtime import flow_run
+
+    return f"{flow_run.name} ({flow_run.id})" if flow_run.id else None
 
 
 def _recommendation_stages(root: str, settings, domains: list[str], force: bool, summary: dict) -> None:

@@ -100,6 +100,9 @@ class DataRoot:
     def runs(self) -> Path:
         return self._inside("runs")
 
+    def last_nightly(self) -> Path:
+        return self._inside("runs", "nightly-last.json")
+
     # local runtimes kept inside the root so that tests and scripts stay self-contained
     def prefect_home(self) -> Path:
         return self._inside("prefect")

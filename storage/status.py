@@ -37,4 +37,29 @@ def domain_status(root: DataRoot) -> dict:
         }
     out["quarantined"] = quarantine.count()
     out["codebook_version"] = books.current(SHARED)
+    out["last_nightly"] = last_nightly(root)
     return out
+
+
+def record_nightly(root: DataRoot, summary: dict, *, run_name: str | None, started_at: str, seconds: float) -> None:
+    """The last nightly run's outcome, for `sidestep status` (written atomically; one file, replaced)."""
+    import json
+
+    from .atomic import write_text
+
+    doc = {"run": run_name, "started_at": started_at, "seconds": round(seconds, 1),
+           "outcome": "failed" if summary.get("failed") else "completed",
+           "failed": summary.get("failed", {}), "encoded": summary.get("encoded", 0),
+           "published": summary.get("published", []), "quarantined": summary.get("quarantined", 0)}
+    path = root.last_nightly()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(doc, default=str))
+
+
+def last_nightly(root: DataRoot) -> dict | None:
+    import json
+
+    try:
+        return json.loads(root.last_nightly().read_text())
+    except (FileNotFoundError, ValueError):
+        return None

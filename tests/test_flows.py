@@ -46,7 +46,12 @@ def test_nightly_reindex_publishes_every_configured_domain(sample, settings):
     # handbook has long documents: they were split into several chunks
     assert store.current_manifest("handbook")["counts"]["chunks"] > 60
     # interactions of the recommendation domain are stored too
-    assert domain_status(sample.root)["domains"]["shop"]["interactions"] == 25
+    status = domain_status(sample.root)
+    assert status["domains"]["shop"]["interactions"] == 25
+    # status knows the last nightly run's outcome and the recommendation artifacts
+    last = status["last_nightly"]
+    assert last["outcome"] == "completed" and last["encoded"] == s["encoded"] and last["run"]
+    assert status["domains"]["shop"]["tables_version"] and status["codebook_version"]
     # every document got a map, and the index versions carry them
     assert s["summarized"] == s["encoded"] and s["maps_failed"] == 0
     m = store.current_manifest("handbook")
