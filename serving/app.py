@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from sidestep.config import load_settings
@@ -207,6 +208,15 @@ class RecommendDeployment:
         self._stop.set()
 
 
+async def _call(response):
+    """A full replica queue (max_queued_requests) answers fast with 503 and Retry-After, not a timeout."""
+    try:
+        return await response
+    except BackPressureError as e:
+        raise HTTPException(status_code=503, detail=f"overloaded, retry shortly: {e}",
+                            headers={"Retry-After": "1"}) from None
+
+
 @serve.deployment(name="ingress")
 @serve.ingress(api)
 class Ingress:
@@ -222,15 +232,16 @@ class Ingress:
 
     @api.post("/recommend", response_model=RecommendResponse, responses={400: {}, 404: {}, 422: {}, 503: {}})
     async def recommend(self, req: RecommendRequest) -> dict:
-        res = await self.recommend_handle.recommend.remote(req.history, req.k, req.domain, req.exclude_history)
+        res = await _call(self.recommend_handle.recommend.remote(req.history, req.k, req.domain,
+                                                                 req.exclude_history))
         if "error" in res:
             raise HTTPException(status_code=res["status"], detail=res["error"])
         return res
 
     @api.post("/search", response_model=SearchResponse, responses={400: {}, 404: {}, 422: {}, 503: {}})
     async def search(self, req: SearchRequest) -> dict:
-        res = await self.search_handle.search.remote(req.query, req.k, req.domain, req.verify, req.mode,
-                                                     req.doc_id)
+        res = await _call(self.search_handle.search.remote(req.query, req.k, req.domain, req.verify, req.mode,
+                                                           req.doc_id))
         if "error" in res:
             raise HTTPException(status_code=res["status"], detail=res["error"])
         return res

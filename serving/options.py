@@ -10,16 +10,18 @@ PRESETS: dict[str, dict[str, dict]] = {
     "local": {
         "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 64},
         "search": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 16,
-                   "health_check_period_s": 5, "health_check_timeout_s": 30},
+                   "max_queued_requests": 64, "health_check_period_s": 5, "health_check_timeout_s": 30},
         "recommend": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 16,
+                      "max_queued_requests": 64,
                       "health_check_period_s": 5, "health_check_timeout_s": 30},
     },
     # tests: smallest footprint, fast health checks
     "test": {
         "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 32},
         "search": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 8,
-                   "health_check_period_s": 2, "health_check_timeout_s": 30},
+                   "max_queued_requests": 16, "health_check_period_s": 2, "health_check_timeout_s": 30},
         "recommend": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 8,
+                      "max_queued_requests": 16,
                       "health_check_period_s": 2, "health_check_timeout_s": 30},
     },
     # a cluster node with spare cores: more search replicas behind one ingress

@@ -197,3 +197,27 @@ def test_a_body_over_the_size_limit_gets_413_before_any_work(server):
                     headers={"content-type": "application/json"})
     assert r.status_code == 413 and "limit" in r.json()["detail"]
     assert server.get("/healthz").status_code == 200
+
+
+def test_overload_gets_fast_503_with_retry_after_and_no_timeouts(server):
+    """Far more concurrent requests than the search replica admits (ongoing + queued): the excess is
+    refused at once with 503 + Retry-After; every request gets an answer."""
+    import asyncio
+
+    async def burst(n: int) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=str(server.base_url), timeout=60) as c:
+            body = {"query": "how do we restore a database backup after an incident " * 8, "domain": "handbook",
+                    "k": 1000}
+            return await asyncio.gather(*(c.post("/search", json=body) for _ in range(n)))
+
+    t0 = time.perf_counter()
+    answers = asyncio.run(burst(150))
+    elapsed = time.perf_counter() - t0
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {200, 503}, sorted(set(codes))
+    refused = [r for r in answers if r.status_code == 503]
+    assert refused, "no request was refused: the queue limit did not apply"
+    assert all(r.headers.get("retry-after") == "1" and "overloaded" in r.json()["detail"] for r in refused)
+    assert codes.count(200) >= 24  # what the replica admits was served
+    assert elapsed < 60
+    assert server.get("/healthz").status_code == 200
