@@ -108,7 +108,8 @@ class RecConfig(_Strict):
     dropout: float = Field(0.5, ge=0, lt=1)
     max_history: int = Field(50, ge=1, le=512, description="Most recent items of a history the model reads.")
     temperature: float = Field(0.07, gt=0, description="Softmax temperature over cosine scores.")
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(30, ge=1, description="Most epochs; the learning rate decays to zero over them (cosine), "
+                                               "so keep epochs x epoch time within max_train_seconds.")
     batch_size: int = Field(512, ge=8)
     lr: float = Field(1e-3, gt=0)
     patience: int = Field(8, ge=1, description="Epochs without a better valid NDCG@10 before stopping.")
