@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--resume", default=None, help="Data root of an interrupted run to continue.")
     ap.add_argument("--skip-reverse", action="store_true", help="Leave out the Scientific -> Office transfer.")
+    ap.add_argument("--render-only", action="store_true",
+                    help="Write the report from the phases --resume ROOT has finished, run nothing.")
     ap.add_argument("--note", default="", help="Conditions of this run (e.g. 'machine shared with ...').")
     args = ap.parse_args()
     data = Path(args.data).resolve()
@@ -63,6 +65,9 @@ def main() -> None:
         return state[name]
 
     sci, office = str(data / "amazon-scientific"), str(data / "amazon-office")
+    if args.render_only:
+        write_report(state, args.note, root)
+        return
 
     def eval_rec(path: str, domain: str, *extra: str) -> dict:
         res, wall, peak, cpu = sh(["eval-rec", path, "--domain", domain, "--max-seconds", str(BUDGET_S), *extra,
@@ -86,11 +91,15 @@ def main() -> None:
                                                         "scientific", "--mode", "table-only", "--no-controls"))
         phase("office_from_sci_full", lambda: eval_rec(office, "office-from-sci-full", "--pretrained-from",
                                                        "scientific", "--mode", "full", "--no-controls"))
-    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "note": args.note,
+    write_report(state, args.note, root)
+    print(f"[bench-rec] headline: {json.dumps(headline['result']['metrics'])}", file=sys.stderr)
+
+
+def write_report(state: dict, note: str, root: Path) -> None:
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "note": note,
               "root": str(root), **state}
     (REPO / "benchmarks" / "rec_last_run.json").write_text(json.dumps(report, indent=2, default=str))
     splice(REPO / "BENCHMARKS.md", render(report))
-    print(f"[bench-rec] headline: {json.dumps(headline['result']['metrics'])}", file=sys.stderr)
 
 
 def planted_alignment(root: Path, steps: int = 200, seed: int = 0) -> dict:
@@ -296,8 +305,18 @@ def render(r: dict) -> str:
         cratio = ta.get("cpu_seconds", 0) / max(tb.get("cpu_seconds", 0), 1e-12)
         lines.append(f"\n{target}: table-only reaches **{ratio:.1%}** of full fine-tuning's N@10 in "
                      f"**{tratio:.2f}×** its training time ({cratio:.2f}× its CPU seconds).")
-    al = r["alignment"]
-    lines += ["", "### Code alignment on a planted problem", "",
+    al = r.get("alignment")
+    if al is None:
+        lines += ["", "### Code alignment on a planted problem", "", "Not run in this benchmark run."]
+    else:
+        lines += _alignment_lines(al)
+    _retrieval_lines(r, lines)
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def _alignment_lines(al: dict) -> list[str]:
+    lines = ["", "### Code alignment on a planted problem", "",
               f"Scientific's codes with each of the {al['positions']} positions' {al['codewords']} codewords "
               f"permuted on purpose; the frozen Scientific model (encoder and table) must learn which pre-trained "
               f"codeword each permuted codeword stands for ({al['used_codewords']} (position, codeword) pairs are "
@@ -312,8 +331,15 @@ def render(r: dict) -> str:
                      f"{x['test']['ndcg@10']:.4f} |")
     lines += ["", f"Alignment took {al['learned']['seconds']:.0f} s; training loss "
                   f"{al['learned']['loss_first']:.3f} → {al['learned']['loss_last']:.3f}."]
+    return lines
+
+
+def _retrieval_lines(r: dict, lines: list[str]) -> None:
     rt = r.get("retrieval_tables")
-    if rt:
+    if not rt:
+        lines += ["", "### The same tables as document vectors for retrieval (SciFact)", "",
+                  "Not run in this benchmark run."]
+    else:
         lines += ["", "### The same tables as document vectors for retrieval (SciFact)", "",
                   f"SciFact's {rt['documents']} documents quantized into 32 codes (OPQ + PQ, 256 codewords); the "
                   "table starts at the codebook's reconstruction and is fine-tuned on `qrels/train.tsv` "
@@ -333,8 +359,6 @@ def render(r: dict) -> str:
                       f"{x['table_trained']['recall@100']:.4f} |",
                       f"| {label}: pooled + {x['weight']} × table | {x['fused']['ndcg@10']:.4f} | "
                       f"{x['fused']['recall@100']:.4f} |"]
-    lines.append(END)
-    return "\n".join(lines) + "\n"
 
 
 def splice(path: Path, section: str) -> None:

@@ -84,10 +84,24 @@ class LocalPrefect:
         self.stop()
 
     # the API, as the UI sees it ---------------------------------------------------------------
-    def deployments(self) -> list[dict]:
-        r = httpx.post(f"{self.api_url}/deployments/filter", json={}, timeout=30)
+    def _api(self, method: str, path: str, tries: int = 10, **kw) -> httpx.Response:
+        """One API call, retried on 5xx and connection errors with backoff: SQLite-backed Prefect answers
+        503 while its database is busy, and Prefect's own client retries those too."""
+        for attempt in range(tries):
+            try:
+                r = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kw)
+                if r.status_code < 500:
+                    r.raise_for_status()
+                    return r
+            except httpx.TransportError:
+                if attempt == tries - 1:
+                    raise
+            time.sleep(min(0.5 * 2 ** attempt, 5))
         r.raise_for_status()
-        return r.json()
+        return r
+
+    def deployments(self) -> list[dict]:
+        return self._api("POST", "/deployments/filter", json={}).json()
 
     def wait_deployments(self, n: int, timeout: float = 120) -> list[dict]:
         """The runner registers deployments one by one: wait until n are there."""
@@ -95,16 +109,14 @@ class LocalPrefect:
         return self.deployments()
 
     def run_deployment(self, flow: str, name: str, parameters: dict) -> str:
-        dep = httpx.get(f"{self.api_url}/deployments/name/{flow}/{name}", timeout=30).json()
-        r = httpx.post(f"{self.api_url}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters},
-                       timeout=30)
-        r.raise_for_status()
-        return r.json()["id"]
+        dep = self._api("GET", f"/deployments/name/{flow}/{name}").json()
+        return self._api("POST", f"/deployments/{dep['id']}/create_flow_run",
+                         json={"parameters": parameters}).json()["id"]
 
     def wait_flow_run(self, run_id: str, timeout: float = 600) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = httpx.get(f"{self.api_url}/flow_runs/{run_id}", timeout=30).json()
+            run = self._api("GET", f"/flow_runs/{run_id}").json()
             state = (run.get("state") or {}).get("type")
             if state in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
                 return run
