@@ -131,13 +131,15 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse(status_code=422, content={"detail": "; ".join(msgs), "errors": exc.errors()})
 
 
-@serve.deployment(name="search")
-class SearchDeployment:
-    def __init__(self, data_root: str, config_path: str | None = None):
-        self.service = SearchService(load_settings(config_path), DataRoot(Path(data_root)))
-        self.poll_s = self.service.settings.serve.reload_poll_s
+class _PollingReplica:
+    """What both replicas share: a service with refresh()/pin()/health(), polled for new CURRENT versions
+    in a daemon thread, pinned through reconfigure(user_config)."""
+
+    def __init__(self, service, poller: str):
+        self.service = service
+        self.poll_s = service.settings.serve.reload_poll_s
         self._stop = threading.Event()
-        threading.Thread(target=self._poll, name="current-poller", daemon=True).start()
+        threading.Thread(target=self._poll, name=poller, daemon=True).start()
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -151,61 +153,46 @@ class SearchDeployment:
         self.poll_s = float(user_config.get("reload_poll_s", self.poll_s))
         self.service.pin(user_config.get("pin") or {})
 
-    def search(self, query: str, k: int, domain: str | None, verify: bool, mode: str = "chunks",
-               doc_id: str | None = None) -> dict:
+    def health(self) -> dict:
+        return self.service.health()
+
+    @staticmethod
+    def _answer(fn, *args) -> dict:
+        """Expected request errors travel back as data, so the ingress can turn them into a 4xx."""
         try:
-            return self.service.search(query, k, domain, verify, mode, doc_id)
+            return fn(*args)
         except LookupError as e:
             return {"error": str(e), "status": 404}
         except ValueError as e:
             return {"error": str(e), "status": 400}
 
-    def health(self) -> dict:
-        return self.service.health()
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+@serve.deployment(name="search")
+class SearchDeployment(_PollingReplica):
+    def __init__(self, data_root: str, config_path: str | None = None):
+        super().__init__(SearchService(load_settings(config_path), DataRoot(Path(data_root))), "current-poller")
+
+    def search(self, query: str, k: int, domain: str | None, verify: bool, mode: str = "chunks",
+               doc_id: str | None = None) -> dict:
+        return self._answer(self.service.search, query, k, domain, verify, mode, doc_id)
 
     def check_health(self) -> None:
         if not self.service.corpora and self.service.root.domains_with_indexes():
             raise RuntimeError("published indexes exist but none is loaded")
 
-    def __del__(self) -> None:
-        self._stop.set()
-
 
 @serve.deployment(name="recommend")
-class RecommendDeployment:
+class RecommendDeployment(_PollingReplica):
     """Each recommendation domain's published tables; polls CURRENT and hot-swaps like search."""
 
     def __init__(self, data_root: str, config_path: str | None = None):
-        self.service = RecommendService(load_settings(config_path), DataRoot(Path(data_root)))
-        self.poll_s = self.service.settings.serve.reload_poll_s
-        self._stop = threading.Event()
-        threading.Thread(target=self._poll, name="tables-poller", daemon=True).start()
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                self.service.refresh()
-            except Exception:  # the poller must never die
-                log.exception("tables refresh failed")
-
-    def reconfigure(self, user_config: dict) -> None:
-        """user_config: {"pin": {domain: tables_version}, "reload_poll_s": float}."""
-        self.poll_s = float(user_config.get("reload_poll_s", self.poll_s))
-        self.service.pin(user_config.get("pin") or {})
+        super().__init__(RecommendService(load_settings(config_path), DataRoot(Path(data_root))), "tables-poller")
 
     def recommend(self, history: list[str], k: int, domain: str | None, exclude_history: bool = False) -> dict:
-        try:
-            return self.service.recommend(history, k, domain, exclude_history)
-        except LookupError as e:
-            return {"error": str(e), "status": 404}
-        except ValueError as e:
-            return {"error": str(e), "status": 400}
-
-    def health(self) -> dict:
-        return self.service.health()
-
-    def __del__(self) -> None:
-        self._stop.set()
+        return self._answer(self.service.recommend, history, k, domain, exclude_history)
 
 
 async def _call(response):

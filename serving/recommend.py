@@ -54,17 +54,11 @@ class RecommendService:
         self._lock = threading.Lock()
         self.refresh()
 
-    def _domains(self) -> list[str]:
-        base = self.root.root / "tables"
-        if not base.is_dir():
-            return []
-        return sorted(p.name for p in base.iterdir() if (p / "CURRENT").is_file())
-
     def refresh(self) -> dict[str, str]:
         """Load any domain whose CURRENT (or pin) changed; a version that fails to load is refused and
         the old one keeps serving."""
         swapped = {}
-        for domain in self._domains():
+        for domain in self.store.domains():
             want = self.pinned.get(domain) or self.store.current(domain)
             have = self.loaded.get(domain)
             if not want or (have and have.tables.version == want):
@@ -129,6 +123,6 @@ class RecommendService:
         return out
 
     def health(self) -> dict:
-        return {"status": "ok" if self.loaded or not self._domains() else "no_tables",
+        return {"status": "ok" if self.loaded or not self.store.domains() else "no_tables",
                 "domains": {d: lt.tables.version for d, lt in sorted(self.loaded.items())},
                 "errors": dict(self.errors)}

@@ -245,7 +245,7 @@ def _semi_synthetic(codes: torch.Tensor, codewords: int, ratio: float, copies: i
 
 
 def popularity_ranks(pop: np.ndarray, split: Split, masked: bool = False) -> np.ndarray:
-    scores = torch.from_numpy(np.tile(pop[1:], (1, 1))).float()
+    scores = torch.from_numpy(pop[1:]).float().unsqueeze(0)
     out = []
     for s in range(0, len(split), 4096):
         rows = np.arange(s, min(s + 4096, len(split)))

@@ -59,6 +59,13 @@ class IndexStore:
             return None
         return check_name(name, "version") if name else None
 
+    def domains(self) -> list[str]:
+        """Domains of this kind with a CURRENT pointer (not for the shared codebooks)."""
+        base = self.root.root / self.kind
+        if self.kind == "codebooks" or not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if (p / "CURRENT").is_file())
+
     def versions(self, domain: str) -> list[str]:
         """Complete versions (a manifest is the last file written), oldest first."""
         base = self.base(domain)

@@ -18,7 +18,6 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from sidestep.config import Settings
-from sidestep.lookup import rank_metrics
 from sidestep.profiling import PeakRSS
 from sidestep.quantize import shuffled_codes
 from sidestep.recdata import RecData, popularity
@@ -120,10 +119,6 @@ def _train_variant(root: DataRoot, settings: Settings, domain: str, mode: str, p
                    "best_valid": res.best_valid, "peak_rss_mb": mem.peak_mb, "curve": res.curve,
                    "trainable_parameters": count_parameters(trainable_parameters(model, domain, mode)),
                    "test": {"full": full, "masked": masked}, "ranks": {"full": r_full, "masked": r_masked}}
-
-
-def metrics_check(ranks: np.ndarray) -> dict[str, float]:
-    return rank_metrics(ranks)
 
 
 @task(name="eval-rec", retries=0, cache_policy=NO_CACHE, tags=["rec", "eval"])
