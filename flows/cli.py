@@ -156,26 +156,69 @@ def eval_(
     dataset_dir: Annotated[str, typer.Argument(help="A BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")],
     domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to index the corpus into.")],
     k: Annotated[int, typer.Option(help="Results per query (Recall@100 needs 100).", min=1, max=1000)] = 100,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Rerank with the verifier (when one is "
-                                         "published).")] = True,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Rerank recall's candidates with the "
+                                         "verifier; without one published, train it first on the folder's "
+                                         "train qrels (see --train-verifier).")] = True,
+    train_verifier: Annotated[bool, typer.Option("--train-verifier/--no-train-verifier", help="Train the "
+                                                 "domain's verifier when none is published and the folder has "
+                                                 "train qrels.")] = True,
+    verifier_from: Annotated[str | None, typer.Option(help="Use this domain's verifier (for a corpus without "
+                                                      "training queries).")] = None,
     out_path: Annotated[str | None, typer.Option("--out", help="Also write the run (query_id, doc_id, rank, "
                                                  "score) to this Parquet file.")] = None,
     split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
     min_rel: Annotated[int, typer.Option(help="Smallest grade counted relevant by MRR and Recall.", min=1)] = 1,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ingest and index a BEIR folder, run its queries through the serving search path, store the run
-    in DuckDB and print nDCG@10, MRR@10 and Recall@100 (computed by SQL views)."""
+    """Ingest and index a BEIR folder, run its queries through the serving search path, store the runs
+    in DuckDB and print nDCG@10, MRR@10 and Recall@100 (computed by SQL views), with the baselines of the
+    same run: pooled cosine (recall only), MaxSim reranking the same candidates, BM25, and BM25 + dense
+    reciprocal-rank fusion."""
     from flows.evaluate import evaluate_flow
 
     res = _run(evaluate_flow, as_json, dataset_dir=str(Path(dataset_dir).resolve()), domain=domain, k=k,
-               split=split, min_rel=min_rel, verify=verify, out=out_path)
+               split=split, min_rel=min_rel, verify=verify, train_verifier=train_verifier,
+               verifier_from=verifier_from, out=out_path)
     _emit(res, as_json)
     if not as_json:
-        _table(f"{domain} {split} ({res['queries']} queries, {res['index_version']})", res["metrics"])
+        main = "recall -> verify" if res["verify"]["applied"] else "pooled cosine (recall only)"
+        t = Table("configuration", "ndcg@10", "mrr@10", "recall@100",
+                  title=f"{domain} {split} ({res['queries']} queries, {res['index_version']})")
+        for name, m in {main: res["metrics"], **res["baselines"]}.items():
+            t.add_row(name, *(f"{m[c]:.4f}" for c in ("ndcg@10", "mrr@10", "recall@100")))
+        out.print(t)
+        c = res.get("cost") or {}
+        if c.get("verify_over_maxsim"):
+            out.print(f"verify stage {c['per_query_token_maps_ms'] + c['per_query_verifier_ms']:.1f} ms/query = "
+                      f"{c['verify_over_maxsim']:.2f}x MaxSim ({c['per_query_maxsim_ms']:.1f} ms); token store "
+                      f"{c['token_store']}, {c['bytes_per_doc'] / 1024:.1f} KB/document")
         if res["verify"]["requested"] and not res["verify"]["applied"]:
             err.print(f"[yellow]note:[/yellow] {res['verify']['reason']}")
-        out.print(f"run stored as {res['run_id']} in {_root().eval_db()}")
+        out.print(f"runs stored as {res['run_group']}-* in {_root().eval_db()}")
+
+
+@app.command("train-verifier")
+def train_verifier(
+    dataset_dir: Annotated[str, typer.Argument(help="A BEIR folder with qrels/train.tsv.")],
+    domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to index the corpus into and train for.")],
+    split: Annotated[str, typer.Option(help="qrels split to train on (never test).")] = "train",
+    seed: Annotated[int, typer.Option(help="Seed for near-misses, the validation split and training.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train and publish DOMAIN's verifier: positives from the train qrels, hard negatives from recall's top
+    candidates, structural near-misses of each positive (negation, antonym, role swap, number, condition).
+    Serving hot-loads the new version; curves go to DuckDB (verifier_curves)."""
+    if not Path(dataset_dir).is_dir():
+        _fail(f"folder not found: {dataset_dir}", as_json, 2)
+    from flows.evaluate import train_verifier_flow
+
+    res = _run(train_verifier_flow, as_json, dataset_dir=str(Path(dataset_dir).resolve()), domain=domain,
+               split=split, seed=seed)
+    _emit(res, as_json)
+    if not as_json:
+        out.print(f"verifier {domain}/{res['version']}: {res['parameters']:,} parameters, {res['train_queries']} "
+                  f"training queries, best validation nDCG@10 {res['val_ndcg10'] or 0:.4f} at epoch "
+                  f"{res['best_epoch']}, {res['seconds']:.0f} s; near-misses {res['near_misses']}")
 
 
 @app.command("eval-longdoc")
@@ -282,7 +325,8 @@ def search(
     query: Annotated[str, typer.Argument(help="Query text.")],
     domain: DomainOpt = None,
     k: Annotated[int, typer.Option(min=1, max=1000)] = 10,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Rerank recall's candidates with the "
+                                         "domain's verifier (when one is published).")] = True,
     mode: Annotated[str, typer.Option(help="chunks (bag of chunks) or map (route by document maps, then "
                                       "map-conditioned chunk choice).")] = "chunks",
     doc_id: Annotated[str | None, typer.Option(help="With --mode map: rank the chunks of this document.")] = None,

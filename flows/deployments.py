@@ -10,7 +10,7 @@ from prefect import serve
 
 from sidestep.config import load_settings
 
-from .evaluate import evaluate_flow
+from .evaluate import evaluate_flow, train_verifier_flow
 from .ingest import ingest_flow
 from .longdoc import longdoc_flow
 from .rec import eval_rec_flow, finetune_tables_flow, fit_codebooks_flow, pretrain_flow, rebuild_index_flow
@@ -38,6 +38,9 @@ def deployments(cron: str | None = None):
         rebuild_index_flow.to_deployment(name="on-demand", tags=["rec"],
                                          description="Re-encode a domain's items with the current codebook and "
                                                      "table; publish the item index."),
+        train_verifier_flow.to_deployment(name="on-demand", tags=["verifier", "train"],
+                                          description="Train and publish a domain's verifier on its train qrels "
+                                                      "(hard negatives + structural near-misses)."),
         eval_rec_flow.to_deployment(name="on-demand", tags=["rec", "eval"],
                                     description="Sequential recommendation benchmark with its controls."),
     ]

@@ -1,32 +1,61 @@
-"""The evaluate flow: ingest a BEIR folder, index it, run its queries, store the run in DuckDB."""
+"""The evaluate flow: ingest a BEIR folder, index it, (train its verifier), run its queries, store the
+runs in DuckDB; and the train_verifier flow on its own."""
 
 from __future__ import annotations
 
 from prefect import flow
 
+from sidestep.beir import available_splits
 from sidestep.config import SourceConfig
+from storage.verifiers import verifier_store
 from tasks.common import root_from, settings_from
 from tasks.embed import embed_task
 from tasks.evaluate import evaluate_task
 from tasks.index import publish_task
 from tasks.ingest import ingest_task
 from tasks.summarize import summarize_task
+from tasks.verifier import train_verifier_task
 
 
-@flow(name="evaluate", log_prints=True)
-def evaluate_flow(dataset_dir: str, domain: str, k: int = 100, split: str = "test", min_rel: int = 1,
-                  verify: bool = True, out: str | None = None, config_path: str | None = None) -> dict:
-    """Evaluate DATASET_DIR's SPLIT queries against DOMAIN through the serving search path."""
-    settings = settings_from(config_path)
-    root = str(root_from(settings).root)
+def _index(root: str, settings, dataset_dir: str, domain: str) -> tuple[dict, dict, dict]:
     ingest = ingest_task(root, SourceConfig(domain=domain, path=dataset_dir, format="beir", snapshot=True),
                          settings.ingest.max_text_bytes)
     emb = embed_task(root, settings, domain)
     summarize_task(root, settings, domain)
-    pub = publish_task(root, settings, domain)
-    res = evaluate_task(root, settings, dataset_dir, domain, k, split, min_rel, out)
-    res["verify"] = {"requested": verify, "applied": False,
-                     "reason": "no verifier is published yet: results are recall only"} if verify else \
-        {"requested": False, "applied": False}
+    return ingest, emb, publish_task(root, settings, domain)
+
+
+@flow(name="train-verifier", log_prints=True)
+def train_verifier_flow(dataset_dir: str, domain: str, split: str = "train", seed: int = 0,
+                        config_path: str | None = None) -> dict:
+    """Index DATASET_DIR (a BEIR folder) into DOMAIN, then train and publish DOMAIN's verifier on its SPLIT
+    qrels: hard negatives from recall's top candidates and structural near-misses of each positive."""
+    settings = settings_from(config_path)
+    root = str(root_from(settings).root)
+    _index(root, settings, dataset_dir, domain)
+    return train_verifier_task(root, settings, dataset_dir, domain, split, seed)
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(dataset_dir: str, domain: str, k: int = 100, split: str = "test", min_rel: int = 1,
+                  verify: bool = True, train_verifier: bool = True, verifier_from: str | None = None,
+                  out: str | None = None, config_path: str | None = None) -> dict:
+    """Evaluate DATASET_DIR's SPLIT queries against DOMAIN through the serving search path.
+
+    With verify and no published verifier for DOMAIN, one is trained first on the folder's train qrels
+    (when it has them); VERIFIER_FROM uses another domain's verifier instead (a domain without training
+    queries). Pooled cosine, MaxSim, BM25 and their fusion run beside it as baselines."""
+    settings = settings_from(config_path)
+    root_dir = root_from(settings)
+    root = str(root_dir.root)
+    ingest, emb, pub = _index(root, settings, dataset_dir, domain)
+    trained = None
+    if (verify and train_verifier and verifier_from is None and verifier_store(root_dir).current(domain) is None
+            and "train" in available_splits(dataset_dir) and split != "train"):
+        trained = train_verifier_task(root, settings, dataset_dir, domain, "train", 0)
+    res = evaluate_task(root, settings, dataset_dir, domain, k, split, min_rel, out, verify, verifier_from)
     res["ingest"], res["embed"], res["index"] = ingest, emb, pub
+    if trained:
+        res["verifier_training"] = {k2: trained.get(k2) for k2 in ("version", "seconds", "parameters", "val_ndcg10",
+                                                                   "best_epoch", "train_queries", "near_misses")}
     return res

@@ -32,6 +32,7 @@ from storage.paths import DataRoot
 from .core import SearchService
 from .options import preset
 from .recommend import RecommendService
+from .verify import VerifierService
 
 log = logging.getLogger("sidestep.serving")
 
@@ -41,7 +42,8 @@ class SearchRequest(BaseModel):
     query: str = Field(..., min_length=1, max_length=2000, description="Query text.")
     k: int = Field(10, ge=1, le=1000, description="Number of documents to return.")
     domain: str | None = Field(None, max_length=64, description="Domain to search; the default domain if null.")
-    verify: bool = Field(True, description="Rerank with the verifier (reported as not applied until one exists).")
+    verify: bool = Field(True, description="Rerank recall's candidates with the domain's verifier; false returns "
+                                           "recall only (the response says whether it applied, and why not).")
     mode: Literal["chunks", "map"] = Field(
         "chunks", description="chunks: bag of chunks. map: route by document maps, then pick chunks with the "
                               "query conditioned on each document's summary.")
@@ -144,7 +146,7 @@ class _PollingReplica:
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_s):
             try:
-                self.service.refresh()
+                getattr(self.service, "refresh_all", self.service.refresh)()
             except Exception:  # the poller must never die
                 log.exception("refresh failed")
 
@@ -170,14 +172,46 @@ class _PollingReplica:
         self._stop.set()
 
 
+@serve.deployment(name="verifier")
+class VerifierDeployment(_PollingReplica):
+    """Each domain's published verifier, hot-reloaded; concurrent requests are scored in one batch."""
+
+    def __init__(self, data_root: str, config_path: str | None = None):
+        settings = load_settings(config_path)
+        super().__init__(VerifierService(settings, DataRoot(Path(data_root))), "verifier-poller")
+        self.verify.set_max_batch_size(settings.verify.batch_max_size)
+        self.verify.set_batch_wait_timeout_s(settings.verify.batch_wait_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.003)
+    async def verify(self, requests: list[dict]) -> list[dict]:
+        try:
+            return await asyncio.to_thread(self.service.verify_batch, requests)
+        except Exception as e:  # one bad batch answers recall-only, it never fails the searches
+            log.exception("verify batch failed")
+            return [{"applied": False, "reason": f"verifier failed: {type(e).__name__}: {e}"}] * len(requests)
+
+
 @serve.deployment(name="search")
 class SearchDeployment(_PollingReplica):
-    def __init__(self, data_root: str, config_path: str | None = None):
-        super().__init__(SearchService(load_settings(config_path), DataRoot(Path(data_root))), "current-poller")
+    """Recall in this replica, then the verify stage in the verifier deployment."""
 
-    def search(self, query: str, k: int, domain: str | None, verify: bool, mode: str = "chunks",
-               doc_id: str | None = None) -> dict:
-        return self._answer(self.service.search, query, k, domain, verify, mode, doc_id)
+    def __init__(self, data_root: str, config_path: str | None = None, verifier: DeploymentHandle | None = None):
+        super().__init__(SearchService(load_settings(config_path), DataRoot(Path(data_root)), verifier=None),
+                         "current-poller")
+        self.verifier = verifier
+
+    async def search(self, query: str, k: int, domain: str | None, verify: bool, mode: str = "chunks",
+                     doc_id: str | None = None) -> dict:
+        stage = await asyncio.to_thread(self._answer, self.service.recall_stage, query, k, domain,
+                                        verify and self.verifier is not None, mode, doc_id)
+        if "error" in stage:
+            return stage
+        verified = None
+        if stage["request"] is not None:
+            verified = await self.verifier.verify.remote(stage["request"])
+        out = self.service.finish(stage, verified)
+        out["verify"]["requested"] = verify
+        return out
 
     def check_health(self) -> None:
         if not self.service.corpora and self.service.root.domains_with_indexes():
@@ -246,7 +280,8 @@ class Ingress:
 
 def build_app(data_root: str, config_path: str | None = None, preset_name: str = "local"):
     p = preset(preset_name)
-    search = SearchDeployment.options(**p["search"]).bind(data_root, config_path)
+    verifier = VerifierDeployment.options(**p["verifier"]).bind(data_root, config_path)
+    search = SearchDeployment.options(**p["search"]).bind(data_root, config_path, verifier)
     recommend = RecommendDeployment.options(**p["recommend"]).bind(data_root, config_path)
     serve_cfg = load_settings(config_path).serve
     token = os.environ.get(serve_cfg.token_env) or None

@@ -8,19 +8,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
+
+import numpy as np
 
 from sidestep.config import Settings, check_name
 from sidestep.encoder import Encoder
-from sidestep.search import IndexedCorpus, MapParamsSearch, search_texts
+from sidestep.search import IndexedCorpus, MapParamsSearch, search_texts, search_vectors
 from storage.artifacts import IndexStore
 from storage.indexes import load_version
 from storage.paths import DataRoot
+
+from .verify import VerifierService
 
 log = logging.getLogger("sidestep.serving")
 
 
 class SearchService:
-    def __init__(self, settings: Settings, root: DataRoot, encoder: Encoder | None = None):
+    def __init__(self, settings: Settings, root: DataRoot, encoder: Encoder | None = None,
+                 verifier: VerifierService | None | bool = True):
+        """verifier: True = verify in-process (command line, evaluation); None = the caller verifies
+        (the Ray app sends `recall_stage`'s request to its verifier deployment)."""
         self.settings = settings
         self.root = root
         self.store = IndexStore(root)
@@ -31,6 +39,7 @@ class SearchService:
         self.pinned: dict[str, str] = {}
         self.errors: dict[str, str] = {}
         self._lock = threading.Lock()
+        self.verifier = VerifierService(settings, root) if verifier is True else (verifier or None)
         self.refresh()
 
     # versions ----------------------------------------------------------------
@@ -64,6 +73,12 @@ class SearchService:
         self.pinned = {check_name(d): check_name(v, "version") for d, v in (pins or {}).items()}
         return self.refresh()
 
+    def refresh_all(self) -> dict[str, str]:
+        swapped = self.refresh()
+        if self.verifier is not None:
+            swapped.update({f"verifier:{d}": v for d, v in self.verifier.refresh().items()})
+        return swapped
+
     def domains(self) -> list[str]:
         return sorted(self.corpora)
 
@@ -82,6 +97,17 @@ class SearchService:
     # queries -----------------------------------------------------------------
     def search(self, query: str, k: int = 10, domain: str | None = None, verify: bool = True,
                mode: str = "chunks", doc_id: str | None = None) -> dict:
+        stage = self.recall_stage(query, k, domain, verify, mode, doc_id)
+        req = stage["request"]
+        verified = None
+        if req is not None and self.verifier is not None:
+            verified = self.verifier.verify_batch([req])[0]
+        return self.finish(stage, verified)
+
+    def recall_stage(self, query: str, k: int = 10, domain: str | None = None, verify: bool = True,
+                     mode: str = "chunks", doc_id: str | None = None) -> dict:
+        """Validate, encode, recall. With verify (chunks mode, whole corpus), recall goes to the verify
+        depth and `request` holds what the verify stage needs; `finish` composes the answer."""
         t0 = time.perf_counter()
         query = (query or "").strip()
         if not query:
@@ -93,21 +119,63 @@ class SearchService:
         name = self.resolve_domain(domain)
         with self._lock:
             corpus = self.corpora[name]
+        v = self.settings.verify
+        stage = {"t0": t0, "corpus": corpus, "domain": name, "mode": mode, "k": k, "requested": verify,
+                 "request": None, "reason": None}
+        if verify and not v.enabled:
+            stage["reason"] = "verification is disabled in this configuration (verify.enabled = false)"
+        elif verify and (mode != "chunks" or doc_id is not None):
+            stage["reason"] = "the verifier reranks whole-corpus chunk search only (mode 'chunks', no doc_id)"
+        elif verify and self.verifier is not None and not self.verifier.has(name):
+            stage["reason"] = f"no verifier is published for domain {name!r}: results are recall only"
+        if verify and stage["reason"] is None:
+            t1 = time.perf_counter()
+            qvec, qtok = self.encoder.encode_queries_with_tokens([query])
+            qpieces = self.encoder.query_ids([query])[0]
+            t2 = time.perf_counter()
+            hits = search_vectors(corpus, qvec, max(k, v.candidates))[0]
+            stage["timings"] = {"encode": (t2 - t1) * 1e3, "recall": (time.perf_counter() - t2) * 1e3}
+            stage["hits"] = hits
+            stage["request"] = {"domain": name, "index_version": corpus.version, "qtok": qtok[0].astype(np.float32),
+                                "qpieces": list(qpieces), "doc_ids": [h.doc_id for h in hits],
+                                "recall": np.asarray([h.recall_score for h in hits], np.float32)}
+            return stage
         m = self.settings.maps
         params = MapParamsSearch(top_r=m.route_top_r, map_weight=m.map_weight, alpha=m.alpha, gamma=m.gamma)
         hits, timings = search_texts(self.encoder, corpus, [query], k, mode=mode, doc_id=doc_id, params=params)
-        timings["total"] = (time.perf_counter() - t0) * 1e3
+        stage["hits"], stage["timings"] = hits[0], timings
+        return stage
+
+    def finish(self, stage: dict, verified: dict | None) -> dict:
+        """The response: verified order when the verify stage applied, recall order otherwise."""
+        hits, timings, k = stage["hits"], dict(stage["timings"]), stage["k"]
+        info = {"requested": stage["requested"], "applied": False}
+        if stage["request"] is not None and verified and verified.get("applied"):
+            scores = verified["scores"]
+            order = np.argsort(-np.asarray(scores), kind="stable")[:k]
+            hits = [replace(hits[i], score=float(scores[i])) for i in order]
+            timings.update(verified["timings_ms"])
+            info.update(applied=True, verifier_version=verified["verifier_version"], candidates=len(scores))
+        else:
+            hits = hits[:k]
+            reason = (verified or {}).get("reason") or stage["reason"]
+            if stage["requested"] and reason:
+                info["reason"] = reason
+        timings["total"] = (time.perf_counter() - stage["t0"]) * 1e3
+        corpus = stage["corpus"]
         return {
             "index_version": corpus.version,
-            "domain": name,
-            "mode": mode,
-            "results": [h.as_dict() for h in hits[0]],
-            "verify": {"requested": verify, "applied": False,
-                       **({"reason": "no verifier is published yet: results are recall only"} if verify else {})},
+            "domain": stage["domain"],
+            "mode": stage["mode"],
+            "results": [h.as_dict() for h in hits],
+            "verify": info,
             "timings_ms": {k2: round(v, 3) for k2, v in timings.items()},
         }
 
     def health(self) -> dict:
-        return {"status": "ok" if self.corpora else "no_index",
-                "domains": {d: c.version for d, c in sorted(self.corpora.items())},
-                "errors": dict(self.errors)}
+        out = {"status": "ok" if self.corpora else "no_index",
+               "domains": {d: c.version for d, c in sorted(self.corpora.items())},
+               "errors": dict(self.errors)}
+        if self.verifier is not None:
+            out["verifiers"] = self.verifier.health()["verifiers"]
+        return out

@@ -14,6 +14,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         "recommend": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 16,
                       "max_queued_requests": 64,
                       "health_check_period_s": 5, "health_check_timeout_s": 30},
+        # batches concurrent searches' candidate lists into one forward pass (@serve.batch)
+        "verifier": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 32,
+                     "max_queued_requests": 64, "health_check_period_s": 5, "health_check_timeout_s": 30},
     },
     # tests: smallest footprint, fast health checks
     "test": {
@@ -23,6 +26,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         "recommend": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 8,
                       "max_queued_requests": 16,
                       "health_check_period_s": 2, "health_check_timeout_s": 30},
+        "verifier": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 16,
+                     "max_queued_requests": 16, "health_check_period_s": 2, "health_check_timeout_s": 30},
     },
     # a cluster node with spare cores: more search replicas behind one ingress
     "cluster": {
@@ -33,6 +38,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         "recommend": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4},
                       "ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 16,
                       "health_check_period_s": 10, "health_check_timeout_s": 60},
+        "verifier": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
+                     "ray_actor_options": {"num_cpus": 2}, "max_ongoing_requests": 32,
+                     "health_check_period_s": 10, "health_check_timeout_s": 60},
     },
 }
 

@@ -117,6 +117,23 @@ class RecConfig(_Strict):
     threads: int | None = Field(None, description="torch threads for training; None = all cores.")
 
 
+class VerifyConfig(_Strict):
+    enabled: bool = Field(True, description="Rerank recall's candidates with the domain's published verifier "
+                                            "(when one exists); requests may still ask for verify=false.")
+    candidates: int = Field(100, ge=1, le=1000, description="Recall depth the verifier reranks.")
+    max_doc_tokens: int = Field(512, ge=16, description="Document tokens read per candidate (its chunks, in order).")
+    token_store: Literal["float16", "pq"] = Field(
+        "float16", description="Token vectors the maps are built from: the embedding shards as stored (float16), "
+                               "or product-quantized into each index version (pq, pq_bytes per token).")
+    pq_bytes: int = Field(48, ge=8, le=192, description="PQ sub-quantizers (one byte each) per token vector.")
+    epochs: int = Field(20, ge=1, description="Training epochs (the best validation epoch is kept).")
+    near_misses: int = Field(3, ge=0, le=5, description="Structural near-misses generated per training positive.")
+    near_miss_weight: float = Field(0.3, ge=0, description="Weight of the positive-above-its-near-miss hinge loss.")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Training queries held out for early stopping.")
+    batch_max_size: int = Field(8, ge=1, description="Requests the verifier deployment scores together.")
+    batch_wait_s: float = Field(0.003, ge=0, description="How long the verifier waits to fill a batch.")
+
+
 class ServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -139,6 +156,7 @@ class Settings(_Strict):
     ingest: IngestConfig = IngestConfig()
     maps: MapsConfig = MapsConfig()
     rec: RecConfig = RecConfig()
+    verify: VerifyConfig = VerifyConfig()
     serve: ServeConfig = ServeConfig()
 
     def domains(self) -> list[str]:

@@ -9,6 +9,7 @@ own (mean over the attention mask, then L2 normalization); a test holds it to
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -67,6 +68,16 @@ def model_dim(model_path: str | os.PathLike | None) -> int:
     if pooling.is_file():
         return int(json.loads(pooling.read_text())["word_embedding_dimension"])
     return int(json.loads((path / "config.json").read_text())["hidden_size"])
+
+
+@functools.lru_cache(maxsize=2)
+def load_tokenizer(model_path: str | None):
+    """The encoder's tokenizer alone (no weights): word-piece ids for lexical features at publish time."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # whole documents exceed the model's length; windowing happens later
+    return AutoTokenizer.from_pretrained(str(resolve_model_path(model_path)), local_files_only=True)
 
 
 def doc_text(title: str, text: str) -> str:

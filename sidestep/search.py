@@ -8,12 +8,15 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+import torch
 
 from .encoder import Encoder
 from .index import DocSearcher
 from .maps import condition_queries, encode_in_context, section_aware_chunks
+from .verifier import Verifier, maxsim, pad_docs, prepare, query_piece_ids, query_tokens, score, similarity
 
 MODES = ("chunks", "map")
 
@@ -58,6 +61,51 @@ class IndexedCorpus:
     @property
     def n_docs(self) -> int:
         return self.searcher.n_docs
+
+
+class TokenSource(Protocol):
+    kind: str
+
+    def docs(self, doc_ids: list[str]) -> list[np.ndarray]: ...
+
+
+@dataclass
+class TokenView:
+    """What the verify stage reads of one index version: token vectors, word pieces, idf."""
+
+    source: TokenSource
+    pieces: dict[str, np.ndarray]
+    idf: np.ndarray
+
+
+def rerank(model: Verifier, views: Sequence[TokenView], qtoks: Sequence[np.ndarray], qpieces: Sequence[Sequence[int]],
+           doc_ids: Sequence[Sequence[str]], recalls: Sequence[np.ndarray], max_doc_tokens: int
+           ) -> list[tuple[np.ndarray, dict[str, float]]]:
+    """Verifier scores for several queries' candidates: maps built per query, one model forward for all.
+    qtoks and qpieces include [CLS]/[SEP] as the encoder returns them."""
+    t0 = time.perf_counter()
+    items, spent = [], []
+    for view, qt, qp, ids, rec in zip(views, qtoks, qpieces, doc_ids, recalls, strict=True):
+        s = time.perf_counter()
+        cap = model.cfg.max_query_tokens
+        items.append(prepare(query_tokens(qt, cap), query_piece_ids(qp, cap), view.source.docs(list(ids)),
+                             [view.pieces[d] for d in ids], view.idf, rec, max_doc_tokens))
+        spent.append((time.perf_counter() - s) * 1e3)
+    t1 = time.perf_counter()
+    scores = score(model, items)
+    verify_ms = (time.perf_counter() - t1) * 1e3
+    del t0
+    return [(sc, {"token_maps": ms, "verify": verify_ms}) for sc, ms in zip(scores, spent, strict=True)]
+
+
+def maxsim_rerank(view: TokenView, qtok: np.ndarray, doc_ids: Sequence[str], max_doc_tokens: int
+                  ) -> tuple[np.ndarray, float]:
+    """ColBERT-style late interaction over the same token vectors (no training): the verifier's baseline."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        dt, mask = pad_docs(view.source.docs(list(doc_ids)), max_doc_tokens)
+        s = maxsim(similarity(query_tokens(qtok, 10_000), dt), mask).numpy()
+    return s, (time.perf_counter() - t0) * 1e3
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sidestep.index import DocSearcher, configure_search
-from sidestep.search import IndexedCorpus, MapIndex
+from sidestep.search import IndexedCorpus, MapIndex, TokenView
 
 from . import schemas
 from .artifacts import IndexStore
@@ -78,3 +78,25 @@ def load_current(store: IndexStore, domain: str, **kw) -> IndexedCorpus | None:
 
 def read_chunks(store: IndexStore, domain: str, version: str) -> pa.Table:
     return pq.read_table(store.path(domain, version) / CHUNKS_FILE)
+
+
+def load_token_view(root, settings, domain: str, version: str) -> TokenView:
+    """Token vectors (float16 shards or the version's PQ codes, per settings.verify.token_store),
+    word pieces and idf of one published index version."""
+    from .tokens import PQTokenSource, TokenSource, has_pq, read_pieces
+
+    store = IndexStore(root)
+    folder = store.path(domain, version)
+    manifest = store.manifest(domain, version)
+    pieces = read_pieces(folder)
+    if pieces is None:
+        raise FileNotFoundError(f"index {domain}/{version} has no word pieces; republish it "
+                                f"(`sidestep reindex --domain {domain} --force`) to verify against it")
+    if settings.verify.token_store == "pq":
+        if not has_pq(folder):
+            raise FileNotFoundError(f"index {domain}/{version} has no PQ token codes; republish it with "
+                                    "verify.token_store = 'pq'")
+        source = PQTokenSource(folder)
+    else:
+        source = TokenSource(root.embeddings(manifest["encoder"]), pq.read_table(folder / CHUNKS_FILE))
+    return TokenView(source, pieces[0], pieces[1])

@@ -96,6 +96,14 @@ CREATE TABLE IF NOT EXISTS rec_curves (
     metric VARCHAR NOT NULL,
     value  DOUBLE NOT NULL
 );
+CREATE TABLE IF NOT EXISTS verifier_curves (
+    domain           VARCHAR NOT NULL,
+    verifier_version VARCHAR NOT NULL,
+    epoch            INTEGER NOT NULL,
+    metric           VARCHAR NOT NULL,  -- loss, val_ndcg10
+    value            DOUBLE NOT NULL,
+    recorded_at      TIMESTAMP NOT NULL
+);
 CREATE TABLE IF NOT EXISTS codebook_diagnostics (
     codebook_version VARCHAR NOT NULL,
     domain           VARCHAR NOT NULL,
@@ -371,6 +379,14 @@ class Warehouse:
             raise KeyError(f"no recommendation run {run_id!r} in {self.path}")
         keys = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
         return {k: float(v or 0.0) for k, v in zip(keys, rows[0], strict=True)}
+
+    def record_verifier_curve(self, domain: str, version: str, curve: list[dict[str, Any]]) -> int:
+        """One row per (epoch, metric) of a verifier training run."""
+        rows = [[domain, version, int(c["epoch"]), k, float(v)] for c in curve for k, v in c.items() if k != "epoch"]
+        self._con.execute("DELETE FROM verifier_curves WHERE verifier_version = ? AND domain = ?", [version, domain])
+        if rows:
+            self._con.executemany("INSERT INTO verifier_curves VALUES (?, ?, ?, ?, ?, now()::TIMESTAMP)", rows)
+        return len(rows)
 
     def record_codebook(self, version: str, diagnostics: Mapping[str, Mapping[str, Any]]) -> int:
         """Numeric codebook diagnostics per domain (lists such as per-position entropy are left out)."""

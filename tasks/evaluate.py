@@ -6,18 +6,23 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from sidestep.beir import load_qrels, load_queries
 from sidestep.config import Settings
-from sidestep.search import search_texts
+from sidestep.encoder import doc_text
+from sidestep.lexical import BM25, rrf
+from sidestep.search import maxsim_rerank, rerank, search_texts
 from storage import schemas
 from storage.artifacts import IndexStore
 from storage.atomic import write_parquet
-from storage.indexes import load_current
+from storage.documents import DocumentStore
+from storage.indexes import load_current, load_token_view
 from storage.paths import DataRoot
+from storage.verifiers import load_verifier
 from storage.warehouse import Warehouse
 
 from .common import encoder_for
@@ -25,9 +30,85 @@ from .common import encoder_for
 QUERY_BATCH = 64
 
 
+def _run_table(rankings: dict[str, list[tuple[str, float]]]) -> pa.Table:
+    cols: dict[str, list] = {"query_id": [], "doc_id": [], "rank": [], "score": []}
+    for q, ranked in rankings.items():
+        for r, (d, sc) in enumerate(ranked, 1):
+            cols["query_id"].append(q)
+            cols["doc_id"].append(d)
+            cols["rank"].append(r)
+            cols["score"].append(float(sc))
+    return pa.table(cols, schema=schemas.RUN)
+
+
+def _recall_only(enc, corpus, qids: list[str], queries: dict[str, str], k: int) -> dict[str, list]:
+    """The served recall path (search_texts), batch by batch."""
+    out = {}
+    for s in range(0, len(qids), QUERY_BATCH):
+        batch = qids[s:s + QUERY_BATCH]
+        hits, _ = search_texts(enc, corpus, [queries[q] for q in batch], k)
+        for q, hs in zip(batch, hits, strict=True):
+            out[q] = [(h.doc_id, h.score) for h in hs]
+    return out
+
+
+def _verified(enc, corpus, view, verifier, qids: list[str], queries: dict[str, str], k: int, depth: int,
+              max_doc_tokens: int) -> tuple[dict[str, dict[str, list]], dict[str, float]]:
+    """Recall to `depth`, then rerank the same candidates two ways: MaxSim (untrained late interaction)
+    and the verifier, one query at a time as serving does; times each stage."""
+    runs: dict[str, dict[str, list]] = {"pooled_cosine": {}, "maxsim": {}, "verifier": {}}
+    spent = {"maxsim_ms": 0.0, "token_maps_ms": 0.0, "verify_ms": 0.0}
+    for s in range(0, len(qids), QUERY_BATCH):
+        batch = qids[s:s + QUERY_BATCH]
+        texts = [queries[q] for q in batch]
+        pooled, toks = enc.encode_queries_with_tokens(texts)
+        pieces = enc.query_ids(texts)
+        hits = corpus.searcher.search(pooled, depth)
+        for j, q in enumerate(batch):
+            ids = [h.doc_id for h in hits[j]]
+            rec = np.asarray([h.score for h in hits[j]], np.float32)
+            runs["pooled_cosine"][q] = list(zip(ids, rec.tolist(), strict=True))[:k]
+            ms, ms_time = maxsim_rerank(view, toks[j], ids, max_doc_tokens)
+            spent["maxsim_ms"] += ms_time
+            runs["maxsim"][q] = _top(ids, ms, k)
+            if verifier is not None:
+                (sc, t), = rerank(verifier.model, [view], [toks[j]], [pieces[j]], [ids], [rec], max_doc_tokens)
+                spent["token_maps_ms"] += t["token_maps"]
+                spent["verify_ms"] += t["verify"]
+                runs["verifier"][q] = _top(ids, sc, k)
+    if verifier is None:
+        del runs["verifier"]
+    return runs, spent
+
+
+def _top(ids: list[str], scores: np.ndarray, k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-np.asarray(scores), kind="stable")[:k]
+    return [(ids[i], float(scores[i])) for i in order]
+
+
+def _lexical(root: DataRoot, domain: str, qids: list[str], queries: dict[str, str], k: int,
+             dense: dict[str, list] | None) -> dict[str, dict[str, list]]:
+    """BM25 over the domain's live documents, and its reciprocal-rank fusion with dense recall."""
+    docs = DocumentStore(root).read(domain, include_deleted=False)
+    bm = BM25(docs["doc_id"].to_pylist(), [doc_text(t or "", x) for t, x in zip(
+        docs["title"].to_pylist(), docs["text"].to_pylist(), strict=True)])
+    lex = dict(zip(qids, bm.search([queries[q] for q in qids], max(k, 100)), strict=True))
+    out = {"bm25": {q: r[:k] for q, r in lex.items()}}
+    if dense is not None:
+        out["rrf_bm25_dense"] = {q: rrf([[d for d, _ in lex[q][:100]], [d for d, _ in dense[q][:100]]], k)
+                                 for q in qids}
+    return out
+
+
 def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *, k: int = 100,
                     split: str = "test", min_rel: int = 1, out: str | None = None, label: str = "main",
-                    group_id: str | None = None) -> dict:
+                    group_id: str | None = None, verify: bool = False, verifier_from: str | None = None,
+                    baselines: bool = True) -> dict:
+    """Run SPLIT's queries through the serving path and store every configuration as a run in DuckDB.
+
+    With verify (and a published verifier: the domain's own, or VERIFIER_FROM's), `metrics` is recall ->
+    verify and the baselines beside it come from the same run: pooled cosine (recall only), MaxSim
+    reranking the same candidates, BM25 and its reciprocal-rank fusion with dense recall."""
     queries = load_queries(dataset_dir, split=split)
     qrels = load_qrels(dataset_dir, split)
     store = IndexStore(root)
@@ -38,42 +119,67 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
         raise RuntimeError(f"domain {domain!r} has no published index; run `sidestep reindex --domain {domain}`")
     enc = encoder_for(settings)
     qids = list(queries)
-    cols: dict[str, list] = {"query_id": [], "doc_id": [], "rank": [], "score": []}
+    loaded = load_verifier(root, verifier_from or domain) if verify else None
+    verify_info: dict = {"requested": verify, "applied": False}
+    if verify and loaded is None:
+        verify_info["reason"] = f"no verifier is published for domain {verifier_from or domain!r}"
     t0 = time.perf_counter()
-    for s in range(0, len(qids), QUERY_BATCH):
-        batch = qids[s:s + QUERY_BATCH]
-        hits, _ = search_texts(enc, corpus, [queries[q] for q in batch], k)
-        for q, hs in zip(batch, hits, strict=True):
-            for r, h in enumerate(hs, 1):
-                cols["query_id"].append(q)
-                cols["doc_id"].append(h.doc_id)
-                cols["rank"].append(r)
-                cols["score"].append(h.score)
+    runs: dict[str, dict[str, list]] = {}
+    cost: dict[str, float] = {}
+    if verify or baselines:
+        view = load_token_view(root, settings, domain, corpus.version)
+        runs, spent = _verified(enc, corpus, view, loaded, qids, queries, k, max(k, settings.verify.candidates),
+                                settings.verify.max_doc_tokens)
+        n = len(qids)
+        cost = {"per_query_maxsim_ms": spent["maxsim_ms"] / n, "per_query_token_maps_ms": spent["token_maps_ms"] / n,
+                "per_query_verifier_ms": spent["verify_ms"] / n, "bytes_per_doc": view.source.bytes_per_doc(),
+                "token_store": view.source.kind}
+        if loaded is not None:
+            verify_stage = spent["token_maps_ms"] + spent["verify_ms"]
+            cost["verify_over_maxsim"] = verify_stage / spent["maxsim_ms"] if spent["maxsim_ms"] else None
+            verify_info.update(applied=True, verifier_version=loaded.version, verifier_domain=loaded.domain,
+                               candidates=max(k, settings.verify.candidates))
+    else:
+        runs["pooled_cosine"] = _recall_only(enc, corpus, qids, queries, k)
+    if baselines:
+        runs.update(_lexical(root, domain, qids, queries, k, runs.get("pooled_cosine")))
     seconds = time.perf_counter() - t0
-    run = pa.table(cols, schema=schemas.RUN)
-    run_id = f"{domain}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    run_path = root.runs() / f"{run_id}.parquet"
-    write_parquet(run_path, run)
-    if out:
-        write_parquet(Path(out).resolve(), run)
-    config = {"k": k, "split": split, "verify": False, "stage": "recall", "index": corpus.manifest.get("index"),
-              "encoder": corpus.manifest.get("encoder"), "chunking": corpus.manifest.get("chunking")}
+    main_name = "verifier" if verify_info["applied"] else "pooled_cosine"
+    group_id = group_id or f"{domain}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    base_cfg = {"k": k, "split": split, "index": corpus.manifest.get("index"),
+                "encoder": corpus.manifest.get("encoder"), "chunking": corpus.manifest.get("chunking")}
+    results: dict[str, dict] = {}
+    main_run_id, run_path = None, None
     with Warehouse(root.eval_db()) as wh:
-        wh.record_run(run_id=run_id, dataset=str(Path(dataset_dir).resolve()), domain=domain,
-                      index_version=corpus.version, config=config, results=run, qrels=qrels, queries=qids,
-                      min_rel=min_rel, label=label, group_id=group_id)
-        metrics = wh.metrics(run_id)
-    return {"run_id": run_id, "domain": domain, "index_version": corpus.version, "split": split,
-            "queries": len(qids), "k": k, "min_rel": min_rel, "metrics": metrics, "baselines": {},
-            "verify": {"requested": False, "applied": False}, "run_parquet": str(run_path), "out": out,
+        for name, ranking in runs.items():
+            run = _run_table(ranking)
+            run_id = f"{group_id}-{name}"
+            config = {**base_cfg, "variant": name, "verify": name == "verifier",
+                      "stage": {"pooled_cosine": "recall", "verifier": "recall+verify"}.get(name, name),
+                      **({"verifier_version": verify_info.get("verifier_version")} if name == "verifier" else {})}
+            wh.record_run(run_id=run_id, dataset=str(Path(dataset_dir).resolve()), domain=domain,
+                          index_version=corpus.version, config=config, results=run, qrels=qrels, queries=qids,
+                          min_rel=min_rel, label=label if name == main_name else name, group_id=group_id)
+            results[name] = wh.metrics(run_id)
+            if name == main_name:
+                main_run_id = run_id
+                run_path = root.runs() / f"{run_id}.parquet"
+                write_parquet(run_path, run)
+                if out:
+                    write_parquet(Path(out).resolve(), run)
+    metrics = results.pop(main_name)
+    return {"run_id": main_run_id, "run_group": group_id, "domain": domain, "index_version": corpus.version,
+            "split": split, "queries": len(qids), "k": k, "min_rel": min_rel, "metrics": metrics,
+            "baselines": results, "verify": verify_info, "cost": cost, "run_parquet": str(run_path), "out": out,
             "query_seconds": round(seconds, 3), "queries_per_s": round(len(qids) / seconds, 1) if seconds else None}
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, tags=["eval"])
 def evaluate_task(root: str, settings: Settings, dataset_dir: str, domain: str, k: int, split: str, min_rel: int,
-                  out: str | None) -> dict:
+                  out: str | None, verify: bool = False, verifier_from: str | None = None,
+                  baselines: bool = True) -> dict:
     res = evaluate_domain(DataRoot(Path(root)), settings, dataset_dir, domain, k=k, split=split, min_rel=min_rel,
-                          out=out)
+                          out=out, verify=verify, verifier_from=verifier_from, baselines=baselines)
     m = res["metrics"]
     get_run_logger().info("eval %s on %d queries: nDCG@10=%.4f MRR@10=%.4f Recall@100=%.4f (%s)", domain,
                           res["queries"], m["ndcg@10"], m["mrr@10"], m["recall@100"], res["run_id"])

@@ -14,9 +14,10 @@ from prefect.cache_policies import NO_CACHE
 
 from sidestep.chunking import Chunk
 from sidestep.config import Settings
-from sidestep.encoder import encoder_key, model_dim
+from sidestep.encoder import doc_text, encoder_key, load_tokenizer, model_dim
 from sidestep.index import build_index
 from sidestep.maps import chunk_sections
+from sidestep.verifier import idf_table
 from storage.artifacts import IndexStore, new_version_name
 from storage.documents import DocumentStore
 from storage.embeddings import EmbeddingStore
@@ -24,6 +25,7 @@ from storage.indexes import write_version_files
 from storage.maps import MapStore
 from storage.paths import DataRoot
 from storage.schemas import index_maps_schema
+from storage.tokens import TokenSource, write_pieces, write_pq_tokens
 
 from .summarize import map_key
 
@@ -36,6 +38,8 @@ def fingerprint(settings: Settings, key: str, docs: pa.Table, mapped: set[str] |
     params = {"encoder": key, "chunking": settings.chunking.model_dump(), "index": settings.index.model_dump(
         include={"exact_max_vectors", "hnsw_m", "hnsw_ef_construction"}),
         "maps": sorted(mapped) if mapped is not None else None}
+    params["tokens"] = settings.verify.token_store + (f"{settings.verify.pq_bytes}" if
+                                                      settings.verify.token_store == "pq" else "")
     h.update(json.dumps(params, sort_keys=True).encode())
     for d, c in sorted(zip(docs["doc_id"].to_pylist(), docs["content_hash"].to_pylist(), strict=True)):
         h.update(f"{d}\x1f{c}\n".encode())
@@ -69,15 +73,21 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
     if missing:
         raise RuntimeError(f"{len(missing)} documents of {domain} have no embeddings; run the embed step first")
     cidx, cs, ce = (rows[c].to_pylist() for c in ("chunk_idx", "char_start", "char_end"))
+    ts, te = rows["tok_start"].to_pylist(), rows["tok_end"].to_pylist()
     shard, toff, ntok = (rows[c].to_pylist() for c in ("shard", "token_offset", "n_tokens"))
     out: dict[str, list] = {k: [] for k in ("doc_id", "title", "content_hash", "chunk_idx", "char_start", "char_end",
                                             "shard", "token_offset", "n_tokens", "snippet", "section")}
     order: list[int] = []
     doc_maps: dict[str, list] = {k: [] for k in ("doc_id", "global_summary", "section_titles", "global_vec",
                                                  "section_vecs")}
-    for d, t, x, h in zip(*(docs[c].to_pylist() for c in ("doc_id", "title", "text", "content_hash")), strict=True):
-        full = f"{t} {x}".strip() if t else x.strip()
+    pieces_of: list[np.ndarray] = []
+    texts = [doc_text(t or "", x) for t, x in zip(docs["title"].to_pylist(), docs["text"].to_pylist(), strict=True)]
+    doc_pieces = load_tokenizer(settings.encoder.model_path)(texts, add_special_tokens=False)["input_ids"]
+    for n, (d, t, h) in enumerate(zip(*(docs[c].to_pylist() for c in ("doc_id", "title", "content_hash")),
+                                      strict=True)):
+        full = texts[n]
         rows_of_doc = sorted(by_hash[h], key=lambda i: cidx[i])
+        pieces_of.append(np.asarray([p for i in rows_of_doc for p in doc_pieces[n][ts[i]:te[i]]], np.int32))
         sections = _sections(maps.get(h), rows_of_doc, cs, ce)
         _add_map(doc_maps, d, maps.get(h))
         for i, sec in zip(rows_of_doc, sections, strict=True):
@@ -111,9 +121,16 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
                     "reason": "published concurrently by another run"}
         store.clean_staging(domain)
         with store.staging(domain) as staged:
-            write_version_files(staged, index, pa.table(out),
+            chunk_table = pa.table(out)
+            write_version_files(staged, index, chunk_table,
                                 pa.table(doc_maps, schema=index_maps_schema(dim)) if settings.maps.enabled
                                 else None)
+            doc_list = docs["doc_id"].to_pylist()
+            write_pieces(staged, doc_list, pieces_of, idf_table(pieces_of, len(load_tokenizer(
+                settings.encoder.model_path))))
+            if settings.verify.token_store == "pq":
+                manifest["tokens"] = write_pq_tokens(staged, TokenSource(emb.dir, chunk_table),
+                                                     m=settings.verify.pq_bytes)
             manifest = store.publish(domain, staged, version, manifest)
     removed = store.gc(domain, settings.index.keep_versions)
     return {"domain": domain, "published": True, "version": version, "parent": manifest["parent"], "gc": removed,

@@ -1,0 +1,357 @@
+"""The verifier: a small Transformer over token x token similarity maps.
+
+Recall gives a candidate list by pooled cosine; it cannot see *which* query token
+matched *where*. The verifier reads, for each query token, a fixed reduction of its
+row of the cosine map against the candidate's tokens (max, mean of top-k, soft
+histogram kernels, position of the best match, whether consecutive query tokens
+match consecutive document tokens), projects it with learned weights, adds a learned
+projection of the query token's own embedding (so it can learn which tokens matter),
+and runs a Transformer across the query tokens with a [CLS] slot that also holds
+the recall scores. Its output logit, plus a learned linear term on the recall
+scores, is the final score.
+
+The map reduction is fixed (not learned), so training precomputes features once;
+the token embeddings are the frozen encoder's, never fine-tuned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+KERNEL_MUS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, -0.1)
+KERNEL_SIGMAS = (1e-3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1)
+TOPK = 3
+# per query token: max, mean top-k, kernels, best-match position, adjacency to the next token's match,
+# then lexical: the token's idf in the corpus, log(1 + its count in the document), whether it occurs
+N_MAP_FEATURES = 2 + len(KERNEL_MUS) + 2
+N_TOKEN_FEATURES = N_MAP_FEATURES + 3
+
+
+@dataclass
+class VerifierConfig:
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    ff: int = 128
+    dropout: float = 0.1
+    qproj: int = 16
+    max_query_tokens: int = 64
+    n_global: int = 5  # dense cosine and its z-score in the list, MaxSim / query length and its z-score, log length
+    extra_global: tuple[str, ...] = field(default_factory=tuple)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["extra_global"] = list(self.extra_global)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VerifierConfig:
+        d = dict(d)
+        d["extra_global"] = tuple(d.get("extra_global", ()))
+        return cls(**d)
+
+
+def normalize(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x.float()
+    return torch.nn.functional.normalize(t, dim=-1)
+
+
+def pad_docs(docs: Sequence[np.ndarray], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack variable-length token matrices into (C, L, d) unit vectors plus a (C, L) mask."""
+    lengths = [min(len(d), max_tokens) for d in docs]
+    width = max(max(lengths, default=1), 1)
+    dim = docs[0].shape[1] if docs else 1
+    out = torch.zeros((len(docs), width, dim), dtype=torch.float32)
+    mask = torch.zeros((len(docs), width), dtype=torch.bool)
+    for i, (d, n) in enumerate(zip(docs, lengths, strict=True)):
+        if n:
+            out[i, :n] = torch.from_numpy(np.asarray(d[:n], dtype=np.float32))
+            mask[i, :n] = True
+    return torch.nn.functional.normalize(out, dim=-1), mask
+
+
+def similarity(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+    """(nq, d) x (C, L, d) -> (C, nq, L) cosine map (inputs already unit norm)."""
+    return torch.einsum("qd,cld->cql", q, docs)
+
+
+def maxsim(sim: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """ColBERT-style late interaction: sum over query tokens of the best document match."""
+    return sim.masked_fill(~mask[:, None, :], -2.0).amax(-1).sum(-1)
+
+
+def lexical_features(query_ids: Sequence[int], doc_ids: Sequence[np.ndarray], idf: np.ndarray) -> torch.Tensor:
+    """(C, nq, 3): idf of each query word piece, log(1 + its count in each document), present or not."""
+    q = np.asarray(query_ids, dtype=np.int64)
+    out = np.zeros((len(doc_ids), len(q), 3), np.float32)
+    out[:, :, 0] = idf[q] / 10.0
+    for c, ids in enumerate(doc_ids):
+        if len(ids):
+            counts = (np.asarray(ids)[:, None] == q[None, :]).sum(0)
+            out[c, :, 1] = np.log1p(counts)
+            out[c, :, 2] = counts > 0
+    return torch.from_numpy(out)
+
+
+def map_features(sim: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(C, nq, L) map + (C, L) mask -> (C, nq, N_MAP_FEATURES) per-query-token features."""
+    masked = sim.masked_fill(~mask[:, None, :], -2.0)
+    k = min(TOPK, sim.shape[-1])
+    top = masked.topk(k, dim=-1).values
+    best, pos = top[..., 0], masked.argmax(-1)
+    valid = mask[:, None, :].float()
+    kernels = []
+    for mu, sigma in zip(KERNEL_MUS, KERNEL_SIGMAS, strict=True):
+        k_ = torch.exp(-((sim - mu) ** 2) / (2 * sigma ** 2)) * valid
+        kernels.append(torch.log1p(k_.sum(-1)))
+    lengths = mask.sum(-1, keepdim=True).clamp(min=1).float()
+    rel_pos = pos.float() / lengths
+    step = torch.zeros_like(rel_pos)
+    if sim.shape[1] > 1:  # does the next query token's best match sit right after this one's?
+        gap = (pos[:, 1:] - pos[:, :-1] - 1).abs().float()
+        step[:, :-1] = torch.exp(-gap / 2)
+    return torch.stack([best, top.mean(-1), *kernels, rel_pos, step], dim=-1)
+
+
+class Verifier(nn.Module):
+    def __init__(self, cfg: VerifierConfig, dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.dim = dim
+        g = cfg.n_global + len(cfg.extra_global)
+        self.tok_in = nn.Linear(N_TOKEN_FEATURES + cfg.qproj, cfg.width)
+        self.qproj = nn.Linear(dim, cfg.qproj)
+        self.pos = nn.Embedding(cfg.max_query_tokens, cfg.width)
+        self.cls_in = nn.Linear(g, cfg.width)
+        layer = nn.TransformerEncoderLayer(cfg.width, cfg.heads, cfg.ff, cfg.dropout, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.width)
+        self.head = nn.Linear(cfg.width, 1)
+        self.skip = nn.Linear(g, 1)  # the learned combination with the recall scores
+
+    def forward(self, feats: torch.Tensor, qtok: torch.Tensor, qmask: torch.Tensor,
+                glob: torch.Tensor) -> torch.Tensor:
+        """feats (N, nq, F), qtok (N, nq, d) unit query token vectors, qmask (N, nq) bool, glob (N, G)."""
+        nq = feats.shape[1]
+        x = self.tok_in(torch.cat([feats, self.qproj(qtok)], -1))
+        x = x + self.pos(torch.arange(nq, device=x.device).clamp(max=self.cfg.max_query_tokens - 1))[None]
+        x = torch.cat([self.cls_in(glob)[:, None, :], x], 1)
+        pad = torch.cat([torch.zeros_like(qmask[:, :1]), ~qmask], 1)
+        h = self.encoder(x, src_key_padding_mask=pad)
+        return self.head(self.norm(h[:, 0])).squeeze(-1) + self.skip(glob).squeeze(-1)
+
+
+def n_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class Candidates:
+    """One query's candidate list, reduced to what the verifier reads (features precomputed)."""
+
+    feats: torch.Tensor  # (C, nq, F)
+    qtok: torch.Tensor  # (nq, d)
+    glob: torch.Tensor  # (C, G)
+    maxsim: torch.Tensor  # (C,)
+
+
+def _z(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Standardize against the first n rows (the recall list), so rows added for training are
+    placed on the same scale as at serving time."""
+    ref = x[:n]
+    return (x - ref.mean()) / (ref.std(unbiased=False) + 1e-6) if len(ref) > 1 else torch.zeros_like(x)
+
+
+def global_features(recall: np.ndarray, maxsim_scores: torch.Tensor, nq: int, lengths: torch.Tensor,
+                    extra: Sequence[np.ndarray] = (), n_list: int | None = None) -> torch.Tensor:
+    r = torch.as_tensor(np.asarray(recall, dtype=np.float32))
+    n = len(r) if n_list is None else n_list
+    ms = maxsim_scores / max(nq, 1)
+    cols = [r, _z(r, n), ms, _z(ms, n), torch.log1p(lengths.float()) / 6]
+    cols += [_z(torch.as_tensor(np.asarray(e, dtype=np.float32)), n) for e in extra]
+    return torch.stack(cols, -1)
+
+
+def query_tokens(tokens: np.ndarray, max_tokens: int) -> torch.Tensor:
+    """A query's token vectors without [CLS]/[SEP], unit norm, capped."""
+    inner = tokens[1:-1] if len(tokens) > 2 else tokens
+    return normalize(inner[:max_tokens])
+
+
+def query_piece_ids(ids: Sequence[int], max_tokens: int) -> list[int]:
+    """The word-piece ids matching `query_tokens` (specials dropped, same cap)."""
+    inner = list(ids[1:-1]) if len(ids) > 2 else list(ids)
+    return inner[:max_tokens]
+
+
+def prepare(qtok: torch.Tensor, qids: Sequence[int], docs: Sequence[np.ndarray], doc_ids: Sequence[np.ndarray],
+            idf: np.ndarray, recall: np.ndarray, max_doc_tokens: int, extra: Sequence[np.ndarray] = (),
+            n_list: int | None = None) -> Candidates:
+    """Build the token maps of one query against its candidates and reduce them to features.
+
+    The first n_list rows (all by default) are the recall list; list statistics come from them."""
+    dt, mask = pad_docs(docs, max_doc_tokens)
+    sim = similarity(qtok, dt)
+    ms = maxsim(sim, mask)
+    feats = torch.cat([map_features(sim, mask), lexical_features(qids, doc_ids, idf)], -1)
+    return Candidates(feats, qtok, global_features(recall, ms, len(qtok), mask.sum(-1), extra, n_list), ms)
+
+
+def idf_table(doc_piece_ids: Sequence[Sequence[int]], vocab_size: int) -> np.ndarray:
+    """BM25-style idf of every word piece over a corpus (one entry per document)."""
+    df = np.zeros(vocab_size, np.int64)
+    for ids in doc_piece_ids:
+        df[np.unique(np.asarray(ids, dtype=np.int64))] += 1
+    n = max(len(doc_piece_ids), 1)
+    return np.log((n - df + 0.5) / (df + 0.5) + 1.0).astype(np.float32)
+
+
+def collate(items: Sequence[Candidates]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                  list[int]]:
+    """Flatten several queries' candidates into one padded batch; returns the split sizes."""
+    nq = max(c.feats.shape[1] for c in items)
+    n = sum(c.feats.shape[0] for c in items)
+    f = items[0].feats.shape[2]
+    d = items[0].qtok.shape[1]
+    feats = torch.zeros((n, nq, f))
+    qtok = torch.zeros((n, nq, d))
+    qmask = torch.zeros((n, nq), dtype=torch.bool)
+    glob = torch.cat([c.glob for c in items])
+    r = 0
+    for c in items:
+        cn, cq = c.feats.shape[:2]
+        feats[r:r + cn, :cq] = c.feats
+        qtok[r:r + cn, :cq] = c.qtok[None]
+        qmask[r:r + cn, :cq] = True
+        r += cn
+    return feats, qtok, qmask, glob, [c.feats.shape[0] for c in items]
+
+
+def score(model: Verifier, items: Sequence[Candidates]) -> list[np.ndarray]:
+    if not items:
+        return []
+    model.eval()
+    with torch.inference_mode():
+        feats, qtok, qmask, glob, sizes = collate(items)
+        out = model(feats, qtok, qmask, glob)
+    return [s.numpy() for s in torch.split(out, sizes)]
+
+
+def pair_loss(logits: torch.Tensor, pairs: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Hinge on (positive row, near-miss row) pairs: each positive above its own near-misses."""
+    if not len(pairs):
+        return logits.sum() * 0
+    return torch.relu(margin - (logits[pairs[:, 0]] - logits[pairs[:, 1]])).mean()
+
+
+def listwise_loss(logits: torch.Tensor, labels: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Softmax cross-entropy per query list; several positives share the probability mass."""
+    losses = []
+    for lg, lb in zip(torch.split(logits, sizes), torch.split(labels, sizes), strict=True):
+        if lb.any() and (~lb).any():
+            losses.append(torch.logsumexp(lg, 0) - torch.logsumexp(lg[lb], 0))
+    return torch.stack(losses).mean() if losses else logits.sum() * 0
+
+
+def ndcg_at(scores: np.ndarray, gains: np.ndarray, k: int = 10) -> float:
+    """nDCG@k of one ranked list against graded gains (ideal from the same list's gains plus missing ones)."""
+    order = np.argsort(-scores, kind="stable")[:k]
+    dcg = float(sum(gains[i] / math.log2(r + 2) for r, i in enumerate(order)))
+    ideal = np.sort(gains)[::-1][:k]
+    idcg = float(sum(g / math.log2(r + 2) for r, g in enumerate(ideal)))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+@dataclass
+class Example:
+    """A training list: candidates with labels (True = relevant), and the (positive, near-miss) row pairs.
+
+    Near-misses stay out of the listwise loss: under topical relevance judgments a negated
+    abstract may still be "relevant", so they only have to rank below their own positive."""
+
+    cands: Candidates
+    labels: torch.Tensor  # (C,) bool; near-miss rows are False and masked out of the listwise loss
+    pairs: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 2), dtype=torch.long))
+
+
+def _sample_rows(e: Example, rows: int, rng: np.random.Generator) -> Example:
+    """Positives, near-miss pairs and up to `rows` other rows of one training list."""
+    n = e.cands.feats.shape[0]
+    nm = set(e.pairs[:, 1].tolist()) if len(e.pairs) else set()
+    must = set(np.flatnonzero(e.labels.numpy()).tolist()) | nm | set(e.pairs[:, 0].tolist() if len(e.pairs) else [])
+    rest = [i for i in range(n) if i not in must]
+    if len(rest) <= rows:
+        return e
+    keep = sorted(must | set(rng.choice(rest, rows, replace=False).tolist()))
+    pos = {old: new for new, old in enumerate(keep)}
+    idx = torch.tensor(keep)
+    c = e.cands
+    pairs = torch.tensor([[pos[int(a)], pos[int(b)]] for a, b in e.pairs.tolist()], dtype=torch.long).reshape(-1, 2)
+    return Example(Candidates(c.feats[idx], c.qtok, c.glob[idx], c.maxsim[idx]), e.labels[idx], pairs)
+
+
+def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]], cfg: VerifierConfig, dim: int,
+        *, epochs: int = 30, batch_queries: int = 16, lr: float = 1e-3, weight_decay: float = 1e-4,
+        seed: int = 0, patience: int = 6, near_miss_weight: float = 0.3, list_rows: int = 32,
+        log=None) -> tuple[Verifier, list[dict]]:
+    """Listwise training; the epoch with the best validation nDCG@10 (val: candidates + gains) is kept.
+
+    Each epoch reads every positive, its near-misses and `list_rows` rows of the list drawn at random
+    (list statistics were computed on the whole list beforehand, so a sample sees serving's scale)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = Verifier(cfg, dim)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    best, best_state, curve, bad = -1.0, None, [], 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = rng.permutation(len(examples))
+        total, nb = 0.0, 0
+        for s in range(0, len(order), batch_queries):
+            batch = [_sample_rows(examples[i], list_rows, rng) for i in order[s:s + batch_queries]]
+            feats, qtok, qmask, glob, sizes = collate([e.cands for e in batch])
+            logits = model(feats, qtok, qmask, glob)
+            keep, pairs, r = [], [], 0
+            for e in batch:
+                n = e.cands.feats.shape[0]
+                nm = torch.zeros(n, dtype=torch.bool)
+                if len(e.pairs):
+                    nm[e.pairs[:, 1]] = True
+                    pairs.append(e.pairs + r)
+                keep.append(~nm)
+                r += n
+            keep_t = torch.cat(keep)
+            labels = torch.cat([e.labels for e in batch])
+            kept_sizes = [int(k.sum()) for k in keep]
+            loss = listwise_loss(logits[keep_t], labels[keep_t], kept_sizes)
+            if pairs:
+                loss = loss + near_miss_weight * pair_loss(logits, torch.cat(pairs))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            total += float(loss.detach())
+            nb += 1
+        scores = score(model, [c for c, _ in val])
+        v = float(np.mean([ndcg_at(s, g) for s, (_, g) in zip(scores, val, strict=True)])) if val else 0.0
+        curve.append({"epoch": epoch, "loss": total / max(nb, 1), "val_ndcg10": v})
+        if log:
+            log(f"epoch {epoch}: loss {total / max(nb, 1):.4f} val nDCG@10 {v:.4f}")
+        if v > best:
+            best, bad = v, 0
+            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, curve

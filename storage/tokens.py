@@ -1,0 +1,180 @@
+"""Token vectors of an index version's documents, for token x token maps.
+
+Two stores:
+- "float16": the embedding stage's shards, memory-mapped (no copy);
+- "pq": the same vectors product-quantized (faiss PQ, `m` bytes per token), written
+  into the index version as `tokens_pq.faiss` + `tokens_pq.npy` + `tokens_pq.parquet`
+  (each document's [start, end) rows), a fraction of the bytes.
+
+Both return a document's tokens with each chunk's [CLS]/[SEP] dropped and the
+chunks concatenated in order (overlapping tokens appear twice, as they were encoded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import write_parquet, write_with
+
+PQ_CODEC = "tokens_pq.faiss"
+PQ_CODES = "tokens_pq.npy"
+PQ_DOCS = "tokens_pq.parquet"
+PIECES = "pieces.parquet"
+IDF = "idf.npy"
+
+
+class TokenSource:
+    """float16 token vectors of a version's documents, read from the embedding shards."""
+
+    kind = "float16"
+
+    def __init__(self, shard_dir: Path, chunks: pa.Table):
+        self.shard_dir = shard_dir
+        cols = chunks.select(["doc_id", "chunk_idx", "shard", "token_offset", "n_tokens"]).to_pydict()
+        self._rows: dict[str, list[tuple[int, str, int, int]]] = {}
+        for d, c, s, o, n in zip(cols["doc_id"], cols["chunk_idx"], cols["shard"], cols["token_offset"],
+                                 cols["n_tokens"], strict=True):
+            self._rows.setdefault(d, []).append((c, s, o, n))
+        for rows in self._rows.values():
+            rows.sort()
+        self._mm: dict[str, np.ndarray] = {}
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self._rows
+
+    def doc_ids(self) -> list[str]:
+        return list(self._rows)
+
+    def _shard(self, s: str) -> np.ndarray:
+        if s not in self._mm:
+            path = self.shard_dir / f"{s}.tokens.npy"
+            if not path.is_file():
+                raise FileNotFoundError(f"token shard missing: {path}")
+            self._mm[s] = np.load(path, mmap_mode="r")
+        return self._mm[s]
+
+    def doc(self, doc_id: str) -> np.ndarray:
+        parts = [self._shard(s)[o + 1:o + n - 1] for _, s, o, n in self._rows[doc_id]]
+        return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+
+    def docs(self, doc_ids: list[str]) -> list[np.ndarray]:
+        return [self.doc(d) for d in doc_ids]
+
+    def bytes_per_doc(self) -> float:
+        n = sum(n for rows in self._rows.values() for _, _, _, n in rows)
+        dim = next(iter(self._mm.values())).shape[1] if self._mm else self._dim()
+        return n * dim * 2 / max(len(self._rows), 1)
+
+    def _dim(self) -> int:
+        first = next(iter(self._rows.values()))[0]
+        return int(self._shard(first[1]).shape[1])
+
+
+class PQTokenSource:
+    """Product-quantized token vectors stored in the index version."""
+
+    kind = "pq"
+
+    def __init__(self, folder: Path):
+        self.codec = faiss.read_index(str(folder / PQ_CODEC))
+        self.codes = np.load(folder / PQ_CODES, mmap_mode="r")
+        t = pq.read_table(folder / PQ_DOCS).to_pydict()
+        self._span = {d: (s, e) for d, s, e in zip(t["doc_id"], t["start"], t["end"], strict=True)}
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self._span
+
+    def doc_ids(self) -> list[str]:
+        return list(self._span)
+
+    def doc(self, doc_id: str) -> np.ndarray:
+        s, e = self._span[doc_id]
+        return self.codec.sa_decode(np.ascontiguousarray(self.codes[s:e]))
+
+    def docs(self, doc_ids: list[str]) -> list[np.ndarray]:
+        spans = [self._span[d] for d in doc_ids]
+        if not spans:
+            return []
+        flat = np.concatenate([self.codes[s:e] for s, e in spans])
+        dec = self.codec.sa_decode(np.ascontiguousarray(flat))
+        out, r = [], 0
+        for s, e in spans:
+            out.append(dec[r:r + e - s])
+            r += e - s
+        return out
+
+    def bytes_per_doc(self) -> float:
+        return self.codes.shape[0] * self.codes.shape[1] / max(len(self._span), 1)
+
+
+def train_pq(sample: np.ndarray, m: int, nbits: int = 8) -> faiss.Index:
+    """A PQ codec over unit-norm token vectors (the maps are cosine maps, so norms do not matter)."""
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    faiss.normalize_L2(x)
+    codec = faiss.IndexPQ(x.shape[1], m, nbits)
+    codec.train(x)
+    return codec
+
+
+def write_pq_tokens(folder: Path, source: TokenSource, *, m: int = 48, sample_tokens: int = 100_000,
+                    seed: int = 0) -> dict:
+    """Quantize every document's tokens of `source` into `folder`; returns size figures."""
+    ids = source.doc_ids()
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(ids), size=min(len(ids), max(1, sample_tokens // 200)), replace=False)
+    sample = np.concatenate([source.doc(ids[i]) for i in sorted(pick)]).astype(np.float32)
+    if len(sample) > sample_tokens:
+        sample = sample[rng.choice(len(sample), sample_tokens, replace=False)]
+    codec = train_pq(sample, m)
+    codes, starts, ends, r = [], [], [], 0
+    for d in ids:
+        x = np.ascontiguousarray(source.doc(d), dtype=np.float32)
+        faiss.normalize_L2(x)
+        codes.append(codec.sa_encode(x))
+        starts.append(r)
+        r += len(x)
+        ends.append(r)
+    allc = np.concatenate(codes) if codes else np.zeros((0, codec.sa_code_size()), np.uint8)
+    write_with(folder / PQ_CODEC, lambda tmp: faiss.write_index(codec, str(tmp)))
+
+    def _save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, allc)
+
+    write_with(folder / PQ_CODES, _save)
+    write_parquet(folder / PQ_DOCS, pa.table({"doc_id": ids, "start": pa.array(starts, pa.int64()),
+                                              "end": pa.array(ends, pa.int64())}))
+    return {"m": m, "bits": 8, "tokens": int(r), "bytes_per_doc": float(allc.nbytes / max(len(ids), 1))}
+
+
+def has_pq(folder: Path) -> bool:
+    return all((folder / f).is_file() for f in (PQ_CODEC, PQ_CODES, PQ_DOCS))
+
+
+def write_pieces(folder: Path, doc_ids: list[str], pieces: list[np.ndarray], idf: np.ndarray) -> None:
+    """Each document's word-piece ids (aligned with its token vectors) and the corpus idf table."""
+    write_parquet(folder / PIECES, pa.table({"doc_id": doc_ids,
+                                             "pieces": pa.array([p.tolist() for p in pieces],
+                                                                pa.list_(pa.int32()))}))
+
+    def _save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, idf.astype(np.float32))
+
+    write_with(folder / IDF, _save)
+
+
+def read_pieces(folder: Path) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+    if not (folder / PIECES).is_file() or not (folder / IDF).is_file():
+        return None
+    t = pq.read_table(folder / PIECES)
+    ids = t["doc_id"].to_pylist()
+    col = t["pieces"].combine_chunks()
+    flat = col.values.to_numpy(zero_copy_only=False)
+    offs = col.offsets.to_numpy()
+    return ({d: flat[offs[i]:offs[i + 1]] for i, d in enumerate(ids)}, np.load(folder / IDF))

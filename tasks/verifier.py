@@ -1,0 +1,166 @@
+"""train_verifier: mine training lists from the published index, add structural near-misses, train,
+publish a verifier version, log its curves into DuckDB."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from sidestep.beir import load_qrels, load_queries
+from sidestep.config import Settings
+from sidestep.encoder import Encoder, doc_text
+from sidestep.nearmiss import near_misses
+from sidestep.verifier import (
+    Example,
+    VerifierConfig,
+    fit,
+    n_parameters,
+    prepare,
+    query_piece_ids,
+    query_tokens,
+)
+from storage.artifacts import new_version_name
+from storage.documents import DocumentStore
+from storage.indexes import load_current, load_token_view
+from storage.paths import DataRoot
+from storage.verifiers import publish_verifier
+from storage.warehouse import Warehouse
+
+from .common import encoder_for
+
+
+def _doc_rows(doc_ids) -> dict[str, list[int]]:
+    rows: dict[str, list[int]] = {}
+    for i, d in enumerate(doc_ids):
+        rows.setdefault(d, []).append(i)
+    return rows
+
+
+def _encode_near_misses(enc: Encoder, items: list[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(title, text) -> (token vectors, word pieces aligned with them, pooled chunk vectors)."""
+    if not items:
+        return []
+    encoded = enc.encode_documents([(str(i), t, x) for i, (t, x) in enumerate(items)])
+    ids = enc.tokenize_documents([doc_text(t, x) for t, x in items])["input_ids"]
+    out = []
+    for e, pieces in zip(encoded, ids, strict=True):
+        toks = np.concatenate([t[1:-1] for t in e.tokens])
+        p = np.asarray([x for c in e.chunks for x in pieces[c.tok_start:c.tok_end]], np.int32)
+        out.append((toks, p, e.pooled))
+    return out
+
+
+def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *,
+                          split: str = "train", seed: int = 0, log=print) -> dict:
+    """Train on DATASET_DIR's SPLIT qrels (never the test split) against DOMAIN's current index."""
+    if split == "test":
+        raise ValueError("the verifier never trains on test queries; use the train split")
+    t0 = time.perf_counter()
+    v = settings.verify
+    ix = settings.index
+    from storage.artifacts import IndexStore
+
+    corpus = load_current(IndexStore(root), domain, overfetch=ix.chunk_overfetch, doc_score=ix.doc_score)
+    if corpus is None:
+        raise RuntimeError(f"domain {domain!r} has no published index; run `sidestep reindex --domain {domain}`")
+    view = load_token_view(root, settings, domain, corpus.version)
+    queries = load_queries(dataset_dir, split=split)
+    qrels = load_qrels(dataset_dir, split)
+    if not queries:
+        raise ValueError(f"{dataset_dir} has no {split} queries with judgments")
+    enc = encoder_for(settings)
+    qids = list(queries)
+    texts = [queries[q] for q in qids]
+    pooled, qtoks = enc.encode_queries_with_tokens(texts)
+    qpieces = enc.query_ids(texts)
+    hits = corpus.searcher.search(pooled, v.candidates)
+    rows = _doc_rows(corpus.searcher.doc_ids)
+    index = corpus.searcher.index
+    docs = DocumentStore(root).read(domain, include_deleted=False)
+    text_of = {d: (t or "", x) for d, t, x in zip(*(docs[c].to_pylist() for c in ("doc_id", "title", "text")),
+                                                   strict=True)}
+    # near-misses of every positive, encoded in one pass
+    nm_items, nm_owner, kinds = [], [], Counter()
+    for j, q in enumerate(qids):
+        for d, rel in qrels.get(q, {}).items():
+            if rel > 0 and d in text_of and d in view.pieces:
+                for nm in near_misses(texts[j], text_of[d][1], n=v.near_misses, seed=seed):
+                    nm_items.append((text_of[d][0], nm.text))
+                    nm_owner.append((j, d))
+                    kinds[nm.kind] += 1
+    log(f"near-misses: {len(nm_items)} ({dict(kinds)}); encoding")
+    nm_enc = _encode_near_misses(enc, nm_items)
+    nm_of: dict[int, list[tuple[str, tuple]]] = {}
+    for (j, d), e in zip(nm_owner, nm_enc, strict=True):
+        nm_of.setdefault(j, []).append((d, e))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(qids))
+    n_val = max(1, int(round(len(qids) * v.val_fraction))) if len(qids) > 4 else 0
+    val_set = set(order[:n_val].tolist())
+    cap = VerifierConfig().max_query_tokens
+    examples, val = [], []
+    for j, q in enumerate(qids):
+        cands = [h.doc_id for h in hits[j]]
+        rec = [h.score for h in hits[j]]
+        qt, qp = query_tokens(qtoks[j], cap), query_piece_ids(qpieces[j], cap)
+        rels = qrels.get(q, {})
+        if j in val_set:
+            c = prepare(qt, qp, view.source.docs(cands), [view.pieces[d] for d in cands], view.idf,
+                        np.asarray(rec, np.float32), v.max_doc_tokens)
+            val.append((c, np.asarray([rels.get(d, 0) for d in cands], np.float32)))
+            continue
+        extra = [d for d, r in rels.items() if r > 0 and d not in cands and d in view.pieces and d in rows]
+        ds = cands + extra
+        rec += [float((index.reconstruct_batch(np.asarray(rows[d], np.int64)) @ pooled[j]).max()) for d in extra]
+        toks = view.source.docs(ds)
+        pieces = [view.pieces[d] for d in ds]
+        pairs = []
+        for d, (nt, npc, npool) in nm_of.get(j, []):
+            pairs.append((ds.index(d), len(toks)))
+            toks.append(nt)
+            pieces.append(npc)
+            rec.append(float((npool @ pooled[j]).max()))
+        labels = torch.tensor([rels.get(d, 0) > 0 for d in ds] + [False] * len(pairs))
+        if not labels.any():
+            continue
+        c = prepare(qt, qp, toks, pieces, view.idf, np.asarray(rec, np.float32), v.max_doc_tokens,
+                    n_list=len(cands))
+        examples.append(Example(c, labels, torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)))
+    t_data = time.perf_counter() - t0
+    log(f"training lists: {len(examples)} train, {len(val)} validation queries ({t_data:.0f} s to build)")
+    cfg = VerifierConfig()
+    model, curve = fit(examples, val, cfg, enc.dim, epochs=v.epochs, near_miss_weight=v.near_miss_weight,
+                       seed=seed, log=log)
+    best = max(curve, key=lambda c: c["val_ndcg10"]) if curve else {}
+    fp = hashlib.sha256(json.dumps({"index": corpus.version, "dataset": str(Path(dataset_dir).resolve()),
+                                    "split": split, "seed": seed, "cfg": cfg.as_dict()}, sort_keys=True).encode())
+    version = new_version_name(fp.hexdigest())
+    manifest = {"index_version": corpus.version, "dataset": str(Path(dataset_dir).resolve()), "split": split,
+                "config": cfg.as_dict(), "parameters": n_parameters(model), "seed": seed,
+                "train_queries": len(examples), "val_queries": len(val), "near_misses": dict(kinds),
+                "best_epoch": best.get("epoch"), "val_ndcg10": best.get("val_ndcg10"),
+                "epochs_run": len(curve), "encoder": corpus.manifest.get("encoder")}
+    publish_verifier(root, domain, version, model, manifest, settings.index.keep_versions)
+    with Warehouse(root.eval_db()) as wh:
+        wh.record_verifier_curve(domain, version, curve)
+    seconds = time.perf_counter() - t0
+    return {"domain": domain, "version": version, "seconds": round(seconds, 1), **manifest}
+
+
+@task(name="train-verifier", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE, tags=["verifier"])
+def train_verifier_task(root: str, settings: Settings, dataset_dir: str, domain: str, split: str = "train",
+                        seed: int = 0) -> dict:
+    log = get_run_logger()
+    out = train_verifier_domain(DataRoot(Path(root)), settings, dataset_dir, domain, split=split, seed=seed,
+                                log=log.info)
+    log.info("verifier %s/%s: %d parameters, best validation nDCG@10 %.4f at epoch %s, %.0f s", domain,
+             out["version"], out["parameters"], out["val_ndcg10"] or 0.0, out["best_epoch"], out["seconds"])
+    return out

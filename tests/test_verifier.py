@@ -1,0 +1,146 @@
+"""The verifier's parts on tiny inline data: map features, lexical features, masks, losses, and a
+planted problem it must learn (recall scores are noise there; the evidence is in the token maps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sidestep.lexical import BM25, rrf
+from sidestep.nearmiss import KINDS, content_words, near_misses
+from sidestep.verifier import (
+    N_TOKEN_FEATURES,
+    Candidates,
+    Example,
+    Verifier,
+    VerifierConfig,
+    collate,
+    fit,
+    idf_table,
+    lexical_features,
+    listwise_loss,
+    map_features,
+    maxsim,
+    n_parameters,
+    ndcg_at,
+    pad_docs,
+    prepare,
+    score,
+    similarity,
+)
+
+
+def unit(rng, n, d=16):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_map_features_see_which_query_token_matched_where():
+    rng = np.random.default_rng(0)
+    q = unit(rng, 3)
+    doc = np.concatenate([unit(rng, 5), q[1:2], unit(rng, 2)])  # query token 1 sits at position 5 of 8
+    dt, mask = pad_docs([doc], 16)
+    sim = similarity(torch.from_numpy(q), dt)
+    f = map_features(sim, mask)
+    assert f.shape == (1, 3, N_TOKEN_FEATURES - 3)
+    assert f[0, 1, 0] == pytest.approx(1.0, abs=1e-5)  # best match of the planted token
+    assert f[0, 1, -2] == pytest.approx(5 / 8)  # ... and where it is
+    assert float(f[0, 0, 0]) < 0.99
+    # MaxSim is the sum of the per-token maxima, padding ignored
+    ref = (q @ doc.T).max(1).sum()
+    assert float(maxsim(sim, mask)[0]) == pytest.approx(float(ref), abs=1e-5)
+
+
+def test_lexical_features_count_query_pieces_in_each_document():
+    idf = idf_table([[1, 2], [2, 3], [2]], vocab_size=5)
+    assert idf[2] < idf[1] == idf[3] and idf[4] > idf[1]  # common piece < rarer piece < unseen piece
+    f = lexical_features([1, 2], [np.array([1, 1, 2]), np.array([3])], idf)
+    assert f.shape == (2, 2, 3)
+    assert f[0, 0, 1] == pytest.approx(np.log1p(2)) and f[0, 0, 2] == 1
+    assert f[1, 0, 2] == 0 and f[1, 1, 2] == 0
+    assert f[0, 0, 0] == pytest.approx(idf[1] / 10)
+
+
+def _cands(rng, n_q=4, n_docs=6, planted=0, dim=16):
+    q = unit(rng, n_q, dim)
+    docs = [unit(rng, 10, dim) for _ in range(n_docs)]
+    docs[planted][:n_q] = q  # the relevant document holds the query's tokens
+    pieces = [np.arange(10) + 100 for _ in range(n_docs)]
+    recall = rng.normal(size=n_docs).astype(np.float32)  # recall scores are noise here
+    return prepare(torch.from_numpy(q), list(range(n_q)), docs, pieces, np.ones(200, np.float32), recall, 64)
+
+
+def test_padding_does_not_change_a_query_score():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    model = Verifier(VerifierConfig(width=32, ff=64), 16).eval()
+    short, long_ = _cands(rng, n_q=2), _cands(rng, n_q=6)
+    alone = score(model, [short])[0]
+    together = score(model, [short, long_])[0]  # short is padded to 6 query tokens here
+    np.testing.assert_allclose(alone, together, atol=1e-5)
+    assert n_parameters(model) < 2_000_000
+
+
+def test_losses_send_gradient_to_every_part():
+    rng = np.random.default_rng(2)
+    model = Verifier(VerifierConfig(width=32, ff=64), 16)
+    c = _cands(rng)
+    feats, qtok, qmask, glob, sizes = collate([c])
+    logits = model(feats, qtok, qmask, glob)
+    labels = torch.zeros(len(logits), dtype=torch.bool)
+    labels[0] = True
+    listwise_loss(logits, labels, sizes).backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad and "pos" not in name:
+            assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+
+
+def test_the_verifier_learns_a_planted_problem_that_recall_misses():
+    rng = np.random.default_rng(3)
+    train = []
+    for _ in range(60):
+        c = _cands(rng, planted=int(rng.integers(6)))
+        lab = torch.zeros(6, dtype=torch.bool)
+        lab[int(torch.argmax(c.maxsim))] = True
+        train.append(Example(c, lab))
+    val, recall_ndcg = [], []
+    for _ in range(20):
+        p = int(rng.integers(6))
+        c = _cands(rng, planted=p)
+        gains = np.zeros(6, np.float32)
+        gains[p] = 1
+        val.append((c, gains))
+        recall_ndcg.append(ndcg_at(c.glob[:, 0].numpy(), gains))
+    model, curve = fit(train, val, VerifierConfig(width=32, ff=64), 16, epochs=15, lr=3e-3, patience=15)
+    learned = np.mean([ndcg_at(s, g) for s, (_, g) in zip(score(model, [c for c, _ in val]), val, strict=True)])
+    assert learned > 0.95 > np.mean(recall_ndcg) + 0.2
+    assert curve[0]["loss"] > curve[-1]["loss"]
+
+
+def test_near_misses_change_what_the_query_asks_about():
+    q = "Does aspirin increase the risk of bleeding in adults?"
+    text = "Aspirin is associated with increased bleeding risk in adults. The effect was 12 percent."
+    out = near_misses(q, text, n=5, seed=0)
+    assert {m.kind for m in out} <= set(KINDS) and len(out) >= 4
+    assert all(m.text != text for m in out) and len({m.text for m in out}) == len(out)
+    by = {m.kind: m for m in out}
+    assert "decreased" in by["antonym"].text or "Aspirin is not" in by.get("negation", by["antonym"]).text
+    assert by["number"].text != text and "12" not in by["number"].text
+    assert near_misses(q, text, n=5, seed=0) == out  # reproducible
+    assert near_misses("x", "", n=3) == []
+    assert "aspirin" in content_words(q) and "the" not in content_words(q)
+
+
+def test_antonyms_of_query_words_come_first():
+    out = near_misses("intramolecular priming of BC1 RNA", "BC1 RNA primes in an intramolecular fashion.", n=1)
+    assert out[0].kind == "antonym" and "intermolecular" in out[0].text
+
+
+def test_bm25_and_rrf_on_inline_data():
+    bm = BM25(["a", "b", "c"], ["cats chase mice", "dogs chase cats and cats", "the stock market"])
+    hits = bm.search(["cats"], 3)[0]
+    assert [d for d, _ in hits] == ["b", "a"]  # "c" does not match at all
+    fused = rrf([["a", "b"], ["b", "c"]], 3, c=60)
+    assert fused[0][0] == "b" and fused[0][1] == pytest.approx(1 / 62 + 1 / 61)
+    assert Candidates is not None

@@ -1,0 +1,106 @@
+"""Recall -> verify end to end on a small BEIR folder: the train_verifier flow publishes a version,
+`evaluate` runs the verifier with its baselines in one run, the in-process search path applies it,
+and the compressed token store keeps its promises."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from flows.evaluate import evaluate_flow, train_verifier_flow
+from serving.core import SearchService
+from sidestep.config import SAMPLES_DIR
+from storage.artifacts import IndexStore
+from storage.indexes import load_token_view
+from storage.verifiers import load_verifier, verifier_store
+from storage.warehouse import Warehouse
+
+from .conftest import write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+@pytest.fixture
+def handbook(tmp_path):
+    """The handbook sample split in two: its first 16 queries' judgments become the train split."""
+    folder = tmp_path / "handbook"
+    shutil.copytree(SAMPLES_DIR / "handbook", folder)
+    lines = (folder / "qrels" / "test.tsv").read_text().splitlines()
+    head, rows = lines[0], lines[1:]
+    train = [r for r in rows if int(r.split()[0][1:]) <= 16]
+    test = [r for r in rows if int(r.split()[0][1:]) > 16]
+    (folder / "qrels" / "train.tsv").write_text("\n".join([head, *train]) + "\n")
+    (folder / "qrels" / "test.tsv").write_text("\n".join([head, *test]) + "\n")
+    return folder
+
+
+def test_evaluate_trains_the_verifier_and_runs_every_baseline_beside_it(data_root, handbook, settings):
+    res = evaluate_flow(dataset_dir=str(handbook), domain="hb", k=20)
+    assert res["verify"]["applied"] and res["verify"]["candidates"] == settings.verify.candidates
+    assert set(res["baselines"]) == {"pooled_cosine", "maxsim", "bm25", "rrf_bm25_dense"}
+    for m in [res["metrics"], *res["baselines"].values()]:
+        assert set(m) == {"ndcg@10", "mrr@10", "recall@100"} and 0 <= m["ndcg@10"] <= 1
+    train = res["verifier_training"]
+    assert train["train_queries"] > 0 and sum(train["near_misses"].values()) > 0
+    assert res["cost"]["verify_over_maxsim"] > 0 and res["cost"]["token_store"] == "float16"
+    # a verifier version is published, its curve is in DuckDB, every configuration is a stored run
+    v = verifier_store(data_root).current("hb")
+    assert v == train["version"]
+    assert load_verifier(data_root, "hb").manifest["index_version"] == res["index_version"]
+    with Warehouse(data_root.eval_db(), read_only=True) as wh:
+        curve = wh.query("SELECT count(*) AS n FROM verifier_curves WHERE verifier_version = ?", [v])
+        assert curve["n"][0].as_py() >= 2
+        runs = wh.query("SELECT label FROM runs WHERE group_id = ? ORDER BY label", [res["run_group"]])
+        assert sorted(runs["label"].to_pylist()) == sorted(["main", "pooled_cosine", "maxsim", "bm25",
+                                                            "rrf_bm25_dense"])
+    # recall only: the pooled-cosine baseline is exactly what the no-verify configuration returns
+    plain = evaluate_flow(dataset_dir=str(handbook), domain="hb", k=20, verify=False)
+    assert not plain["verify"]["applied"]
+    assert plain["metrics"] == pytest.approx(res["baselines"]["pooled_cosine"])
+    # the served path applies the same verifier and reports each stage's time
+    svc = SearchService(settings, data_root)
+    out = svc.search("who gets paged for a sev2", k=5, domain="hb")
+    assert out["verify"]["applied"] and out["verify"]["verifier_version"] == v
+    assert {"encode", "recall", "token_maps", "verify", "total"} <= set(out["timings_ms"])
+    scores = [h["score"] for h in out["results"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 5
+    off = svc.search("who gets paged for a sev2", k=5, domain="hb", verify=False)
+    assert not off["verify"]["applied"] and all(h["score"] == h["recall_score"] for h in off["results"])
+
+
+def test_the_verifier_never_trains_on_test_queries(data_root, handbook):
+    with pytest.raises(Exception, match="never trains on test"):
+        train_verifier_flow(dataset_dir=str(handbook), domain="hb", split="test")
+
+
+def test_a_corrupt_verifier_version_is_refused_and_the_old_one_keeps_serving(data_root, handbook, settings):
+    first = train_verifier_flow(dataset_dir=str(handbook), domain="hb")
+    svc = SearchService(settings, data_root)
+    assert svc.verifier.verifiers["hb"].version == first["version"]
+    second = train_verifier_flow(dataset_dir=str(handbook), domain="hb", seed=1)
+    store = verifier_store(data_root)
+    model = store.path("hb", second["version"]) / "model.pt"
+    model.write_bytes(model.read_bytes()[:-64] + b"\0" * 64)
+    assert svc.verifier.refresh() == {}
+    assert svc.verifier.verifiers["hb"].version == first["version"]
+    assert "refused verifier hb/" in svc.verifier.errors["hb"]
+    out = svc.search("who gets paged for a sev2", k=3, domain="hb")
+    assert out["verify"]["verifier_version"] == first["version"]
+
+
+def test_pq_token_store_is_a_fraction_of_float16_and_still_verifies(data_root, handbook, tmp_path):
+    settings = write_config(tmp_path / "pq.toml", '[verify]\ntoken_store = "pq"\npq_bytes = 16\n')
+    res = evaluate_flow(dataset_dir=str(handbook), domain="hb", k=20, config_path=str(tmp_path / "pq.toml"))
+    assert res["verify"]["applied"] and res["cost"]["token_store"] == "pq"
+    version = IndexStore(data_root).current("hb")
+    pq_view = load_token_view(data_root, settings, "hb", version)
+    f16 = load_token_view(data_root, settings.model_copy(update={"verify": settings.verify.model_copy(
+        update={"token_store": "float16"})}), "hb", version)
+    assert pq_view.source.bytes_per_doc() < f16.source.bytes_per_doc() / 40  # 16 bytes vs 768 per token
+    doc = f16.source.doc_ids()[0]
+    a, b = pq_view.source.doc(doc), f16.source.doc(doc).astype(np.float32)
+    assert a.shape == b.shape
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    assert float(np.mean(np.sum(a * b, axis=1))) > 0.6  # decoded vectors point where the originals do
