@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install run test lint bench bench-rec ui clean
+.PHONY: install run test lint bench bench-rec bench-verify ui clean
 
 install: $(STAMP)
 
@@ -34,9 +34,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/rec.py
+	$(BIN)/python benchmarks/verify.py
 
 bench-rec: $(STAMP)
 	$(BIN)/python benchmarks/rec.py
+
+bench-verify: $(STAMP)
+	$(BIN)/python benchmarks/verify.py
 
 # a local Prefect server + UI on 127.0.0.1:4200 and a runner serving every deployment
 ui: $(STAMP)

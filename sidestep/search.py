@@ -83,18 +83,17 @@ def rerank(model: Verifier, views: Sequence[TokenView], qtoks: Sequence[np.ndarr
            ) -> list[tuple[np.ndarray, dict[str, float]]]:
     """Verifier scores for several queries' candidates: maps built per query, one model forward for all.
     qtoks and qpieces include [CLS]/[SEP] as the encoder returns them."""
-    t0 = time.perf_counter()
     items, spent = [], []
-    for view, qt, qp, ids, rec in zip(views, qtoks, qpieces, doc_ids, recalls, strict=True):
-        s = time.perf_counter()
-        cap = model.cfg.max_query_tokens
-        items.append(prepare(query_tokens(qt, cap), query_piece_ids(qp, cap), view.source.docs(list(ids)),
-                             [view.pieces[d] for d in ids], view.idf, rec, max_doc_tokens))
-        spent.append((time.perf_counter() - s) * 1e3)
-    t1 = time.perf_counter()
-    scores = score(model, items)
+    cap = model.cfg.max_query_tokens
+    with torch.inference_mode():
+        for view, qt, qp, ids, rec in zip(views, qtoks, qpieces, doc_ids, recalls, strict=True):
+            t0 = time.perf_counter()
+            items.append(prepare(query_tokens(qt, cap), query_piece_ids(qp, cap), view.source.docs(list(ids)),
+                                 [view.pieces[d] for d in ids], view.idf, rec, max_doc_tokens))
+            spent.append((time.perf_counter() - t0) * 1e3)
+        t1 = time.perf_counter()
+        scores = score(model, items)
     verify_ms = (time.perf_counter() - t1) * 1e3
-    del t0
     return [(sc, {"token_maps": ms, "verify": verify_ms}) for sc, ms in zip(scores, spent, strict=True)]
 
 

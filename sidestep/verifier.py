@@ -42,7 +42,9 @@ class VerifierConfig:
     dropout: float = 0.1
     qproj: int = 16
     max_query_tokens: int = 64
-    n_global: int = 5  # dense cosine and its z-score in the list, MaxSim / query length and its z-score, log length
+    # dense cosine, MaxSim / query length, idf-weighted MaxSim, a BM25-style lexical score (each with its
+    # z-score in the list), log length
+    n_global: int = 9
     extra_global: tuple[str, ...] = field(default_factory=tuple)
 
     def as_dict(self) -> dict:
@@ -169,12 +171,28 @@ def _z(x: torch.Tensor, n: int) -> torch.Tensor:
     return (x - ref.mean()) / (ref.std(unbiased=False) + 1e-6) if len(ref) > 1 else torch.zeros_like(x)
 
 
+def weighted_scores(feats: torch.Tensor, lengths: torch.Tensor, n_list: int | None = None, k1: float = 1.2,
+                    b: float = 0.75) -> tuple[torch.Tensor, torch.Tensor]:
+    """From per-token features (C, nq, F): idf-weighted MaxSim, and BM25 over word pieces (length
+    normalized against the list's mean length)."""
+    best = feats[..., 0]
+    idf = feats[..., N_MAP_FEATURES] * 10
+    tf = torch.expm1(feats[..., N_MAP_FEATURES + 1])
+    w_maxsim = (idf * best).sum(-1) / idf.sum(-1).clamp(min=1e-6)
+    avg = lengths[:n_list].float().mean().clamp(min=1)
+    norm = k1 * (1 - b + b * lengths.float() / avg)
+    bm25 = (idf * tf * (k1 + 1) / (tf + norm[:, None])).sum(-1)
+    return w_maxsim, bm25
+
+
 def global_features(recall: np.ndarray, maxsim_scores: torch.Tensor, nq: int, lengths: torch.Tensor,
-                    extra: Sequence[np.ndarray] = (), n_list: int | None = None) -> torch.Tensor:
+                    feats: torch.Tensor, extra: Sequence[np.ndarray] = (), n_list: int | None = None
+                    ) -> torch.Tensor:
     r = torch.as_tensor(np.asarray(recall, dtype=np.float32))
     n = len(r) if n_list is None else n_list
     ms = maxsim_scores / max(nq, 1)
-    cols = [r, _z(r, n), ms, _z(ms, n), torch.log1p(lengths.float()) / 6]
+    wms, lex = weighted_scores(feats, lengths, n)
+    cols = [r, _z(r, n), ms, _z(ms, n), wms, _z(wms, n), lex / 10, _z(lex, n), torch.log1p(lengths.float()) / 6]
     cols += [_z(torch.as_tensor(np.asarray(e, dtype=np.float32)), n) for e in extra]
     return torch.stack(cols, -1)
 
@@ -201,7 +219,8 @@ def prepare(qtok: torch.Tensor, qids: Sequence[int], docs: Sequence[np.ndarray],
     sim = similarity(qtok, dt)
     ms = maxsim(sim, mask)
     feats = torch.cat([map_features(sim, mask), lexical_features(qids, doc_ids, idf)], -1)
-    return Candidates(feats, qtok, global_features(recall, ms, len(qtok), mask.sum(-1), extra, n_list), ms)
+    glob = global_features(recall, ms, len(qtok), mask.sum(-1), feats, extra, n_list)
+    return Candidates(feats, qtok, glob, ms)
 
 
 def idf_table(doc_piece_ids: Sequence[Sequence[int]], vocab_size: int) -> np.ndarray:
@@ -300,7 +319,7 @@ def _sample_rows(e: Example, rows: int, rng: np.random.Generator) -> Example:
 def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]], cfg: VerifierConfig, dim: int,
         *, epochs: int = 30, batch_queries: int = 16, lr: float = 1e-3, weight_decay: float = 1e-4,
         seed: int = 0, patience: int = 6, near_miss_weight: float = 0.3, list_rows: int = 32,
-        log=None) -> tuple[Verifier, list[dict]]:
+        log=None, on_epoch=None) -> tuple[Verifier, list[dict]]:
     """Listwise training; the epoch with the best validation nDCG@10 (val: candidates + gains) is kept.
 
     Each epoch reads every positive, its near-misses and `list_rows` rows of the list drawn at random
@@ -309,6 +328,8 @@ def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]
     rng = np.random.default_rng(seed)
     model = Verifier(cfg, dim)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * max(1, -(-len(examples) // batch_queries))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     best, best_state, curve, bad = -1.0, None, [], 0
     for epoch in range(1, epochs + 1):
         model.train()
@@ -337,6 +358,7 @@ def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            sched.step()
             total += float(loss.detach())
             nb += 1
         scores = score(model, [c for c, _ in val])
@@ -344,6 +366,8 @@ def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]
         curve.append({"epoch": epoch, "loss": total / max(nb, 1), "val_ndcg10": v})
         if log:
             log(f"epoch {epoch}: loss {total / max(nb, 1):.4f} val nDCG@10 {v:.4f}")
+        if on_epoch:
+            on_epoch(model, epoch)
         if v > best:
             best, bad = v, 0
             best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}

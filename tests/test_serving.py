@@ -221,3 +221,37 @@ def test_overload_gets_fast_503_with_retry_after_and_no_timeouts(server):
     assert codes.count(200) >= 24  # what the replica admits was served
     assert elapsed < 60
     assert server.get("/healthz").status_code == 200
+
+
+def test_a_published_verifier_is_hot_loaded_and_reranks_through_the_verifier_deployment(server, sample, tmp_path,
+                                                                                        settings):
+    """Train a verifier for one domain while the app serves: the verifier deployment loads it, /search
+    applies it (scores reordered, stages timed), verify=false still answers recall only."""
+    import shutil
+
+    from sidestep.config import SAMPLES_DIR
+    from storage.verifiers import verifier_store
+    from tasks.verifier import train_verifier_domain
+
+    folder = tmp_path / "handbook"
+    shutil.copytree(SAMPLES_DIR / "handbook", folder)
+    shutil.copy(folder / "qrels" / "test.tsv", folder / "qrels" / "train.tsv")
+    fast = settings.model_copy(update={"verify": settings.verify.model_copy(update={"epochs": 2})})
+    trained = train_verifier_domain(sample.root, fast, str(folder), "handbook", log=lambda m: None)
+    assert verifier_store(sample.root).current("handbook") == trained["version"]
+    body = {"query": "who gets paged for a sev2", "domain": "handbook", "k": 5}
+    deadline, out = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        r = server.post("/search", json=body)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        if out["verify"]["applied"]:
+            break
+        time.sleep(0.5)
+    assert out["verify"]["applied"] and out["verify"]["verifier_version"] == trained["version"]
+    assert {"encode", "recall", "token_maps", "verify", "total"} <= set(out["timings_ms"])
+    scores = [h["score"] for h in out["results"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 5
+    off = server.post("/search", json={**body, "verify": False}).json()
+    assert off["verify"] == {"requested": False, "applied": False}
+    assert all(h["score"] == h["recall_score"] for h in off["results"])

@@ -1,0 +1,267 @@
+"""Recall -> verify benchmark on the real public datasets; writes the verify section of BENCHMARKS.md.
+
+One run, one machine, every baseline beside the verifier:
+- SciFact test: `sidestep eval` (trains the verifier on qrels/train.tsv first) with pooled cosine, MaxSim
+  reranking the same 100 candidates, BM25 and BM25 + dense fusion; verify-stage cost as a ratio to MaxSim;
+- msmarco-5k: the same command with SciFact's verifier (msmarco-5k has no training queries);
+- scifact-antonym: does the constraint-satisfying document rank above the violating one, among recall's
+  candidates from that corpus (pooled cosine, MaxSim, verifier);
+- compressed token store: the SciFact index republished with PQ codes, the same verifier evaluated on it;
+- HTTP: the Ray Serve endpoint with verify on, 100 candidates, one client (p50/p99) and 8 clients.
+
+Usage: .venv/bin/python benchmarks/verify.py [--data ../shared/data] [--resume ROOT] [--render-only ROOT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from run import _is_ray, sh  # noqa: E402
+
+START, END = "<!-- verify:start -->", "<!-- verify:end -->"
+
+
+def antonym_probe(root: Path, data: Path, env: dict) -> dict:
+    """Ingest the probe corpus, then rank recall's top candidates for each probe query three ways."""
+    import numpy as np
+
+    from sidestep.config import load_settings
+    from sidestep.search import maxsim_rerank, rerank
+    from storage.artifacts import IndexStore
+    from storage.indexes import load_current, load_token_view
+    from storage.paths import DataRoot
+    from storage.verifiers import load_verifier
+    from tasks.common import encoder_for
+
+    folder = data / "scifact-antonym"
+    cfg = root / "antonym.toml"
+    cfg.write_text(f'[[sources]]\ndomain = "antonym"\npath = "{folder / "corpus_antonym.jsonl"}"\nformat = "jsonl"\n'
+                   'id_field = "doc_id"\ntitle_field = "title"\ntext_field = "text"\n')
+    sh(["reindex", "--domain", "antonym", "--json"], {**env, "SIDESTEP_CONFIG": str(cfg)})
+    settings = load_settings(None)
+    dr = DataRoot(root)
+    corpus = load_current(IndexStore(dr), "antonym")
+    view = load_token_view(dr, settings, "antonym", corpus.version)
+    ver = load_verifier(dr, "scifact")
+    enc = encoder_for(settings)
+    qs = [json.loads(x) for x in (folder / "queries_antonym.jsonl").read_text().splitlines() if x.strip()]
+    wins = {"pooled_cosine": 0, "maxsim": 0, "verifier": 0}
+    pairs = 0
+    for q in qs:
+        pooled, toks = enc.encode_queries_with_tokens([q["query"]])
+        pieces = enc.query_ids([q["query"]])[0]
+        hits = corpus.searcher.search(pooled, settings.verify.candidates)[0]
+        ids = [h.doc_id for h in hits]
+        rec = np.asarray([h.score for h in hits], np.float32)
+        ms, _ = maxsim_rerank(view, toks[0], ids, settings.verify.max_doc_tokens)
+        (vs, _), = rerank(ver.model, [view], [toks[0]], [pieces], [ids], [rec], settings.verify.max_doc_tokens)
+        by = {n: dict(zip(ids, v, strict=True)) for n, v in (("pooled_cosine", rec), ("maxsim", ms), ("verifier", vs))}
+        for sat in q["constraint_satisfying_doc_ids"]:
+            for vio in q["constraint_violating_doc_ids"]:
+                pairs += 1
+                for name, sc in by.items():
+                    # a document recall missed ranks below every candidate
+                    wins[name] += sc.get(sat, -1e9) > sc.get(vio, -1e9)
+    return {"queries": len(qs), "pairs": pairs, "verifier_version": ver.version,
+            **{f"{k}_prefers_satisfying": v / pairs for k, v in wins.items()}}
+
+
+def http_bench(root: Path, domain: str, queries: list[str], clients: int = 8, seconds: float = 30) -> dict:
+    import httpx
+    import psutil
+
+    from serving.run import ServeHandle
+    from storage.paths import DataRoot
+
+    body = {"domain": domain, "k": 10, "verify": True}
+    out = {}
+    with ServeHandle(DataRoot(root), port=8766, preset="local") as h, httpx.Client(base_url=h.url, timeout=60) as c:
+        deadline = time.monotonic() + 120  # the verifier deployment loads the verifier and token view lazily
+        while time.monotonic() < deadline:
+            r = c.post("/search", json={**body, "query": queries[0]})
+            if r.status_code == 200 and r.json()["verify"]["applied"]:
+                break
+            time.sleep(1)
+        for q in queries[:10]:
+            c.post("/search", json={**body, "query": q})
+        lat, errors, applied, stages = [], 0, 0, {}
+        for q in queries:
+            s = time.perf_counter()
+            r = c.post("/search", json={**body, "query": q})
+            lat.append((time.perf_counter() - s) * 1e3)
+            errors += r.status_code != 200
+            if r.status_code == 200:
+                j = r.json()
+                applied += j["verify"]["applied"]
+                for k, v in j["timings_ms"].items():
+                    stages.setdefault(k, []).append(v)
+        lat.sort()
+        out["one_client"] = {"requests": len(lat), "errors": errors, "verified": applied,
+                             "p50_ms": statistics.median(lat),
+                             "p99_ms": lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))],
+                             "stage_p50_ms": {k: statistics.median(v) for k, v in stages.items()}}
+        counts = {"ok": 0, "errors": 0, "verified": 0}
+        lock = threading.Lock()
+        stop = time.monotonic() + seconds
+
+        def client(i: int) -> None:
+            with httpx.Client(base_url=h.url, timeout=60) as cc:
+                n = i
+                while time.monotonic() < stop:
+                    r = cc.post("/search", json={**body, "query": queries[n % len(queries)]})
+                    n += clients
+                    with lock:
+                        if r.status_code == 200:
+                            counts["ok"] += 1
+                            counts["verified"] += r.json()["verify"]["applied"]
+                        else:
+                            counts["errors"] += 1
+
+        t0 = time.perf_counter()
+        ts = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        wall = time.perf_counter() - t0
+        rss = sum(p.memory_info().rss for p in psutil.process_iter() if _is_ray(p)) / 2**20
+        out["concurrent"] = {"clients": clients, "seconds": wall, **counts, "qps": counts["ok"] / wall,
+                             "serving_rss_mb": rss}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    ap.add_argument("--resume", help="data root of an interrupted run: finished phases are not rerun")
+    ap.add_argument("--render-only", help="data root of a finished run: only rewrite BENCHMARKS.md")
+    ap.add_argument("--note", default="", help="a sentence on the run's conditions")
+    args = ap.parse_args()
+    data = Path(args.data)
+    root = Path(args.resume or args.render_only or tempfile.mkdtemp(prefix="ssb-verify-", dir="/tmp"))
+    partial = root / "bench_verify_partial.json"
+    done: dict = json.loads(partial.read_text()) if partial.is_file() else {}
+    env = {**os.environ, "SIDESTEP_HOME": str(root), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PREFECT_HOME": str(root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "RAY_USAGE_STATS_ENABLED": "0", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env.pop("SIDESTEP_CONFIG", None)
+    os.environ.update({k: v for k, v in env.items() if k != "SIDESTEP_CONFIG"})
+    os.environ.pop("SIDESTEP_CONFIG", None)
+
+    def phase(name: str, fn):
+        if name not in done and not args.render_only:
+            print(f"[{datetime.now(UTC):%H:%M:%S}] {name} ...", flush=True)
+            done[name] = fn()
+            partial.write_text(json.dumps(done, indent=2, default=str))
+        return done.get(name)
+
+    def eval_cmd(extra: list[str], e: dict | None = None) -> dict:
+        res, wall, rss, cpu = sh(["eval", *extra, "--json"], e or env)
+        return {"result": res, "wall_s": wall, "peak_rss_mb": rss, "cpu_s": cpu}
+
+    phase("scifact", lambda: eval_cmd([str(data / "scifact"), "--domain", "scifact"]))
+    phase("msmarco", lambda: eval_cmd([str(data / "msmarco-5k"), "--domain", "msmarco", "--verifier-from",
+                                       "scifact", "--min-rel", "2"]))
+    phase("antonym", lambda: antonym_probe(root, data, env))
+
+    def pq_phase() -> dict:
+        cfg = root / "pq.toml"
+        cfg.write_text('[verify]\ntoken_store = "pq"\npq_bytes = 48\n')
+        return eval_cmd([str(data / "scifact"), "--domain", "scifact", "--no-train-verifier"],
+                        {**env, "SIDESTEP_CONFIG": str(cfg)})
+
+    phase("pq", pq_phase)
+
+    def http_phase() -> dict:
+        from sidestep.beir import load_queries
+
+        # the float16 index again (the pq phase published a PQ version): republish without PQ codes
+        sh(["eval", str(data / "scifact"), "--domain", "scifact", "--no-train-verifier", "--json"], env)
+        return http_bench(root, "scifact", list(load_queries(data / "scifact", split="test").values()))
+
+    phase("http", http_phase)
+    done["meta"] = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "root": str(root), "note": args.note,
+                    "cpus": os.cpu_count()}
+    (REPO / "benchmarks" / "verify_last_run.json").write_text(json.dumps(done, indent=2, default=str))
+    text = Path(args.out).read_text() if Path(args.out).is_file() else "# Benchmarks\n"
+    section = render(done)
+    if START in text:
+        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    Path(args.out).write_text(text)
+    print(section)
+
+
+def _row(name: str, m: dict) -> str:
+    return f"| {name} | {m['ndcg@10']:.4f} | {m['mrr@10']:.4f} | {m['recall@100']:.4f} |"
+
+
+def render(r: dict) -> str:
+    sf, ms, pq, ant, http = (r.get(k) for k in ("scifact", "msmarco", "pq", "antonym", "http"))
+    out = [START, "## Recall, then verify (issue 4)", ""]
+    meta = r.get("meta", {})
+    out.append(f"Measured {meta.get('date')} on this {meta.get('cpus')}-core machine by `benchmarks/verify.py`; "
+               "every baseline comes from the same run. " + meta.get("note", ""))
+    for title, blob in (("SciFact test (300 queries)", sf), ("msmarco-5k (43 judged queries, grade >= 2 counts "
+                                                              "for MRR and Recall; SciFact's verifier)", ms)):
+        if not blob:
+            continue
+        res = blob["result"]
+        out += ["", f"### {title}", "", "| configuration | nDCG@10 | MRR@10 | Recall@100 |", "|---|---|---|---|",
+                _row("**recall -> verify**" if res["verify"]["applied"] else "recall only", res["metrics"])]
+        out += [_row(n, m) for n, m in res["baselines"].items()]
+        c = res.get("cost") or {}
+        if c.get("verify_over_maxsim"):
+            out += ["", f"- Verify stage (token maps + verifier) {c['per_query_token_maps_ms'] + c['per_query_verifier_ms']:.1f} "
+                        f"ms/query vs MaxSim reranking of the same candidates {c['per_query_maxsim_ms']:.1f} ms: "
+                        f"**{c['verify_over_maxsim']:.2f}x**. Token store {c['token_store']}, "
+                        f"{c['bytes_per_doc'] / 1024:.1f} KB per document."]
+        tr = res.get("verifier_training")
+        if tr:
+            out.append(f"- Verifier {tr['version']}: {tr['parameters']:,} parameters, {tr['train_queries']} training "
+                       f"queries, best validation nDCG@10 {tr['val_ndcg10']:.4f} at epoch {tr['best_epoch']}, "
+                       f"trained in {tr['seconds']:.0f} s; near-misses {tr['near_misses']}.")
+        out.append(f"- Whole command: {blob['wall_s']:.0f} s wall, peak RSS {blob['peak_rss_mb']:.0f} MB.")
+    if ant:
+        out += ["", "### scifact-antonym near-miss probe", "",
+                f"{ant['queries']} queries, {ant['pairs']} (satisfying, violating) pairs, ranked among recall's "
+                "candidates from the probe corpus:", "", "| scorer | prefers the satisfying document |", "|---|---|"]
+        out += [f"| {n} | {ant[f'{n}_prefers_satisfying']:.1%} |" for n in ("pooled_cosine", "maxsim", "verifier")]
+    if pq and sf:
+        a, b = sf["result"], pq["result"]
+        out += ["", "### Compressed token store", "",
+                f"- float16: {a['cost']['bytes_per_doc'] / 1024:.1f} KB per document, nDCG@10 {a['metrics']['ndcg@10']:.4f}.",
+                f"- PQ ({b['cost']['token_store']}, 48 bytes per token): {b['cost']['bytes_per_doc'] / 1024:.1f} KB per "
+                f"document, nDCG@10 {b['metrics']['ndcg@10']:.4f} (same verifier): cost "
+                f"**{a['metrics']['ndcg@10'] - b['metrics']['ndcg@10']:+.4f}**; MaxSim on PQ "
+                f"{b['baselines']['maxsim']['ndcg@10']:.4f} vs {a['baselines']['maxsim']['ndcg@10']:.4f}."]
+    if http:
+        o, cc = http["one_client"], http["concurrent"]
+        st = ", ".join(f"{k} {v:.1f}" for k, v in o["stage_p50_ms"].items())
+        out += ["", "### HTTP (Ray Serve, verify on, 100 candidates, k = 10)", "",
+                f"- One client, keep-alive, {o['requests']} SciFact test queries: p50 **{o['p50_ms']:.1f} ms**, "
+                f"p99 **{o['p99_ms']:.1f} ms**, {o['errors']} errors, {o['verified']} verified. Stage medians (ms): {st}.",
+                f"- {cc['clients']} concurrent clients for {cc['seconds']:.0f} s: **{cc['qps']:.1f} queries/s**, "
+                f"{cc['ok']} answered ({cc['verified']} verified), {cc['errors']} errors; serving processes "
+                f"{cc['serving_rss_mb']:.0f} MB RSS."]
+    out.append(END)
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
