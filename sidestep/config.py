@@ -127,6 +127,7 @@ class VerifyConfig(_Strict):
                                "or product-quantized into each index version (pq, pq_bytes per token).")
     pq_bytes: int = Field(48, ge=8, le=192, description="PQ sub-quantizers (one byte each) per token vector.")
     epochs: int = Field(20, ge=1, description="Training epochs (the best validation epoch is kept).")
+    patience: int = Field(8, ge=1, description="Stop after this many epochs without a better validation nDCG@10.")
     near_misses: int = Field(3, ge=0, le=5, description="Structural near-misses generated per training positive.")
     near_miss_weight: float = Field(0.3, ge=0, description="Weight of the positive-above-its-near-miss hinge loss.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Training queries held out for early stopping.")

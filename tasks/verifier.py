@@ -138,7 +138,7 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     log(f"training lists: {len(examples)} train, {len(val)} validation queries ({t_data:.0f} s to build)")
     cfg = VerifierConfig()
     model, curve = fit(examples, val, cfg, enc.dim, epochs=v.epochs, near_miss_weight=v.near_miss_weight,
-                       seed=seed, log=log)
+                       seed=seed, patience=v.patience, log=log)
     best = max(curve, key=lambda c: c["val_ndcg10"]) if curve else {}
     fp = hashlib.sha256(json.dumps({"index": corpus.version, "dataset": str(Path(dataset_dir).resolve()),
                                     "split": split, "seed": seed, "cfg": cfg.as_dict()}, sort_keys=True).encode())
