@@ -391,11 +391,11 @@ def status(as_json: JsonOpt = False) -> None:
     _emit(res, as_json)
     if not as_json:
         t = Table("domain", "serving_version", "age", "documents", "tombstoned", "chunks", "versions",
-                  "quarantined", "tables_version", title=f"data root {res['data_root']}")
+                  "quarantined", "tables_version", "verifier_version", title=f"data root {res['data_root']}")
         for d, r in res["domains"].items():
             t.add_row(d, str(r["serving_version"]), _age(r["serving_age_s"]), str(r["documents"]),
                       str(r["tombstoned"]), str(r["chunks"]), str(len(r["versions"])), str(r["quarantined"]),
-                      str(r["tables_version"] or "-"))
+                      str(r["tables_version"] or "-"), str(r["verifier_version"] or "-"))
         out.print(t)
         if res.get("codebook_version"):
             out.print(f"codebook {res['codebook_version']}")

@@ -13,6 +13,7 @@ from .paths import SHARED, DataRoot
 def domain_status(root: DataRoot) -> dict:
     store, docs, quarantine = IndexStore(root), DocumentStore(root), QuarantineStore(root)
     tables, books = IndexStore(root, "tables"), IndexStore(root, "codebooks")
+    verifiers = IndexStore(root, "verifiers")
     domains = sorted(set(root.domains_with_documents()) | set(root.domains_with_indexes()))
     out: dict = {"data_root": str(root.root), "domains": {}}
     for d in domains:
@@ -34,6 +35,7 @@ def domain_status(root: DataRoot) -> dict:
             "quarantined": quarantine.count(d),
             "tables_version": tables.current(d),
             "tables_versions": len(tables.versions(d)),
+            "verifier_version": verifiers.current(d),
         }
     out["quarantined"] = quarantine.count()
     out["codebook_version"] = books.current(SHARED)

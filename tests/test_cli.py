@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 
 runner = CliRunner()
-COMMANDS = ["ingest", "reindex", "serve", "search", "eval", "eval-longdoc", "eval-rec", "pretrain", "rollback", "gc", "deploy", "status", "demo"]
+COMMANDS = ["ingest", "reindex", "serve", "search", "eval", "train-verifier", "eval-longdoc", "eval-rec", "pretrain", "rollback", "gc", "deploy", "status", "demo"]
 VENV_BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
 
 

@@ -163,7 +163,10 @@ def test_evaluate_flow_stores_the_run_and_sql_metrics_match_ir_measures(data_roo
     out = tmp_path / "run.parquet"
     res = evaluate_flow(dataset_dir=str(folder), domain="handbook", k=20, out=str(out))
     assert set(res["metrics"]) == {"ndcg@10", "mrr@10", "recall@100"}
-    assert res["queries"] == 24 and res["baselines"] == {}
+    assert res["queries"] == 24
+    # no train qrels, so no verifier: recall only, with the untrained baselines of the same run beside it
+    assert not res["verify"]["applied"] and "no verifier" in res["verify"]["reason"]
+    assert set(res["baselines"]) == {"maxsim", "bm25", "rrf_bm25_dense"}
     run = pq.read_table(out)
     assert run.column_names == ["query_id", "doc_id", "rank", "score"]
     assert run.num_rows == 24 * 20
@@ -180,4 +183,4 @@ def test_evaluate_flow_stores_the_run_and_sql_metrics_match_ir_measures(data_roo
     # the sample queries are answerable: dense recall finds most of them
     assert m["recall@100"] > 0.8
     with Warehouse(data_root.eval_db(), read_only=True) as wh:
-        assert wh.runs().num_rows == 1
+        assert wh.runs().num_rows == 4  # main + three baselines, one group

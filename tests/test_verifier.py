@@ -11,7 +11,6 @@ from sidestep.lexical import BM25, rrf
 from sidestep.nearmiss import KINDS, content_words, near_misses
 from sidestep.verifier import (
     N_TOKEN_FEATURES,
-    Candidates,
     Example,
     Verifier,
     VerifierConfig,
@@ -143,4 +142,3 @@ def test_bm25_and_rrf_on_inline_data():
     assert [d for d, _ in hits] == ["b", "a"]  # "c" does not match at all
     fused = rrf([["a", "b"], ["b", "c"]], 3, c=60)
     assert fused[0][0] == "b" and fused[0][1] == pytest.approx(1 / 62 + 1 / 61)
-    assert Candidates is not None

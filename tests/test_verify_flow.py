@@ -36,8 +36,15 @@ def handbook(tmp_path):
     return folder
 
 
-def test_evaluate_trains_the_verifier_and_runs_every_baseline_beside_it(data_root, handbook, settings):
-    res = evaluate_flow(dataset_dir=str(handbook), domain="hb", k=20)
+@pytest.fixture
+def fast(tmp_path) -> str:
+    """A few epochs are plenty for 16 training queries."""
+    write_config(tmp_path / "fast.toml", "[verify]\nepochs = 4\n")
+    return str(tmp_path / "fast.toml")
+
+
+def test_evaluate_trains_the_verifier_and_runs_every_baseline_beside_it(data_root, handbook, settings, fast):
+    res = evaluate_flow(dataset_dir=str(handbook), domain="hb", k=20, config_path=fast)
     assert res["verify"]["applied"] and res["verify"]["candidates"] == settings.verify.candidates
     assert set(res["baselines"]) == {"pooled_cosine", "maxsim", "bm25", "rrf_bm25_dense"}
     for m in [res["metrics"], *res["baselines"].values()]:
@@ -56,7 +63,7 @@ def test_evaluate_trains_the_verifier_and_runs_every_baseline_beside_it(data_roo
         assert sorted(runs["label"].to_pylist()) == sorted(["main", "pooled_cosine", "maxsim", "bm25",
                                                             "rrf_bm25_dense"])
     # recall only: the pooled-cosine baseline is exactly what the no-verify configuration returns
-    plain = evaluate_flow(dataset_dir=str(handbook), domain="hb", k=20, verify=False)
+    plain = evaluate_flow(dataset_dir=str(handbook), domain="hb", k=20, verify=False, config_path=fast)
     assert not plain["verify"]["applied"]
     assert plain["metrics"] == pytest.approx(res["baselines"]["pooled_cosine"])
     # the served path applies the same verifier and reports each stage's time
@@ -70,16 +77,16 @@ def test_evaluate_trains_the_verifier_and_runs_every_baseline_beside_it(data_roo
     assert not off["verify"]["applied"] and all(h["score"] == h["recall_score"] for h in off["results"])
 
 
-def test_the_verifier_never_trains_on_test_queries(data_root, handbook):
+def test_the_verifier_never_trains_on_test_queries(data_root, handbook, fast):
     with pytest.raises(Exception, match="never trains on test"):
-        train_verifier_flow(dataset_dir=str(handbook), domain="hb", split="test")
+        train_verifier_flow(dataset_dir=str(handbook), domain="hb", split="test", config_path=fast)
 
 
-def test_a_corrupt_verifier_version_is_refused_and_the_old_one_keeps_serving(data_root, handbook, settings):
-    first = train_verifier_flow(dataset_dir=str(handbook), domain="hb")
+def test_a_corrupt_verifier_version_is_refused_and_the_old_one_keeps_serving(data_root, handbook, settings, fast):
+    first = train_verifier_flow(dataset_dir=str(handbook), domain="hb", config_path=fast)
     svc = SearchService(settings, data_root)
     assert svc.verifier.verifiers["hb"].version == first["version"]
-    second = train_verifier_flow(dataset_dir=str(handbook), domain="hb", seed=1)
+    second = train_verifier_flow(dataset_dir=str(handbook), domain="hb", seed=1, config_path=fast)
     store = verifier_store(data_root)
     model = store.path("hb", second["version"]) / "model.pt"
     model.write_bytes(model.read_bytes()[:-64] + b"\0" * 64)
@@ -91,7 +98,7 @@ def test_a_corrupt_verifier_version_is_refused_and_the_old_one_keeps_serving(dat
 
 
 def test_pq_token_store_is_a_fraction_of_float16_and_still_verifies(data_root, handbook, tmp_path):
-    settings = write_config(tmp_path / "pq.toml", '[verify]\ntoken_store = "pq"\npq_bytes = 16\n')
+    settings = write_config(tmp_path / "pq.toml", '[verify]\ntoken_store = "pq"\npq_bytes = 16\nepochs = 4\n')
     res = evaluate_flow(dataset_dir=str(handbook), domain="hb", k=20, config_path=str(tmp_path / "pq.toml"))
     assert res["verify"]["applied"] and res["cost"]["token_store"] == "pq"
     version = IndexStore(data_root).current("hb")
