@@ -143,6 +143,18 @@ def http_bench(root: Path, domain: str, queries: list[str], clients: int = 8, se
     return out
 
 
+def _curve(root: Path, version: str) -> list[tuple]:
+    import duckdb
+
+    con = duckdb.connect(str(root / "eval.duckdb"), read_only=True)
+    try:
+        return con.execute("SELECT epoch, max(value) FILTER (WHERE metric = 'loss'), "
+                           "max(value) FILTER (WHERE metric = 'val_ndcg10') FROM verifier_curves "
+                           "WHERE verifier_version = ? GROUP BY epoch ORDER BY epoch", [version]).fetchall()
+    finally:
+        con.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
@@ -174,6 +186,22 @@ def main() -> None:
         return {"result": res, "wall_s": wall, "peak_rss_mb": rss, "cpu_s": cpu}
 
     phase("scifact", lambda: eval_cmd([str(data / "scifact"), "--domain", "scifact"]))
+
+    def verifier_phase() -> dict:
+        from storage.paths import DataRoot
+        from storage.verifiers import verifier_store
+
+        store = verifier_store(DataRoot(root))
+        m = store.manifest("scifact", store.current("scifact"))
+        curve = [{"epoch": e, "loss": lo, "val": va} for e, lo, va in _curve(root, m["version"])]
+        # the run that trained it (a resumed run may have re-evaluated SciFact after training)
+        first = done.get("scifact_trained") or done["scifact"]
+        train_s = (first["result"].get("verifier_training") or {}).get("seconds")
+        return {"version": m["version"], "parameters": m["parameters"], "train_queries": m["train_queries"],
+                "val_queries": m["val_queries"], "best_epoch": m["best_epoch"], "val_ndcg10": m["val_ndcg10"],
+                "epochs_run": m["epochs_run"], "near_misses": m["near_misses"], "seconds": train_s, "curve": curve}
+
+    phase("verifier", verifier_phase)
     phase("msmarco", lambda: eval_cmd([str(data / "msmarco-5k"), "--domain", "msmarco", "--verifier-from",
                                        "scifact", "--min-rel", "2"]))
     phase("antonym", lambda: antonym_probe(root, data, env))
@@ -231,11 +259,13 @@ def render(r: dict) -> str:
                         f"ms/query vs MaxSim reranking of the same candidates {c['per_query_maxsim_ms']:.1f} ms: "
                         f"**{c['verify_over_maxsim']:.2f}x**. Token store {c['token_store']}, "
                         f"{c['bytes_per_doc'] / 1024:.1f} KB per document."]
-        tr = res.get("verifier_training")
+        tr = r.get("verifier") if blob is sf else None
         if tr:
+            secs = f", trained in {tr['seconds']:.0f} s" if tr.get("seconds") else ""
             out.append(f"- Verifier {tr['version']}: {tr['parameters']:,} parameters, {tr['train_queries']} training "
-                       f"queries, best validation nDCG@10 {tr['val_ndcg10']:.4f} at epoch {tr['best_epoch']}, "
-                       f"trained in {tr['seconds']:.0f} s; near-misses {tr['near_misses']}.")
+                       f"queries ({tr['val_queries']} held out for early stopping), best validation nDCG@10 "
+                       f"{tr['val_ndcg10']:.4f} at epoch {tr['best_epoch']} of {tr['epochs_run']}{secs}; "
+                       f"near-misses {tr['near_misses']}. Curve in DuckDB `verifier_curves`.")
         out.append(f"- Whole command: {blob['wall_s']:.0f} s wall, peak RSS {blob['peak_rss_mb']:.0f} MB.")
     if ant:
         out += ["", "### scifact-antonym near-miss probe", "",

@@ -16,7 +16,7 @@ import torch
 from .encoder import Encoder
 from .index import DocSearcher
 from .maps import condition_queries, encode_in_context, section_aware_chunks
-from .verifier import Verifier, maxsim, pad_docs, prepare, query_piece_ids, query_tokens, score, similarity
+from .verifier import Verifier, maxsim, prepare, query_piece_ids, query_tokens, score, token_maps
 
 MODES = ("chunks", "map")
 
@@ -102,8 +102,8 @@ def maxsim_rerank(view: TokenView, qtok: np.ndarray, doc_ids: Sequence[str], max
     """ColBERT-style late interaction over the same token vectors (no training): the verifier's baseline."""
     t0 = time.perf_counter()
     with torch.inference_mode():
-        dt, mask = pad_docs(view.source.docs(list(doc_ids)), max_doc_tokens)
-        s = maxsim(similarity(query_tokens(qtok, 10_000), dt), mask).numpy()
+        sim, mask = token_maps(query_tokens(qtok, 10_000), view.source.docs(list(doc_ids)), max_doc_tokens)
+        s = maxsim(sim, mask).numpy()
     return s, (time.perf_counter() - t0) * 1e3
 
 

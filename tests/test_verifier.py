@@ -27,6 +27,7 @@ from sidestep.verifier import (
     prepare,
     score,
     similarity,
+    token_maps,
 )
 
 
@@ -49,6 +50,17 @@ def test_map_features_see_which_query_token_matched_where():
     # MaxSim is the sum of the per-token maxima, padding ignored
     ref = (q @ doc.T).max(1).sum()
     assert float(maxsim(sim, mask)[0]) == pytest.approx(float(ref), abs=1e-5)
+
+
+def test_flat_token_maps_equal_padded_ones():
+    rng = np.random.default_rng(5)
+    q = torch.from_numpy(unit(rng, 4))
+    docs = [rng.normal(size=(n, 16)).astype(np.float16) for n in (7, 0, 30, 12)]
+    sim, mask = token_maps(q, docs, 20)  # one document is cut at 20 tokens, one is empty
+    dt, ref_mask = pad_docs(docs, 20)
+    ref = similarity(q, dt)
+    assert torch.equal(mask, ref_mask)
+    torch.testing.assert_close(sim * mask[:, None], ref * ref_mask[:, None], atol=1e-5, rtol=1e-5)
 
 
 def test_lexical_features_count_query_pieces_in_each_document():
