@@ -123,9 +123,13 @@ class VerifyConfig(_Strict):
     candidates: int = Field(100, ge=1, le=1000, description="Recall depth the verifier reranks.")
     max_doc_tokens: int = Field(512, ge=16, description="Document tokens read per candidate (its chunks, in order).")
     token_store: Literal["float16", "pq"] = Field(
-        "float16", description="Token vectors the maps are built from: the embedding shards as stored (float16), "
-                               "or product-quantized into each index version (pq, pq_bytes per token).")
-    pq_bytes: int = Field(48, ge=8, le=192, description="PQ sub-quantizers (one byte each) per token vector.")
+        "pq", description="Token vectors the maps are built from: product-quantized into each index version "
+                          "(pq, pq_bytes per token: smaller and faster to read), or the embedding shards as "
+                          "stored (float16, 768 bytes per token).")
+    pq_bytes: int = Field(32, ge=8, le=192, description="PQ sub-quantizers (one byte each) per token vector; "
+                                                        "must divide the encoder's dimension.")
+    num_threads: int | None = Field(2, ge=1, description="torch threads of the verifier replica (Ray gives a "
+                                                         "fractional-CPU actor one); None leaves Ray's setting.")
     epochs: int = Field(20, ge=1, description="Training epochs (the best validation epoch is kept).")
     patience: int = Field(8, ge=1, description="Stop after this many epochs without a better validation nDCG@10.")
     near_misses: int = Field(3, ge=0, le=5, description="Structural near-misses generated per training positive.")

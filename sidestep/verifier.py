@@ -95,9 +95,9 @@ def token_maps(q: torch.Tensor, docs: Sequence[np.ndarray], max_tokens: int) -> 
     mask = torch.zeros((len(docs), width), dtype=torch.bool)
     if not sum(lengths):
         return sim, mask
-    flat = torch.from_numpy(np.concatenate([d[:n] for d, n in zip(docs, lengths, strict=True) if n]).astype(
-        np.float32))
-    s = q @ torch.nn.functional.normalize(flat, dim=-1).T  # (nq, N)
+    flat = torch.from_numpy(np.concatenate([d[:n] for d, n in zip(docs, lengths, strict=True) if n])).float()
+    s = (q @ flat.T) / flat.norm(dim=-1).clamp(min=1e-12)  # (nq, N); dividing the map is cheaper than
+    # normalizing every token vector
     doc = torch.repeat_interleave(torch.arange(len(docs)), torch.tensor(lengths))
     pos = torch.cat([torch.arange(n) for n in lengths])
     sim.permute(0, 2, 1)[doc, pos] = s.T

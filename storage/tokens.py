@@ -116,6 +116,9 @@ def train_pq(sample: np.ndarray, m: int, nbits: int = 8) -> faiss.Index:
     """A PQ codec over unit-norm token vectors (the maps are cosine maps, so norms do not matter)."""
     x = np.ascontiguousarray(sample, dtype=np.float32)
     faiss.normalize_L2(x)
+    if x.shape[1] % m:
+        raise ValueError(f"pq_bytes = {m} does not divide the token dimension {x.shape[1]}")
+    nbits = max(1, min(nbits, int(np.log2(max(len(x), 2)))))  # a tiny corpus has fewer tokens than codewords
     codec = faiss.IndexPQ(x.shape[1], m, nbits)
     codec.train(x)
     return codec
@@ -149,7 +152,8 @@ def write_pq_tokens(folder: Path, source: TokenSource, *, m: int = 48, sample_to
     write_with(folder / PQ_CODES, _save)
     write_parquet(folder / PQ_DOCS, pa.table({"doc_id": ids, "start": pa.array(starts, pa.int64()),
                                               "end": pa.array(ends, pa.int64())}))
-    return {"m": m, "bits": 8, "tokens": int(r), "bytes_per_doc": float(allc.nbytes / max(len(ids), 1))}
+    return {"m": m, "bits": int(codec.pq.nbits), "tokens": int(r),
+            "bytes_per_doc": float(allc.nbytes / max(len(ids), 1))}
 
 
 def has_pq(folder: Path) -> bool:

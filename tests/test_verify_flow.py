@@ -51,7 +51,7 @@ def test_evaluate_trains_the_verifier_and_runs_every_baseline_beside_it(data_roo
         assert set(m) == {"ndcg@10", "mrr@10", "recall@100"} and 0 <= m["ndcg@10"] <= 1
     train = res["verifier_training"]
     assert train["train_queries"] > 0 and sum(train["near_misses"].values()) > 0
-    assert res["cost"]["verify_over_maxsim"] > 0 and res["cost"]["token_store"] == "float16"
+    assert res["cost"]["verify_over_maxsim"] > 0 and res["cost"]["token_store"] == "pq"  # the default
     # a verifier version is published, its curve is in DuckDB, every configuration is a stored run
     v = verifier_store(data_root).current("hb")
     assert v == train["version"]
