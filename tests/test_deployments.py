@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_flow_is_a_deployment_and_the_nightly_one_is_scheduled(settings):
     deps = {d.flow_name: d for d in deployments()}
     assert set(deps) == {"nightly-reindex", "ingest", "evaluate", "fit-codebooks", "finetune-tables",
-                         "rebuild-index", "eval-rec", "pretrain-tables", "eval-longdoc"}
+                         "rebuild-index", "eval-rec", "pretrain-tables", "eval-longdoc", "train-verifier"}
     assert {"domain", "mode", "pretrained_from"} <= set(deps["finetune-tables"]._parameter_openapi_schema.properties)
     nightly = deps["nightly-reindex"]
     assert [s.schedule.cron for s in nightly.schedules] == [settings.nightly_cron]
