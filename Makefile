@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install run test lint bench bench-rec bench-verify ui clean
+.PHONY: install run test lint bench bench-rec bench-verify bench-ops ui clean
 
 install: $(STAMP)
 
@@ -41,6 +41,9 @@ bench-rec: $(STAMP)
 
 bench-verify: $(STAMP)
 	$(BIN)/python benchmarks/verify.py
+
+bench-ops: $(STAMP)
+	$(BIN)/python benchmarks/ops.py
 
 # a local Prefect server + UI on 127.0.0.1:4200 and a runner serving every deployment
 ui: $(STAMP)

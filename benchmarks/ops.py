@@ -1,0 +1,142 @@
+"""Operations benchmark: hot swaps of the index under a steady 60-second load; writes the ops section of
+BENCHMARKS.md.
+
+The embedded sample corpus is reindexed by the real nightly flow into a fresh data root, the Ray Serve
+application serves it on loopback, 4 clients send /search requests for DURATION seconds, and meanwhile
+a separate process publishes new versions of the domain (forced republish) every PERIOD seconds. Every
+request is counted: status codes, transport errors, and which index versions answered.
+
+Usage: .venv/bin/python benchmarks/ops.py [--seconds 60] [--clients 4] [--every 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+START, END = "<!-- ops:start -->", "<!-- ops:end -->"
+DOMAIN = "handbook"
+PUBLISH = textwrap.dedent("""
+    from sidestep.config import default_settings
+    from storage.paths import DataRoot
+    from tasks.index import publish_domain
+    s = default_settings()
+    print(publish_domain(DataRoot.from_settings(s), s, "handbook", force=True)["version"])
+""")
+
+
+def hot_swap_under_load(root: Path, seconds: float, clients: int, every: float) -> dict:
+    import httpx
+
+    from serving.run import ServeHandle
+    from storage.artifacts import IndexStore
+    from storage.paths import DataRoot
+
+    store = IndexStore(DataRoot(root))
+    first = store.current(DOMAIN)
+    codes: Counter = Counter()
+    versions: Counter = Counter()
+    transport = 0
+    lock = threading.Lock()
+    published: list[str] = []
+    with ServeHandle(DataRoot(root), port=8767, preset="local") as h:
+        stop = time.monotonic() + seconds
+
+        def client(i: int) -> None:
+            nonlocal transport
+            queries = ["database backups", "who gets paged for a sev2", "rotate the api keys", "log retention"]
+            with httpx.Client(base_url=h.url, timeout=30) as c:
+                n = i
+                while time.monotonic() < stop:
+                    try:
+                        r = c.post("/search", json={"query": queries[n % len(queries)], "domain": DOMAIN,
+                                                    "k": 5})
+                        with lock:
+                            codes[r.status_code] += 1
+                            if r.status_code == 200:
+                                versions[r.json()["index_version"]] += 1
+                    except httpx.HTTPError:
+                        with lock:
+                            transport += 1
+                    n += clients
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        next_publish = time.monotonic() + every
+        while time.monotonic() < stop - 5:
+            if time.monotonic() >= next_publish:
+                env = {**os.environ, "SIDESTEP_HOME": str(root)}
+                p = subprocess.run([sys.executable, "-c", PUBLISH], env=env, capture_output=True, text=True,
+                                   timeout=120)
+                if p.returncode != 0:
+                    raise SystemExit(p.stderr[-2000:])
+                published.append(p.stdout.strip().splitlines()[-1])
+                next_publish = time.monotonic() + every
+            time.sleep(0.2)
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+    total = sum(codes.values()) + transport
+    return {"seconds": wall, "clients": clients, "requests": total, "status": dict(codes),
+            "transport_errors": transport, "failed": total - codes.get(200, 0), "first_version": first,
+            "published": published, "versions_seen": dict(versions),
+            "last_published_served": bool(published) and published[-1] in versions}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--every", type=float, default=15, help="seconds between publishes")
+    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="ssb-ops-", dir="/tmp"))
+    env = {"SIDESTEP_HOME": str(root), "PREFECT_HOME": str(root / "prefect"), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "RAY_USAGE_STATS_ENABLED": "0", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    os.environ.update(env)
+    os.environ.pop("SIDESTEP_CONFIG", None)
+    r = subprocess.run([str(Path(sys.executable).parent / "sidestep"), "reindex", "--json"], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise SystemExit(r.stderr[-2000:])
+    res = {"hot_swap": hot_swap_under_load(root, args.seconds, args.clients, args.every),
+           "date": datetime.now(UTC).strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "root": str(root)}
+    (REPO / "benchmarks" / "ops_last_run.json").write_text(json.dumps(res, indent=2))
+    hs = res["hot_swap"]
+    section = "\n".join([
+        START, "## Operations: hot swap under load (issue 6)", "",
+        f"Measured {res['date']} on this {res['cpus']}-core machine by `benchmarks/ops.py`: the sample corpus served "
+        f"by Ray Serve on loopback, {hs['clients']} clients sending /search for {hs['seconds']:.0f} s while another "
+        f"process published {len(hs['published'])} new versions of `{DOMAIN}` (forced republish).", "",
+        f"- Requests: **{hs['requests']}**, failed **{hs['failed']}** (status codes {hs['status']}, "
+        f"{hs['transport_errors']} transport errors).",
+        f"- Versions that answered: {hs['versions_seen']}; the last published version was served: "
+        f"{hs['last_published_served']}.",
+        END])
+    text = Path(args.out).read_text()
+    if START in text:
+        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    Path(args.out).write_text(text)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
