@@ -26,6 +26,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from run import splice  # noqa: E402
 
 START, END = "<!-- ops:start -->", "<!-- ops:end -->"
 DOMAIN = "handbook"
@@ -129,12 +132,7 @@ def main() -> None:
         f"- Versions that answered: {hs['versions_seen']}; the last published version was served: "
         f"{hs['last_published_served']}.",
         END])
-    text = Path(args.out).read_text()
-    if START in text:
-        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    Path(args.out).write_text(text)
+    splice(Path(args.out), section, START, END)
     print(section)
 
 

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from run import sh  # noqa: E402
+from run import sh, splice  # noqa: E402
 
 START, END = "<!-- rec:start -->", "<!-- rec:end -->"
 BUDGET_S = 1140  # per trained variant: the issue allows 20 minutes on this machine
@@ -99,7 +99,7 @@ def write_report(state: dict, note: str, root: Path) -> None:
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "note": note,
               "root": str(root), **state}
     (REPO / "benchmarks" / "rec_last_run.json").write_text(json.dumps(report, indent=2, default=str))
-    splice(REPO / "BENCHMARKS.md", render(report))
+    splice(REPO / "BENCHMARKS.md", render(report), START, END)
 
 
 def planted_alignment(root: Path, steps: int = 200, seed: int = 0) -> dict:
@@ -360,15 +360,6 @@ def _retrieval_lines(r: dict, lines: list[str]) -> None:
                       f"| {label}: pooled + {x['weight']} × table | {x['fused']['ndcg@10']:.4f} | "
                       f"{x['fused']['recall@100']:.4f} |"]
 
-
-def splice(path: Path, section: str) -> None:
-    text = path.read_text() if path.is_file() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 if __name__ == "__main__":

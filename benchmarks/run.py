@@ -49,6 +49,18 @@ def sh(args: list[str], env: dict) -> tuple[dict, float, float, float]:
         return json.loads(out.read()), wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
+def splice(path: Path, section: str, start: str, end: str) -> None:
+    """Replace the text between the start and end markers of `path` with `section` (which carries
+    the markers), or append it; the other benchmarks' sections stay as they are."""
+    text = path.read_text() if path.is_file() else ""
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
 def bare_encoder(texts: list[str], batch_size: int) -> tuple[float, float]:
     """Wall and CPU seconds for SentenceTransformer.encode on texts (model already loaded)."""
     from sidestep.config import default_settings

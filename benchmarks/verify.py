@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from run import _is_ray, sh  # noqa: E402
+from run import _is_ray, sh, splice  # noqa: E402
 
 START, END = "<!-- verify:start -->", "<!-- verify:end -->"
 
@@ -224,13 +224,8 @@ def main() -> None:
     done["meta"] = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "root": str(root), "note": args.note,
                     "cpus": os.cpu_count(), "pq_bytes": load_settings(None).verify.pq_bytes}
     (REPO / "benchmarks" / "verify_last_run.json").write_text(json.dumps(done, indent=2, default=str))
-    text = Path(args.out).read_text() if Path(args.out).is_file() else "# Benchmarks\n"
     section = render(done)
-    if START in text:
-        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    Path(args.out).write_text(text)
+    splice(Path(args.out), section, START, END)
     print(section)
 
 

@@ -5,14 +5,12 @@ Plain Python (no Ray), so the command line can use the very same code in-process
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from dataclasses import replace
 
 import numpy as np
 
-from sidestep.config import Settings, check_name
+from sidestep.config import Settings
 from sidestep.encoder import Encoder
 from sidestep.search import IndexedCorpus, MapParamsSearch, search_texts, search_vectors
 from storage.artifacts import IndexStore
@@ -20,58 +18,41 @@ from storage.indexes import load_version
 from storage.paths import DataRoot
 
 from .verify import VerifierService
+from .versions import VersionedDomains
 
-log = logging.getLogger("sidestep.serving")
 
-
-class SearchService:
+class SearchService(VersionedDomains):
     def __init__(self, settings: Settings, root: DataRoot, encoder: Encoder | None = None,
                  verifier: VerifierService | None | bool = True):
         """verifier: True = verify in-process (command line, evaluation); None = the caller verifies
         (the Ray app sends `recall_stage`'s request to its verifier deployment)."""
+        super().__init__(IndexStore(root))
         self.settings = settings
         self.root = root
-        self.store = IndexStore(root)
         e = settings.encoder
         self.encoder = encoder or Encoder(e.model_path, batch_size=e.batch_size, num_threads=e.num_threads,
                                           max_query_tokens=e.max_query_tokens)
-        self.corpora: dict[str, IndexedCorpus] = {}
-        self.pinned: dict[str, str] = {}
-        self.errors: dict[str, str] = {}
-        self._lock = threading.Lock()
         self.verifier = VerifierService(settings, root) if verifier is True else (verifier or None)
         self.refresh()
 
-    # versions ----------------------------------------------------------------
-    def refresh(self) -> dict[str, str]:
-        """Load any domain whose CURRENT (or pin) changed. A version that fails validation is refused
-        and the old one keeps serving. Returns {domain: new_version} for the swaps made."""
-        swapped = {}
-        for domain in self.root.domains_with_indexes():
-            want = self.pinned.get(domain) or self.store.current(domain)
-            have = self.corpora.get(domain)
-            if not want or (have and have.version == want):
-                continue
-            try:
-                ix = self.settings.index
-                corpus = load_version(self.store, domain, want, overfetch=ix.chunk_overfetch,
-                                      doc_score=ix.doc_score, ef_search=ix.hnsw_ef_search)
-            except Exception as e:  # a bad version never replaces a good one
-                msg = f"refused {domain}/{want}: {type(e).__name__}: {e}"
-                if self.errors.get(domain) != msg:
-                    log.error(msg)
-                self.errors[domain] = msg
-                continue
-            with self._lock:
-                self.corpora[domain] = corpus
-            self.errors.pop(domain, None)
-            swapped[domain] = want
-            log.info("serving %s/%s (%d documents)", domain, want, corpus.n_docs)
-        return swapped
+    @property
+    def corpora(self) -> dict[str, IndexedCorpus]:
+        return self.loaded
 
-    def pin(self, pins: dict[str, str]) -> dict[str, str]:
-        self.pinned = {check_name(d): check_name(v, "version") for d, v in (pins or {}).items()}
-        return self.refresh()
+    # versions ----------------------------------------------------------------
+    def version_domains(self) -> list[str]:
+        return self.root.domains_with_indexes()
+
+    def load(self, domain: str, version: str) -> IndexedCorpus:
+        ix = self.settings.index
+        return load_version(self.store, domain, version, overfetch=ix.chunk_overfetch, doc_score=ix.doc_score,
+                            ef_search=ix.hnsw_ef_search)
+
+    def version_of(self, loaded: IndexedCorpus) -> str:
+        return loaded.version
+
+    def describe(self, loaded: IndexedCorpus) -> str:
+        return f"({loaded.n_docs} documents)"
 
     def refresh_all(self) -> dict[str, str]:
         swapped = self.refresh()
@@ -117,8 +98,7 @@ class SearchService:
         if not 1 <= k <= self.settings.serve.max_k:
             raise ValueError(f"k must be in 1..{self.settings.serve.max_k}, got {k}")
         name = self.resolve_domain(domain)
-        with self._lock:
-            corpus = self.corpora[name]
+        corpus = self.get(name)
         v = self.settings.verify
         stage = {"t0": t0, "corpus": corpus, "domain": name, "mode": mode, "k": k, "requested": verify,
                  "request": None, "reason": None}

@@ -8,19 +8,17 @@ model's cosine).
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from sidestep.config import Settings, check_name
+from sidestep.config import Settings
 from sidestep.recdata import encode_history
 from storage.paths import DataRoot
 from storage.recstore import TableVersion, load_table_version, table_store
 
-log = logging.getLogger("sidestep.serving")
+from .versions import VersionedDomains
 
 
 @dataclass
@@ -43,44 +41,23 @@ def _load(root: DataRoot, domain: str, version: str) -> LoadedTables:
     return LoadedTables(tv, model, items, tv.item_index)
 
 
-class RecommendService:
+class RecommendService(VersionedDomains):
+    what = "tables"
+
     def __init__(self, settings: Settings, root: DataRoot):
+        super().__init__(table_store(root))
         self.settings = settings
         self.root = root
-        self.store = table_store(root)
-        self.loaded: dict[str, LoadedTables] = {}
-        self.pinned: dict[str, str] = {}
-        self.errors: dict[str, str] = {}
-        self._lock = threading.Lock()
         self.refresh()
 
-    def refresh(self) -> dict[str, str]:
-        """Load any domain whose CURRENT (or pin) changed; a version that fails to load is refused and
-        the old one keeps serving."""
-        swapped = {}
-        for domain in self.store.domains():
-            want = self.pinned.get(domain) or self.store.current(domain)
-            have = self.loaded.get(domain)
-            if not want or (have and have.tables.version == want):
-                continue
-            try:
-                loaded = _load(self.root, domain, want)
-            except Exception as e:  # a bad version never replaces a good one
-                msg = f"refused tables {domain}/{want}: {type(e).__name__}: {e}"
-                if self.errors.get(domain) != msg:
-                    log.error(msg)
-                self.errors[domain] = msg
-                continue
-            with self._lock:
-                self.loaded[domain] = loaded
-            self.errors.pop(domain, None)
-            swapped[domain] = want
-            log.info("recommending %s/%s (%d items)", domain, want, len(loaded.tables.item_ids))
-        return swapped
+    def load(self, domain: str, version: str) -> LoadedTables:
+        return _load(self.root, domain, version)
 
-    def pin(self, pins: dict[str, str]) -> dict[str, str]:
-        self.pinned = {check_name(d): check_name(v, "version") for d, v in (pins or {}).items()}
-        return self.refresh()
+    def version_of(self, loaded: LoadedTables) -> str:
+        return loaded.tables.version
+
+    def describe(self, loaded: LoadedTables) -> str:
+        return f"({len(loaded.tables.item_ids)} items)"
 
     def domains(self) -> list[str]:
         return sorted(self.loaded)
@@ -98,8 +75,7 @@ class RecommendService:
             domain = next(iter(self.loaded))
         if domain not in self.loaded:
             raise LookupError(f"no published tables for domain {domain!r}; domains with tables: {self.domains()}")
-        with self._lock:
-            lt = self.loaded[domain]
+        lt = self.get(domain)
         known, unknown = encode_history(history, lt.index, max_history=lt.model.cfg.max_history)
         out = {"index_version": lt.tables.version, "domain": domain, "items": [], "unknown_items": unknown}
         if len(known) == 0:

@@ -45,18 +45,13 @@ class VerifierConfig:
     # dense cosine, MaxSim / query length, idf-weighted MaxSim, a BM25-style lexical score (each with its
     # z-score in the list), log length
     n_global: int = 9
-    extra_global: tuple[str, ...] = field(default_factory=tuple)
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d["extra_global"] = list(self.extra_global)
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> VerifierConfig:
-        d = dict(d)
-        d["extra_global"] = tuple(d.get("extra_global", ()))
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def normalize(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -64,31 +59,11 @@ def normalize(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(t, dim=-1)
 
 
-def pad_docs(docs: Sequence[np.ndarray], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack variable-length token matrices into (C, L, d) unit vectors plus a (C, L) mask."""
-    lengths = [min(len(d), max_tokens) for d in docs]
-    width = max(max(lengths, default=1), 1)
-    dim = docs[0].shape[1] if docs else 1
-    out = torch.zeros((len(docs), width, dim), dtype=torch.float32)
-    mask = torch.zeros((len(docs), width), dtype=torch.bool)
-    for i, (d, n) in enumerate(zip(docs, lengths, strict=True)):
-        if n:
-            out[i, :n] = torch.from_numpy(np.asarray(d[:n], dtype=np.float32))
-            mask[i, :n] = True
-    return torch.nn.functional.normalize(out, dim=-1), mask
-
-
-def similarity(q: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
-    """(nq, d) x (C, L, d) -> (C, nq, L) cosine map (inputs already unit norm)."""
-    return torch.einsum("qd,cld->cql", q, docs)
-
-
 def token_maps(q: torch.Tensor, docs: Sequence[np.ndarray], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine maps of unit query tokens (nq, d) against each document's tokens: (C, nq, L) + (C, L) mask.
 
-    Same values as pad_docs + similarity, but the document tokens are converted, normalized and multiplied
-    once as one flat matrix, and only the small maps are padded (padding 100 x 512 x 384 token tensors
-    was most of the verify stage's time)."""
+    The document tokens are converted and multiplied once as one flat matrix, and only the small maps
+    are padded: padding 100 x 512 x 384 token tensors was most of the verify stage's time."""
     lengths = [min(len(d), max_tokens) for d in docs]
     width = max(max(lengths, default=1), 1)
     sim = torch.zeros((len(docs), q.shape[0], width), dtype=torch.float32)
@@ -148,7 +123,7 @@ class Verifier(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.dim = dim
-        g = cfg.n_global + len(cfg.extra_global)
+        g = cfg.n_global
         self.tok_in = nn.Linear(N_TOKEN_FEATURES + cfg.qproj, cfg.width)
         self.qproj = nn.Linear(dim, cfg.qproj)
         self.pos = nn.Embedding(cfg.max_query_tokens, cfg.width)
@@ -208,14 +183,12 @@ def weighted_scores(feats: torch.Tensor, lengths: torch.Tensor, n_list: int | No
 
 
 def global_features(recall: np.ndarray, maxsim_scores: torch.Tensor, nq: int, lengths: torch.Tensor,
-                    feats: torch.Tensor, extra: Sequence[np.ndarray] = (), n_list: int | None = None
-                    ) -> torch.Tensor:
+                    feats: torch.Tensor, n_list: int | None = None) -> torch.Tensor:
     r = torch.as_tensor(np.asarray(recall, dtype=np.float32))
     n = len(r) if n_list is None else n_list
     ms = maxsim_scores / max(nq, 1)
     wms, lex = weighted_scores(feats, lengths, n)
     cols = [r, _z(r, n), ms, _z(ms, n), wms, _z(wms, n), lex / 10, _z(lex, n), torch.log1p(lengths.float()) / 6]
-    cols += [_z(torch.as_tensor(np.asarray(e, dtype=np.float32)), n) for e in extra]
     return torch.stack(cols, -1)
 
 
@@ -232,15 +205,14 @@ def query_piece_ids(ids: Sequence[int], max_tokens: int) -> list[int]:
 
 
 def prepare(qtok: torch.Tensor, qids: Sequence[int], docs: Sequence[np.ndarray], doc_ids: Sequence[np.ndarray],
-            idf: np.ndarray, recall: np.ndarray, max_doc_tokens: int, extra: Sequence[np.ndarray] = (),
-            n_list: int | None = None) -> Candidates:
+            idf: np.ndarray, recall: np.ndarray, max_doc_tokens: int, n_list: int | None = None) -> Candidates:
     """Build the token maps of one query against its candidates and reduce them to features.
 
     The first n_list rows (all by default) are the recall list; list statistics come from them."""
     sim, mask = token_maps(qtok, docs, max_doc_tokens)
     ms = maxsim(sim, mask)
     feats = torch.cat([map_features(sim, mask), lexical_features(qids, doc_ids, idf)], -1)
-    glob = global_features(recall, ms, len(qtok), mask.sum(-1), feats, extra, n_list)
+    glob = global_features(recall, ms, len(qtok), mask.sum(-1), feats, n_list)
     return Candidates(feats, qtok, glob, ms)
 
 
@@ -340,7 +312,7 @@ def _sample_rows(e: Example, rows: int, rng: np.random.Generator) -> Example:
 def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]], cfg: VerifierConfig, dim: int,
         *, epochs: int = 30, batch_queries: int = 16, lr: float = 1e-3, weight_decay: float = 1e-4,
         seed: int = 0, patience: int = 6, near_miss_weight: float = 0.3, list_rows: int = 32,
-        log=None, on_epoch=None) -> tuple[Verifier, list[dict]]:
+        log=None) -> tuple[Verifier, list[dict]]:
     """Listwise training; the epoch with the best validation nDCG@10 (val: candidates + gains) is kept.
 
     Each epoch reads every positive, its near-misses and `list_rows` rows of the list drawn at random
@@ -387,8 +359,6 @@ def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]
         curve.append({"epoch": epoch, "loss": total / max(nb, 1), "val_ndcg10": v})
         if log:
             log(f"epoch {epoch}: loss {total / max(nb, 1):.4f} val nDCG@10 {v:.4f}")
-        if on_epoch:
-            on_epoch(model, epoch)
         if v > best:
             best, bad = v, 0
             best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}

@@ -27,7 +27,7 @@ from sidestep.verifier import (
     query_piece_ids,
     query_tokens,
 )
-from storage.artifacts import new_version_name
+from storage.artifacts import IndexStore, new_version_name
 from storage.documents import DocumentStore
 from storage.indexes import load_current, load_token_view
 from storage.paths import DataRoot
@@ -66,8 +66,6 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     t0 = time.perf_counter()
     v = settings.verify
     ix = settings.index
-    from storage.artifacts import IndexStore
-
     corpus = load_current(IndexStore(root), domain, overfetch=ix.chunk_overfetch, doc_score=ix.doc_score)
     if corpus is None:
         raise RuntimeError(f"domain {domain!r} has no published index; run `sidestep reindex --domain {domain}`")

@@ -23,12 +23,25 @@ from sidestep.verifier import (
     maxsim,
     n_parameters,
     ndcg_at,
-    pad_docs,
     prepare,
     score,
-    similarity,
     token_maps,
 )
+
+
+def pad_docs(docs, max_tokens):
+    """Reference: every document's tokens padded into one (C, L, d) tensor of unit vectors."""
+    lengths = [min(len(d), max_tokens) for d in docs]
+    out = torch.zeros((len(docs), max(max(lengths), 1), docs[0].shape[1]))
+    mask = torch.zeros(out.shape[:2], dtype=torch.bool)
+    for i, (d, n) in enumerate(zip(docs, lengths, strict=True)):
+        out[i, :n] = torch.from_numpy(np.asarray(d[:n], dtype=np.float32))
+        mask[i, :n] = True
+    return torch.nn.functional.normalize(out, dim=-1), mask
+
+
+def similarity(q, docs):
+    return torch.einsum("qd,cld->cql", q, docs)
 
 
 def unit(rng, n, d=16):
