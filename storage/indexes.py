@@ -14,12 +14,15 @@ from sidestep.index import DocSearcher, configure_search
 from sidestep.search import IndexedCorpus, MapIndex, TokenView
 
 from . import schemas
-from .artifacts import IndexStore
+from .artifacts import CorruptArtifact, IndexStore
 from .atomic import write_parquet, write_with
 
 INDEX_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.parquet"
 MAPS_FILE = "maps.parquet"
+GOLDEN_FILE = "golden.parquet"
+GOLDEN_QUERIES = 5
+GOLDEN_DEPTH = 10
 
 
 def write_version_files(staged: Path, index: faiss.Index, chunks: pa.Table, maps: pa.Table | None = None) -> None:
@@ -27,8 +30,38 @@ def write_version_files(staged: Path, index: faiss.Index, chunks: pa.Table, maps
     if "section" not in chunks.column_names:
         chunks = chunks.append_column("section", pa.array([-1] * chunks.num_rows, pa.int32()))
     write_parquet(staged / CHUNKS_FILE, chunks.cast(schemas.INDEX_CHUNKS))
+    write_parquet(staged / GOLDEN_FILE, golden_queries(index, chunks["doc_id"].to_pylist()))
     if maps is not None:
         write_parquet(staged / MAPS_FILE, maps)
+
+
+def golden_queries(index: faiss.Index, doc_ids: list[str], n: int = GOLDEN_QUERIES) -> pa.Table:
+    """A few chunks, spread over the index, whose own vector must find their document again at load.
+
+    Checksums prove the files are the ones written; these prove the index and its chunk table still
+    belong together (a version built from the wrong vectors, or with rows out of order, fails them)."""
+    rows = sorted({i * index.ntotal // n for i in range(n)}) if index.ntotal else []
+    vecs = [index.reconstruct(int(r)).tolist() for r in rows]
+    return pa.table({"row": pa.array(rows, pa.int64()), "doc_id": [doc_ids[r] for r in rows],
+                     "vector": pa.array(vecs, pa.list_(pa.float32()))})
+
+
+def check_version(folder: Path, manifest: dict, searcher: DocSearcher) -> None:
+    """Counts and golden queries of a loaded version; a mismatch raises CorruptArtifact."""
+    want = manifest.get("counts", {}).get("chunks")
+    if want is not None and want != searcher.index.ntotal:
+        raise CorruptArtifact(f"{manifest.get('domain')}/{manifest.get('version')}: manifest counts {want} chunks, "
+                              f"the index holds {searcher.index.ntotal}")
+    if not (folder / GOLDEN_FILE).is_file():  # versions published before golden queries existed
+        return
+    g = pq.read_table(folder / GOLDEN_FILE).to_pydict()
+    if not g["doc_id"]:
+        return
+    hits = searcher.search(np.asarray(g["vector"], np.float32), GOLDEN_DEPTH)
+    for i, (doc, found) in enumerate(zip(g["doc_id"], hits, strict=True)):
+        if doc not in {h.doc_id for h in found}:
+            raise CorruptArtifact(f"{manifest.get('domain')}/{manifest.get('version')}: golden query {i} "
+                                  f"(chunk row {g['row'][i]}) did not find {doc!r} in its top {GOLDEN_DEPTH}")
 
 
 def _map_index(folder: Path, index: faiss.Index, doc_ids: list[str], sections: list[int]) -> MapIndex | None:
@@ -51,7 +84,8 @@ def _map_index(folder: Path, index: faiss.Index, doc_ids: list[str], sections: l
 
 def load_version(store: IndexStore, domain: str, version: str, *, verify: bool = True,
                  overfetch: int = 4, doc_score: str = "max", ef_search: int | None = None) -> IndexedCorpus:
-    """Load a published version; with verify, checksums are checked first (corrupt → CorruptArtifact)."""
+    """Load a published version; with verify, checksums are checked first, then counts and golden queries
+(any failure → CorruptArtifact, so a serving replica keeps its old version)."""
     manifest = store.verify(domain, version) if verify else store.manifest(domain, version)
     folder = store.path(domain, version)
     index = faiss.read_index(str(folder / INDEX_FILE))
@@ -59,10 +93,16 @@ def load_version(store: IndexStore, domain: str, version: str, *, verify: bool =
     chunks = pq.read_table(folder / CHUNKS_FILE)
     doc_ids = chunks["doc_id"].to_pylist()
     sections = chunks["section"].to_pylist() if "section" in chunks.column_names else [-1] * len(doc_ids)
+    try:
+        searcher = DocSearcher(index, doc_ids, overfetch=overfetch, doc_score=doc_score)
+    except ValueError as e:
+        raise CorruptArtifact(f"{domain}/{version}: {e}") from e
+    if verify:
+        check_version(folder, manifest, searcher)
     return IndexedCorpus(
         domain=domain,
         version=version,
-        searcher=DocSearcher(index, doc_ids, overfetch=overfetch, doc_score=doc_score),
+        searcher=searcher,
         titles=chunks["title"].to_pylist(),
         snippets=chunks["snippet"].to_pylist(),
         chunk_idx=chunks["chunk_idx"].to_pylist(),

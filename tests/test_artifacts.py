@@ -40,7 +40,7 @@ def test_publish_points_current_at_a_verified_version(data_root):
     assert store.versions("news") == ["v1", "v2"]
     corpus = load_version(store, "news", "v2")
     assert corpus.n_docs == 7 and corpus.version == "v2"
-    assert set(m2["files"]) == {"index.faiss", "chunks.parquet"}
+    assert set(m2["files"]) == {"index.faiss", "chunks.parquet", "golden.parquet"}
 
 
 def test_published_versions_are_immutable(data_root):
@@ -68,6 +68,31 @@ def test_corruption_is_detected_and_never_becomes_current(data_root):
     with pytest.raises(CorruptArtifact):
         store.set_current("news", "v2")
     assert store.current("news") == "v1"
+
+
+def test_a_sealed_version_whose_index_does_not_match_its_chunks_is_refused_at_load(data_root):
+    """Checksums cannot catch a version built from the wrong vectors; counts and golden queries do."""
+    store = IndexStore(data_root)
+    _publish(store, "news", 40, "v1")
+    assert load_version(store, "news", "v1").searcher.index.ntotal == 40
+    rng = np.random.default_rng(7)
+    for name, n, counts in (("v2", 40, 40), ("v3", 40, 41)):
+        good = rng.normal(size=(n, 8)).astype(np.float32)
+        wrong = rng.normal(size=(n, 8)).astype(np.float32)
+        chunks = pa.table({"doc_id": [f"d{i}" for i in range(n)], "title": [""] * n, "content_hash": ["h"] * n,
+                           "chunk_idx": [0] * n, "char_start": [0] * n, "char_end": [1] * n, "shard": ["s"] * n,
+                           "token_offset": [0] * n, "n_tokens": [1] * n, "snippet": ["x"] * n})
+        with store.staging("news") as staged:
+            write_version_files(staged, build_index(good / np.linalg.norm(good, axis=1, keepdims=True),
+                                                    exact_max_vectors=1000)[0], chunks)
+            if name == "v2":  # same size, other vectors: sealed by publish, so the checksums agree
+                import faiss
+                faiss.write_index(build_index(wrong / np.linalg.norm(wrong, axis=1, keepdims=True),
+                                              exact_max_vectors=1000)[0], str(staged / "index.faiss"))
+            store.publish("news", staged, name, {"counts": {"documents": n, "chunks": counts}})
+        store.verify("news", name)  # the checksums pass ...
+        with pytest.raises(CorruptArtifact, match="golden query" if name == "v2" else "manifest counts 41"):
+            load_version(store, "news", name)  # ... the load does not
 
 
 def test_names_cannot_escape_the_data_root(data_root):
