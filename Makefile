@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install run test lint bench bench-rec bench-verify bench-ops ui clean
+.PHONY: install run test lint bench bench-rec bench-verify bench-ops bench-incremental chaos ui clean
 
 install: $(STAMP)
 
@@ -44,6 +44,14 @@ bench-verify: $(STAMP)
 
 bench-ops: $(STAMP)
 	$(BIN)/python benchmarks/ops.py
+
+# incremental nightly (1% of SciFact changed) against a full rebuild
+bench-incremental: $(STAMP)
+	$(BIN)/python benchmarks/incremental.py
+
+# the six fault scenarios (kill -9 x20, replica kill, overload, corrupt index, disk full, hot swap): ~40 min
+chaos: $(STAMP)
+	$(BIN)/python benchmarks/chaos.py
 
 # a local Prefect server + UI on 127.0.0.1:4200 and a runner serving every deployment
 ui: $(STAMP)

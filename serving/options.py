@@ -18,6 +18,16 @@ PRESETS: dict[str, dict[str, dict]] = {
         "verifier": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 32,
                      "max_queued_requests": 64, "health_check_period_s": 5, "health_check_timeout_s": 30},
     },
+    # the same machine with two search replicas, so that one can die without the endpoint going dark
+    "replicated": {
+        "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.2}, "max_ongoing_requests": 64},
+        "search": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 16,
+                   "max_queued_requests": 64, "health_check_period_s": 2, "health_check_timeout_s": 30},
+        "recommend": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.2}, "max_ongoing_requests": 16,
+                      "max_queued_requests": 64, "health_check_period_s": 5, "health_check_timeout_s": 30},
+        "verifier": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.3}, "max_ongoing_requests": 32,
+                     "max_queued_requests": 64, "health_check_period_s": 5, "health_check_timeout_s": 30},
+    },
     # tests: smallest footprint, fast health checks
     "test": {
         "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 32},

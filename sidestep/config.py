@@ -113,6 +113,9 @@ class RecConfig(_Strict):
     batch_size: int = Field(512, ge=8)
     lr: float = Field(1e-3, gt=0)
     patience: int = Field(8, ge=1, description="Epochs without a better valid NDCG@10 before stopping.")
+    warm_epochs: int = Field(5, ge=1, description="Nightly: when a domain's interactions changed, its serving tables "
+                                                  "and encoder are fine-tuned for this many epochs (warm start) "
+                                                  "instead of trained from scratch.")
     max_train_seconds: float | None = Field(None, description="Wall-clock budget per training run.")
     threads: int | None = Field(None, description="torch threads for training; None = all cores.")
 

@@ -125,22 +125,38 @@ def train_pq(sample: np.ndarray, m: int, nbits: int = 8) -> faiss.Index:
 
 
 def write_pq_tokens(folder: Path, source: TokenSource, *, m: int = 48, sample_tokens: int = 100_000,
-                    seed: int = 0) -> dict:
-    """Quantize every document's tokens of `source` into `folder`; returns size figures."""
+                    seed: int = 0, parent: Path | None = None, unchanged: set[str] | frozenset = frozenset(),
+                    retrain_fraction: float = 0.2) -> dict:
+    """Quantize every document's tokens of `source` into `folder`; returns size figures.
+
+    Incremental: with a `parent` version folder holding PQ codes of the same size, and at most
+    `retrain_fraction` of the documents new or changed, the parent's codec is kept and the codes of
+    the `unchanged` documents are copied, so only changed documents are read and encoded."""
     ids = source.doc_ids()
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(ids), size=min(len(ids), max(1, sample_tokens // 200)), replace=False)
-    sample = np.concatenate([source.doc(ids[i]) for i in sorted(pick)]).astype(np.float32)
-    if len(sample) > sample_tokens:
-        sample = sample[rng.choice(len(sample), sample_tokens, replace=False)]
-    codec = train_pq(sample, m)
-    codes, starts, ends, r = [], [], [], 0
+    old = _reusable_pq(parent, m) if parent is not None else None
+    if old is not None and len(set(ids) - set(unchanged)) > retrain_fraction * max(len(ids), 1):
+        old = None  # too much changed: the codec is refit to the new corpus
+    if old is None:
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(ids), size=min(len(ids), max(1, sample_tokens // 200)), replace=False)
+        sample = np.concatenate([source.doc(ids[i]) for i in sorted(pick)]).astype(np.float32)
+        if len(sample) > sample_tokens:
+            sample = sample[rng.choice(len(sample), sample_tokens, replace=False)]
+        codec = train_pq(sample, m)
+    else:
+        codec = old.codec
+    codes, starts, ends, r, copied = [], [], [], 0, 0
     for d in ids:
-        x = np.ascontiguousarray(source.doc(d), dtype=np.float32)
-        faiss.normalize_L2(x)
-        codes.append(codec.sa_encode(x))
+        if old is not None and d in unchanged and d in old:
+            s, e = old._span[d]
+            codes.append(np.asarray(old.codes[s:e]))
+            copied += 1
+        else:
+            x = np.ascontiguousarray(source.doc(d), dtype=np.float32)
+            faiss.normalize_L2(x)
+            codes.append(codec.sa_encode(x))
         starts.append(r)
-        r += len(x)
+        r += len(codes[-1])
         ends.append(r)
     allc = np.concatenate(codes) if codes else np.zeros((0, codec.sa_code_size()), np.uint8)
     write_with(folder / PQ_CODEC, lambda tmp: faiss.write_index(codec, str(tmp)))
@@ -153,7 +169,15 @@ def write_pq_tokens(folder: Path, source: TokenSource, *, m: int = 48, sample_to
     write_parquet(folder / PQ_DOCS, pa.table({"doc_id": ids, "start": pa.array(starts, pa.int64()),
                                               "end": pa.array(ends, pa.int64())}))
     return {"m": m, "bits": int(codec.pq.nbits), "tokens": int(r),
-            "bytes_per_doc": float(allc.nbytes / max(len(ids), 1))}
+            "bytes_per_doc": float(allc.nbytes / max(len(ids), 1)), "codec_reused": old is not None,
+            "docs_copied": copied}
+
+
+def _reusable_pq(parent: Path, m: int) -> PQTokenSource | None:
+    if not has_pq(parent):
+        return None
+    old = PQTokenSource(parent)
+    return old if m == old.codec.pq.M else None
 
 
 def has_pq(folder: Path) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -21,7 +22,7 @@ from sidestep.verifier import idf_table
 from storage.artifacts import IndexStore, new_version_name
 from storage.documents import DocumentStore
 from storage.embeddings import EmbeddingStore
-from storage.indexes import write_version_files
+from storage.indexes import CHUNKS_FILE, write_version_files
 from storage.maps import MapStore
 from storage.paths import DataRoot
 from storage.schemas import index_maps_schema
@@ -129,13 +130,27 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
             write_pieces(staged, doc_list, pieces_of, idf_table(pieces_of, len(load_tokenizer(
                 settings.encoder.model_path))))
             if settings.verify.token_store == "pq":
+                # --force refits the token codec too; otherwise unchanged documents keep their codes
+                parent, unchanged = (None, set()) if force else _unchanged_docs(store, domain, docs)
                 manifest["tokens"] = write_pq_tokens(staged, TokenSource(emb.dir, chunk_table),
-                                                     m=settings.verify.pq_bytes)
+                                                     m=settings.verify.pq_bytes, parent=parent, unchanged=unchanged)
             manifest = store.publish(domain, staged, version, manifest)
     removed = store.gc(domain, settings.index.keep_versions)
     return {"domain": domain, "published": True, "version": version, "parent": manifest["parent"], "gc": removed,
             "documents": docs.num_rows, "chunks": len(order), "index": params.kind,
-            "seconds": round(time.perf_counter() - t0, 3)}
+            "tokens": manifest.get("tokens"), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _unchanged_docs(store: IndexStore, domain: str, docs: pa.Table) -> tuple[Path | None, set[str]]:
+    """The serving version's folder, and the documents whose content it already holds unchanged."""
+    now = store.current(domain)
+    if now is None:
+        return None, set()
+    folder = store.path(domain, now)
+    old = pq.read_table(folder / CHUNKS_FILE, columns=["doc_id", "content_hash"]).to_pydict()
+    had = dict(zip(old["doc_id"], old["content_hash"], strict=True))
+    return folder, {d for d, h in zip(docs["doc_id"].to_pylist(), docs["content_hash"].to_pylist(), strict=True)
+                    if had.get(d) == h}
 
 
 def _sections(entry, rows: list[int], cs: list[int], ce: list[int]) -> list[int]:

@@ -30,6 +30,7 @@ from storage.documents import DocumentStore
 from storage.embeddings import EmbeddingStore
 from storage.paths import SHARED, DataRoot
 from storage.recstore import (
+    TableVersion,
     codebook_store,
     codes_table,
     load_codebook,
@@ -81,6 +82,15 @@ def load_interactions(root: DataRoot, domain: str) -> list[Interaction]:
     cols = t.select(["user_id", "history", "target", "split"]).to_pydict()
     return [Interaction(u, tuple(h), tg, s) for u, h, tg, s in
             zip(cols["user_id"], cols["history"], cols["target"], cols["split"], strict=True)]
+
+
+def interactions_fingerprint(root: DataRoot, domain: str) -> str:
+    """What a domain's tables were trained on: changes when interactions are added, removed or edited."""
+    t = DocumentStore(root).read_interactions(domain).select(["user_id", "history", "target", "split"])
+    h = hashlib.sha256()
+    for row in sorted(zip(*(t[c].to_pylist() for c in t.column_names), strict=True), key=str):
+        h.update(json.dumps(row).encode())
+    return h.hexdigest()
 
 
 def rec_domains(root: DataRoot) -> list[str]:
@@ -247,7 +257,8 @@ def rebuild_item_index(root: DataRoot, settings: Settings, domain: str) -> dict:
         return {"domain": domain, "published": False, "version": cur.version, "reason": "unchanged items"}
     codes = book.encode(items.vectors).astype(np.int64)
     model = model_from_state(cur.model_state, domain)
-    manifest = {k: v for k, v in cur.manifest.items() if k in ("mode", "pretrained_from", "config", "metrics")}
+    manifest = {k: v for k, v in cur.manifest.items() if k in ("mode", "pretrained_from", "config", "metrics",
+                                                                  "interactions", "warm_from")}
     version = publish_tables(root, domain, items, codes, model, book_version,
                              {**manifest, "rebuilt_from": cur.version}, keep_versions=settings.index.keep_versions)
     return {"domain": domain, "published": True, "version": version, "items": len(items.ids),
@@ -273,8 +284,13 @@ def rebuild_item_index_task(root: str, settings: Settings, domain: str) -> dict:
 
 
 def finetune_tables(root: DataRoot, settings: Settings, domain: str, mode: str = "scratch",
-                    pretrained_from: str | None = None, epochs: int | None = None, log: Log | None = None) -> dict:
-    """Train and publish a domain's tables (no controls: that is eval-rec's job)."""
+                    pretrained_from: str | None = None, epochs: int | None = None, log: Log | None = None,
+                    warm: TableVersion | None = None) -> dict:
+    """Train and publish a domain's tables (no controls: that is eval-rec's job).
+
+    With `warm` (the domain's serving tables), training starts from them: the whole model when they
+    share the current codebook, only the sequence encoder when the codebook was refit (codes mean
+    something else there, so the table starts fresh)."""
     import torch
 
     from sidestep.rectrain import evaluate, fit_domain
@@ -282,17 +298,38 @@ def finetune_tables(root: DataRoot, settings: Settings, domain: str, mode: str =
     book_version, book = require_codebook(root)
     items, data = domain_data(root, settings, domain)
     codes = book.encode(items.vectors).astype(np.int64)
-    model, _ = start_model(root, settings, domain, mode, pretrained_from, book_version, book.spec.codewords,
-                           book.spec.positions, log)
-    res = fit_domain(model, domain, torch.from_numpy(codes), data, mode, train_config(settings, epochs=epochs),
-                     log=log)
+    if warm is not None:
+        model, mode = warm_model(settings, domain, warm, book_version, book.spec.codewords, book.spec.positions)
+    else:
+        model, _ = start_model(root, settings, domain, mode, pretrained_from, book_version, book.spec.codewords,
+                               book.spec.positions, log)
+    res = fit_domain(model, domain, torch.from_numpy(codes), data, "full" if mode.startswith("warm") else mode,
+                     train_config(settings, epochs=epochs), log=log)
     test, _ = evaluate(model, domain, torch.from_numpy(codes), data.test)
     version = publish_tables(root, domain, items, codes, model, book_version, {
         "mode": mode, "pretrained_from": pretrained_from, "config": model.cfg.to_dict(),
+        "warm_from": warm.version if warm is not None else None,
+        "interactions": interactions_fingerprint(root, domain),
         "metrics": {"valid": res.best_valid, "test": test},
-        "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch}}, keep_versions=settings.index.keep_versions)
+        "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch}},
+        keep_versions=settings.index.keep_versions)
     return {"domain": domain, "version": version, "mode": mode, "valid": res.best_valid, "test": test,
-            "seconds": round(res.seconds, 2), "items": len(items.ids)}
+            "seconds": round(res.seconds, 2), "epochs_run": res.epochs_run, "items": len(items.ids)}
+
+
+def warm_model(settings: Settings, domain: str, cur: TableVersion, book_version: str, codewords: int,
+               positions: int):
+    """(model, mode): the serving model itself ("warm"), or its encoder with a fresh table ("warm-encoder")."""
+    from sidestep.lookup import SeqRec
+
+    state = cur.model_state
+    if state["codebook_version"] == book_version:
+        return model_from_state(state, domain), "warm"
+    model = SeqRec(seq_config(settings), positions, codewords, [domain])
+    if (state["positions"], state["codewords"]) == (positions, codewords) and state["config"] == model.cfg.to_dict():
+        model.encoder.load_state_dict(state["encoder"])
+        return model, "warm-encoder"
+    return model, "scratch"  # another code shape or model size: nothing can carry over
 
 
 @task(name="finetune-tables", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["rec", "train"])
@@ -305,12 +342,22 @@ def finetune_task(root: str, settings: Settings, domain: str, mode: str = "scrat
 
 
 def refresh_tables(root: DataRoot, settings: Settings, domain: str, log: Log | None = None) -> dict:
-    """The nightly step for one domain: train when its tables are missing or on an older codebook,
-    otherwise re-encode items with the current codebook and table (no training)."""
+    """The nightly step for one domain:
+    - no tables yet: train from scratch;
+    - codebook refit since: warm-start from the serving encoder, fresh table, the full epoch budget;
+    - interactions changed: warm-start from the serving model for `rec.warm_epochs`;
+    - otherwise only re-encode new or changed items with the current codebook and table (no training)."""
     cur = load_table_version(root, domain, verify=False)
     book_version, _ = require_codebook(root)
-    if cur is None or cur.model_state["codebook_version"] != book_version:
+    if cur is None:
         out = finetune_tables(root, settings, domain, "scratch", log=log)
+        return {**out, "trained": True, "published": True}
+    if cur.model_state["codebook_version"] != book_version:
+        out = finetune_tables(root, settings, domain, log=log, warm=cur)
+        return {**out, "trained": True, "published": True}
+    seen = cur.manifest.get("interactions")
+    if seen is not None and seen != interactions_fingerprint(root, domain):
+        out = finetune_tables(root, settings, domain, epochs=settings.rec.warm_epochs, log=log, warm=cur)
         return {**out, "trained": True, "published": True}
     return {**rebuild_item_index(root, settings, domain), "trained": False}
 

@@ -106,6 +106,37 @@ def test_a_new_item_gets_codes_from_the_existing_codebook_and_is_recommendable_w
     assert third["tables"]["shop"]["published"] is False  # unchanged items: nothing to publish
 
 
+def test_new_interactions_warm_start_the_serving_tables_for_a_few_epochs(data_root, tmp_path):
+    shop = tmp_path / "shop"
+    shutil.copytree(SAMPLES_DIR / "shop", shop)
+    cfg = tmp_path / "sidestep.toml"
+    write_config(cfg, f'[[sources]]\ndomain = "shop"\npath = "{shop}"\nformat = "lcrec"\n[rec]\nwarm_epochs = 2\n')
+    first = _json(runner.invoke(app, ["--config", str(cfg), "reindex", "--json"]))
+    assert first["tables"]["shop"]["mode"] == "scratch"
+    old = load_table_version(data_root, "shop")
+    inter = json.loads((shop / "shop.inter.json").read_text())
+    inter["new-user"] = [0, 2, 6, 4, 39]
+    (shop / "shop.inter.json").write_text(json.dumps(inter))
+    second = _json(runner.invoke(app, ["--config", str(cfg), "reindex", "--json"]))
+    t = second["tables"]["shop"]
+    assert second["codebook"]["refit"] is False
+    assert t["trained"] and t["mode"] == "warm" and t["epochs_run"] <= 2
+    new = load_table_version(data_root, "shop")
+    assert new.manifest["warm_from"] == old.version and new.version != old.version
+    # it started from the serving weights: two epochs move them less than any fresh start is away
+    from sidestep.lookup import SeqRec
+    from tasks.rec import seq_config
+
+    fresh = SeqRec(seq_config(settings_from(str(cfg))), old.model_state["positions"],
+                   old.model_state["codewords"], ["shop"]).tables["shop"].state_dict()
+    for k, v in old.model_state["table"].items():
+        if v.is_floating_point() and v.numel() > 1:
+            moved = (new.model_state["table"][k] - v).norm()
+            assert 0 < moved < (fresh[k] - v).norm(), k
+    third = _json(runner.invoke(app, ["--config", str(cfg), "reindex", "--json"]))
+    assert third["tables"]["shop"]["trained"] is False  # the same interactions again: no training
+
+
 def test_eval_rec_reports_the_model_beside_its_controls_and_stores_every_variant(data_root, tmp_path):
     write_recbole(tmp_path / "toy")
     body = _json(runner.invoke(app, ["eval-rec", str(tmp_path / "toy"), "--domain", "toy", "--epochs", "25",

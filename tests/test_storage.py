@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -73,3 +74,42 @@ def test_embedded_defaults_name_the_sample_corpus():
     assert all(DataRoot(SAMPLES_DIR).root.joinpath(src.path).exists() for src in s.sources)
     with pytest.raises(ValueError):
         Settings.model_validate({"sources": [{"domain": "../x", "path": "p"}]})
+
+
+class _Tokens:
+    """Token vectors per document, in memory: what write_pq_tokens reads from the embedding shards."""
+
+    def __init__(self, docs: dict[str, np.ndarray]):
+        self.docs_ = docs
+
+    def doc_ids(self) -> list[str]:
+        return list(self.docs_)
+
+    def doc(self, d: str) -> np.ndarray:
+        return self.docs_[d]
+
+
+def test_pq_tokens_of_unchanged_documents_are_copied_and_the_codec_kept(tmp_path):
+    from storage.tokens import PQTokenSource, write_pq_tokens
+
+    rng = np.random.default_rng(0)
+    docs = {f"d{i}": rng.normal(size=(int(rng.integers(5, 30)), 32)).astype(np.float32) for i in range(60)}
+    (v1 := tmp_path / "v1").mkdir()
+    first = write_pq_tokens(v1, _Tokens(docs), m=8, sample_tokens=2000)
+    assert not first["codec_reused"] and first["docs_copied"] == 0
+    changed = {**docs, "d3": rng.normal(size=(12, 32)).astype(np.float32), "new": rng.normal(size=(9, 32))}
+    (v2 := tmp_path / "v2").mkdir()
+    unchanged = set(docs) - {"d3"}
+    second = write_pq_tokens(v2, _Tokens(changed), m=8, sample_tokens=2000, parent=v1, unchanged=unchanged)
+    assert second["codec_reused"] and second["docs_copied"] == 59 and second["tokens"] == sum(
+        len(v) for v in changed.values())
+    a, b = PQTokenSource(v1), PQTokenSource(v2)
+    assert all(np.array_equal(a.doc(d), b.doc(d)) for d in unchanged)
+    for d in ("d3", "new"):  # encoded afresh with the kept codec: close to the new vectors
+        x = changed[d] / np.linalg.norm(changed[d], axis=1, keepdims=True)
+        y = b.doc(d)
+        cos = (x * y).sum(1) / np.linalg.norm(y, axis=1)
+        assert cos.mean() > 0.6, cos.mean()
+    (v3 := tmp_path / "v3").mkdir()  # half the corpus changed: past retrain_fraction, the codec is refit
+    third = write_pq_tokens(v3, _Tokens(changed), m=8, sample_tokens=2000, parent=v1, unchanged=set(list(docs)[:30]))
+    assert not third["codec_reused"] and third["docs_copied"] == 0
