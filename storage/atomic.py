@@ -6,8 +6,10 @@ A reader sees the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -86,9 +88,23 @@ def write_parquet(path: Path, table: pa.Table, verify: bool = True) -> None:
                 raise OSError(f"parquet verify failed for {path}: wrote {table.num_rows} rows, read {rows}")
 
 
+LOW_SPACE_BYTES = 1 << 20
+
+
 def write_with(path: Path, writer: Callable[[Path], None]) -> None:
-    with atomic_path(path) as tmp:
-        writer(tmp)
+    """Atomic write through a library's own writer (faiss, numpy). Libraries report a full disk in their
+    own words (faiss: "write error"); it is turned back into ENOSPC so that the cause is plain."""
+    try:
+        with atomic_path(path) as tmp:
+            writer(tmp)
+    except OSError:
+        raise
+    except Exception as e:
+        free = shutil.disk_usage(path.parent).free
+        if free < LOW_SPACE_BYTES:
+            raise OSError(errno.ENOSPC, f"no space left on device writing {path.name} ({free} bytes free in "
+                                        f"{path.parent}): {e}") from e
+        raise
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
