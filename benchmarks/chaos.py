@@ -315,7 +315,7 @@ def replica_kill(root: Path, seconds: float = 40, kill_at: float = 12) -> dict:
 
     use_root(root)
     with ServeHandle(DataRoot(root / "data"), port=PORT, preset="replicated") as h:
-        before = replica_pids("SearchDeployment")
+        before = replica_pids("search")
         if len(before) < 2:
             raise SystemExit(f"expected two search replicas, found {before}")
         with Load(h.url, clients=4, retries=1, recommend=False) as load:
@@ -323,21 +323,21 @@ def replica_kill(root: Path, seconds: float = 40, kill_at: float = 12) -> dict:
             victim = sorted(before)[0]
             os.kill(victim, signal.SIGKILL)
             t_kill = time.monotonic()
-            time.sleep(seconds - kill_at)
-        deadline, after = time.monotonic() + 120, set()
-        while time.monotonic() < deadline:
-            after = replica_pids("SearchDeployment")
-            if len(after) >= 2 and victim not in after:
-                break
-            time.sleep(1)
-        restarted = len(after) >= 2 and victim not in after
-        restart_s = round(time.monotonic() - t_kill, 1)
+            restart_s, after = None, set()
+            while time.monotonic() - t_kill < max(seconds - kill_at, 120):
+                after = replica_pids("search")
+                if restart_s is None and len(after) >= 2 and victim not in after:
+                    restart_s = round(time.monotonic() - t_kill, 1)
+                if restart_s is not None and time.monotonic() - t_kill >= seconds - kill_at:
+                    break
+                time.sleep(0.5)
+        restarted = restart_s is not None
         import httpx
 
         ok_after = httpx.post(h.url + "/search", json={"query": "backups", "domain": "handbook"},
                               timeout=30).status_code
     return {"seconds": seconds, "clients": 4, "killed_pid": victim, "replicas_before": len(before),
-            "replicas_after": len(after), "restarted": restarted, "restart_seen_within_s": restart_s,
+            "replicas_after": len(after), "restarted": restarted, "restart_s": restart_s,
             "status_after": ok_after, "load": load.report()}
 
 
@@ -478,7 +478,7 @@ def disk_full_inner(root: Path, levels: tuple[float, ...] = (0.05, 0.25, 0.5, 0.
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
         try:
             data = mnt / "data"
-            shutil.copytree(src_data, data)
+            shutil.copytree(src_data, data, ignore=shutil.ignore_patterns("ray", "prefect"))
             free = shutil.disk_usage(mnt).free
             room = int(level * version_bytes)
             with open(mnt / "filler", "wb") as f:
@@ -548,7 +548,7 @@ def render(res: dict) -> str:
         lines.append(
             f"| b. kill -9 one of two search replicas under load | {b['load']['requests']} requests, "
             f"{b['clients']} clients, {b['seconds']:.0f} s | replica restarted: **{b['restarted']}** "
-            f"({b['replicas_after']} running, seen within {b['restart_seen_within_s']} s); client errors on the first "
+            f"(a new replica process {b['restart_s']} s after the kill); client errors on the first "
             f"try: {b['load']['first_try_errors']}, after one retry: **{b['load']['failed']}** |")
     c = res.get("c")
     if c:

@@ -15,6 +15,7 @@ from .ingest import ingest_flow
 from .longdoc import longdoc_flow
 from .rec import eval_rec_flow, finetune_tables_flow, fit_codebooks_flow, pretrain_flow, rebuild_index_flow
 from .reindex import nightly_reindex
+from .summarize import summarize_flow
 
 
 def deployments(cron: str | None = None):
@@ -24,6 +25,9 @@ def deployments(cron: str | None = None):
                                       description="Ingest, embed, index and publish every configured domain."),
         ingest_flow.to_deployment(name="on-demand", tags=["ingest"],
                                   description="Ingest one source into one domain."),
+        summarize_flow.to_deployment(name="on-demand", tags=["maps"],
+                                     description="Build document maps (sections, summaries, global summary) "
+                                                 "of stored documents; cached by content hash."),
         evaluate_flow.to_deployment(name="on-demand", tags=["eval"],
                                     description="Evaluate a BEIR folder through the serving search path."),
         longdoc_flow.to_deployment(name="on-demand", tags=["eval", "maps"],

@@ -29,7 +29,15 @@ def _index(root: str, settings, dataset_dir: str, domain: str) -> tuple[dict, di
 def train_verifier_flow(dataset_dir: str, domain: str, split: str = "train", seed: int = 0,
                         config_path: str | None = None) -> dict:
     """Index DATASET_DIR (a BEIR folder) into DOMAIN, then train and publish DOMAIN's verifier on its SPLIT
-    qrels: hard negatives from recall's top candidates and structural near-misses of each positive."""
+    qrels: hard negatives from recall's top candidates and structural near-misses of each positive.
+
+    Args:
+        dataset_dir: Path of the dataset folder (BEIR: corpus.jsonl, queries.jsonl, qrels/).
+        domain: Domain name (a folder-safe name: letters, digits, dot, dash, underscore).
+        split: Qrels split to train on (never test).
+        seed: Random seed, for reproducible runs.
+        config_path: TOML config file; default: $SIDESTEP_CONFIG, else the embedded sample configuration.
+    """
     settings = settings_from(config_path)
     root = str(root_from(settings).root)
     _index(root, settings, dataset_dir, domain)
@@ -44,7 +52,20 @@ def evaluate_flow(dataset_dir: str, domain: str, k: int = 100, split: str = "tes
 
     With verify and no published verifier for DOMAIN, one is trained first on the folder's train qrels
     (when it has them); VERIFIER_FROM uses another domain's verifier instead (a domain without training
-    queries). Pooled cosine, MaxSim, BM25 and their fusion run beside it as baselines."""
+    queries). Pooled cosine, MaxSim, BM25 and their fusion run beside it as baselines.
+
+    Args:
+        dataset_dir: Path of the dataset folder (BEIR: corpus.jsonl, queries.jsonl, qrels/).
+        domain: Domain name (a folder-safe name: letters, digits, dot, dash, underscore).
+        k: Results per query (Recall@k depth).
+        split: Qrels split to evaluate.
+        min_rel: Smallest relevance grade that counts as relevant.
+        verify: Rerank recall's candidates with the domain's verifier.
+        train_verifier: Train a verifier first when the domain has none and the folder has train qrels.
+        verifier_from: Use this domain's verifier instead (for corpora without training queries).
+        out: Write the run's Parquet here too.
+        config_path: TOML config file; default: $SIDESTEP_CONFIG, else the embedded sample configuration.
+    """
     settings = settings_from(config_path)
     root_dir = root_from(settings)
     root = str(root_dir.root)

@@ -14,7 +14,19 @@ def ingest_flow(path: str, domain: str, format: Format | None = None, id_field: 
                 title_field: str | None = "title", text_field: str = "text", snapshot: bool = False,
                 max_text_bytes: int | None = None, config_path: str | None = None) -> dict:
     """Read PATH into DOMAIN: new and changed documents are upserted by content hash, bad records
-    quarantined with their reason; with snapshot, documents this source no longer has are tombstoned."""
+    quarantined with their reason; with snapshot, documents this source no longer has are tombstoned.
+
+    Args:
+        path: File or folder to read.
+        domain: Domain name (a folder-safe name: letters, digits, dot, dash, underscore).
+        format: Source format; guessed from the path when empty.
+        id_field: Field holding the record id (JSON/CSV).
+        title_field: Field holding the title, if any.
+        text_field: Field holding the text.
+        snapshot: The source is complete: documents it no longer has are tombstoned.
+        max_text_bytes: Longest text accepted; longer records are quarantined. Default from [ingest].
+        config_path: TOML config file; default: $SIDESTEP_CONFIG, else the embedded sample configuration.
+    """
     settings = settings_from(config_path)
     source = SourceConfig(domain=domain, path=path, format=format, id_field=id_field, title_field=title_field,
                           text_field=text_field, snapshot=snapshot)

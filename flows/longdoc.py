@@ -36,5 +36,11 @@ def longdoc_task(path: str, config_path: str | None, seed: int) -> dict:
 
 @flow(name="eval-longdoc", log_prints=True)
 def longdoc_flow(path: str, seed: int = 0, config_path: str | None = None) -> dict:
-    """Evidence-chunk Recall@1/3/5 inside long documents: bag of chunks vs map-conditioned retrieval."""
+    """Evidence-chunk Recall@1/3/5 inside long documents: bag of chunks vs map-conditioned retrieval.
+
+    Args:
+        path: An L-Eval style JSONL file of long documents with questions.
+        seed: Random seed, for reproducible runs.
+        config_path: TOML config file; default: $SIDESTEP_CONFIG, else the embedded sample configuration.
+    """
     return longdoc_task(path, config_path, seed)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from storage.artifacts import IndexStore
 from storage.paths import DataRoot
 from storage.status import record_nightly
 from tasks.common import root_from, settings_from
@@ -32,7 +33,14 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
     for domains with interactions, fit codebooks (only on drift), then train or re-encode their tables.
 
     An unchanged corpus re-encodes nothing and publishes nothing. One failing domain does not stop
-    the others; the run fails at the end, naming them."""
+    the others; the run fails at the end, naming them.
+
+    Args:
+        domains: Domains to process; all configured domains when empty.
+        force: Publish new versions even if nothing changed, and refit the codebook and token codec (the full refit).
+        skip_ingest: Reuse the stored documents instead of reading the sources again.
+        config_path: TOML config file; default: $SIDESTEP_CONFIG, else the embedded sample configuration.
+    """
     started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
     settings = settings_from(config_path)
     root = str(root_from(settings).root)
@@ -43,7 +51,7 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
         raise ValueError(f"unknown domain(s) {unknown}; configured: {known}")
     log = get_run_logger()
     summary: dict = {"domains": {}, "failed": {}, "encoded": 0, "reused": 0, "summarized": 0, "maps_failed": 0,
-                     "published": [], "quarantined": 0}
+                     "published": [], "quarantined": 0, "staging_swept": sweep_staging(DataRoot(Path(root)))}
     for domain in chosen:
         try:
             ingests = [] if skip_ingest else [
@@ -72,6 +80,11 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
     if summary["failed"]:
         raise ReindexFailed(summary)
     return summary
+
+
+def sweep_staging(root: DataRoot) -> int:
+    """Staging folders a killed run left behind, in every store, removed before this run starts."""
+    return sum(IndexStore(root, kind).sweep_staging() for kind in ("indexes", "tables", "codebooks", "verifiers"))
 
 
 def _run_name() -> str | None:

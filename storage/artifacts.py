@@ -21,7 +21,7 @@ from pathlib import Path
 from sidestep.config import check_name
 
 from .atomic import fault_point, fsync_dir, fsync_file, sha256_file, write_text
-from .paths import DataRoot
+from .paths import SHARED, DataRoot
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = 1
@@ -202,4 +202,21 @@ class IndexStore:
             for d in base.glob(".staging-*"):
                 shutil.rmtree(d, ignore_errors=True)
                 n += 1
+        return n
+
+    def sweep_staging(self) -> int:
+        """clean_staging for every domain no publisher holds now (a crashed run's leftovers in a domain
+        the next run has nothing to publish for would otherwise stay)."""
+        n = 0
+        base = self.root.root / self.kind
+        if self.kind == "codebooks":
+            domains = [SHARED] if base.is_dir() else []
+        else:  # every folder, also a domain whose first publish was killed (no CURRENT yet)
+            domains = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        for domain in domains:
+            try:
+                with self.lock(domain, wait=False):
+                    n += self.clean_staging(domain)
+            except PublishBusy:
+                continue
         return n

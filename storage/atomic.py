@@ -93,13 +93,14 @@ LOW_SPACE_BYTES = 1 << 20
 
 def write_with(path: Path, writer: Callable[[Path], None]) -> None:
     """Atomic write through a library's own writer (faiss, numpy). Libraries report a full disk in their
-    own words (faiss: "write error"); it is turned back into ENOSPC so that the cause is plain."""
+    own words (faiss: "write error", numpy: "N requested and M written"); it is turned back into ENOSPC so
+    that the cause is plain."""
     try:
         with atomic_path(path) as tmp:
             writer(tmp)
-    except OSError:
-        raise
     except Exception as e:
+        if getattr(e, "errno", None) == errno.ENOSPC:
+            raise
         free = shutil.disk_usage(path.parent).free
         if free < LOW_SPACE_BYTES:
             raise OSError(errno.ENOSPC, f"no space left on device writing {path.name} ({free} bytes free in "

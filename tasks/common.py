@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import functools
 
+from prefect.tasks import exponential_backoff
+
 from sidestep.config import Settings, load_settings
 from sidestep.encoder import Encoder
 from storage.paths import DataRoot
+
+# Tasks that touch files or models: transient failures (a busy disk, a file another process is replacing)
+# are retried twice, 2 s then 4 s later, with jitter so that parallel runs do not retry in step.
+RETRY = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.5}
+# Training runs are long: one retry, after 10 s.
+TRAIN_RETRY = {"retries": 1, "retry_delay_seconds": 10}
 
 
 def settings_from(config_path: str | None) -> Settings:

@@ -18,7 +18,7 @@ from storage.documents import DocumentStore
 from storage.embeddings import EmbeddingStore
 from storage.paths import DataRoot
 
-from .common import encoder_for
+from .common import RETRY, encoder_for
 
 SHARD_DOCS = 512
 
@@ -69,7 +69,7 @@ def _progress(enabled: bool) -> Progress:
                     disable=not enabled, transient=False)
 
 
-@task(name="embed-domain", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["embed"])
+@task(name="embed-domain", **RETRY, cache_policy=NO_CACHE, tags=["embed"])
 def embed_task(root: str, settings: Settings, domain: str) -> dict:
     logger = get_run_logger()
     out = embed_domain(DataRoot(Path(root)), settings, domain, log=logger.info)

@@ -28,6 +28,7 @@ from storage.paths import DataRoot
 from storage.schemas import index_maps_schema
 from storage.tokens import TokenSource, write_pieces, write_pq_tokens
 
+from .common import RETRY
 from .summarize import map_key
 
 SNIPPET_CHARS = 280
@@ -172,7 +173,7 @@ def _add_map(doc_maps: dict[str, list], doc_id: str, entry) -> None:
     doc_maps["section_vecs"].append(v.section_vecs.tolist())
 
 
-@task(name="publish-index", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["index"])
+@task(name="publish-index", **RETRY, cache_policy=NO_CACHE, tags=["index"])
 def publish_task(root: str, settings: Settings, domain: str, force: bool = False) -> dict:
     out = publish_domain(DataRoot(Path(root)), settings, domain, force=force)
     log = get_run_logger()

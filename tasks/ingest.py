@@ -14,6 +14,8 @@ from sidestep.readers import SourceError, read_source
 from storage.documents import DocumentStore, QuarantineStore
 from storage.paths import DataRoot
 
+from .common import RETRY
+
 
 def ingest_source(root: DataRoot, source: SourceConfig, *, max_text_bytes: int, run_id: str | None = None) -> dict:
     """Plain function (also used outside Prefect); raises SourceError before writing anything."""
@@ -41,7 +43,7 @@ def ingest_source(root: DataRoot, source: SourceConfig, *, max_text_bytes: int, 
     }
 
 
-@task(name="ingest-source", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE,
+@task(name="ingest-source", **RETRY, cache_policy=NO_CACHE,
       retry_condition_fn=lambda task, run, state: not isinstance(state.result(raise_on_failure=False), SourceError),
       tags=["ingest"])
 def ingest_task(root: str, source: SourceConfig, max_text_bytes: int, run_id: str | None = None) -> dict:

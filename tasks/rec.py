@@ -41,6 +41,8 @@ from storage.recstore import (
 )
 from storage.warehouse import Warehouse
 
+from .common import RETRY, TRAIN_RETRY
+
 Log = Callable[[str], None]
 MODES = ("scratch", "table-only", "full")
 
@@ -268,7 +270,7 @@ def rebuild_item_index(root: DataRoot, settings: Settings, domain: str) -> dict:
 # ----------------------------------------------------------------------------- Prefect tasks
 
 
-@task(name="fit-codebooks", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["rec"])
+@task(name="fit-codebooks", **RETRY, cache_policy=NO_CACHE, tags=["rec"])
 def fit_codebooks_task(root: str, settings: Settings, domains: list[str] | None = None, refit: bool = False) -> dict:
     log = get_run_logger()
     out = fit_codebooks(DataRoot(Path(root)), settings, domains, refit=refit, log=log.info)
@@ -276,7 +278,7 @@ def fit_codebooks_task(root: str, settings: Settings, domains: list[str] | None 
     return out
 
 
-@task(name="rebuild-item-index", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["rec", "index"])
+@task(name="rebuild-item-index", **RETRY, cache_policy=NO_CACHE, tags=["rec", "index"])
 def rebuild_item_index_task(root: str, settings: Settings, domain: str) -> dict:
     out = rebuild_item_index(DataRoot(Path(root)), settings, domain)
     get_run_logger().info("item index %s: %s", domain, out)
@@ -332,7 +334,7 @@ def warm_model(settings: Settings, domain: str, cur: TableVersion, book_version:
     return model, "scratch"  # another code shape or model size: nothing can carry over
 
 
-@task(name="finetune-tables", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["rec", "train"])
+@task(name="finetune-tables", **TRAIN_RETRY, cache_policy=NO_CACHE, tags=["rec", "train"])
 def finetune_task(root: str, settings: Settings, domain: str, mode: str = "scratch",
                   pretrained_from: str | None = None, epochs: int | None = None) -> dict:
     log = get_run_logger()
@@ -362,7 +364,7 @@ def refresh_tables(root: DataRoot, settings: Settings, domain: str, log: Log | N
     return {**rebuild_item_index(root, settings, domain), "trained": False}
 
 
-@task(name="refresh-tables", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["rec"])
+@task(name="refresh-tables", **TRAIN_RETRY, cache_policy=NO_CACHE, tags=["rec"])
 def refresh_tables_task(root: str, settings: Settings, domain: str) -> dict:
     log = get_run_logger()
     out = refresh_tables(DataRoot(Path(root)), settings, domain, log=log.info)

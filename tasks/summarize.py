@@ -23,7 +23,7 @@ from storage.embeddings import EmbeddingStore
 from storage.maps import MapStore, encoded_docs
 from storage.paths import DataRoot
 
-from .common import encoder_for
+from .common import RETRY, encoder_for
 
 BATCH = 256
 
@@ -92,7 +92,7 @@ def summarize_domain(root: DataRoot, settings: Settings, domain: str,
             "reused": docs.num_rows - len(rows), "failed": len(failed), "seconds": round(seconds, 3)}
 
 
-@task(name="summarize-domain", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, tags=["summarize"])
+@task(name="summarize-domain", **RETRY, cache_policy=NO_CACHE, tags=["summarize"])
 def summarize_task(root: str, settings: Settings, domain: str) -> dict:
     logger = get_run_logger()
     out = summarize_domain(DataRoot(Path(root)), settings, domain, log=logger.info)

@@ -34,7 +34,7 @@ from storage.paths import DataRoot
 from storage.verifiers import publish_verifier
 from storage.warehouse import Warehouse
 
-from .common import encoder_for
+from .common import TRAIN_RETRY, encoder_for
 
 
 def _doc_rows(doc_ids) -> dict[str, list[int]]:
@@ -153,7 +153,7 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     return {"domain": domain, "version": version, "seconds": round(seconds, 1), **manifest}
 
 
-@task(name="train-verifier", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE, tags=["verifier"])
+@task(name="train-verifier", **TRAIN_RETRY, cache_policy=NO_CACHE, tags=["verifier"])
 def train_verifier_task(root: str, settings: Settings, dataset_dir: str, domain: str, split: str = "train",
                         seed: int = 0) -> dict:
     log = get_run_logger()

@@ -187,3 +187,16 @@ def test_tables_and_codebooks_live_in_their_own_folders(data_root):
         IndexStore(data_root, "codebooks").base("shop")
     with pytest.raises(ValueError):
         IndexStore(data_root, "tables").base("../etc")
+
+
+def test_sweep_removes_staging_left_by_killed_runs_except_where_a_publisher_works(data_root):
+    store = IndexStore(data_root)
+    _publish(store, "news", 5, "v1")
+    for d in ("news", "first-publish-killed", "busy"):  # the second never got a CURRENT
+        (store.base(d) / ".staging-deadbeef0000").mkdir(parents=True)
+    with store.lock("busy"):  # a publisher is at work there: its staging folder is not garbage
+        assert store.sweep_staging() == 2
+    assert not list(store.base("news").glob(".staging-*"))
+    assert not list(store.base("first-publish-killed").glob(".staging-*"))
+    assert list(store.base("busy").glob(".staging-*"))
+    assert store.current("news") == "v1" and load_version(store, "news", "v1").n_docs == 5

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     mnt = Path(tempfile.mkdtemp(prefix="full-", dir="/tmp"))
     used = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={used + 32 * 2**20}", "tmpfs", str(mnt)], check=True)
-    shutil.copytree(src, mnt / "data")
+    shutil.copytree(src, mnt / "data", ignore=shutil.ignore_patterns("ray", "prefect"))  # sockets, servers
     store = IndexStore(DataRoot(mnt / "data"))
     before = store.current("handbook")
     need = sum(f.stat().st_size for f in store.path("handbook", before).iterdir())

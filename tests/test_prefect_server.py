@@ -26,7 +26,7 @@ def test_deployments_are_listed_and_a_triggered_nightly_run_publishes(data_root,
         from flows.deployments import deployments
 
         listed = p.deployments()
-        assert len(listed) == len(deployments()) == 10  # every flow is a deployment
+        assert len(listed) == len(deployments()) == 11  # every flow is a deployment
         deps = {d["name"]: d for d in listed if d["name"] == "nightly"}
         assert deps, "the nightly deployment is not registered"
         assert all(d["parameter_openapi_schema"]["properties"] for d in listed)
