@@ -29,7 +29,14 @@ def main(
     home: Annotated[Path | None, typer.Option("--home", help="Data root (overrides $SIDESTEP_HOME).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML config ($SIDESTEP_CONFIG); default: "
                                                 "the embedded sample corpus.")] = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Logs on stderr as one JSON object per line, with "
+                                           "flow_run_id / task_run_id (for a log shipper).")] = False,
 ) -> None:
+    if log_json:  # before Prefect is imported: its logging reads these once
+        for h in ("CONSOLE", "CONSOLE_FLOW_RUNS", "CONSOLE_TASK_RUNS"):
+            os.environ[f"PREFECT_LOGGING_HANDLERS_{h}_FORMATTER"] = "json"
+        os.environ["SIDESTEP_NO_PROGRESS"] = "1"  # no progress bars between the JSON lines
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     if home:
         os.environ["SIDESTEP_HOME"] = str(home.resolve())
     if config:

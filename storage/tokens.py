@@ -120,6 +120,7 @@ def train_pq(sample: np.ndarray, m: int, nbits: int = 8) -> faiss.Index:
         raise ValueError(f"pq_bytes = {m} does not divide the token dimension {x.shape[1]}")
     nbits = max(1, min(nbits, int(np.log2(max(len(x), 2)))))  # a tiny corpus has fewer tokens than codewords
     codec = faiss.IndexPQ(x.shape[1], m, nbits)
+    codec.pq.cp.min_points_per_centroid = 1  # few tokens are expected on small corpora: no warning for it
     codec.train(x)
     return codec
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from storage.paths import DataRoot
 from .common import RETRY, encoder_for
 
 SHARD_DOCS = 512
+NO_PROGRESS_ENV = "SIDESTEP_NO_PROGRESS"
 
 
 def embed_domain(root: DataRoot, settings: Settings, domain: str, *, show_progress: bool = True,
@@ -65,6 +67,8 @@ def _arr(values: set[str]) -> pa.Array:
 
 
 def _progress(enabled: bool) -> Progress:
+    """A progress bar on the terminal; off when logs go to a shipper as JSON (`sidestep --log-json`)."""
+    enabled = enabled and not os.environ.get(NO_PROGRESS_ENV)
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     disable=not enabled, transient=False)
 

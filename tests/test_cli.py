@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -29,6 +30,24 @@ def test_the_installed_entry_point_runs():
         pytest.skip("sidestep is not installed in .venv")
     r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and all(c in r.stdout for c in COMMANDS)
+
+
+@pytest.mark.slow
+def test_log_json_writes_one_json_object_per_line_with_run_ids(data_root, tmp_path):
+    exe = VENV_BIN / "sidestep"
+    if not exe.exists():
+        pytest.skip("sidestep is not installed in .venv")
+    (tmp_path / "c.jsonl").write_text('{"id": "a", "text": "Herons wait by the weir at dawn."}\n')
+    (tmp_path / "s.toml").write_text(f'[[sources]]\ndomain = "tiny"\npath = "{tmp_path / "c.jsonl"}"\n'
+                                     'format = "jsonl"\n[maps]\nenabled = false\n')
+    r = subprocess.run([str(exe), "--log-json", "--config", str(tmp_path / "s.toml"), "reindex", "--json"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PREFECT_LOGGING_LEVEL": "INFO"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    records = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
+    assert records and len(records) == len([x for x in r.stderr.splitlines() if x.strip()])  # nothing else
+    runs = {x["flow_run_id"] for x in records if x.get("flow_run_id")}
+    assert len(runs) == 1 and any(x.get("task_run_id") for x in records)
+    assert json.loads(r.stdout.strip().splitlines()[-1])["published"][0]["domain"] == "tiny"
 
 
 def test_ingest_of_a_missing_path_is_a_clear_json_error_and_writes_nothing(data_root):
