@@ -47,15 +47,16 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     # a cluster node with spare cores: more search replicas behind one ingress
     "cluster": {
-        "ingress": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 256},
+        "ingress": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 512,
+                    "max_queued_requests": 256},
         "search": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 4},
-                   "ray_actor_options": {"num_cpus": 2}, "max_ongoing_requests": 16,
+                   "ray_actor_options": {"num_cpus": 2}, "max_ongoing_requests": 16, "max_queued_requests": 32,
                    "health_check_period_s": 10, "health_check_timeout_s": 60},
         "recommend": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4},
-                      "ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 16,
+                      "ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 16, "max_queued_requests": 64,
                       "health_check_period_s": 10, "health_check_timeout_s": 60},
         "verifier": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
-                     "ray_actor_options": {"num_cpus": 2}, "max_ongoing_requests": 32,
+                     "ray_actor_options": {"num_cpus": 2}, "max_ongoing_requests": 32, "max_queued_requests": 64,
                      "health_check_period_s": 10, "health_check_timeout_s": 60},
     },
 }

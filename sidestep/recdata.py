@@ -38,6 +38,7 @@ class RecData:
     valid: Split
     test: Split
     unknown: dict[str, int] = field(default_factory=dict)  # item id -> rows dropped because of it
+    source_fingerprint: str | None = None  # what the interactions looked like when they were read
 
     @property
     def n_items(self) -> int:

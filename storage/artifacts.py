@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -128,8 +128,11 @@ class IndexStore:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def publish(self, domain: str, staged: Path, version: str, manifest: dict) -> dict:
-        """Seal a staged folder as `version` and point CURRENT at it."""
+    def publish(self, domain: str, staged: Path, version: str, manifest: dict,
+                validate: Callable[[Path, dict], None] | None = None) -> dict:
+        """Seal a staged folder as `version` and point CURRENT at it. `validate(folder, manifest)` is the
+        last gate before CURRENT moves (an index's counts and golden queries); if it raises, the sealed
+        folder is removed and CURRENT stays where it was."""
         check_name(version, "version")
         files = {}
         for f in sorted(staged.iterdir()):
@@ -155,6 +158,13 @@ class IndexStore:
         fsync_dir(final.parent)
         fault_point("publish:renamed")
         self.verify(domain, version)
+        if validate is not None:
+            try:
+                validate(final, manifest)
+            except Exception:
+                (final / MANIFEST).unlink(missing_ok=True)  # incomplete from here on: never loaded
+                shutil.rmtree(final, ignore_errors=True)
+                raise
         self.set_current(domain, version)
         fault_point("publish:pointed")
         return manifest
@@ -214,6 +224,10 @@ class IndexStore:
         else:  # every folder, also a domain whose first publish was killed (no CURRENT yet)
             domains = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
         for domain in domains:
+            try:
+                check_name(domain)
+            except ValueError:  # not a domain folder (lost+found, a stray copy): not ours to touch
+                continue
             try:
                 with self.lock(domain, wait=False):
                     n += self.clean_staging(domain)

@@ -94,18 +94,18 @@ LOW_SPACE_BYTES = 1 << 20
 def write_with(path: Path, writer: Callable[[Path], None]) -> None:
     """Atomic write through a library's own writer (faiss, numpy). Libraries report a full disk in their
     own words (faiss: "write error", numpy: "N requested and M written"); it is turned back into ENOSPC so
-    that the cause is plain."""
-    try:
-        with atomic_path(path) as tmp:
+    that the cause is plain. Free space is read while the partial file still exists, before it is removed."""
+    with atomic_path(path) as tmp:
+        try:
             writer(tmp)
-    except Exception as e:
-        if getattr(e, "errno", None) == errno.ENOSPC:
+        except Exception as e:
+            if getattr(e, "errno", None) == errno.ENOSPC:
+                raise
+            free = shutil.disk_usage(path.parent).free
+            if free < LOW_SPACE_BYTES:
+                raise OSError(errno.ENOSPC, f"no space left on device writing {path.name} ({free} bytes free "
+                                            f"in {path.parent}): {e}") from e
             raise
-        free = shutil.disk_usage(path.parent).free
-        if free < LOW_SPACE_BYTES:
-            raise OSError(errno.ENOSPC, f"no space left on device writing {path.name} ({free} bytes free in "
-                                        f"{path.parent}): {e}") from e
-        raise
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

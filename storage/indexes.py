@@ -3,6 +3,7 @@ folder and loaded back (verified) into a pure `IndexedCorpus`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -25,43 +26,69 @@ GOLDEN_QUERIES = 5
 GOLDEN_DEPTH = 10
 
 
-def write_version_files(staged: Path, index: faiss.Index, chunks: pa.Table, maps: pa.Table | None = None) -> None:
+def write_version_files(staged: Path, index: faiss.Index, chunks: pa.Table, maps: pa.Table | None = None,
+                        golden_vector: Callable[[int], np.ndarray] | None = None) -> None:
     write_with(staged / INDEX_FILE, lambda tmp: faiss.write_index(index, str(tmp)))
     if "section" not in chunks.column_names:
         chunks = chunks.append_column("section", pa.array([-1] * chunks.num_rows, pa.int32()))
     write_parquet(staged / CHUNKS_FILE, chunks.cast(schemas.INDEX_CHUNKS))
-    write_parquet(staged / GOLDEN_FILE, golden_queries(index, chunks["doc_id"].to_pylist()))
+    write_parquet(staged / GOLDEN_FILE, golden_queries(index, chunks["doc_id"].to_pylist(), golden_vector))
     if maps is not None:
         write_parquet(staged / MAPS_FILE, maps)
 
 
-def golden_queries(index: faiss.Index, doc_ids: list[str], n: int = GOLDEN_QUERIES) -> pa.Table:
-    """A few chunks, spread over the index, whose own vector must find their document again at load.
+def golden_queries(index: faiss.Index, doc_ids: list[str], vector: Callable[[int], np.ndarray] | None = None,
+                   n: int = GOLDEN_QUERIES) -> pa.Table:
+    """A few chunk rows whose vector must find their own document again when the version is loaded.
 
-    Checksums prove the files are the ones written; these prove the index and its chunk table still
-    belong together (a version built from the wrong vectors, or with rows out of order, fails them)."""
-    rows = sorted({i * index.ntotal // n for i in range(n)}) if index.ntotal else []
-    vecs = [index.reconstruct(int(r)).tolist() for r in rows]
+    `vector(row)` should come from outside the index (the publisher passes the embedding store's vector of
+    the chunk row's document and chunk number), so that an index whose rows do not line up with its chunk
+    table fails at build time already; without it the index's own vectors are used, which only proves at
+    load that the files still belong together. Rows that cannot pass (a chunk duplicated in many
+    documents) are skipped; when fewer than half of the tried rows pass, the build is refused."""
+    tried = sorted({i * index.ntotal // (4 * n) for i in range(4 * n)}) if index.ntotal else []
+    rows, vecs = [], []
+    for r in tried:
+        v = np.asarray(vector(r) if vector is not None else index.reconstruct(int(r)), np.float32)
+        if _finds(index, doc_ids, v, doc_ids[r]):
+            rows.append(r)
+            vecs.append(v.tolist())
+    if tried and len(rows) < len(tried) / 2:
+        raise CorruptArtifact(f"only {len(rows)} of {len(tried)} chunk vectors find their own document in the new "
+                              "index: its rows do not line up with its chunk table")
+    rows, vecs = rows[:: max(1, len(rows) // n)][:n], vecs[:: max(1, len(rows) // n)][:n]
     return pa.table({"row": pa.array(rows, pa.int64()), "doc_id": [doc_ids[r] for r in rows],
                      "vector": pa.array(vecs, pa.list_(pa.float32()))})
 
 
-def check_version(folder: Path, manifest: dict, searcher: DocSearcher) -> None:
-    """Counts and golden queries of a loaded version; a mismatch raises CorruptArtifact."""
+def _finds(index: faiss.Index, doc_ids: list[str], vector: np.ndarray, doc: str) -> bool:
+    """Is `doc` among the documents of the GOLDEN_DEPTH nearest chunk rows?"""
+    _, rows = index.search(vector.reshape(1, -1), min(GOLDEN_DEPTH, index.ntotal))
+    return doc in {doc_ids[r] for r in rows[0] if r >= 0}
+
+
+def check_version(folder: Path, manifest: dict, index: faiss.Index, doc_ids: list[str]) -> None:
+    """Counts and golden queries of a version; a mismatch raises CorruptArtifact."""
+    name = f"{manifest.get('domain')}/{manifest.get('version')}"
+    if index.ntotal != len(doc_ids):
+        raise CorruptArtifact(f"{name}: the index has {index.ntotal} vectors but the chunk table {len(doc_ids)} rows")
     want = manifest.get("counts", {}).get("chunks")
-    if want is not None and want != searcher.index.ntotal:
-        raise CorruptArtifact(f"{manifest.get('domain')}/{manifest.get('version')}: manifest counts {want} chunks, "
-                              f"the index holds {searcher.index.ntotal}")
+    if want is not None and want != index.ntotal:
+        raise CorruptArtifact(f"{name}: manifest counts {want} chunks, the index holds {index.ntotal}")
     if not (folder / GOLDEN_FILE).is_file():  # versions published before golden queries existed
         return
     g = pq.read_table(folder / GOLDEN_FILE).to_pydict()
-    if not g["doc_id"]:
-        return
-    hits = searcher.search(np.asarray(g["vector"], np.float32), GOLDEN_DEPTH)
-    for i, (doc, found) in enumerate(zip(g["doc_id"], hits, strict=True)):
-        if doc not in {h.doc_id for h in found}:
-            raise CorruptArtifact(f"{manifest.get('domain')}/{manifest.get('version')}: golden query {i} "
-                                  f"(chunk row {g['row'][i]}) did not find {doc!r} in its top {GOLDEN_DEPTH}")
+    for i, (row, doc, vec) in enumerate(zip(g["row"], g["doc_id"], g["vector"], strict=True)):
+        if not _finds(index, doc_ids, np.asarray(vec, np.float32), doc):
+            raise CorruptArtifact(f"{name}: golden query {i} (chunk row {row}) did not find {doc!r} in its "
+                                  f"nearest {GOLDEN_DEPTH} chunks")
+
+
+def validate_folder(folder: Path, manifest: dict) -> None:
+    """check_version on a version folder before it becomes current (the publisher's last gate)."""
+    index = faiss.read_index(str(folder / INDEX_FILE))
+    check_version(folder, manifest, index, pq.read_table(folder / CHUNKS_FILE, columns=["doc_id"])["doc_id"]
+                  .to_pylist())
 
 
 def _map_index(folder: Path, index: faiss.Index, doc_ids: list[str], sections: list[int]) -> MapIndex | None:
@@ -93,12 +120,12 @@ def load_version(store: IndexStore, domain: str, version: str, *, verify: bool =
     chunks = pq.read_table(folder / CHUNKS_FILE)
     doc_ids = chunks["doc_id"].to_pylist()
     sections = chunks["section"].to_pylist() if "section" in chunks.column_names else [-1] * len(doc_ids)
+    if verify:
+        check_version(folder, manifest, index, doc_ids)
     try:
         searcher = DocSearcher(index, doc_ids, overfetch=overfetch, doc_score=doc_score)
     except ValueError as e:
         raise CorruptArtifact(f"{domain}/{version}: {e}") from e
-    if verify:
-        check_version(folder, manifest, searcher)
     return IndexedCorpus(
         domain=domain,
         version=version,

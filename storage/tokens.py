@@ -127,16 +127,20 @@ def train_pq(sample: np.ndarray, m: int, nbits: int = 8) -> faiss.Index:
 
 def write_pq_tokens(folder: Path, source: TokenSource, *, m: int = 48, sample_tokens: int = 100_000,
                     seed: int = 0, parent: Path | None = None, unchanged: set[str] | frozenset = frozenset(),
-                    retrain_fraction: float = 0.2) -> dict:
+                    parent_stats: dict | None = None, retrain_fraction: float = 0.2) -> dict:
     """Quantize every document's tokens of `source` into `folder`; returns size figures.
 
-    Incremental: with a `parent` version folder holding PQ codes of the same size, and at most
-    `retrain_fraction` of the documents new or changed, the parent's codec is kept and the codes of
-    the `unchanged` documents are copied, so only changed documents are read and encoded."""
+    Incremental: with a `parent` version folder (verified, same encoder: the caller's job) holding PQ codes
+    of the same size, the parent's codec is kept and the codes of the `unchanged` documents are copied, so
+    only changed documents are read and encoded. The codec is refit once the documents encoded since it
+    was fit (`parent_stats`, the parent manifest's "tokens", carries the running count) pass
+    `retrain_fraction` of the corpus, so that slow nightly churn cannot keep a stale codec forever."""
     ids = source.doc_ids()
-    old = _reusable_pq(parent, m) if parent is not None else None
-    if old is not None and len(set(ids) - set(unchanged)) > retrain_fraction * max(len(ids), 1):
-        old = None  # too much changed: the codec is refit to the new corpus
+    old = _reusable_pq(parent, m, source, parent_stats, sample_tokens) if parent is not None else None
+    changed = len(set(ids) - set(unchanged))
+    since = changed + int((parent_stats or {}).get("docs_encoded_since_fit", 0))
+    if old is not None and since > retrain_fraction * max(len(ids), 1):
+        old = None  # too much changed since the codec was fit: refit it to the corpus as it is now
     if old is None:
         rng = np.random.default_rng(seed)
         pick = rng.choice(len(ids), size=min(len(ids), max(1, sample_tokens // 200)), replace=False)
@@ -144,6 +148,7 @@ def write_pq_tokens(folder: Path, source: TokenSource, *, m: int = 48, sample_to
         if len(sample) > sample_tokens:
             sample = sample[rng.choice(len(sample), sample_tokens, replace=False)]
         codec = train_pq(sample, m)
+        since = 0
     else:
         codec = old.codec
     codes, starts, ends, r, copied = [], [], [], 0, 0
@@ -171,14 +176,27 @@ def write_pq_tokens(folder: Path, source: TokenSource, *, m: int = 48, sample_to
                                               "end": pa.array(ends, pa.int64())}))
     return {"m": m, "bits": int(codec.pq.nbits), "tokens": int(r),
             "bytes_per_doc": float(allc.nbytes / max(len(ids), 1)), "codec_reused": old is not None,
-            "docs_copied": copied}
+            "docs_copied": copied, "docs_encoded_since_fit": since}
 
 
-def _reusable_pq(parent: Path, m: int) -> PQTokenSource | None:
+def _reusable_pq(parent: Path, m: int, source: TokenSource, stats: dict | None, sample_tokens: int
+                 ) -> PQTokenSource | None:
+    """The parent's codes, if they have this code size and dimension, and as many bits per code as a
+    codec fit on today's corpus would get (one fit on a corpus too small for 8 bits is refit once the
+    corpus has grown enough)."""
     if not has_pq(parent):
         return None
     old = PQTokenSource(parent)
-    return old if m == old.codec.pq.M else None
+    ids = source.doc_ids()
+    dim = source.doc(ids[0]).shape[1] if ids else old.codec.d
+    if m != old.codec.pq.M or old.codec.d != dim:
+        return None
+    if stats and stats.get("tokens") and old.codec.pq.nbits < 8:
+        per_doc = stats["tokens"] / max(len(old.doc_ids()), 1)
+        sample = min(sample_tokens, per_doc * min(len(ids), max(1, sample_tokens // 200)))
+        if min(8, int(np.log2(max(sample, 2)))) > old.codec.pq.nbits:
+            return None
+    return old
 
 
 def has_pq(folder: Path) -> bool:

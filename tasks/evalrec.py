@@ -65,6 +65,7 @@ def eval_rec(root: DataRoot, settings: Settings, dataset: str, domain: str, *, m
             if name == "sidestep" and publish:
                 version = publish_tables(root, domain, items, c, model, book_version, {
                     "mode": mode, "pretrained_from": pretrained_from, "config": model.cfg.to_dict(),
+                    "interactions": data.source_fingerprint,
                     "metrics": {"valid": train["best_valid"], "test": train["test"]["full"]},
                     "training": {k: train[k] for k in ("seconds", "epochs_run", "best_epoch", "peak_rss_mb",
                                                         "trainable_parameters")}}, keep_versions=settings.index.keep_versions)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -19,10 +20,10 @@ from sidestep.encoder import doc_text, encoder_key, load_tokenizer, model_dim
 from sidestep.index import build_index
 from sidestep.maps import chunk_sections
 from sidestep.verifier import idf_table
-from storage.artifacts import IndexStore, new_version_name
+from storage.artifacts import CorruptArtifact, IndexStore, new_version_name
 from storage.documents import DocumentStore
 from storage.embeddings import EmbeddingStore
-from storage.indexes import CHUNKS_FILE, write_version_files
+from storage.indexes import CHUNKS_FILE, validate_folder, write_version_files
 from storage.maps import MapStore
 from storage.paths import DataRoot
 from storage.schemas import index_maps_schema
@@ -32,6 +33,7 @@ from .common import RETRY
 from .summarize import map_key
 
 SNIPPET_CHARS = 280
+log = logging.getLogger("sidestep.index")
 
 
 def fingerprint(settings: Settings, key: str, docs: pa.Table, mapped: set[str] | None = None) -> str:
@@ -124,34 +126,48 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
         store.clean_staging(domain)
         with store.staging(domain) as staged:
             chunk_table = pa.table(out)
+            # golden queries come from the embedding store by (document, chunk), not from the index itself
+            key_row = {(h, c): i for i, (h, c) in enumerate(zip(rows["content_hash"].to_pylist(), cidx, strict=True))}
             write_version_files(staged, index, chunk_table,
                                 pa.table(doc_maps, schema=index_maps_schema(dim)) if settings.maps.enabled
-                                else None)
+                                else None,
+                                golden_vector=lambda r: pooled[key_row[(out["content_hash"][r], out["chunk_idx"][r])]])
             doc_list = docs["doc_id"].to_pylist()
             write_pieces(staged, doc_list, pieces_of, idf_table(pieces_of, len(load_tokenizer(
                 settings.encoder.model_path))))
             if settings.verify.token_store == "pq":
                 # --force refits the token codec too; otherwise unchanged documents keep their codes
-                parent, unchanged = (None, set()) if force else _unchanged_docs(store, domain, docs)
+                parent, unchanged, stats = (None, set(), None) if force else _unchanged_docs(store, domain, docs, key)
                 manifest["tokens"] = write_pq_tokens(staged, TokenSource(emb.dir, chunk_table),
-                                                     m=settings.verify.pq_bytes, parent=parent, unchanged=unchanged)
-            manifest = store.publish(domain, staged, version, manifest)
+                                                     m=settings.verify.pq_bytes, parent=parent, unchanged=unchanged,
+                                                     parent_stats=stats)
+            manifest = store.publish(domain, staged, version, manifest, validate=validate_folder)
     removed = store.gc(domain, settings.index.keep_versions)
     return {"domain": domain, "published": True, "version": version, "parent": manifest["parent"], "gc": removed,
             "documents": docs.num_rows, "chunks": len(order), "index": params.kind,
             "tokens": manifest.get("tokens"), "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _unchanged_docs(store: IndexStore, domain: str, docs: pa.Table) -> tuple[Path | None, set[str]]:
-    """The serving version's folder, and the documents whose content it already holds unchanged."""
+def _unchanged_docs(store: IndexStore, domain: str, docs: pa.Table, encoder: str
+                    ) -> tuple[Path | None, set[str], dict | None]:
+    """The serving version's folder, the documents whose content it already holds unchanged, and its token
+    statistics; nothing to reuse when it was built by another encoder or fails verification."""
     now = store.current(domain)
     if now is None:
-        return None, set()
+        return None, set(), None
+    try:
+        manifest = store.verify(domain, now)  # never copy codes out of a damaged version
+    except CorruptArtifact as e:
+        log.warning("token codes of %s/%s not reused: %s", domain, now, e)
+        return None, set(), None
+    if manifest.get("encoder") != encoder:
+        return None, set(), None
     folder = store.path(domain, now)
     old = pq.read_table(folder / CHUNKS_FILE, columns=["doc_id", "content_hash"]).to_pydict()
     had = dict(zip(old["doc_id"], old["content_hash"], strict=True))
-    return folder, {d for d, h in zip(docs["doc_id"].to_pylist(), docs["content_hash"].to_pylist(), strict=True)
-                    if had.get(d) == h}
+    same = {d for d, h in zip(docs["doc_id"].to_pylist(), docs["content_hash"].to_pylist(), strict=True)
+            if had.get(d) == h}
+    return folder, same, manifest.get("tokens")
 
 
 def _sections(entry, rows: list[int], cs: list[int], ce: list[int]) -> list[int]:

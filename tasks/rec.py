@@ -25,7 +25,7 @@ from sidestep.lookup import item_vectors, model_from_state, model_state
 from sidestep.quantize import Codebook, CodebookSpec, diagnostics, drift, fit_codebook
 from sidestep.recdata import RecData, build_splits
 from sidestep.records import Interaction
-from storage.artifacts import new_version_name
+from storage.artifacts import CorruptArtifact, new_version_name
 from storage.documents import DocumentStore
 from storage.embeddings import EmbeddingStore
 from storage.paths import SHARED, DataRoot
@@ -167,8 +167,11 @@ def require_codebook(root: DataRoot) -> tuple[str, Codebook]:
 
 
 def domain_data(root: DataRoot, settings: Settings, domain: str) -> tuple[Items, RecData]:
+    # fingerprinted before reading: interactions added meanwhile make the next nightly train again
+    fingerprint = interactions_fingerprint(root, domain)
     items = load_items(root, settings, domain)
     data = build_splits(load_interactions(root, domain), items.ids, max_history=settings.rec.max_history)
+    data.source_fingerprint = fingerprint
     if len(data.train) == 0 or len(data.valid) == 0:
         raise RecError(f"domain {domain!r}: {len(data.train)} training and {len(data.valid)} validation "
                        "pairs; leave-one-out needs users with at least 3 interactions")
@@ -311,7 +314,7 @@ def finetune_tables(root: DataRoot, settings: Settings, domain: str, mode: str =
     version = publish_tables(root, domain, items, codes, model, book_version, {
         "mode": mode, "pretrained_from": pretrained_from, "config": model.cfg.to_dict(),
         "warm_from": warm.version if warm is not None else None,
-        "interactions": interactions_fingerprint(root, domain),
+        "interactions": data.source_fingerprint,
         "metrics": {"valid": res.best_valid, "test": test},
         "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch}},
         keep_versions=settings.index.keep_versions)
@@ -349,7 +352,12 @@ def refresh_tables(root: DataRoot, settings: Settings, domain: str, log: Log | N
     - codebook refit since: warm-start from the serving encoder, fresh table, the full epoch budget;
     - interactions changed: warm-start from the serving model for `rec.warm_epochs`;
     - otherwise only re-encode new or changed items with the current codebook and table (no training)."""
-    cur = load_table_version(root, domain, verify=False)
+    try:
+        cur = load_table_version(root, domain)  # verified: warm starts never begin from damaged weights
+    except CorruptArtifact as e:
+        if log:
+            log(f"tables of {domain!r} failed verification ({e}); training from scratch")
+        cur = None
     book_version, _ = require_codebook(root)
     if cur is None:
         out = finetune_tables(root, settings, domain, "scratch", log=log)
@@ -357,8 +365,7 @@ def refresh_tables(root: DataRoot, settings: Settings, domain: str, log: Log | N
     if cur.model_state["codebook_version"] != book_version:
         out = finetune_tables(root, settings, domain, log=log, warm=cur)
         return {**out, "trained": True, "published": True}
-    seen = cur.manifest.get("interactions")
-    if seen is not None and seen != interactions_fingerprint(root, domain):
+    if cur.manifest.get("interactions") != interactions_fingerprint(root, domain):  # none recorded: changed
         out = finetune_tables(root, settings, domain, epochs=settings.rec.warm_epochs, log=log, warm=cur)
         return {**out, "trained": True, "published": True}
     return {**rebuild_item_index(root, settings, domain), "trained": False}
@@ -395,6 +402,7 @@ def pretrain_tables(root: DataRoot, settings: Settings, domains: list[str], epoc
         test, _ = evaluate(model, d, torch.from_numpy(codes[d]), data.test)
         version = publish_tables(root, d, items, codes[d], model, book_version, {
             "mode": "pretrain", "pretrained_with": list(domains), "config": model.cfg.to_dict(),
+            "interactions": data.source_fingerprint,
             "metrics": {"test": test}, "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run}}, keep_versions=settings.index.keep_versions)
         out["domains"][d] = {"version": version, "test": test}
     return out

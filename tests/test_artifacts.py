@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import pytest
 from sidestep.index import build_index
 from storage.artifacts import CorruptArtifact, IndexStore, PublishBusy
 from storage.atomic import write_parquet
-from storage.indexes import load_version, write_version_files
+from storage.indexes import load_version, validate_folder, write_version_files
 
 
 def _publish(store: IndexStore, domain: str, n: int, version: str) -> dict:
@@ -70,29 +71,54 @@ def test_corruption_is_detected_and_never_becomes_current(data_root):
     assert store.current("news") == "v1"
 
 
+def _chunks(n: int) -> pa.Table:
+    return pa.table({"doc_id": [f"d{i}" for i in range(n)], "title": [""] * n, "content_hash": ["h"] * n,
+                     "chunk_idx": [0] * n, "char_start": [0] * n, "char_end": [1] * n, "shard": ["s"] * n,
+                     "token_offset": [0] * n, "n_tokens": [1] * n, "snippet": ["x"] * n})
+
+
+def _unit(rng, n: int) -> np.ndarray:
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def test_a_sealed_version_whose_index_does_not_match_its_chunks_is_refused_at_load(data_root):
     """Checksums cannot catch a version built from the wrong vectors; counts and golden queries do."""
+    import faiss
+
     store = IndexStore(data_root)
     _publish(store, "news", 40, "v1")
     assert load_version(store, "news", "v1").searcher.index.ntotal == 40
     rng = np.random.default_rng(7)
-    for name, n, counts in (("v2", 40, 40), ("v3", 40, 41)):
-        good = rng.normal(size=(n, 8)).astype(np.float32)
-        wrong = rng.normal(size=(n, 8)).astype(np.float32)
-        chunks = pa.table({"doc_id": [f"d{i}" for i in range(n)], "title": [""] * n, "content_hash": ["h"] * n,
-                           "chunk_idx": [0] * n, "char_start": [0] * n, "char_end": [1] * n, "shard": ["s"] * n,
-                           "token_offset": [0] * n, "n_tokens": [1] * n, "snippet": ["x"] * n})
+    for name, counts in (("v2", 40), ("v3", 41)):
         with store.staging("news") as staged:
-            write_version_files(staged, build_index(good / np.linalg.norm(good, axis=1, keepdims=True),
-                                                    exact_max_vectors=1000)[0], chunks)
-            if name == "v2":  # same size, other vectors: sealed by publish, so the checksums agree
-                import faiss
-                faiss.write_index(build_index(wrong / np.linalg.norm(wrong, axis=1, keepdims=True),
-                                              exact_max_vectors=1000)[0], str(staged / "index.faiss"))
-            store.publish("news", staged, name, {"counts": {"documents": n, "chunks": counts}})
+            write_version_files(staged, build_index(_unit(rng, 40), exact_max_vectors=1000)[0], _chunks(40))
+            if name == "v2":  # same size, other vectors, written after the golden queries were taken
+                faiss.write_index(build_index(_unit(rng, 40), exact_max_vectors=1000)[0], str(staged / "index.faiss"))
+            store.publish("news", staged, name, {"counts": {"documents": 40, "chunks": counts}})
         store.verify("news", name)  # the checksums pass ...
         with pytest.raises(CorruptArtifact, match="golden query" if name == "v2" else "manifest counts 41"):
             load_version(store, "news", name)  # ... the load does not
+        # and a publisher with the gate never makes it current
+        with pytest.raises(CorruptArtifact), store.staging("news") as staged:
+            shutil.copytree(store.path("news", name), staged, dirs_exist_ok=True)
+            (staged / "manifest.json").unlink()
+            store.publish("news", staged, name + "-gated", {"counts": {"documents": 40, "chunks": counts}},
+                          validate=validate_folder)
+        assert store.current("news") == name and name + "-gated" not in store.versions("news")
+        assert not store.path("news", name + "-gated").exists()
+
+
+def test_an_index_whose_rows_do_not_line_up_with_its_chunk_table_is_refused_at_build(data_root):
+    rng = np.random.default_rng(3)
+    vecs = _unit(rng, 60)
+    index = build_index(vecs, exact_max_vectors=1000)[0]
+    shuffled = np.roll(np.arange(60), 7)  # the chunk table's row r says document d{r}; the index holds d{r+7}
+    store = IndexStore(data_root)
+    with store.staging("news") as staged:
+        write_version_files(staged, index, _chunks(60), golden_vector=lambda r: vecs[r])  # aligned: fine
+        with pytest.raises(CorruptArtifact, match="do not line up"):
+            write_version_files(staged, index, _chunks(60), golden_vector=lambda r: vecs[shuffled[r]])
 
 
 def test_names_cannot_escape_the_data_root(data_root):
@@ -194,6 +220,7 @@ def test_sweep_removes_staging_left_by_killed_runs_except_where_a_publisher_work
     _publish(store, "news", 5, "v1")
     for d in ("news", "first-publish-killed", "busy"):  # the second never got a CURRENT
         (store.base(d) / ".staging-deadbeef0000").mkdir(parents=True)
+    (data_root.root / "indexes" / "lost+found" / ".staging-x").mkdir(parents=True)  # not a domain: left alone
     with store.lock("busy"):  # a publisher is at work there: its staging folder is not garbage
         assert store.sweep_staging() == 2
     assert not list(store.base("news").glob(".staging-*"))

@@ -113,3 +113,13 @@ def test_pq_tokens_of_unchanged_documents_are_copied_and_the_codec_kept(tmp_path
     (v3 := tmp_path / "v3").mkdir()  # half the corpus changed: past retrain_fraction, the codec is refit
     third = write_pq_tokens(v3, _Tokens(changed), m=8, sample_tokens=2000, parent=v1, unchanged=set(list(docs)[:30]))
     assert not third["codec_reused"] and third["docs_copied"] == 0
+    # slow churn adds up: 2 documents encoded at v2 plus 11 now pass a fifth of 61, so the codec is refit
+    (v4 := tmp_path / "v4").mkdir()
+    keep = set(list(changed)[11:])
+    fourth = write_pq_tokens(v4, _Tokens(changed), m=8, sample_tokens=2000, parent=v2, unchanged=keep,
+                             parent_stats=second)
+    assert second["docs_encoded_since_fit"] == 2 and not fourth["codec_reused"]
+    (v5 := tmp_path / "v5").mkdir()
+    fifth = write_pq_tokens(v5, _Tokens(changed), m=8, sample_tokens=2000, parent=v2, unchanged=set(list(changed)[5:]),
+                            parent_stats=second)
+    assert fifth["codec_reused"] and fifth["docs_encoded_since_fit"] == 7
