@@ -563,8 +563,8 @@ def render(res: dict) -> str:
         lines.append(
             f"| c. offered load {c['offered_qps']} q/s = 2 × measured capacity {c['capacity_qps']} q/s | "
             f"{c['requests']} requests in {c['seconds']:.0f} s | status {c['status']} (goodput "
-            f"{c['status'].get('200', 0) / c['seconds']:.1f} q/s, p50 {c.get('ok_p50_ms')} ms; the load generator runs "
-            f"on the same 2 cores); timeouts (none answered, or answered after 10 s from when due) **{c['timeouts']}**; "
+            f"{c['status'].get('200', 0) / c['seconds']:.1f} q/s; answered requests p50 {c.get('ok_p50_ms')} ms / p99 "
+            f"{c.get('ok_p99_ms')} ms from when due; the load generator runs on the same 2 cores); timeouts (none answered, or answered after 10 s from when due) **{c['timeouts']}**; "
             f"rejections with Retry-After {c['rejected_with_retry_after']}, p50 {c['rejected_p50_ms']} ms / p99 "
             f"{c['rejected_p99_ms']} ms; serving RSS {c['serving_rss_mb']['before']} → peak "
             f"{c['serving_rss_mb']['peak']} → {c['serving_rss_mb']['after']} MB |")
