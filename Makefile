@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install run test lint bench bench-rec bench-verify bench-ops bench-incremental chaos ui clean
+.PHONY: install run test lint bench bench-rec bench-verify bench-ops bench-incremental bench-longdoc chaos ui clean
 
 install: $(STAMP)
 
@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/rec.py
 	$(BIN)/python benchmarks/verify.py
+	$(BIN)/python benchmarks/longdoc.py
 
 bench-rec: $(STAMP)
 	$(BIN)/python benchmarks/rec.py
@@ -44,6 +45,10 @@ bench-verify: $(STAMP)
 
 bench-ops: $(STAMP)
 	$(BIN)/python benchmarks/ops.py
+
+# document maps on L-Eval (eval-longdoc, cross-fitted) and summarize's share of a real reindex: ~12 min
+bench-longdoc: $(STAMP)
+	$(BIN)/python benchmarks/longdoc.py
 
 # incremental nightly (1% of SciFact changed) against a full rebuild
 bench-incremental: $(STAMP)

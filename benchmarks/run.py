@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -197,20 +198,28 @@ def main() -> None:
     qs = list(load_queries(data / "scifact", split="test").values())
     http = phase("http", lambda: http_latency(root, "scifact", qs, (10, 100)))
     res["http_k10"], res["http_k100"] = http["k10"], http["k100"]
-    print("7/7 sidestep eval-longdoc on L-Eval ...", flush=True)
-    res["longdoc"] = {}
-    for name in ("natural_question", "scientific_qa"):
-        f = data / "leval" / f"{name}.jsonl"
-        if f.is_file():
-            rep, wall_ld, _, _ = phase(f"longdoc_{name}", lambda f=f: sh(["eval-longdoc", str(f), "--json"], env))
-            res["longdoc"][name] = {"report": rep, "wall_s": wall_ld}
     (REPO / "benchmarks" / "last_run.json").write_text(json.dumps(res, indent=2))
-    Path(args.out).write_text(render(res))
+    Path(args.out).write_text(keep_sections(render(res), Path(args.out)))
     print(f"wrote {args.out}")
     if not args.keep:
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
+
+
+def keep_sections(text: str, old: Path) -> str:
+    """The other benchmarks' marked sections (`<!-- name:start -->` ... `<!-- name:end -->`) of the
+    file being replaced, carried into the new text: in place where it has their markers, appended
+    where it has not."""
+    prev = old.read_text() if old.is_file() else ""
+    for m in re.finditer(r"<!-- ([a-z-]+):start -->.*?<!-- \1:end -->", prev, re.S):
+        start, end = f"<!-- {m.group(1)}:start -->", f"<!-- {m.group(1)}:end -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = head + m.group(0) + rest.split(end, 1)[1]
+        else:
+            text = text.rstrip("\n") + "\n\n" + m.group(0) + "\n"
+    return text
 
 
 def render(r: dict) -> str:
@@ -260,12 +269,9 @@ brackets, which stay comparable if another process shares the machine):
 | 10 | {h10['requests']} | {h10['errors']} | {h10['p50_ms']:.1f} | {h10['p99_ms']:.1f} | {h10['qps']:.1f} |
 | 100 | {h100['requests']} | {h100['errors']} | {h100['p50_ms']:.1f} | {h100['p99_ms']:.1f} | {h100['qps']:.1f} |
 
-## Document maps: evidence retrieval inside long documents (`sidestep eval-longdoc`, L-Eval)
-
-Evidence = the chunk holding the answer string; parameters tuned on the dev half of each file's
-documents, figures on the held-out half (bag-of-chunks is the control from the same run).
-
-{_longdoc_table(r.get("longdoc", {}))}
+<!-- longdoc:start -->
+(`make bench-longdoc`)
+<!-- longdoc:end -->
 
 ## Memory
 
@@ -275,30 +281,6 @@ documents, figures on the held-out half (bag-of-chunks is the control from the s
 | `sidestep eval` SciFact / msmarco-5k | {sf['peak_rss_mb']:.0f} / {mm['peak_rss_mb']:.0f} |
 | Ray Serve processes (all, after the load) | {h10['serving_rss_mb']:.0f} |
 """
-
-
-def _longdoc_table(ld: dict) -> str:
-    if not ld:
-        return "(not run: ../shared/data/leval missing)"
-    rows = ["| file | questions used / left out | mode | R@1 | R@3 | R@5 | summarize share of chunk+encode |",
-            "|---|---|---|---|---|---|---|"]
-    for name, v in ld.items():
-        f = v["report"]["files"][name]
-        used = f.get("questions_with_evidence", "?")
-        left = sum(f.get("questions_left_out", {}).values())
-        t = f.get("timing", {})
-        share = t.get("summarize_share_of_reindex") or t.get("summarize_share_wall")
-        for scope in ("within_document", "corpus"):
-            for mode, m in f.get(scope, {}).items():
-                if isinstance(m, dict) and "recall@3" in m:
-                    rows.append(f"| {name} | {used} / {left} | {scope}: {mode} | {m['recall@1']:.3f} | "
-                                f"{m['recall@3']:.3f} | {m['recall@5']:.3f} | "
-                                f"{'' if share is None else f'{share:.0%}'} |")
-        ra = f.get("corpus", {}).get("map_routing", {}).get("routing_accuracy")
-        if ra is not None:
-            rows.append(f"| {name} | | corpus: map routing reached the right document for {ra:.1%} of "
-                        f"questions | | | | |")
-    return "\n".join(rows)
 
 
 if __name__ == "__main__":

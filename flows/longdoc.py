@@ -17,30 +17,33 @@ from tasks.summarize import map_params, summarizer_for
 
 
 @task(name="eval-longdoc", cache_policy=NO_CACHE, tags=["eval"])
-def longdoc_task(path: str, config_path: str | None, seed: int) -> dict:
+def longdoc_task(path: str | list[str], config_path: str | None, seed: int, repeats: int) -> dict:
     settings = settings_from(config_path)
     log = get_run_logger()
     t0 = time.perf_counter()
-    report = run_longdoc(encoder_for(settings), path, summarizer=summarizer_for(settings),
+    paths = [path] if isinstance(path, str) else list(path)
+    report = run_longdoc(encoder_for(settings), paths, summarizer=summarizer_for(settings),
                          params=map_params(settings), max_chunks=settings.chunking.max_chunks_per_doc, seed=seed,
-                         log=log.info)
-    run_id = f"longdoc-{Path(path).stem}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+                         repeats=repeats, log=log.info)
+    run_id = f"longdoc-{'+'.join(Path(p).stem for p in paths)}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     with Warehouse(root_from(settings).eval_db()) as wh:
-        n = wh.record_longdoc(run_id=run_id, dataset=str(Path(path).resolve()), report=report,
-                              config={"seed": seed, "maps": settings.maps.model_dump(),
+        n = wh.record_longdoc(run_id=run_id, dataset=",".join(str(Path(p).resolve()) for p in paths),
+                              report=report, config={"seed": seed, "repeats": repeats, "maps": settings.maps.model_dump(),
                                       "chunking": settings.chunking.model_dump()})
     log.info("eval-longdoc %s: bag_of_chunks R@3=%.3f map_conditioned R@3=%.3f (%d figures stored as %s)",
-             Path(path).name, report["bag_of_chunks"]["recall@3"], report["map_conditioned"]["recall@3"], n, run_id)
+             Path(paths[0]).name, report["bag_of_chunks"]["recall@3"], report["map_conditioned"]["recall@3"], n, run_id)
     return {**report, "run_id": run_id, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 @flow(name="eval-longdoc", log_prints=True)
-def longdoc_flow(path: str, seed: int = 0, config_path: str | None = None) -> dict:
+def longdoc_flow(path: str | list[str], seed: int = 0, repeats: int = 5, config_path: str | None = None) -> dict:
     """Evidence-chunk Recall@1/3/5 inside long documents: bag of chunks vs map-conditioned retrieval.
 
     Args:
-        path: An L-Eval style JSONL file of long documents with questions.
-        seed: Random seed, for reproducible runs.
+        path: An L-Eval style JSONL file of long documents with questions, or a list of them (tuned
+            together, each reported on its own).
+        seed: Seed of the first split of documents into halves; repeat r uses seed + r.
+        repeats: Repeats of the two-fold cross-fitting (tuned on one half, reported on the other, swapped).
         config_path: TOML config file; default: $SIDESTEP_CONFIG, else the embedded sample configuration.
     """
-    return longdoc_task(path, config_path, seed)
+    return longdoc_task(path, config_path, seed, repeats)

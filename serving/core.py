@@ -121,7 +121,8 @@ class SearchService(VersionedDomains):
                                 "recall": np.asarray([h.recall_score for h in hits], np.float32)}
             return stage
         m = self.settings.maps
-        params = MapParamsSearch(top_r=m.route_top_r, map_weight=m.map_weight, alpha=m.alpha, gamma=m.gamma)
+        params = MapParamsSearch(top_r=m.route_top_r, map_weight=m.map_weight, alpha=m.alpha, gamma=m.gamma,
+                                 tau=m.tau)
         hits, timings = search_texts(self.encoder, corpus, [query], k, mode=mode, doc_id=doc_id, params=params)
         stage["hits"], stage["timings"] = hits[0], timings
         return stage

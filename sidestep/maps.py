@@ -809,10 +809,12 @@ def chunk_section_weights(doc_map: DocMap, chunks: Sequence[Chunk]) -> np.ndarra
 # ----------------------------------------------------------------------------- map vectors
 @dataclass
 class MapVectors:
-    """Encoded map: the global text's vector and one vector per section text (unit rows)."""
+    """Encoded map: the global text's vector, one vector per section text and one per section
+    heading path (unit rows; a section without a heading has a zero row)."""
 
     global_vec: np.ndarray  # (dim,)
     section_vecs: np.ndarray  # (n_sections, dim)
+    title_vecs: np.ndarray | None = None  # (n_sections, dim); None in maps stored before headings had vectors
 
 
 def encode_texts(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
@@ -825,17 +827,24 @@ def encode_texts(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
 
 
 def embed_maps(encoder: Encoder, maps: Sequence[DocMap]) -> list[MapVectors]:
-    """Encode every map's global text and section texts, batched across maps.
+    """Encode every map's global text, section texts and section heading paths, batched across maps.
 
-    Global texts (~150 tokens) and section texts (~70) are encoded in separate passes so a
-    batch is never padded to a global text's length: that alone halves the cost of a map.
+    Global texts (~150 tokens), section texts (~70) and heading paths (~15) are encoded in
+    separate passes so a batch is never padded to a longer kind's length: that alone halves
+    the cost of a map. The heading path gets a vector of its own because a summary's
+    sentences drown it: "Episodes > Season 2 (2018)" is what a question about season 2 matches.
     """
     glob = encode_texts(encoder, [m.global_text() for m in maps])
     secs = encode_texts(encoder, [t for m in maps for t in m.section_texts()])
+    titles = [s.title.strip() for m in maps for s in m.sections]
+    named = [i for i, t in enumerate(titles) if t]
+    heads = np.zeros((len(titles), secs.shape[1] if secs.ndim == 2 else encoder.dim), np.float32)
+    if named:
+        heads[named] = encode_texts(encoder, [titles[i] for i in named])
     out, row = [], 0
     for g, m in zip(glob, maps, strict=True):
         n = len(m.sections)
-        out.append(MapVectors(g, secs[row:row + n]))
+        out.append(MapVectors(g, secs[row:row + n], heads[row:row + n]))
         row += n
     return out
 
@@ -871,19 +880,33 @@ def condition_queries(query_vecs: np.ndarray, context_vecs: np.ndarray, alpha: f
 
 
 def section_aware_chunks(chunk_vecs: np.ndarray, section_vecs: np.ndarray,
-                         chunk_section: Sequence[int] | np.ndarray, gamma: float) -> np.ndarray:
-    """normalize(e(chunk) + gamma * e(section)): each chunk carries its section's map entry
-    (heading path + summary), without re-encoding any chunk.
+                         chunk_section: Sequence[int] | np.ndarray, gamma: float,
+                         title_vecs: np.ndarray | None = None, tau: float = 0.0) -> np.ndarray:
+    """normalize(e(chunk) + gamma * e(section)) + tau * e(heading path): each chunk carries its
+    section's map entry (heading path + summary, and the heading path on its own), without
+    re-encoding any chunk.
+
+    The heading term is added after normalizing, so a chunk's score is its section-aware
+    cosine plus tau times its heading's cosine: a fixed bonus per section that gamma's
+    normalization cannot shrink.
 
     `chunk_section` is either each chunk's section index (`chunk_sections`) or an
     (n_chunks, n_sections) overlap matrix (`chunk_section_weights`, the default in the
     benchmark), in which case a straddling chunk carries the overlap-weighted mix.
     """
-    if gamma == 0 or len(section_vecs) == 0:
-        return np.asarray(chunk_vecs, np.float32)
+    out = np.asarray(chunk_vecs, np.float32)
+    if len(section_vecs) == 0:
+        return out
     assign = np.asarray(chunk_section)
-    sec = assign @ section_vecs if assign.ndim == 2 else section_vecs[assign.astype(np.int64)]
-    return _unit(chunk_vecs + gamma * sec)
+
+    def per_chunk(v: np.ndarray) -> np.ndarray:
+        return assign @ v if assign.ndim == 2 else v[assign.astype(np.int64)]
+
+    if gamma:
+        out = _unit(out + gamma * per_chunk(section_vecs))
+    if tau and title_vecs is not None and len(title_vecs):
+        out = out + tau * per_chunk(np.asarray(title_vecs, np.float32))
+    return out
 
 
 def doc_max_scores(scores: np.ndarray, chunk_doc: np.ndarray, n_docs: int) -> np.ndarray:

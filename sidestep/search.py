@@ -27,8 +27,9 @@ class MapParamsSearch:
 
     top_r: int = 2
     map_weight: float = 0.0
-    alpha: float = 0.8
-    gamma: float = 0.7
+    alpha: float = 1.0
+    gamma: float = 0.4
+    tau: float = 0.7
 
 
 @dataclass
@@ -43,6 +44,7 @@ class MapIndex:
     chunk_doc: np.ndarray  # (n_chunks,) document position of each chunk row
     chunk_section: np.ndarray  # (n_chunks,) section of each chunk row, -1 without a map
     chunk_vecs: np.ndarray  # (n_chunks, dim) the pooled chunk vectors of the index
+    title_vecs: list[np.ndarray] = field(default_factory=list)  # per document (n_sections, dim) heading paths
 
 
 @dataclass
@@ -178,8 +180,9 @@ def _best_rows(corpus: IndexedCorpus, encoder: Encoder, text: str, qvec: np.ndar
             if ctx is not None:
                 q = condition_queries(qvec[None], ctx[mapped.index(d)][None], p.alpha)[0]
             secs = m.chunk_section[rows]
-            if p.gamma and len(m.section_vecs[d]) and (secs >= 0).all():
-                vecs = section_aware_chunks(vecs, m.section_vecs[d], secs, p.gamma)
+            if (p.gamma or p.tau) and len(m.section_vecs[d]) and (secs >= 0).all():
+                heads = m.title_vecs[d] if d < len(m.title_vecs) else None
+                vecs = section_aware_chunks(vecs, m.section_vecs[d], secs, p.gamma, heads, p.tau)
         out[d] = (rows, vecs @ q)
     return out
 

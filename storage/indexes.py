@@ -103,9 +103,11 @@ def _map_index(folder: Path, index: faiss.Index, doc_ids: list[str], sections: l
         gv[has] = np.asarray([v for v in t["global_vec"] if v is not None], np.float32)
     svecs = [np.asarray(v, np.float32).reshape(-1, dim) if v is not None else np.zeros((0, dim), np.float32)
              for v in t["section_vecs"]]
+    tvecs = [np.asarray(v, np.float32).reshape(-1, dim) if v is not None else np.zeros((0, dim), np.float32)
+             for v in t.get("title_vecs", [None] * len(svecs))]  # versions sealed before heading vectors: none
     pos = {d: i for i, d in enumerate(t["doc_id"])}
     return MapIndex(doc_ids=t["doc_id"], global_vecs=gv, has_map=has, global_summaries=t["global_summary"],
-                    section_vecs=svecs, chunk_doc=np.asarray([pos[d] for d in doc_ids], np.int64),
+                    section_vecs=svecs, title_vecs=tvecs, chunk_doc=np.asarray([pos[d] for d in doc_ids], np.int64),
                     chunk_section=np.asarray(sections, np.int64), chunk_vecs=index.reconstruct_n(0, index.ntotal))
 
 

@@ -1,7 +1,7 @@
 """Document maps: content-addressed like embeddings, keyed by content hash and summarizer.
 
-A shard is one Parquet file: per document its map (JSON), the vector of its global text
-and one vector per section text. Shards are immutable; a map that could not be built is
+A shard is one Parquet file: per document its map (JSON), the vector of its global text,
+one vector per section text and one per section heading path. Shards are immutable; a map that could not be built is
 not stored (the document's map is quarantined and the document stays searchable).
 """
 
@@ -32,6 +32,7 @@ def map_schema(dim: int) -> pa.Schema:
         ("map", pa.string()),  # DocMap.as_dict() as JSON
         ("global_vec", pa.list_(pa.float32(), dim)),
         ("section_vecs", pa.list_(pa.list_(pa.float32(), dim))),
+        ("title_vecs", pa.list_(pa.list_(pa.float32(), dim))),
     ]), "maps")
 
 
@@ -60,6 +61,7 @@ class MapStore:
             "map": [json.dumps(m.as_dict(), sort_keys=True) for m in maps],
             "global_vec": [v.global_vec.astype(np.float32).tolist() for v in vectors],
             "section_vecs": [v.section_vecs.astype(np.float32).tolist() for v in vectors],
+            "title_vecs": [_titles(v).tolist() for v in vectors],
         }, schema=self.schema)
         write_parquet(self.dir / f"{shard}.parquet", table)
         return shard
@@ -75,8 +77,13 @@ class MapStore:
                     continue
                 m = DocMap.from_dict(json.loads(row["map"]))
                 secs = np.asarray(row["section_vecs"], np.float32).reshape(-1, self.dim)
-                out[row["content_hash"]] = (m, MapVectors(np.asarray(row["global_vec"], np.float32), secs))
+                heads = np.asarray(row["title_vecs"], np.float32).reshape(-1, self.dim)
+                out[row["content_hash"]] = (m, MapVectors(np.asarray(row["global_vec"], np.float32), secs, heads))
         return out
+
+
+def _titles(v: MapVectors) -> np.ndarray:
+    return (v.title_vecs if v.title_vecs is not None else np.zeros_like(v.section_vecs)).astype(np.float32)
 
 
 def encoded_docs(store: EmbeddingStore, hashes: Iterable[str]) -> dict[str, EncodedDoc]:

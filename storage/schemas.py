@@ -87,6 +87,7 @@ def index_maps_schema(dim: int) -> pa.Schema:
         ("section_titles", pa.list_(pa.string())),
         ("global_vec", pa.list_(pa.float32(), dim)),
         ("section_vecs", pa.list_(pa.list_(pa.float32(), dim))),
+        ("title_vecs", pa.list_(pa.list_(pa.float32(), dim))),
     ]), "index_maps")
 
 RUN = with_version(pa.schema([

@@ -323,6 +323,9 @@ class Warehouse:
             if isinstance(obj, dict):
                 for k, v in obj.items():
                     walk(f"{prefix}.{k}" if prefix else str(k), v)
+            elif isinstance(obj, list):
+                for i, v in enumerate(obj):
+                    walk(f"{prefix}.{i}", v)
             elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
                 rows.append((run_id, prefix, float(obj)))
 

@@ -83,7 +83,7 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
                                             "shard", "token_offset", "n_tokens", "snippet", "section")}
     order: list[int] = []
     doc_maps: dict[str, list] = {k: [] for k in ("doc_id", "global_summary", "section_titles", "global_vec",
-                                                 "section_vecs")}
+                                                 "section_vecs", "title_vecs")}
     pieces_of: list[np.ndarray] = []
     texts = [doc_text(t or "", x) for t, x in zip(docs["title"].to_pylist(), docs["text"].to_pylist(), strict=True)]
     doc_pieces = load_tokenizer(settings.encoder.model_path)(texts, add_special_tokens=False)["input_ids"]
@@ -179,7 +179,7 @@ def _sections(entry, rows: list[int], cs: list[int], ce: list[int]) -> list[int]
 def _add_map(doc_maps: dict[str, list], doc_id: str, entry) -> None:
     doc_maps["doc_id"].append(doc_id)
     if entry is None:
-        for k in ("global_summary", "section_titles", "global_vec", "section_vecs"):
+        for k in ("global_summary", "section_titles", "global_vec", "section_vecs", "title_vecs"):
             doc_maps[k].append(None)
         return
     m, v = entry
@@ -187,6 +187,8 @@ def _add_map(doc_maps: dict[str, list], doc_id: str, entry) -> None:
     doc_maps["section_titles"].append([s.title for s in m.sections])
     doc_maps["global_vec"].append(v.global_vec.tolist())
     doc_maps["section_vecs"].append(v.section_vecs.tolist())
+    doc_maps["title_vecs"].append((v.title_vecs if v.title_vecs is not None else np.zeros_like(v.section_vecs))
+                                  .tolist())
 
 
 @task(name="publish-index", **RETRY, cache_policy=NO_CACHE, tags=["index"])

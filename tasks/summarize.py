@@ -43,9 +43,10 @@ def map_params(settings: Settings) -> MapParams:
 
 
 def map_key(settings: Settings) -> str:
-    """Maps depend on the encoder (token vectors), the summarizer and the map sizes."""
+    """Maps depend on the encoder (token vectors), the summarizer, the map sizes and which map
+    vectors are stored (2: heading paths have their own)."""
     s = summarizer_for(settings)
-    blob = json.dumps({"encoder": encoder_key(settings.encoder.model_path), "summarizer": s.params(),
+    blob = json.dumps({"encoder": encoder_key(settings.encoder.model_path), "summarizer": s.params(), "vectors": 2,
                        "name": s.name, "params": map_params(settings).__dict__,
                        "chunking": settings.chunking.model_dump()}, sort_keys=True, default=str)
     return f"{s.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"

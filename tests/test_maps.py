@@ -294,6 +294,62 @@ def test_section_aware_chunks_move_toward_their_section():
     assert out[0, 2] > 0 and out[1, 2] > 0 and out[2, 1] > 0 and out[0, 1] == 0
 
 
+def test_heading_term_adds_a_fixed_bonus_per_section():
+    chunks = np.eye(3, dtype=np.float32)
+    secs = np.asarray([[0, 0, 1], [0, 1, 0]], dtype=np.float32)
+    heads = np.asarray([[1, 0, 0], [0, 0, 0]], dtype=np.float32)  # section 1 has no heading: a zero row
+    base = section_aware_chunks(chunks, secs, [0, 0, 1], 0.5)
+    out = section_aware_chunks(chunks, secs, [0, 0, 1], 0.5, heads, 0.3)
+    q = np.asarray([1, 0, 0], dtype=np.float32)
+    np.testing.assert_allclose(out @ q - base @ q, [0.3, 0.3, 0.0], atol=1e-6)  # cos(q, heading) * tau, unshrunk
+    np.testing.assert_array_equal(section_aware_chunks(chunks, secs, [0, 0, 1], 0.5, heads, 0.0), base)
+    np.testing.assert_array_equal(section_aware_chunks(chunks, secs, [0, 0, 1], 0.0, heads, 0.0), chunks)
+    only_heads = section_aware_chunks(chunks, secs, [0, 0, 1], 0.0, heads, 1.0)
+    np.testing.assert_allclose(only_heads[0], [2, 0, 0])
+
+
+def test_cross_fitting_holds_every_question_out_once_per_repeat_and_tunes_on_the_other_half(monkeypatch):
+    from sidestep import longdoc as L
+
+    rng = np.random.default_rng(0)
+    n_docs, dim = 8, 6
+    encoded, maps, vecs, evidence, q_doc = [], [], [], [], []
+    for d in range(n_docs):
+        pooled = rng.normal(size=(5, dim)).astype(np.float32)
+        pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+        encoded.append(type("E", (), {"pooled": pooled, "chunks": [Chunk(j, 0, 1, 0, 1) for j in range(5)]})())
+        maps.append(None)
+        vecs.append(None)
+        for j in (1, 3):
+            evidence.append([j])
+            q_doc.append(d)
+    n_q = len(q_doc)
+    ds = L.LongDocSet("toy", ["x"] * n_docs, ["q"] * n_q, ["a"] * n_q, q_doc)
+    q_vecs = np.stack([encoded[d].pooled[e[0]] for d, e in zip(q_doc, evidence, strict=True)])  # each question = its evidence
+    prep = L.Prepared(ds, encoded, maps, vecs, [np.ones((5, 1), np.float32)] * n_docs, evidence,
+                      np.arange(n_q), {}, q_vecs, {})
+    for pool in L.POOLS:  # no maps: the "context" of a question is the question (no encoder needed)
+        L.fill_context(prep, None, pool, {(i, d) for i, d in enumerate(q_doc)})
+    tuned_on: list[set[int]] = []
+    real_tune = L.tune
+
+    def spy(preps, encoder, devs):
+        tuned_on.append({int(i) for i in devs[0]})
+        return real_tune(preps, encoder, devs)
+
+    monkeypatch.setattr(L, "tune", spy)
+    held, settings = L.cross_fit([prep], None, seed=3, repeats=2)
+    assert len(settings) == 4 and [s["split_seed"] for s in settings] == [3, 3, 4, 4]
+    for r in range(2):
+        a, b = (set(x.tolist()) for x in L.split_questions(prep, 3 + r))
+        assert a | b == set(range(n_q)) and not a & b and a and b
+        assert tuned_on[2 * r] == a and tuned_on[2 * r + 1] == b  # tuned on one half, applied to the other
+    np.testing.assert_array_equal(held[0].within["bag_of_chunks"], 0)  # the evidence chunk is the query itself
+    rep = L.report(prep, held[0])
+    assert rep["within_document"]["bag_of_chunks"]["recall@1"] == 1.0 and rep["repeats"] == 2
+    assert len(rep["within_document_recall@3_per_repeat"]["section_aware"]) == 2
+
+
 def test_chunk_sections_by_largest_overlap():
     m = DocMap("h", "", [Section(0, "a", 0, 100, ""), Section(1, "b", 100, 250, ""), Section(2, "c", 250, 300, "")],
                "g", "extractive")
@@ -318,7 +374,8 @@ def test_routing_picks_the_document_whose_map_matches(encoder):
     maps = [one("a", "Pasta", " ".join(COOKING[:3])), one("b", "Galaxies", " ".join(SPACE[:3])),
             one("c", "Herons", "Herons are wading birds that nest in colonies near lakes and rivers.")]
     mv = embed_maps(encoder, maps)
-    assert mv[0].section_vecs.shape == (1, 384)
+    assert mv[0].section_vecs.shape == (1, 384) and mv[0].title_vecs.shape == (1, 384)
+    assert np.dot(mv[0].title_vecs[0], encoder.encode_queries(["Pasta"])[0]) > 0.9  # the heading alone
     g = np.stack([v.global_vec for v in mv])
     q = encoder.encode_queries(["how long should I knead the dough", "what emits the x-rays near the black hole",
                                 "where do wading birds build their nests"])
@@ -341,3 +398,21 @@ def test_longdoc_evidence_is_the_chunk_holding_the_answer():
     across = answer_spans(*normalize(text), "it won the title again")
     assert evidence_chunks(across, chunks) == ([], "answer_across_chunk_boundary")
     assert evidence_chunks([], chunks) == ([], "answer_not_in_document")
+
+
+def test_map_store_round_trips_heading_vectors(tmp_path):
+    from sidestep.maps import MapVectors
+    from storage.maps import MapStore
+    from storage.paths import DataRoot
+
+    store = MapStore(DataRoot(tmp_path.resolve()), "extractive-test", 3)
+    maps = [DocMap("h1", "T", [Section(0, "T > A", 0, 5, "a"), Section(1, "", 5, 9, "b")], "g", "extractive"),
+            DocMap("h2", "U", [Section(0, "U", 0, 4, "c")], "g", "extractive")]
+    heads = np.asarray([[1, 0, 0], [0, 0, 0]], np.float32)
+    vecs = [MapVectors(np.ones(3, np.float32), np.eye(3, dtype=np.float32)[:2], heads),
+            MapVectors(np.ones(3, np.float32), np.eye(3, dtype=np.float32)[:1])]  # stored before headings: zeros
+    store.write(maps, vecs)
+    got = store.gather(["h1", "h2"])
+    assert got["h1"][0] == maps[0]
+    np.testing.assert_array_equal(got["h1"][1].title_vecs, heads)
+    np.testing.assert_array_equal(got["h2"][1].title_vecs, np.zeros((1, 3), np.float32))

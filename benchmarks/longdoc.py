@@ -1,0 +1,172 @@
+"""Document-maps benchmark: evidence retrieval inside long documents (L-Eval) and what summarizing
+costs the nightly reindex; writes the longdoc section of BENCHMARKS.md.
+
+1. `sidestep eval-longdoc natural_question.jsonl scientific_qa.jsonl`: bag-of-chunks against every map
+   mode in one run, repeated two-fold cross-fitting (see sidestep/longdoc.py), into DuckDB.
+2. The same documents through the real nightly flow (`sidestep reindex`: ingest, embed, summarize, index,
+   publish) on fresh data roots, once with maps off and once with maps on, alternating, so the cost of
+   summarizing is measured as a share of the reindex it belongs to.
+
+Usage: .venv/bin/python benchmarks/longdoc.py [--data ../shared/data] [--reindex-repeats 1] [--render-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from run import sh, splice  # noqa: E402
+
+START, END = "<!-- longdoc:start -->", "<!-- longdoc:end -->"
+LAST = REPO / "benchmarks" / "longdoc_last_run.json"
+FILES = ("natural_question", "scientific_qa")
+CONFIG = """default_domain = "leval"
+[maps]
+enabled = {enabled}
+[[sources]]
+domain = "leval"
+path = "{path}"
+format = "jsonl"
+"""
+
+
+def env_for(root: Path) -> dict:
+    env = {**os.environ, "SIDESTEP_HOME": str(root), "PREFECT_HOME": str(root / "prefect"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("SIDESTEP_CONFIG", None)
+    return env
+
+
+def leval_corpus(files: list[Path], out: Path) -> int:
+    """The unique documents of the L-Eval files as one JSONL corpus (id, title, text)."""
+    seen: dict[str, str] = {}
+    for f in files:
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                text = json.loads(line)["input"]
+                seen.setdefault(text, f"{f.stem}-{len(seen)}")
+    out.write_text("".join(json.dumps({"id": i, "title": "", "text": t}) + "\n" for t, i in seen.items()))
+    return len(seen)
+
+
+def reindex_once(corpus: Path, maps_on: bool) -> dict:
+    root = Path(tempfile.mkdtemp(prefix=f"ssb-longdoc-{'on' if maps_on else 'off'}-", dir="/tmp"))
+    cfg = root / "sidestep.toml"
+    cfg.write_text(CONFIG.format(enabled=str(maps_on).lower(), path=corpus))
+    env = env_for(root) | {"SIDESTEP_CONFIG": str(cfg)}
+    res, wall, peak, cpu = sh(["reindex", "--json"], env)
+    d = res["domains"]["leval"]
+    out = {"maps": maps_on, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak,
+           "embed_s": d["embed"].get("seconds"), "summarize_s": d["summarize"].get("seconds", 0.0),
+           "summarized": d["summarize"].get("summarized", 0), "maps_failed": d["summarize"].get("failed", 0),
+           "documents": d["embed"]["documents"], "published": d["index"]["published"]}
+    import shutil
+
+    shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--reindex-repeats", type=int, default=1, help="Pairs of reindex runs (maps off, maps on).")
+    ap.add_argument("--render-only", action="store_true", help="Rewrite the section from the last run's JSON.")
+    ap.add_argument("--note", default="", help="Conditions of this run.")
+    args = ap.parse_args()
+    if args.render_only:
+        splice(REPO / "BENCHMARKS.md", render(json.loads(LAST.read_text())), START, END)
+        return
+    leval = Path(args.data).resolve() / "leval"
+    files = [leval / f"{n}.jsonl" for n in FILES if (leval / f"{n}.jsonl").is_file()]
+    if not files:
+        raise SystemExit(f"no L-Eval files under {leval}")
+    res: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "note": args.note,
+                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
+    with tempfile.TemporaryDirectory(prefix="ssb-longdoc-", dir="/tmp") as tmp:
+        print("[bench-longdoc] eval-longdoc ...", file=sys.stderr, flush=True)
+        rep, wall, peak, _ = sh(["eval-longdoc", *map(str, files), "--json"], env_for(Path(tmp) / "eval"))
+        res["eval"] = {"report": rep, "wall_s": wall, "peak_rss_mb": peak}
+        corpus = Path(tmp) / "leval_docs.jsonl"
+        res["documents"] = leval_corpus(files, corpus)
+        res["reindex"] = []
+        for r in range(args.reindex_repeats):
+            for on in (False, True):
+                print(f"[bench-longdoc] reindex {r + 1}, maps {'on' if on else 'off'} ...", file=sys.stderr,
+                      flush=True)
+                res["reindex"].append(reindex_once(corpus, on))
+    LAST.write_text(json.dumps(res, indent=2))
+    splice(REPO / "BENCHMARKS.md", render(res), START, END)
+    print(f"wrote {LAST} and the longdoc section of BENCHMARKS.md", file=sys.stderr)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def render(res: dict) -> str:
+    rep = res["eval"]["report"]
+    lines = [START, "## Document maps: evidence retrieval inside long documents (`sidestep eval-longdoc`, L-Eval)", "",
+             f"Run {res['date']} on {res['machine']}." + (f" {res['note']}" if res.get("note") else ""), "",
+             "Evidence = the chunk holding the answer string. Protocol: " + rep["protocol"] + ". "
+             f"{rep['repeats']} repeats; bag-of-chunks is the control from the same run, on the same questions. "
+             "Δ R@3 is the map mode minus bag-of-chunks, with a paired bootstrap 95% interval over questions.", "",
+             "| file | questions used / left out | mode | R@1 | R@3 | R@5 | Δ R@3 [95% CI] | R@3 per repeat |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, f in rep["files"].items():
+        used, left = f["questions_with_evidence"], sum(f["questions_left_out"].values())
+        per = f.get("within_document_recall@3_per_repeat", {})
+        for mode, m in f["within_document"].items():
+            d = f["within_document_delta_recall@3"].get(mode)
+            delta = "" if d is None else f"{d['delta'] * 100:+.1f} [{d['ci95_low'] * 100:+.1f}, {d['ci95_high'] * 100:+.1f}]"
+            reps = " / ".join(f"{x:.2f}" for x in per.get(mode, []))
+            lines.append(f"| {name} | {used} / {left} | within document: {mode} | {m['recall@1']:.3f} | "
+                         f"{m['recall@3']:.3f} | {m['recall@5']:.3f} | {delta} | {reps} |")
+        c = f["corpus"]
+        for mode in ("bag_of_chunks", "map_routing"):
+            m = c[mode]
+            d = c["delta_recall@3"] if mode == "map_routing" else None
+            delta = "" if d is None else f"{d['delta'] * 100:+.1f} [{d['ci95_low'] * 100:+.1f}, {d['ci95_high'] * 100:+.1f}]"
+            lines.append(f"| {name} | {used} / {left} | corpus: {mode} | {m['recall@1']:.3f} | {m['recall@3']:.3f} | "
+                         f"{m['recall@5']:.3f} | {delta} | |")
+        lines.append(f"| {name} | | corpus: map routing reached the right document for "
+                     f"{c['map_routing']['routing_accuracy']:.1%} of questions (best chunk alone: "
+                     f"{c['bag_of_chunks']['doc_accuracy@R']:.1%}) | | | | | |")
+    t = rep["tuned"]
+    lines += ["", "Settings chosen most often over the folds (every fold's choice is in the JSON and DuckDB): "
+              + "; ".join(f"{k} {json.dumps(v, sort_keys=True)}" for k, v in t.items()) + ".", "",
+              "Modes: *map_query* conditions the query on the document's map (MiA-RAG: "
+              "α·e(q) + (1−α)·e(global summary ⊕ q)); *section_aware* gives each chunk its section's map entry "
+              "(normalize(e(chunk) + γ·e(heading path: summary)) + τ·e(heading path)); *map_conditioned* is both; "
+              "*map_routing* picks documents by their maps first, then searches their chunks."]
+    rx = res.get("reindex", [])
+    if rx:
+        off = [r for r in rx if not r["maps"]]
+        on = [r for r in rx if r["maps"]]
+        w_off, w_on = _mean([r["wall_s"] for r in off]), _mean([r["wall_s"] for r in on])
+        c_off, c_on = _mean([r["cpu_s"] for r in off]), _mean([r["cpu_s"] for r in on])
+        s_on = _mean([r["summarize_s"] for r in on])
+        lines += ["", f"### What summarizing costs the nightly reindex ({res['documents']} L-Eval documents, "
+                  "`sidestep reindex` on fresh data roots)", "",
+                  "| run | wall s | CPU s | summarize stage s | maps built / failed | peak RSS MB |", "|---|---|---|---|---|---|"]
+        for r in rx:
+            lines.append(f"| maps {'on' if r['maps'] else 'off'} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+                         f"{r['summarize_s']:.1f} | {r['summarized']} / {r['maps_failed']} | {r['peak_rss_mb']:.0f} |")
+        lines += ["", f"Summarizing adds **{(w_on - w_off) / w_off:.1%}** to the reindex wall time "
+                  f"({(c_on - c_off) / c_off:.1%} of its CPU time); the summarize stage alone is "
+                  f"{s_on / w_off:.1%} of the reindex without maps. Target ≤ 30%."]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
