@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--reindex-repeats", type=int, default=1, help="Pairs of reindex runs (maps off, maps on).")
     ap.add_argument("--render-only", action="store_true", help="Rewrite the section from the last run's JSON.")
+    ap.add_argument("--eval-only", action="store_true", help="Rerun eval-longdoc only; keep the last run's reindex "
+                                                              "timings (they are marked with their own date).")
     ap.add_argument("--note", default="", help="Conditions of this run.")
     args = ap.parse_args()
     if args.render_only:
@@ -99,7 +101,10 @@ def main() -> None:
         corpus = Path(tmp) / "leval_docs.jsonl"
         res["documents"] = leval_corpus(files, corpus)
         res["reindex"] = []
-        for r in range(args.reindex_repeats):
+        if args.eval_only:
+            last = json.loads(LAST.read_text())
+            res["reindex"], res["reindex_date"] = last["reindex"], last.get("reindex_date", last["date"])
+        for r in range(0 if args.eval_only else args.reindex_repeats):
             for on in (False, True):
                 print(f"[bench-longdoc] reindex {r + 1}, maps {'on' if on else 'off'} ...", file=sys.stderr,
                       flush=True)
@@ -131,6 +136,10 @@ def render(res: dict) -> str:
             reps = " / ".join(f"{x:.2f}" for x in per.get(mode, []))
             lines.append(f"| {name} | {used} / {left} | within document: {mode} | {m['recall@1']:.3f} | "
                          f"{m['recall@3']:.3f} | {m['recall@5']:.3f} | {delta} | {reps} |")
+        halves = f.get("within_document_delta_recall@3_per_half", {}).get("map_conditioned")
+        if halves:
+            lines.append(f"| {name} | | map_conditioned Δ R@3 on each held-out half alone ({len(halves)} halves, what "
+                         f"one split would report): {' / '.join(f'{x * 100:+.0f}' for x in halves)} | | | | | |")
         c = f["corpus"]
         for mode in ("bag_of_chunks", "map_routing"):
             m = c[mode]
@@ -155,8 +164,9 @@ def render(res: dict) -> str:
         w_off, w_on = _mean([r["wall_s"] for r in off]), _mean([r["wall_s"] for r in on])
         c_off, c_on = _mean([r["cpu_s"] for r in off]), _mean([r["cpu_s"] for r in on])
         s_on = _mean([r["summarize_s"] for r in on])
+        when = f", run {res['reindex_date']}" if res.get("reindex_date") else ""
         lines += ["", f"### What summarizing costs the nightly reindex ({res['documents']} L-Eval documents, "
-                  "`sidestep reindex` on fresh data roots)", "",
+                  f"`sidestep reindex` on fresh data roots{when})", "",
                   "| run | wall s | CPU s | summarize stage s | maps built / failed | peak RSS MB |", "|---|---|---|---|---|---|"]
         for r in rx:
             lines.append(f"| maps {'on' if r['maps'] else 'off'} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "

@@ -513,6 +513,7 @@ class HeldOut:
     doc_ranks: dict[str, np.ndarray]
     map_only_doc_ranks: np.ndarray
     top_r: np.ndarray  # (repeats, n_used) routing depth the question's fold was tuned to
+    half: np.ndarray  # (repeats, n_used) which half of that repeat's split held the question out
 
 
 def cross_fit(preps: Sequence[Prepared], encoder: Encoder, *, seed: int = 0, repeats: int = 5,
@@ -523,8 +524,8 @@ def cross_fit(preps: Sequence[Prepared], encoder: Encoder, *, seed: int = 0, rep
     question counts, and averaging over repeats removes most of the luck of one split."""
     shape = [(repeats, len(p.used)) for p in preps]
     out = [HeldOut({m: np.zeros(s, np.int64) for m in WITHIN}, {m: np.zeros(s, np.int64) for m in CORPUS},
-                   {m: np.zeros(s, np.int64) for m in CORPUS}, np.zeros(s, np.int64), np.zeros(s, np.int64))
-           for s in shape]
+                   {m: np.zeros(s, np.int64) for m in CORPUS}, np.zeros(s, np.int64), np.zeros(s, np.int64),
+                   np.zeros(s, np.int64)) for s in shape]
     settings: list[dict[str, Any]] = []
     pos = [{int(i): j for j, i in enumerate(p.used)} for p in preps]
     for r in range(repeats):
@@ -549,7 +550,15 @@ def cross_fit(preps: Sequence[Prepared], encoder: Encoder, *, seed: int = 0, rep
                 ho.map_only_doc_ranks[r, cols] = [_doc_rank(row, p.ds.q_doc[i]) for row, i in
                                                   zip(route_scores(p, test, 1.0), test, strict=True)]
                 ho.top_r[r, cols] = tuned.route.top_r
+                ho.half[r, cols] = 1 - fold
     return out, settings
+
+
+def _half_deltas(ranks: np.ndarray, base: np.ndarray, half: np.ndarray, k: int = 3) -> list[float]:
+    """Recall@k gain on each held-out half alone (repeat by repeat): what a single split would have
+    reported, to show how far one split's luck reaches."""
+    return [float(np.mean(ranks[r, half[r] == h] < k) - np.mean(base[r, half[r] == h] < k))
+            for r in range(ranks.shape[0]) for h in (0, 1) if (half[r] == h).any()]
 
 
 def _recalls_2d(ranks: np.ndarray) -> dict[str, float]:
@@ -577,6 +586,8 @@ def report(prep: Prepared, ho: HeldOut) -> dict[str, Any]:
                                            if k != "bag_of_chunks"},
         "within_document_recall@3_per_repeat": {k: [float(np.mean(row < 3)) for row in v]
                                                 for k, v in ho.within.items()},
+        "within_document_delta_recall@3_per_half": {k: _half_deltas(v, base, ho.half) for k, v in ho.within.items()
+                                                    if k != "bag_of_chunks"},
         "corpus": {
             "bag_of_chunks": {**_recalls_2d(ho.corpus["bag_of_chunks"]),
                               "doc_accuracy@1": float(np.mean(d_bag < 1)),
