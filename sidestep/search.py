@@ -16,7 +16,7 @@ import torch
 from .encoder import Encoder
 from .index import DocSearcher
 from .maps import condition_queries, encode_in_context, section_aware_chunks
-from .verifier import Verifier, maxsim, prepare, query_piece_ids, query_tokens, score, token_maps
+from .verifier import FlatTokens, Verifier, flat_maxsim, prepare, query_piece_ids, query_tokens, score
 
 MODES = ("chunks", "map")
 
@@ -70,6 +70,8 @@ class TokenSource(Protocol):
 
     def docs(self, doc_ids: list[str]) -> list[np.ndarray]: ...
 
+    def flat(self, doc_ids: list[str], max_tokens: int) -> FlatTokens: ...
+
 
 @dataclass
 class TokenView:
@@ -90,8 +92,9 @@ def rerank(model: Verifier, views: Sequence[TokenView], qtoks: Sequence[np.ndarr
     with torch.inference_mode():
         for view, qt, qp, ids, rec in zip(views, qtoks, qpieces, doc_ids, recalls, strict=True):
             t0 = time.perf_counter()
-            items.append(prepare(query_tokens(qt, cap), query_piece_ids(qp, cap), view.source.docs(list(ids)),
-                                 [view.pieces[d] for d in ids], view.idf, rec, max_doc_tokens))
+            items.append(prepare(query_tokens(qt, cap), query_piece_ids(qp, cap),
+                                 view.source.flat(list(ids), max_doc_tokens), [view.pieces[d] for d in ids],
+                                 view.idf, rec, max_doc_tokens))
             spent.append((time.perf_counter() - t0) * 1e3)
         t1 = time.perf_counter()
         scores = score(model, items)
@@ -104,8 +107,7 @@ def maxsim_rerank(view: TokenView, qtok: np.ndarray, doc_ids: Sequence[str], max
     """ColBERT-style late interaction over the same token vectors (no training): the verifier's baseline."""
     t0 = time.perf_counter()
     with torch.inference_mode():
-        sim, mask = token_maps(query_tokens(qtok, 10_000), view.source.docs(list(doc_ids)), max_doc_tokens)
-        s = maxsim(sim, mask).numpy()
+        s = flat_maxsim(query_tokens(qtok, 10_000), view.source.flat(list(doc_ids), max_doc_tokens)).numpy()
     return s, (time.perf_counter() - t0) * 1e3
 
 

@@ -98,8 +98,139 @@ def lexical_features(query_ids: Sequence[int], doc_ids: Sequence[np.ndarray], id
     return torch.from_numpy(out)
 
 
+@dataclass
+class FlatTokens:
+    """Several documents' token vectors as one (N, d) matrix and each document's length: what the
+    verify stage multiplies, without padding 100 x 512 x 384 tensors or copying per document."""
+
+    vecs: np.ndarray  # (N, d), float16 or float32
+    lengths: np.ndarray  # (C,) int64, sum = N
+
+    def capped(self, max_tokens: int) -> FlatTokens:
+        """The first max_tokens tokens of each document (a copy only when some document is longer)."""
+        if not len(self.lengths) or int(self.lengths.max()) <= max_tokens:
+            return self
+        starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        keep = np.minimum(self.lengths, max_tokens)
+        rows = np.concatenate([np.arange(a, a + k) for a, k in zip(starts, keep, strict=True)])
+        return FlatTokens(self.vecs[rows], keep.astype(np.int64))
+
+
+def flatten_tokens(docs: Sequence[np.ndarray], max_tokens: int) -> FlatTokens:
+    lengths = np.asarray([min(len(d), max_tokens) for d in docs], dtype=np.int64)
+    kept = [d[:n] for d, n in zip(docs, lengths, strict=True) if n]
+    dim = docs[0].shape[1] if len(docs) and np.ndim(docs[0]) == 2 else 0
+    vecs = np.concatenate(kept) if kept else np.zeros((0, dim), np.float32)
+    return FlatTokens(vecs, lengths)
+
+
+def _flat_maps(q: torch.Tensor, flat: FlatTokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(nq, N) cosines, each column's document, the (C, nq, L) map with -2 on padding, lengths."""
+    lengths = torch.from_numpy(np.asarray(flat.lengths, dtype=np.int64))
+    n_docs, nq = len(lengths), q.shape[0]
+    width = max(int(lengths.max()) if n_docs else 1, 1)
+    s = torch.zeros((nq, 0))
+    if int(lengths.sum()):
+        vecs = torch.from_numpy(np.ascontiguousarray(flat.vecs)).float()
+        s = (q @ vecs.T) / vecs.norm(dim=-1).clamp(min=1e-12)  # (nq, N): cheaper than normalizing the tokens
+    doc = torch.repeat_interleave(torch.arange(n_docs), lengths)
+    pos = torch.arange(len(doc)) - (torch.cumsum(lengths, 0) - lengths)[doc]
+    padded = torch.full((nq, n_docs * width), -2.0)
+    padded.index_copy_(1, doc * width + pos, s)
+    return s, doc, padded.view(nq, n_docs, width).transpose(0, 1), lengths
+
+
+def flat_maxsim(q: torch.Tensor, flat: FlatTokens) -> torch.Tensor:
+    """maxsim(token_maps(...)) from flat tokens: the MaxSim baseline on the same fast path as the verifier."""
+    return _flat_maps(q, flat)[2].amax(-1).sum(-1)
+
+
+_SHARP = 0.99  # below this cosine the exact-match kernel (mu 1, sigma 1e-3) is under exp(-50): zero in effect
+
+
+def _kernel_sums(s: torch.Tensor, doc: torch.Tensor, n_docs: int) -> torch.Tensor:
+    """(C, nq, K) per-document sums of the soft-histogram kernels over (nq, N) cosines, in one pass
+    of writes and one index_add.
+
+    The six sigma-0.1 kernels sit 0.2 apart, so a neighbour follows from an exactly computed one
+    by a single multiply: exp(-50(s-mu-+0.2)^2) = exp(-50(s-mu)^2) * exp(+-20 s) * exp(-+20 mu - 2).
+    Two anchors (0.7 and 0.1) are computed exactly and each other kernel is one step from one, so
+    a kernel comes out exact to float rounding wherever its value is above 1e-30. The exact-match
+    kernel is evaluated only where a cosine exceeds 0.99. map_features is the reference."""
+    nq, n = s.shape
+    if tuple(KERNEL_MUS) != (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, -0.1) or tuple(KERNEL_SIGMAS[1:]) != (0.1,) * 6:
+        return _kernel_sums_plain(s, doc, n_docs)
+    out = torch.empty((n, len(KERNEL_MUS), nq))  # (N, K, nq): rows are contiguous for index_add
+    st = s.T
+    sharp = out[:, 0, :]
+    sharp.zero_()
+    hit = st > _SHARP
+    if hit.any():
+        sharp[hit] = torch.exp(-((st[hit] - 1.0) ** 2) / (2 * KERNEL_SIGMAS[0] ** 2))
+    up = torch.exp(20.0 * st)
+    for anchor, col in ((0.7, 2), (0.1, 5)):
+        k = out[:, col, :]
+        torch.sub(st, anchor, out=k)
+        k.square_().mul_(-50.0).exp_()
+        torch.mul(k, up, out=out[:, col - 1, :]).mul_(math.exp(-20.0 * anchor - 2.0))  # mu + 0.2
+        torch.div(k, up, out=out[:, col + 1, :]).mul_(math.exp(20.0 * anchor - 2.0))  # mu - 0.2
+    sums = torch.zeros((n_docs, len(KERNEL_MUS) * nq)).index_add_(0, doc, out.view(n, -1))
+    return sums.view(n_docs, len(KERNEL_MUS), nq).transpose(1, 2)
+
+
+def _kernel_sums_plain(s: torch.Tensor, doc: torch.Tensor, n_docs: int) -> torch.Tensor:
+    """Every kernel computed directly (for kernel settings the fast form does not cover)."""
+    out = []
+    for mu, sigma in zip(KERNEL_MUS, KERNEL_SIGMAS, strict=True):
+        k = torch.exp(-((s - mu) ** 2) / (2 * sigma ** 2))
+        out.append(torch.zeros((s.shape[0], n_docs)).index_add_(1, doc, k).T)
+    return torch.stack(out, -1)
+
+
+def token_features(q: torch.Tensor, flat: FlatTokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """map_features + maxsim of unit query tokens (nq, d) against flat document tokens, computed on
+    the (nq, N) cosine matrix: the kernels run over real tokens only and are summed per document
+    with index_add, so no padded map is built but the one top-k needs. Equal to
+    map_features(token_maps(...)) up to float rounding (a test holds them together).
+
+    Returns (C, nq, N_MAP_FEATURES) features, (C,) MaxSim and (C,) document lengths."""
+    s, doc, padded, lengths = _flat_maps(q, flat)
+    n_docs, nq = len(lengths), q.shape[0]
+    top = padded.topk(min(TOPK, padded.shape[-1]), dim=-1)
+    best, best_pos = top.values[..., 0], padded.argmax(-1)  # argmax: the first of tied matches, as map_features
+    kernels = torch.log1p(_kernel_sums(s, doc, n_docs)).unbind(-1)
+    rel_pos = best_pos.float() / lengths.clamp(min=1).float()[:, None]
+    step = torch.zeros_like(rel_pos)
+    if nq > 1:  # does the next query token's best match sit right after this one's?
+        gap = (best_pos[:, 1:] - best_pos[:, :-1] - 1).abs().float()
+        step[:, :-1] = torch.exp(-gap / 2)
+    feats = torch.stack([best, top.values.mean(-1), *kernels, rel_pos, step], dim=-1)
+    return feats, best.sum(-1), lengths
+
+
+def lexical_features_flat(query_ids: Sequence[int], doc_ids: Sequence[np.ndarray], idf: np.ndarray
+                          ) -> torch.Tensor:
+    """lexical_features without a per-document loop: one (N, nq) comparison over the concatenated
+    word pieces, summed per document."""
+    q = np.asarray(query_ids, dtype=np.int64)
+    out = torch.zeros((len(doc_ids), len(q), 3))
+    out[:, :, 0] = torch.from_numpy(idf[q] / 10.0)
+    lens = np.asarray([len(ids) for ids in doc_ids], dtype=np.int64)
+    if not len(q) or not lens.sum():
+        return out
+    flat = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in doc_ids])
+    hits = torch.from_numpy(flat[:, None] == q[None, :]).float()
+    counts = torch.zeros((len(doc_ids), len(q))).index_add_(0, torch.repeat_interleave(
+        torch.arange(len(doc_ids)), torch.from_numpy(lens)), hits)
+    out[:, :, 1] = torch.log1p(counts)
+    out[:, :, 2] = (counts > 0).float()
+    return out
+
+
 def map_features(sim: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(C, nq, L) map + (C, L) mask -> (C, nq, N_MAP_FEATURES) per-query-token features."""
+    """(C, nq, L) map + (C, L) mask -> (C, nq, N_MAP_FEATURES) per-query-token features.
+
+    The reference form, over the padded map; the verify stage runs token_features."""
     masked = sim.masked_fill(~mask[:, None, :], -2.0)
     k = min(TOPK, sim.shape[-1])
     top = masked.topk(k, dim=-1).values
@@ -204,15 +335,18 @@ def query_piece_ids(ids: Sequence[int], max_tokens: int) -> list[int]:
     return inner[:max_tokens]
 
 
-def prepare(qtok: torch.Tensor, qids: Sequence[int], docs: Sequence[np.ndarray], doc_ids: Sequence[np.ndarray],
-            idf: np.ndarray, recall: np.ndarray, max_doc_tokens: int, n_list: int | None = None) -> Candidates:
+def prepare(qtok: torch.Tensor, qids: Sequence[int], docs: Sequence[np.ndarray] | FlatTokens,
+            doc_ids: Sequence[np.ndarray], idf: np.ndarray, recall: np.ndarray, max_doc_tokens: int,
+            n_list: int | None = None) -> Candidates:
     """Build the token maps of one query against its candidates and reduce them to features.
 
-    The first n_list rows (all by default) are the recall list; list statistics come from them."""
-    sim, mask = token_maps(qtok, docs, max_doc_tokens)
-    ms = maxsim(sim, mask)
-    feats = torch.cat([map_features(sim, mask), lexical_features(qids, doc_ids, idf)], -1)
-    glob = global_features(recall, ms, len(qtok), mask.sum(-1), feats, n_list)
+    `docs` is each candidate's token vectors, or already one flat matrix (FlatTokens, as the
+    token stores hand them out). The first n_list rows (all by default) are the recall list;
+    list statistics come from them."""
+    flat = docs if isinstance(docs, FlatTokens) else flatten_tokens(docs, max_doc_tokens)
+    map_feats, ms, lengths = token_features(qtok, flat.capped(max_doc_tokens))
+    feats = torch.cat([map_feats, lexical_features_flat(qids, doc_ids, idf)], -1)
+    glob = global_features(recall, ms, len(qtok), lengths, feats, n_list)
     return Candidates(feats, qtok, glob, ms)
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sidestep.verifier import FlatTokens, flatten_tokens
+
 from .atomic import write_parquet, write_with
 
 PQ_CODEC = "tokens_pq.faiss"
@@ -65,6 +67,9 @@ class TokenSource:
     def docs(self, doc_ids: list[str]) -> list[np.ndarray]:
         return [self.doc(d) for d in doc_ids]
 
+    def flat(self, doc_ids: list[str], max_tokens: int) -> FlatTokens:
+        return flatten_tokens(self.docs(doc_ids), max_tokens)
+
     def bytes_per_doc(self) -> float:
         n = sum(n for rows in self._rows.values() for _, _, _, n in rows)
         dim = next(iter(self._mm.values())).shape[1] if self._mm else self._dim()
@@ -95,6 +100,15 @@ class PQTokenSource:
     def doc(self, doc_id: str) -> np.ndarray:
         s, e = self._span[doc_id]
         return self.codec.sa_decode(np.ascontiguousarray(self.codes[s:e]))
+
+    def flat(self, doc_ids: list[str], max_tokens: int) -> FlatTokens:
+        """The first max_tokens token vectors of each document, decoded in one call into one matrix."""
+        spans = [self._span[d] for d in doc_ids]
+        lengths = np.asarray([min(e - s, max_tokens) for s, e in spans], dtype=np.int64)
+        if not lengths.sum():
+            return FlatTokens(np.zeros((0, self.codec.d), np.float32), lengths)
+        rows = np.concatenate([np.arange(s, s + n) for (s, _), n in zip(spans, lengths, strict=True)])
+        return FlatTokens(self.codec.sa_decode(np.ascontiguousarray(self.codes[rows])), lengths)
 
     def docs(self, doc_ids: list[str]) -> list[np.ndarray]:
         spans = [self._span[d] for d in doc_ids]

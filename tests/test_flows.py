@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import ir_measures
 import pyarrow.parquet as pq
@@ -71,16 +73,59 @@ def test_map_search_routes_by_maps_and_conditions_the_query(sample, encoder):
         search_texts(encoder, corpus, ["x"], 3, mode="nope")
 
 
-def test_a_failing_summarizer_quarantines_maps_and_documents_stay_searchable(data_root, tmp_path, monkeypatch,
-                                                                            encoder):
+def _reindex_recipes_with_llm(endpoint: str, tmp_path, monkeypatch) -> dict:
+    """The nightly flow over the sample recipes with the LLM summarizer pointed at `endpoint`."""
     write_config(tmp_path / "c.toml", f"""
 [maps]
 summarizer = "llm"
-llm_endpoint = "http://127.0.0.1:9"
-llm_model = "none"
+llm_endpoint = "{endpoint}"
+llm_model = "fake"
 {recipes_source(SAMPLES_DIR / "recipes" / "recipes.jsonl")}""")
     monkeypatch.setenv("SIDESTEP_CONFIG", str(tmp_path / "c.toml"))
-    summary = nightly_reindex()
+    return nightly_reindex()
+
+
+class _PickyLLM(BaseHTTPRequestHandler):
+    """An OpenAI-compatible fake that fails (500) for one document's text and summarizes the rest."""
+
+    def do_POST(self):  # noqa: N802 (http.server API)
+        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        ok = "garam masala" not in body
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": "A short summary."}}]}).encode()
+        self.send_response(200 if ok else 500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data) if ok else 4))
+        self.end_headers()
+        self.wfile.write(data if ok else b"boom")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_summarizer_failure_on_one_document_quarantines_only_its_map(data_root, tmp_path, monkeypatch, encoder):
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    server = HTTPServer(("127.0.0.1", 0), _PickyLLM)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        summary = _reindex_recipes_with_llm(f"http://127.0.0.1:{server.server_port}", tmp_path, monkeypatch)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert summary["maps_failed"] == 1 and summary["summarized"] == 29 and summary["published"]
+    q = QuarantineStore(data_root).read("recipes").to_pylist()
+    assert len(q) == 1 and q[0]["reason"].startswith("map_failed:") and "500" in q[0]["reason"]
+    corpus = load_current(IndexStore(data_root), "recipes")
+    failed = corpus.maps.doc_ids.index("r06")  # the curry: the only text with "garam masala"
+    assert not corpus.maps.has_map[failed] and corpus.maps.has_map.sum() == 29
+    for mode in ("chunks", "map"):  # searchable without its map, in both modes
+        hits, _ = search_texts(encoder, corpus, ["chickpea and spinach curry with garam masala"], 3, mode=mode)
+        assert hits[0][0].doc_id == "r06", mode
+
+
+def test_a_failing_summarizer_quarantines_maps_and_documents_stay_searchable(data_root, tmp_path, monkeypatch,
+                                                                            encoder):
+    summary = _reindex_recipes_with_llm("http://127.0.0.1:9", tmp_path, monkeypatch)  # nothing listens there
     assert summary["maps_failed"] == 30 and summary["summarized"] == 0 and summary["published"]
     q = QuarantineStore(data_root).read("recipes").to_pylist()
     assert len(q) == 30 and all(r["reason"].startswith("map_failed:") for r in q)

@@ -105,6 +105,9 @@ def test_pq_tokens_of_unchanged_documents_are_copied_and_the_codec_kept(tmp_path
         len(v) for v in changed.values())
     a, b = PQTokenSource(v1), PQTokenSource(v2)
     assert all(np.array_equal(a.doc(d), b.doc(d)) for d in unchanged)
+    flat = b.flat(["d3", "new", "d0"], 10)  # one decode, each document cut at 10 tokens
+    assert flat.lengths.tolist() == [10, 9, min(10, len(docs["d0"]))]
+    np.testing.assert_array_equal(flat.vecs, np.concatenate([b.doc(d)[:10] for d in ("d3", "new", "d0")]))
     for d in ("d3", "new"):  # encoded afresh with the kept codec: close to the new vectors
         x = changed[d] / np.linalg.norm(changed[d], axis=1, keepdims=True)
         y = b.doc(d)

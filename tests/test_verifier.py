@@ -12,12 +12,16 @@ from sidestep.nearmiss import KINDS, content_words, near_misses
 from sidestep.verifier import (
     N_TOKEN_FEATURES,
     Example,
+    FlatTokens,
     Verifier,
     VerifierConfig,
     collate,
     fit,
+    flat_maxsim,
+    flatten_tokens,
     idf_table,
     lexical_features,
+    lexical_features_flat,
     listwise_loss,
     map_features,
     maxsim,
@@ -25,6 +29,7 @@ from sidestep.verifier import (
     ndcg_at,
     prepare,
     score,
+    token_features,
     token_maps,
 )
 
@@ -74,6 +79,31 @@ def test_flat_token_maps_equal_padded_ones():
     ref = similarity(q, dt)
     assert torch.equal(mask, ref_mask)
     torch.testing.assert_close(sim * mask[:, None], ref * ref_mask[:, None], atol=1e-5, rtol=1e-5)
+
+
+def test_flat_features_equal_the_padded_reference():
+    """The verify stage's fast path (kernels over real tokens, summed per document) must give the
+    features the padded reference gives, including tied best matches, empty and capped documents."""
+    rng = np.random.default_rng(7)
+    q = torch.from_numpy(unit(rng, 5))
+    base = rng.normal(size=(40, 16)).astype(np.float32)
+    docs = [base[rng.integers(0, 40, n)] for n in (9, 0, 33, 3, 25)]  # repeated rows: exact ties
+    docs[2][4] = q[2].numpy() * 3  # a near-exact match, for the sharp kernel at 1.0
+    sim, mask = token_maps(q, docs, 20)
+    ref = map_features(sim, mask)
+    feats, ms, lengths = token_features(q, flatten_tokens(docs, 20))
+    torch.testing.assert_close(feats, ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(ms, maxsim(sim, mask), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flat_maxsim(q, flatten_tokens(docs, 20)), maxsim(sim, mask), atol=1e-5, rtol=1e-5)
+    assert lengths.tolist() == [9, 0, 20, 3, 20]
+    capped = flatten_tokens(docs, 30).capped(20)  # capping a flat matrix keeps each document's first tokens
+    assert capped.lengths.tolist() == [9, 0, 20, 3, 20]
+    np.testing.assert_array_equal(capped.vecs, flatten_tokens(docs, 20).vecs)
+    ids = [rng.integers(0, 12, n) for n in (30, 0, 7, 50, 1)]
+    idf = idf_table(ids, vocab_size=12)
+    qids = [3, 5, 3, 11]
+    torch.testing.assert_close(lexical_features_flat(qids, ids, idf), lexical_features(qids, ids, idf))
+    assert isinstance(flatten_tokens([], 5), FlatTokens)
 
 
 def test_lexical_features_count_query_pieces_in_each_document():
