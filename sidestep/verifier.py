@@ -156,10 +156,9 @@ def _kernel_sums(s: torch.Tensor, doc: torch.Tensor, n_docs: int) -> torch.Tenso
     by a single multiply: exp(-50(s-mu-+0.2)^2) = exp(-50(s-mu)^2) * exp(+-20 s) * exp(-+20 mu - 2).
     Two anchors (0.7 and 0.1) are computed exactly and each other kernel is one step from one, so
     a kernel comes out exact to float rounding wherever its value is above 1e-30. The exact-match
-    kernel is evaluated only where a cosine exceeds 0.99. map_features is the reference."""
+    kernel is evaluated only where a cosine exceeds 0.99. It assumes KERNEL_MUS / KERNEL_SIGMAS as
+    defined above; map_features is the reference, and a test holds the two together."""
     nq, n = s.shape
-    if tuple(KERNEL_MUS) != (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, -0.1) or tuple(KERNEL_SIGMAS[1:]) != (0.1,) * 6:
-        return _kernel_sums_plain(s, doc, n_docs)
     out = torch.empty((n, len(KERNEL_MUS), nq))  # (N, K, nq): rows are contiguous for index_add
     st = s.T
     sharp = out[:, 0, :]
@@ -176,15 +175,6 @@ def _kernel_sums(s: torch.Tensor, doc: torch.Tensor, n_docs: int) -> torch.Tenso
         torch.div(k, up, out=out[:, col + 1, :]).mul_(math.exp(20.0 * anchor - 2.0))  # mu - 0.2
     sums = torch.zeros((n_docs, len(KERNEL_MUS) * nq)).index_add_(0, doc, out.view(n, -1))
     return sums.view(n_docs, len(KERNEL_MUS), nq).transpose(1, 2)
-
-
-def _kernel_sums_plain(s: torch.Tensor, doc: torch.Tensor, n_docs: int) -> torch.Tensor:
-    """Every kernel computed directly (for kernel settings the fast form does not cover)."""
-    out = []
-    for mu, sigma in zip(KERNEL_MUS, KERNEL_SIGMAS, strict=True):
-        k = torch.exp(-((s - mu) ** 2) / (2 * sigma ** 2))
-        out.append(torch.zeros((s.shape[0], n_docs)).index_add_(1, doc, k).T)
-    return torch.stack(out, -1)
 
 
 def token_features(q: torch.Tensor, flat: FlatTokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
