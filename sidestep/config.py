@@ -133,6 +133,10 @@ class VerifyConfig(_Strict):
                           "stored (float16, 768 bytes per token).")
     pq_bytes: int = Field(32, ge=8, le=192, description="PQ sub-quantizers (one byte each) per token vector; "
                                                         "must divide the encoder's dimension.")
+    train_token_store: Literal["float16", "pq"] = Field(
+        "float16", description="Token vectors the verifier trains on. float16 (the embedding shards) gives it "
+                               "exact maps; it still scores whatever token_store serves. Trained on PQ maps it "
+                               "learns their quantization noise and ranks worse, even on PQ maps.")
     num_threads: int | None = Field(2, ge=1, description="torch threads of the verifier replica (Ray gives a "
                                                          "fractional-CPU actor one); None leaves Ray's setting.")
     epochs: int = Field(20, ge=1, description="Training epochs (the best validation epoch is kept).")

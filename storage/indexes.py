@@ -149,9 +149,9 @@ def read_chunks(store: IndexStore, domain: str, version: str) -> pa.Table:
     return pq.read_table(store.path(domain, version) / CHUNKS_FILE)
 
 
-def load_token_view(root, settings, domain: str, version: str) -> TokenView:
-    """Token vectors (float16 shards or the version's PQ codes, per settings.verify.token_store),
-    word pieces and idf of one published index version."""
+def load_token_view(root, settings, domain: str, version: str, kind: str | None = None) -> TokenView:
+    """Token vectors (float16 shards or the version's PQ codes: `kind`, by default
+    settings.verify.token_store), word pieces and idf of one published index version."""
     from .tokens import PQTokenSource, TokenSource, has_pq, read_pieces
 
     store = IndexStore(root)
@@ -161,7 +161,7 @@ def load_token_view(root, settings, domain: str, version: str) -> TokenView:
     if pieces is None:
         raise FileNotFoundError(f"index {domain}/{version} has no word pieces; republish it "
                                 f"(`sidestep reindex --domain {domain} --force`) to verify against it")
-    if settings.verify.token_store == "pq":
+    if (kind or settings.verify.token_store) == "pq":
         if not has_pq(folder):
             raise FileNotFoundError(f"index {domain}/{version} has no PQ token codes; republish it with "
                                     "verify.token_store = 'pq'")

@@ -69,7 +69,9 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     corpus = load_current(IndexStore(root), domain, overfetch=ix.chunk_overfetch, doc_score=ix.doc_score)
     if corpus is None:
         raise RuntimeError(f"domain {domain!r} has no published index; run `sidestep reindex --domain {domain}`")
-    view = load_token_view(root, settings, domain, corpus.version)
+    # the exact float16 maps by default, whatever store serves: trained on PQ maps the verifier learns
+    # their quantization noise (SciFact: test nDCG@10 0.711 vs 0.730, both scored on PQ maps)
+    view = load_token_view(root, settings, domain, corpus.version, kind=v.train_token_store)
     queries = load_queries(dataset_dir, split=split)
     qrels = load_qrels(dataset_dir, split)
     if not queries:
@@ -143,7 +145,7 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     version = new_version_name(fp.hexdigest())
     manifest = {"index_version": corpus.version, "dataset": str(Path(dataset_dir).resolve()), "split": split,
                 "config": cfg.as_dict(), "parameters": n_parameters(model), "seed": seed,
-                "train_queries": len(examples), "val_queries": len(val), "near_misses": dict(kinds),
+                "train_queries": len(examples), "val_queries": len(val), "token_store": view.source.kind, "near_misses": dict(kinds),
                 "best_epoch": best.get("epoch"), "val_ndcg10": best.get("val_ndcg10"),
                 "epochs_run": len(curve), "encoder": corpus.manifest.get("encoder")}
     publish_verifier(root, domain, version, model, manifest, settings.index.keep_versions)

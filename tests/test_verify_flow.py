@@ -101,6 +101,8 @@ def test_pq_token_store_is_a_fraction_of_float16_and_still_verifies(data_root, h
     settings = write_config(tmp_path / "pq.toml", '[verify]\ntoken_store = "pq"\npq_bytes = 16\nepochs = 4\n')
     res = evaluate_flow(dataset_dir=str(handbook), domain="hb", k=20, config_path=str(tmp_path / "pq.toml"))
     assert res["verify"]["applied"] and res["cost"]["token_store"] == "pq"
+    # served from PQ, trained on the exact float16 maps (train_token_store's default)
+    assert load_verifier(data_root, "hb").manifest["token_store"] == "float16"
     version = IndexStore(data_root).current("hb")
     pq_view = load_token_view(data_root, settings, "hb", version)
     f16 = load_token_view(data_root, settings.model_copy(update={"verify": settings.verify.model_copy(
