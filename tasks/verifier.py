@@ -145,7 +145,8 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     version = new_version_name(fp.hexdigest())
     manifest = {"index_version": corpus.version, "dataset": str(Path(dataset_dir).resolve()), "split": split,
                 "config": cfg.as_dict(), "parameters": n_parameters(model), "seed": seed,
-                "train_queries": len(examples), "val_queries": len(val), "token_store": view.source.kind, "near_misses": dict(kinds),
+                "train_queries": len(examples), "val_queries": len(val), "token_store": view.source.kind,
+                "near_misses": dict(kinds),
                 "best_epoch": best.get("epoch"), "val_ndcg10": best.get("val_ndcg10"),
                 "epochs_run": len(curve), "encoder": corpus.manifest.get("encoder")}
     publish_verifier(root, domain, version, model, manifest, settings.index.keep_versions)
