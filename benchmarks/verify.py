@@ -204,8 +204,7 @@ def main() -> None:
         return {"version": m["version"], "parameters": m["parameters"], "train_queries": m["train_queries"],
                 "val_queries": m["val_queries"], "best_epoch": m["best_epoch"], "val_ndcg10": m["val_ndcg10"],
                 "epochs_run": m["epochs_run"], "near_misses": m["near_misses"], "seconds": train_s, "curve": curve,
-                # trained under f16_env: float16 maps, also before manifests recorded it
-                "token_store": m.get("token_store", "float16")}
+                "token_store": m.get("token_store")}
 
     phase("verifier", verifier_phase)
     phase("msmarco", lambda: eval_cmd([str(data / "msmarco-5k"), "--domain", "msmarco", "--verifier-from",
@@ -261,7 +260,7 @@ def render(r: dict) -> str:
             secs = f", trained in {tr['seconds']:.0f} s" if tr.get("seconds") else ""
             out.append(f"- Verifier {tr['version']}: {tr['parameters']:,} parameters, {tr['train_queries']} training "
                        f"queries ({tr['val_queries']} held out for early stopping), trained on "
-                       f"{tr.get('token_store', 'float16')} maps, best validation nDCG@10 "
+                       f"{tr.get('token_store') or 'float16'} maps, best validation nDCG@10 "  # trained under f16_env
                        f"{tr['val_ndcg10']:.4f} at epoch {tr['best_epoch']} of {tr['epochs_run']}{secs}; "
                        f"near-misses {tr['near_misses']}. Curve in DuckDB `verifier_curves`.")
         out.append(f"- Whole command: {blob['wall_s']:.0f} s wall, peak RSS {blob['peak_rss_mb']:.0f} MB.")
