@@ -13,6 +13,7 @@ import numpy as np
 
 from sidestep.config import Settings
 from sidestep.search import TokenView, rerank
+from sidestep.verifier import warm_up
 from storage.indexes import load_token_view
 from storage.paths import DataRoot
 from storage.verifiers import LoadedVerifier, load_verifier, verifier_store
@@ -30,6 +31,7 @@ class VerifierService(VersionedDomains):
         self.settings = settings
         self.root = root
         self._views: OrderedDict[tuple[str, str], TokenView] = OrderedDict()
+        warm_up()
         self.refresh()
 
     @property

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import mapstats
+
 KERNEL_MUS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, -0.1)
 KERNEL_SIGMAS = (1e-3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1)
 TOPK = 3
@@ -101,10 +103,16 @@ def lexical_features(query_ids: Sequence[int], doc_ids: Sequence[np.ndarray], id
 @dataclass
 class FlatTokens:
     """Several documents' token vectors as one (N, d) matrix and each document's length: what the
-    verify stage multiplies, without padding 100 x 512 x 384 tensors or copying per document."""
+    verify stage multiplies, without padding 100 x 512 x 384 tensors or copying per document.
 
-    vecs: np.ndarray  # (N, d), float16 or float32
+    A product-quantized store hands out its codes instead (`codes` (N, M) uint8 with the codec's
+    `centroids` (M, 256, d/M)): `cosines` then scores them against lookup tables, so the 400 x 384
+    floats per document are never decoded."""
+
+    vecs: np.ndarray | None  # (N, d), float16 or float32; None when codes are given
     lengths: np.ndarray  # (C,) int64, sum = N
+    codes: np.ndarray | None = None
+    centroids: np.ndarray | None = None
 
     def capped(self, max_tokens: int) -> FlatTokens:
         """The first max_tokens tokens of each document (a copy only when some document is longer)."""
@@ -113,7 +121,34 @@ class FlatTokens:
         starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
         keep = np.minimum(self.lengths, max_tokens)
         rows = np.concatenate([np.arange(a, a + k) for a, k in zip(starts, keep, strict=True)])
+        if self.codes is not None:
+            return FlatTokens(None, keep.astype(np.int64), self.codes[rows], self.centroids)
         return FlatTokens(self.vecs[rows], keep.astype(np.int64))
+
+    def vectors(self) -> np.ndarray:
+        """The token vectors, decoded from the codes where the store is quantized."""
+        if self.codes is None:
+            return self.vecs
+        m, _, dsub = self.centroids.shape
+        return self.centroids[np.arange(m), self.codes.astype(np.int64)].reshape(len(self.codes), m * dsub)
+
+    def cosines(self, q: torch.Tensor) -> torch.Tensor:
+        """(N, nq) cosines of unit query tokens (nq, d) against every token; rows are contiguous."""
+        nq = q.shape[0]
+        if not int(np.sum(self.lengths)):
+            return torch.zeros((0, nq))
+        if self.codes is None:
+            vecs = torch.from_numpy(np.ascontiguousarray(self.vecs, dtype=np.float32))
+            return (vecs @ q.T) / vecs.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        m, ksub, dsub = self.centroids.shape
+        cent = torch.from_numpy(self.centroids)
+        # per sub-space and codeword: its dot product with every query token, and its squared norm;
+        # an embedding bag sums the M entries a token's codes pick (asymmetric distance computation)
+        table = torch.cat([torch.einsum("qmd,mkd->mkq", q.reshape(nq, m, dsub), cent),
+                           cent.square().sum(-1, keepdim=True)], -1).reshape(m * ksub, nq + 1)
+        idx = torch.from_numpy(self.codes).long() + torch.arange(0, m * ksub, ksub)
+        dots = torch.nn.functional.embedding_bag(idx, table, mode="sum")
+        return dots[:, :nq] / dots[:, nq:].sqrt().clamp(min=1e-12)
 
 
 def flatten_tokens(docs: Sequence[np.ndarray], max_tokens: int) -> FlatTokens:
@@ -124,84 +159,56 @@ def flatten_tokens(docs: Sequence[np.ndarray], max_tokens: int) -> FlatTokens:
     return FlatTokens(vecs, lengths)
 
 
-def _flat_maps(q: torch.Tensor, flat: FlatTokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(nq, N) cosines, each column's document, the (C, nq, L) map with -2 on padding, lengths."""
-    lengths = torch.from_numpy(np.asarray(flat.lengths, dtype=np.int64))
-    n_docs, nq = len(lengths), q.shape[0]
-    width = max(int(lengths.max()) if n_docs else 1, 1)
-    s = torch.zeros((nq, 0))
-    if int(lengths.sum()):
-        vecs = torch.from_numpy(np.ascontiguousarray(flat.vecs)).float()
-        s = (q @ vecs.T) / vecs.norm(dim=-1).clamp(min=1e-12)  # (nq, N): cheaper than normalizing the tokens
-    doc = torch.repeat_interleave(torch.arange(n_docs), lengths)
-    pos = torch.arange(len(doc)) - (torch.cumsum(lengths, 0) - lengths)[doc]
-    padded = torch.full((nq, n_docs * width), -2.0)
-    padded.index_copy_(1, doc * width + pos, s)
-    return s, doc, padded.view(nq, n_docs, width).transpose(0, 1), lengths
+_TABLE = mapstats.kernel_table(KERNEL_MUS[1:], KERNEL_SIGMAS[1:])
 
 
 def flat_maxsim(q: torch.Tensor, flat: FlatTokens) -> torch.Tensor:
-    """maxsim(token_maps(...)) from flat tokens: the MaxSim baseline on the same fast path as the verifier."""
-    return _flat_maps(q, flat)[2].amax(-1).sum(-1)
-
-
-_SHARP = 0.99  # below this cosine the exact-match kernel (mu 1, sigma 1e-3) is under exp(-50): zero in effect
-
-
-def _kernel_sums(s: torch.Tensor, doc: torch.Tensor, n_docs: int) -> torch.Tensor:
-    """(C, nq, K) per-document sums of the soft-histogram kernels over (nq, N) cosines, in one pass
-    of writes and one index_add.
-
-    The six sigma-0.1 kernels sit 0.2 apart, so a neighbour follows from an exactly computed one
-    by a single multiply: exp(-50(s-mu-+0.2)^2) = exp(-50(s-mu)^2) * exp(+-20 s) * exp(-+20 mu - 2).
-    Two anchors (0.7 and 0.1) are computed exactly and each other kernel is one step from one, so
-    a kernel comes out exact to float rounding wherever its value is above 1e-30. The exact-match
-    kernel is evaluated only where a cosine exceeds 0.99. It assumes KERNEL_MUS / KERNEL_SIGMAS as
-    defined above; map_features is the reference, and a test holds the two together."""
-    nq, n = s.shape
-    out = torch.empty((n, len(KERNEL_MUS), nq))  # (N, K, nq): rows are contiguous for index_add
-    st = s.T
-    sharp = out[:, 0, :]
-    sharp.zero_()
-    hit = st > _SHARP
-    if hit.any():
-        sharp[hit] = torch.exp(-((st[hit] - 1.0) ** 2) / (2 * KERNEL_SIGMAS[0] ** 2))
-    up = torch.exp(20.0 * st)
-    for anchor, col in ((0.7, 2), (0.1, 5)):
-        k = out[:, col, :]
-        torch.sub(st, anchor, out=k)
-        k.square_().mul_(-50.0).exp_()
-        torch.mul(k, up, out=out[:, col - 1, :]).mul_(math.exp(-20.0 * anchor - 2.0))  # mu + 0.2
-        torch.div(k, up, out=out[:, col + 1, :]).mul_(math.exp(20.0 * anchor - 2.0))  # mu - 0.2
-    sums = torch.zeros((n_docs, len(KERNEL_MUS) * nq)).index_add_(0, doc, out.view(n, -1))
-    return sums.view(n_docs, len(KERNEL_MUS), nq).transpose(1, 2)
+    """maxsim(token_maps(...)) from flat tokens: the MaxSim baseline on the same fast path as the verifier
+    (the same cosines, then one pass for each document's best match per query token)."""
+    st = flat.cosines(q).numpy()
+    best = np.empty((len(flat.lengths), q.shape[0]), np.float32)
+    mapstats.segment_max(st, np.asarray(flat.lengths, dtype=np.int64), best)
+    return torch.from_numpy(best).sum(-1)
 
 
 def token_features(q: torch.Tensor, flat: FlatTokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """map_features + maxsim of unit query tokens (nq, d) against flat document tokens, computed on
-    the (nq, N) cosine matrix: the kernels run over real tokens only and are summed per document
-    with index_add, so no padded map is built but the one top-k needs. Equal to
-    map_features(token_maps(...)) up to float rounding (a test holds them together).
+    """map_features + maxsim of unit query tokens (nq, d) against flat document tokens, from one pass
+    over the (N, nq) cosines (sidestep.mapstats); no padded map is built. Equal to
+    map_features(token_maps(...)) up to float rounding and the kernel table's interpolation (a test
+    holds them together).
 
     Returns (C, nq, N_MAP_FEATURES) features, (C,) MaxSim and (C,) document lengths."""
-    s, doc, padded, lengths = _flat_maps(q, flat)
+    lengths = np.asarray(flat.lengths, dtype=np.int64)
     n_docs, nq = len(lengths), q.shape[0]
-    top = padded.topk(min(TOPK, padded.shape[-1]), dim=-1)
-    best, best_pos = top.values[..., 0], padded.argmax(-1)  # argmax: the first of tied matches, as map_features
-    kernels = torch.log1p(_kernel_sums(s, doc, n_docs)).unbind(-1)
-    rel_pos = best_pos.float() / lengths.clamp(min=1).float()[:, None]
+    st = flat.cosines(q).numpy()
+    width = max(int(lengths.max()) if n_docs else 1, 1)
+    stats = np.empty((n_docs, nq, 2 + len(KERNEL_MUS)), np.float32)
+    pos = np.empty((n_docs, nq), np.int64)
+    mapstats.map_stats(st, lengths, min(TOPK, width), _TABLE, KERNEL_SIGMAS[0], stats, pos)
+    stats_t, best_pos, lengths_t = torch.from_numpy(stats), torch.from_numpy(pos), torch.from_numpy(lengths)
+    rel_pos = best_pos.float() / lengths_t.clamp(min=1).float()[:, None]
     step = torch.zeros_like(rel_pos)
     if nq > 1:  # does the next query token's best match sit right after this one's?
         gap = (best_pos[:, 1:] - best_pos[:, :-1] - 1).abs().float()
         step[:, :-1] = torch.exp(-gap / 2)
-    feats = torch.stack([best, top.values.mean(-1), *kernels, rel_pos, step], dim=-1)
-    return feats, best.sum(-1), lengths
+    feats = torch.cat([stats_t, rel_pos[..., None], step[..., None]], -1)
+    return feats, stats_t[..., 0].sum(-1), lengths_t
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the map reductions now, so that a serving replica's first
+    query does not pay for it."""
+    rng = np.random.default_rng(0)
+    q = normalize(rng.normal(size=(2, 8)).astype(np.float32))
+    flat = flatten_tokens([rng.normal(size=(3, 8)).astype(np.float32)], 4)
+    token_features(q, flat)
+    flat_maxsim(q, flat)
+    lexical_features_flat([1, 2], [np.array([1, 3])], np.ones(4, np.float32))
 
 
 def lexical_features_flat(query_ids: Sequence[int], doc_ids: Sequence[np.ndarray], idf: np.ndarray
                           ) -> torch.Tensor:
-    """lexical_features without a per-document loop: one (N, nq) comparison over the concatenated
-    word pieces, summed per document."""
+    """lexical_features without a per-document loop: one pass over the concatenated word pieces."""
     q = np.asarray(query_ids, dtype=np.int64)
     out = torch.zeros((len(doc_ids), len(q), 3))
     out[:, :, 0] = torch.from_numpy(idf[q] / 10.0)
@@ -209,11 +216,11 @@ def lexical_features_flat(query_ids: Sequence[int], doc_ids: Sequence[np.ndarray
     if not len(q) or not lens.sum():
         return out
     flat = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in doc_ids])
-    hits = torch.from_numpy(flat[:, None] == q[None, :]).float()
-    counts = torch.zeros((len(doc_ids), len(q))).index_add_(0, torch.repeat_interleave(
-        torch.arange(len(doc_ids)), torch.from_numpy(lens)), hits)
-    out[:, :, 1] = torch.log1p(counts)
-    out[:, :, 2] = (counts > 0).float()
+    counts = np.zeros((len(doc_ids), len(q)), np.float32)
+    mapstats.piece_counts(q, flat, lens, counts)
+    counts_t = torch.from_numpy(counts)
+    out[:, :, 1] = torch.log1p(counts_t)
+    out[:, :, 2] = (counts_t > 0).float()
     return out
 
 
@@ -257,15 +264,28 @@ class Verifier(nn.Module):
         self.skip = nn.Linear(g, 1)  # the learned combination with the recall scores
 
     def forward(self, feats: torch.Tensor, qtok: torch.Tensor, qmask: torch.Tensor,
-                glob: torch.Tensor) -> torch.Tensor:
-        """feats (N, nq, F), qtok (N, nq, d) unit query token vectors, qmask (N, nq) bool, glob (N, G)."""
+                glob: torch.Tensor, projected: bool = False) -> torch.Tensor:
+        """feats (N, nq, F), qtok (N, nq, d) unit query token vectors, qmask (N, nq) bool, glob (N, G).
+        projected: qtok already went through `qproj` ((N, nq, qproj), as `collate(..., model)` gives)."""
         nq = feats.shape[1]
-        x = self.tok_in(torch.cat([feats, self.qproj(qtok)], -1))
+        x = self.tok_in(torch.cat([feats, qtok if projected else self.qproj(qtok)], -1))
         x = x + self.pos(torch.arange(nq, device=x.device).clamp(max=self.cfg.max_query_tokens - 1))[None]
         x = torch.cat([self.cls_in(glob)[:, None, :], x], 1)
-        pad = torch.cat([torch.zeros_like(qmask[:, :1]), ~qmask], 1)
-        h = self.encoder(x, src_key_padding_mask=pad)
-        return self.head(self.norm(h[:, 0])).squeeze(-1) + self.skip(glob).squeeze(-1)
+        pad = None if bool(qmask.all()) else torch.cat([torch.zeros_like(qmask[:, :1]), ~qmask], 1)
+        h = self.encoder(x, src_key_padding_mask=pad)[:, 0] if self.training else self._cls_only(x, pad)
+        return self.head(self.norm(h)).squeeze(-1) + self.skip(glob).squeeze(-1)
+
+    def _cls_only(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        """The encoder in eval mode, with the last layer computed for the [CLS] slot only: the head
+        reads nothing else, so the last layer's queries, attention output and feed-forward for the
+        other positions were work thrown away. Equal to encoder(x)[:, 0] (a test holds them)."""
+        *first, last = self.encoder.layers
+        for layer in first:
+            x = layer(x, src_key_padding_mask=pad)
+        y = last.norm1(x)
+        h = x[:, :1] + last.self_attn(y[:, :1], y, y, key_padding_mask=pad, need_weights=False)[0]
+        h = h + last.linear2(last.activation(last.linear1(last.norm2(h))))
+        return h[:, 0]
 
 
 def n_parameters(model: nn.Module) -> int:
@@ -349,35 +369,46 @@ def idf_table(doc_piece_ids: Sequence[Sequence[int]], vocab_size: int) -> np.nda
     return np.log((n - df + 0.5) / (df + 0.5) + 1.0).astype(np.float32)
 
 
-def collate(items: Sequence[Candidates]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                  list[int]]:
-    """Flatten several queries' candidates into one padded batch; returns the split sizes."""
+def collate(items: Sequence[Candidates], model: Verifier | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """Flatten several queries' candidates into one padded batch; returns the split sizes.
+
+    With `model`, each query's tokens are projected once (`model.qproj`) before they are repeated
+    for its candidates: 100 candidates share one query, so projecting per candidate repeated the
+    same (nq, d) x (d, qproj) product 100 times. Pass projected=True to the model then."""
     nq = max(c.feats.shape[1] for c in items)
     n = sum(c.feats.shape[0] for c in items)
     f = items[0].feats.shape[2]
-    d = items[0].qtok.shape[1]
+    qs = [c.qtok if model is None else model.qproj(c.qtok) for c in items]
     feats = torch.zeros((n, nq, f))
-    qtok = torch.zeros((n, nq, d))
+    qtok = torch.zeros((n, nq, qs[0].shape[1]))
     qmask = torch.zeros((n, nq), dtype=torch.bool)
     glob = torch.cat([c.glob for c in items])
     r = 0
-    for c in items:
+    for c, qc in zip(items, qs, strict=True):
         cn, cq = c.feats.shape[:2]
         feats[r:r + cn, :cq] = c.feats
-        qtok[r:r + cn, :cq] = c.qtok[None]
+        qtok[r:r + cn, :cq] = qc[None]
         qmask[r:r + cn, :cq] = True
         r += cn
     return feats, qtok, qmask, glob, [c.feats.shape[0] for c in items]
 
 
 def score(model: Verifier, items: Sequence[Candidates]) -> list[np.ndarray]:
-    if not items:
-        return []
+    """Logits per query. Queries of the same length share one forward pass; lengths are not mixed,
+    so no batch carries padding (padding changes no score, but the masked softmax costs more)."""
     model.eval()
+    out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(items)
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(items):
+        groups.setdefault(c.feats.shape[1], []).append(i)
     with torch.inference_mode():
-        feats, qtok, qmask, glob, sizes = collate(items)
-        out = model(feats, qtok, qmask, glob)
-    return [s.numpy() for s in torch.split(out, sizes)]
+        for idx in groups.values():
+            feats, qtok, qmask, glob, sizes = collate([items[i] for i in idx], model)
+            logits = model(feats, qtok, qmask, glob, projected=True)
+            for i, part in zip(idx, torch.split(logits, sizes), strict=True):
+                out[i] = part.numpy()
+    return out
 
 
 def pair_loss(logits: torch.Tensor, pairs: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
@@ -454,8 +485,8 @@ def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]
         total, nb = 0.0, 0
         for s in range(0, len(order), batch_queries):
             batch = [_sample_rows(examples[i], list_rows, rng) for i in order[s:s + batch_queries]]
-            feats, qtok, qmask, glob, sizes = collate([e.cands for e in batch])
-            logits = model(feats, qtok, qmask, glob)
+            feats, qtok, qmask, glob, sizes = collate([e.cands for e in batch], model)
+            logits = model(feats, qtok, qmask, glob, projected=True)
             keep, pairs, r = [], [], 0
             for e in batch:
                 n = e.cands.feats.shape[0]

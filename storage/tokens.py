@@ -90,6 +90,9 @@ class PQTokenSource:
         self.codes = np.load(folder / PQ_CODES, mmap_mode="r")
         t = pq.read_table(folder / PQ_DOCS).to_pydict()
         self._span = {d: (s, e) for d, s, e in zip(t["doc_id"], t["start"], t["end"], strict=True)}
+        p = self.codec.pq if isinstance(self.codec, faiss.IndexPQ) else None
+        self._centroids = (faiss.vector_to_array(p.centroids).reshape(p.M, p.ksub, p.dsub)
+                           if p is not None and p.nbits == 8 else None)  # one byte per code: table lookups
 
     def __contains__(self, doc_id: str) -> bool:
         return doc_id in self._span
@@ -102,13 +105,17 @@ class PQTokenSource:
         return self.codec.sa_decode(np.ascontiguousarray(self.codes[s:e]))
 
     def flat(self, doc_ids: list[str], max_tokens: int) -> FlatTokens:
-        """The first max_tokens token vectors of each document, decoded in one call into one matrix."""
+        """The first max_tokens tokens of each document as one flat run of codes (scored against
+        lookup tables, never decoded), or decoded vectors where the codes are bit-packed."""
         spans = [self._span[d] for d in doc_ids]
         lengths = np.asarray([min(e - s, max_tokens) for s, e in spans], dtype=np.int64)
         if not lengths.sum():
             return FlatTokens(np.zeros((0, self.codec.d), np.float32), lengths)
         rows = np.concatenate([np.arange(s, s + n) for (s, _), n in zip(spans, lengths, strict=True)])
-        return FlatTokens(self.codec.sa_decode(np.ascontiguousarray(self.codes[rows])), lengths)
+        codes = np.ascontiguousarray(self.codes[rows])
+        if self._centroids is None:
+            return FlatTokens(self.codec.sa_decode(codes), lengths)
+        return FlatTokens(None, lengths, codes, self._centroids)
 
     def docs(self, doc_ids: list[str]) -> list[np.ndarray]:
         spans = [self._span[d] for d in doc_ids]

@@ -131,8 +131,19 @@ def test_padding_does_not_change_a_query_score():
     model = Verifier(VerifierConfig(width=32, ff=64), 16).eval()
     short, long_ = _cands(rng, n_q=2), _cands(rng, n_q=6)
     alone = score(model, [short])[0]
-    together = score(model, [short, long_])[0]  # short is padded to 6 query tokens here
-    np.testing.assert_allclose(alone, together, atol=1e-5)
+    together = score(model, [short, long_])  # scored in one call, each at its own length
+    np.testing.assert_allclose(alone, together[0], atol=1e-5)
+    np.testing.assert_allclose(score(model, [long_])[0], together[1], atol=1e-5)
+    with torch.inference_mode():  # in one padded batch (as training runs), short is padded to 6 tokens
+        feats, qtok, qmask, glob, _ = collate([short, long_], model)
+        padded = model(feats, qtok, qmask, glob, projected=True)[:6]
+        full = model.encoder(torch.cat([model.cls_in(glob)[:, None, :], model.tok_in(torch.cat(
+            [feats, qtok], -1)) + model.pos(torch.arange(6))[None]], 1), src_key_padding_mask=torch.cat(
+            [torch.zeros_like(qmask[:, :1]), ~qmask], 1))[:, 0]  # every position of every layer
+        ref = model.head(model.norm(full)).squeeze(-1) + model.skip(glob).squeeze(-1)
+        fast = model(feats, qtok, qmask, glob, projected=True)  # the last layer for [CLS] only
+    np.testing.assert_allclose(alone, padded.numpy(), atol=1e-5)
+    np.testing.assert_allclose(ref.numpy(), fast.numpy(), atol=1e-5)
     assert n_parameters(model) < 2_000_000
 
 
@@ -197,3 +208,27 @@ def test_bm25_and_rrf_on_inline_data():
     assert [d for d, _ in hits] == ["b", "a"]  # "c" does not match at all
     fused = rrf([["a", "b"], ["b", "c"]], 3, c=60)
     assert fused[0][0] == "b" and fused[0][1] == pytest.approx(1 / 62 + 1 / 61)
+
+
+def test_pq_codes_are_scored_like_their_decoded_vectors():
+    """Scoring PQ codes through lookup tables must equal scoring the decoded vectors: cosines,
+    features and MaxSim."""
+    import faiss
+
+    rng = np.random.default_rng(11)
+    train = unit(rng, 3000, 16)
+    codec = faiss.IndexPQ(16, 4, 8)
+    codec.train(train)
+    docs = [unit(rng, n, 16) for n in (12, 0, 30, 5)]
+    lengths = np.asarray([len(d) for d in docs], np.int64)
+    codes = codec.sa_encode(np.concatenate(docs))
+    cent = faiss.vector_to_array(codec.pq.centroids).reshape(4, 256, 4)
+    coded = FlatTokens(None, lengths, codes, cent)
+    decoded = FlatTokens(codec.sa_decode(codes), lengths)
+    np.testing.assert_array_equal(coded.vectors(), decoded.vecs)
+    q = torch.from_numpy(unit(rng, 3, 16))
+    torch.testing.assert_close(coded.cosines(q), decoded.cosines(q), atol=1e-5, rtol=1e-5)
+    for a, b in zip(token_features(q, coded.capped(20)), token_features(q, decoded.capped(20)), strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    assert coded.capped(20).lengths.tolist() == [12, 0, 20, 5] and coded.capped(20).codes.shape == (37, 4)
+    torch.testing.assert_close(flat_maxsim(q, coded), flat_maxsim(q, decoded), atol=1e-5, rtol=1e-5)
