@@ -13,6 +13,13 @@ from storage.paths import DataRoot
 APP_NAME = "sidestep"
 
 
+# Replicas run their request handling, user code and router on one event loop instead of three: the
+# blocking work already runs in threads (asyncio.to_thread), and each cross-loop hand-off cost
+# latency on two cores. (Part of Ray Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED, without its direct
+# ingress, which would open a port per replica.)
+SERVE_LOOPS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
 class ServeHandle:
     """Context manager: a local Ray (2 CPUs, no dashboard) + Serve on host:port; stops everything on exit."""
 
@@ -37,9 +44,9 @@ class ServeHandle:
         if not ray.is_initialized():
             ray.init(num_cpus=self.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                      namespace="sidestep", log_to_driver=False, logging_level="WARNING",
-                     runtime_env={"env_vars": {k: os.environ[k] for k in (
+                     runtime_env={"env_vars": {**SERVE_LOOPS, **{k: os.environ[k] for k in (
                          "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SIDESTEP_HOME", "HOME",
-                         "RAY_USAGE_STATS_ENABLED", "TOKENIZERS_PARALLELISM") if k in os.environ}})
+                         "RAY_USAGE_STATS_ENABLED", "TOKENIZERS_PARALLELISM", *SERVE_LOOPS) if k in os.environ}}})
         serve.start(http_options={"host": self.host, "port": self.port}, logging_config={"log_level": "WARNING"})
         serve.run(build_app(str(self.root.root), self.config_path, self.preset), name=APP_NAME, route_prefix="/")
         self.wait_ready()
