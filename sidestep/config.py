@@ -115,6 +115,10 @@ class RecConfig(_Strict):
     batch_size: int = Field(512, ge=8)
     lr: float = Field(1e-3, gt=0)
     patience: int = Field(8, ge=1, description="Epochs without a better valid NDCG@10 before stopping.")
+    table_epochs: int = Field(5, ge=1, description="Table-only fine-tuning's schedule: it trains one domain's "
+                                                   "table against a frozen encoder, so a short schedule at a "
+                                                   "high learning rate suffices (picked on the valid split).")
+    table_lr: float = Field(1e-2, gt=0, description="Table-only fine-tuning's peak learning rate.")
     warm_epochs: int = Field(5, ge=1, description="Nightly: when a domain's interactions changed, its serving tables "
                                                   "and encoder are fine-tuned for this many epochs (warm start) "
                                                   "instead of trained from scratch.")

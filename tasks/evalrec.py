@@ -42,7 +42,7 @@ def eval_rec(root: DataRoot, settings: Settings, dataset: str, domain: str, *, m
     items, data = domain_data(root, settings, domain)
     codes = book.encode(items.vectors).astype(np.int64)
     group = f"rec-{domain}-{uuid.uuid4().hex[:8]}"
-    cfg = train_config(settings, epochs=epochs, max_seconds=max_seconds, seed=seed)
+    cfg = train_config(settings, mode, epochs=epochs, max_seconds=max_seconds, seed=seed)
     common = {"dataset": dataset, "domain": domain, "group_id": group}
     out: dict = {"domain": domain, "dataset": dataset, "mode": mode, "pretrained_from": pretrained_from,
                  "codebook_version": book_version, "run_group": group,

@@ -186,12 +186,14 @@ def seq_config(settings: Settings):
                      max_history=r.max_history, temperature=r.temperature)
 
 
-def train_config(settings: Settings, **overrides):
+def train_config(settings: Settings, mode: str | None = None, **overrides):
+    """The training schedule of `mode`; table-only fine-tuning has its own (rec.table_epochs, table_lr)."""
     from sidestep.rectrain import TrainConfig
 
     r = settings.rec
-    base = {"epochs": r.epochs, "batch_size": r.batch_size, "lr": r.lr, "patience": r.patience,
-            "max_seconds": r.max_train_seconds}
+    table = mode == "table-only"
+    base = {"epochs": r.table_epochs if table else r.epochs, "batch_size": r.batch_size,
+            "lr": r.table_lr if table else r.lr, "patience": r.patience, "max_seconds": r.max_train_seconds}
     return TrainConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
@@ -308,8 +310,9 @@ def finetune_tables(root: DataRoot, settings: Settings, domain: str, mode: str =
     else:
         model, _ = start_model(root, settings, domain, mode, pretrained_from, book_version, book.spec.codewords,
                                book.spec.positions, log)
-    res = fit_domain(model, domain, torch.from_numpy(codes), data, "full" if mode.startswith("warm") else mode,
-                     train_config(settings, epochs=epochs), log=log)
+    fit_mode = "full" if mode.startswith("warm") else mode
+    res = fit_domain(model, domain, torch.from_numpy(codes), data, fit_mode,
+                     train_config(settings, fit_mode, epochs=epochs), log=log)
     test, _ = evaluate(model, domain, torch.from_numpy(codes), data.test)
     version = publish_tables(root, domain, items, codes, model, book_version, {
         "mode": mode, "pretrained_from": pretrained_from, "config": model.cfg.to_dict(),

@@ -191,3 +191,14 @@ def test_eval_rec_refuses_bad_arguments_with_a_message(data_root, tmp_path):
     r = runner.invoke(app, ["eval-rec", str(tmp_path / "toy"), "--domain", "x", "--pretrained-from", "nobody",
                             "--epochs", "1", "--json"])
     assert r.exit_code == 1 and "nobody" in json.loads(r.stdout.strip().splitlines()[-1])["error"]
+
+
+def test_table_only_fine_tuning_has_its_own_schedule():
+    from sidestep.config import Settings
+    from tasks.rec import train_config
+
+    s = Settings.model_validate({"rec": {"epochs": 30, "lr": 1e-3, "table_epochs": 5, "table_lr": 1e-2}})
+    table, full, scratch = (train_config(s, m) for m in ("table-only", "full", "scratch"))
+    assert (table.epochs, table.lr) == (5, 1e-2)
+    assert (full.epochs, full.lr) == (scratch.epochs, scratch.lr) == (30, 1e-3)
+    assert train_config(s, "table-only", epochs=3).epochs == 3  # an explicit --epochs still wins
