@@ -188,7 +188,7 @@ class VerifierDeployment(_PollingReplica):
         self.verify.set_max_batch_size(settings.verify.batch_max_size)
         self.verify.set_batch_wait_timeout_s(settings.verify.batch_wait_s)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.001)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def verify(self, requests: list[dict]) -> list[dict]:
         try:
             return await asyncio.to_thread(self.service.verify_batch, requests)

@@ -149,8 +149,9 @@ class VerifyConfig(_Strict):
     near_miss_weight: float = Field(0.3, ge=0, description="Weight of the positive-above-its-near-miss hinge loss.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Training queries held out for early stopping.")
     batch_max_size: int = Field(8, ge=1, description="Requests the verifier deployment scores together.")
-    batch_wait_s: float = Field(0.001, ge=0, description="How long the verifier waits to fill a batch (under "
-                                "load, queued requests fill it without waiting; alone, a request waits it out).")
+    batch_wait_s: float = Field(0.0, ge=0, description="How long the verifier waits to fill a batch. Requests "
+                                "queued while it scores the previous batch fill the next one without any wait; "
+                                "a wait only delays a request that arrives alone.")
 
 
 class ServeConfig(_Strict):

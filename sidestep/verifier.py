@@ -138,7 +138,7 @@ class FlatTokens:
         if not int(np.sum(self.lengths)):
             return torch.zeros((0, nq))
         if self.codes is None:
-            vecs = torch.from_numpy(np.ascontiguousarray(self.vecs, dtype=np.float32))
+            vecs = torch.from_numpy(np.ascontiguousarray(self.vecs)).float()  # torch casts float16 faster
             return (vecs @ q.T) / vecs.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         m, ksub, dsub = self.centroids.shape
         cent = torch.from_numpy(self.centroids)
