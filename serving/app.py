@@ -179,11 +179,9 @@ class VerifierDeployment(_PollingReplica):
     def __init__(self, data_root: str, config_path: str | None = None):
         settings = load_settings(config_path)
         if settings.verify.num_threads:
-            import numba
             import torch
 
             torch.set_num_threads(settings.verify.num_threads)
-            numba.set_num_threads(min(settings.verify.num_threads, numba.config.NUMBA_NUM_THREADS))
         super().__init__(VerifierService(settings, DataRoot(Path(data_root))), "verifier-poller")
         self.verify.set_max_batch_size(settings.verify.batch_max_size)
         self.verify.set_batch_wait_timeout_s(settings.verify.batch_wait_s)
