@@ -84,6 +84,36 @@ def map_stats(st, lengths, top_k, table, sharp_sigma, out, best_pos):  # pragma:
                 out[c, i, 2 + k] = math.log1p(sums[i, k])
 
 
+PQ_BLOCK = 64  # tokens per block in pq_cosines: 64 x (nq + 1) partial sums stay in L1 beside one sub-table
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def pq_cosines(codes, table, nq, out):  # pragma: no cover - compiled
+    """out (N, nq): cosines of N product-quantized tokens (codes (N, M) uint8) from lookup tables
+    (table (M * ksub, W), W >= nq + 1: per sub-space and codeword its dot product with each query token,
+    column nq its squared norm; W padded to a multiple of 8 so the inner loop is whole SIMD lanes).
+
+    Sub-space by sub-space within blocks of PQ_BLOCK tokens: one sub-table (256 rows) is read while the
+    block's sums stay in cache, instead of 32 sub-tables per token (an embedding bag's order). Blocks
+    run in parallel."""
+    n, m = codes.shape
+    ksub, w = table.shape[0] // m, table.shape[1]
+    for blk in prange((n + PQ_BLOCK - 1) // PQ_BLOCK):
+        lo = blk * PQ_BLOCK
+        hi = min(n, lo + PQ_BLOCK)
+        acc = np.zeros((PQ_BLOCK, w), np.float32)
+        for s in range(m):
+            base = s * ksub
+            for t in range(lo, hi):
+                r = base + codes[t, s]
+                for i in range(w):
+                    acc[t - lo, i] += table[r, i]
+        for t in range(lo, hi):
+            inv = 1.0 / max(math.sqrt(acc[t - lo, nq]), 1e-12)
+            for i in range(nq):
+                out[t, i] = acc[t - lo, i] * inv
+
+
 @njit(cache=True, nogil=True)
 def segment_max(st, lengths, out):  # pragma: no cover - compiled
     """out (C, nq): each document's best cosine per query token; -2 for an empty document."""

@@ -143,12 +143,14 @@ class FlatTokens:
         m, ksub, dsub = self.centroids.shape
         cent = torch.from_numpy(self.centroids)
         # per sub-space and codeword: its dot product with every query token, and its squared norm;
-        # an embedding bag sums the M entries a token's codes pick (asymmetric distance computation)
-        table = torch.cat([torch.einsum("qmd,mkd->mkq", q.reshape(nq, m, dsub), cent),
-                           cent.square().sum(-1, keepdim=True)], -1).reshape(m * ksub, nq + 1)
-        idx = torch.from_numpy(self.codes).long() + torch.arange(0, m * ksub, ksub)
-        dots = torch.nn.functional.embedding_bag(idx, table, mode="sum")
-        return dots[:, :nq] / dots[:, nq:].sqrt().clamp(min=1e-12)
+        # each token sums the M entries its codes pick (asymmetric distance computation), compiled
+        width = -(-(nq + 1) // 8) * 8
+        table = torch.zeros((m, ksub, width))
+        table[..., :nq] = torch.einsum("qmd,mkd->mkq", q.reshape(nq, m, dsub).float(), cent)
+        table[..., nq] = cent.square().sum(-1)
+        out = np.empty((len(self.codes), nq), np.float32)
+        mapstats.pq_cosines(np.ascontiguousarray(self.codes), table.reshape(m * ksub, width).numpy(), nq, out)
+        return torch.from_numpy(out)
 
 
 def flatten_tokens(docs: Sequence[np.ndarray], max_tokens: int) -> FlatTokens:
@@ -277,16 +279,32 @@ class Verifier(nn.Module):
 
     def _cls_only(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
         """The encoder in eval mode, with the last layer computed for the [CLS] slot only: the head
-        reads nothing else, so the last layer's queries, attention output and feed-forward for the
-        other positions were work thrown away. Equal to encoder(x)[:, 0] (a test holds them)."""
+        reads nothing else. Equal to encoder(x)[:, 0] (a test holds them).
+
+        [CLS]'s attention needs every position's key and value, but not their projections: its score
+        against position j is q . (W_k y_j + b_k) = (W_k^T q) . y_j + q . b_k, and the last term is the
+        same for every j, so softmax drops it; its output is sum_j a_j (W_v y_j + b_v) =
+        W_v (sum_j a_j y_j) + b_v, since the weights sum to 1. So the query is folded into W_k once
+        per candidate and the value projection applied once to the weighted mean, instead of projecting
+        every position's key and value (two thirds of the last layer's work)."""
         *first, last = self.encoder.layers
         for layer in first:
             x = layer(x, src_key_padding_mask=pad)
+        att = last.self_attn
+        n, _, d = x.shape
+        heads, dh = att.num_heads, d // att.num_heads
+        w_q, w_k, w_v = att.in_proj_weight.split(d)
+        b_q, _, b_v = att.in_proj_bias.split(d)
         y = last.norm1(x)
-        h = x[:, :1] + last.self_attn(y[:, :1], y, y, key_padding_mask=pad, need_weights=False)[0]
-        h = h + last.linear2(last.activation(last.linear1(last.norm2(h))))
-        return h[:, 0]
-
+        q = torch.nn.functional.linear(y[:, 0], w_q, b_q).view(n, heads, dh) / math.sqrt(dh)
+        qk = torch.einsum("nhe,hed->nhd", q, w_k.view(heads, dh, d))  # (n, heads, d)
+        logits = torch.einsum("nhd,nld->nhl", qk, y)
+        if pad is not None:
+            logits = logits.masked_fill(pad[:, None, :], float("-inf"))
+        mean = torch.einsum("nhl,nld->nhd", logits.softmax(-1), y)  # each head's weighted mean of y
+        ctx = torch.einsum("nhd,hed->nhe", mean, w_v.view(heads, dh, d)).reshape(n, d) + b_v
+        h = x[:, 0] + att.out_proj(ctx)
+        return h + last.linear2(last.activation(last.linear1(last.norm2(h))))
 
 def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
