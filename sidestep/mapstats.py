@@ -1,7 +1,8 @@
 """One-pass reductions of a flat cosine matrix, compiled with numba.
 
 The verify stage reduces each (query token, candidate) row of the cosine map to a few numbers:
-max, mean of the top 3, position of the best match and seven soft-histogram kernel sums. As
+max, mean of the top 3, seven soft-histogram kernel sums, the position of the best match and
+whether consecutive query tokens match consecutive document tokens. As
 tensor operations that is some twenty passes over a (N tokens x nq) matrix plus a padded copy
 and a scatter-add; on two cores it was most of the verify stage's time. Here each cosine is
 read once. The broad kernels (sigma 0.1) are interpolated linearly from a table of 8192 steps
@@ -35,10 +36,11 @@ def kernel_table(mus: tuple[float, ...], sigmas: tuple[float, ...]) -> np.ndarra
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def map_stats(st, lengths, top_k, table, sharp_sigma, out, best_pos):  # pragma: no cover - compiled
-    """Fill out (C, nq, 2 + 1 + K) with max, mean of the top_k (padding counts as -2, as in the
-    padded reference), the sharp kernel sum and the K table kernels' sums, and best_pos (C, nq)
-    with the first position of the maximum. Documents run in parallel."""
+def map_stats(st, lengths, top_k, table, sharp_sigma, out):  # pragma: no cover - compiled
+    """Fill out (C, nq, 2 + 1 + K + 2) with max, mean of the top_k (padding counts as -2, as in the
+    padded reference), log1p of the sharp kernel's and the K table kernels' sums, the first position
+    of the maximum relative to the document's length, and whether the next query token's best match
+    sits right after this one's (exp(-|gap| / 2), 0 for the last token). Documents run in parallel."""
     n_docs = lengths.shape[0]
     nq = st.shape[1]
     n_k = table.shape[1]
@@ -49,9 +51,8 @@ def map_stats(st, lengths, top_k, table, sharp_sigma, out, best_pos):  # pragma:
     for c in prange(n_docs):
         top = np.full((nq, 3), -2.0)
         sums = np.zeros((nq, n_k + 1))
+        best_pos = np.zeros(nq, np.int64)
         row = starts[c]
-        for i in range(nq):
-            best_pos[c, i] = 0
         for j in range(lengths[c]):
             for i in range(nq):
                 v = st[row + j, i]
@@ -59,7 +60,7 @@ def map_stats(st, lengths, top_k, table, sharp_sigma, out, best_pos):  # pragma:
                     top[i, 2] = top[i, 1]
                     top[i, 1] = top[i, 0]
                     top[i, 0] = v
-                    best_pos[c, i] = j
+                    best_pos[i] = j
                 elif v > top[i, 1]:
                     top[i, 2] = top[i, 1]
                     top[i, 1] = v
@@ -82,6 +83,10 @@ def map_stats(st, lengths, top_k, table, sharp_sigma, out, best_pos):  # pragma:
             out[c, i, 1] = m / top_k
             for k in range(n_k + 1):
                 out[c, i, 2 + k] = math.log1p(sums[i, k])
+            out[c, i, 3 + n_k] = best_pos[i] / max(lengths[c], 1)
+            out[c, i, 4 + n_k] = 0.0
+            if i + 1 < nq:
+                out[c, i, 4 + n_k] = math.exp(-abs(best_pos[i + 1] - best_pos[i] - 1) / 2.0)
 
 
 PQ_BLOCK = 64  # tokens per block in pq_cosines: 64 x (nq + 1) partial sums stay in L1 beside one sub-table
@@ -130,13 +135,19 @@ def segment_max(st, lengths, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def piece_counts(query, pieces, lengths, out):  # pragma: no cover - compiled
-    """out (C, nq): how often each query word piece occurs in each document's pieces (flat runs)."""
+def lexical(query, idf, pieces, lengths, out):  # pragma: no cover - compiled
+    """out (C, nq, 3): per query word piece its idf / 10, log1p of how often it occurs in each
+    document's pieces (flat runs of `lengths`) and whether it occurs at all."""
     row = 0
     for c in range(lengths.shape[0]):
+        counts = np.zeros(query.shape[0])
         for j in range(lengths[c]):
             p = pieces[row + j]
             for i in range(query.shape[0]):
                 if query[i] == p:
-                    out[c, i] += 1.0
+                    counts[i] += 1.0
+        for i in range(query.shape[0]):
+            out[c, i, 0] = idf[query[i]] / 10.0
+            out[c, i, 1] = math.log1p(counts[i])
+            out[c, i, 2] = 1.0 if counts[i] > 0 else 0.0
         row += lengths[c]

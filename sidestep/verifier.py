@@ -184,17 +184,9 @@ def token_features(q: torch.Tensor, flat: FlatTokens) -> tuple[torch.Tensor, tor
     n_docs, nq = len(lengths), q.shape[0]
     st = flat.cosines(q).numpy()
     width = max(int(lengths.max()) if n_docs else 1, 1)
-    stats = np.empty((n_docs, nq, 2 + len(KERNEL_MUS)), np.float32)
-    pos = np.empty((n_docs, nq), np.int64)
-    mapstats.map_stats(st, lengths, min(TOPK, width), _TABLE, KERNEL_SIGMAS[0], stats, pos)
-    stats_t, best_pos, lengths_t = torch.from_numpy(stats), torch.from_numpy(pos), torch.from_numpy(lengths)
-    rel_pos = best_pos.float() / lengths_t.clamp(min=1).float()[:, None]
-    step = torch.zeros_like(rel_pos)
-    if nq > 1:  # does the next query token's best match sit right after this one's?
-        gap = (best_pos[:, 1:] - best_pos[:, :-1] - 1).abs().float()
-        step[:, :-1] = torch.exp(-gap / 2)
-    feats = torch.cat([stats_t, rel_pos[..., None], step[..., None]], -1)
-    return feats, stats_t[..., 0].sum(-1), lengths_t
+    feats = np.empty((n_docs, nq, N_MAP_FEATURES), np.float32)
+    mapstats.map_stats(st, lengths, min(TOPK, width), _TABLE, KERNEL_SIGMAS[0], feats)
+    return torch.from_numpy(feats), torch.from_numpy(feats[..., 0].sum(-1)), torch.from_numpy(lengths)
 
 
 def warm_up() -> None:
@@ -212,18 +204,11 @@ def lexical_features_flat(query_ids: Sequence[int], doc_ids: Sequence[np.ndarray
                           ) -> torch.Tensor:
     """lexical_features without a per-document loop: one pass over the concatenated word pieces."""
     q = np.asarray(query_ids, dtype=np.int64)
-    out = torch.zeros((len(doc_ids), len(q), 3))
-    out[:, :, 0] = torch.from_numpy(idf[q] / 10.0)
     lens = np.asarray([len(ids) for ids in doc_ids], dtype=np.int64)
-    if not len(q) or not lens.sum():
-        return out
-    flat = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in doc_ids])
-    counts = np.zeros((len(doc_ids), len(q)), np.float32)
-    mapstats.piece_counts(q, flat, lens, counts)
-    counts_t = torch.from_numpy(counts)
-    out[:, :, 1] = torch.log1p(counts_t)
-    out[:, :, 2] = (counts_t > 0).float()
-    return out
+    flat = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in doc_ids]) if len(doc_ids) else lens
+    out = np.empty((len(doc_ids), len(q), 3), np.float32)
+    mapstats.lexical(q, idf, flat, lens, out)
+    return torch.from_numpy(out)
 
 
 def map_features(sim: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
