@@ -254,12 +254,29 @@ class Verifier(nn.Module):
                 glob: torch.Tensor, projected: bool = False) -> torch.Tensor:
         """feats (N, nq, F), qtok (N, nq, d) unit query token vectors, qmask (N, nq) bool, glob (N, G).
         projected: qtok already went through `qproj` ((N, nq, qproj), as `collate(..., model)` gives)."""
-        nq = feats.shape[1]
-        x = self.tok_in(torch.cat([feats, qtok if projected else self.qproj(qtok)], -1))
-        x = x + self.pos(torch.arange(nq, device=x.device).clamp(max=self.cfg.max_query_tokens - 1))[None]
-        x = torch.cat([self.cls_in(glob)[:, None, :], x], 1)
+        x = self.inputs(feats, self.query_term(qtok, projected), glob)
         pad = None if bool(qmask.all()) else torch.cat([torch.zeros_like(qmask[:, :1]), ~qmask], 1)
         h = self.encoder(x, src_key_padding_mask=pad)[:, 0] if self.training else self._cls_only(x, pad)
+        return self.readout(h, glob)
+
+    def query_term(self, qtok: torch.Tensor, projected: bool = False) -> torch.Tensor:
+        """(..., nq, d) query tokens -> (..., nq, width): the query's share of each position's input
+        (tok_in's query columns, its bias, the position embedding). It depends on the query alone, so
+        scoring computes it once per query, not once per candidate."""
+        q = qtok if projected else self.qproj(qtok)
+        nq = q.shape[-2]
+        w = self.tok_in.weight[:, N_TOKEN_FEATURES:]
+        pos = self.pos(torch.arange(nq, device=q.device).clamp(max=self.cfg.max_query_tokens - 1))
+        return nn.functional.linear(q, w, self.tok_in.bias) + pos
+
+    def inputs(self, feats: torch.Tensor, qterm: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
+        """The encoder's input: [CLS] from the global features, then each query token's map features
+        plus its query term (qterm broadcasts over candidates). Equal to tok_in(cat(feats, qproj(qtok)))
+        plus positions."""
+        x = nn.functional.linear(feats, self.tok_in.weight[:, :N_TOKEN_FEATURES]) + qterm
+        return torch.cat([self.cls_in(glob)[:, None, :], x], 1)
+
+    def readout(self, h: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(h)).squeeze(-1) + self.skip(glob).squeeze(-1)
 
     def _cls_only(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
@@ -399,7 +416,8 @@ def collate(items: Sequence[Candidates], model: Verifier | None = None
 
 def score(model: Verifier, items: Sequence[Candidates]) -> list[np.ndarray]:
     """Logits per query. Queries of the same length share one forward pass; lengths are not mixed,
-    so no batch carries padding (padding changes no score, but the masked softmax costs more)."""
+    so no batch carries padding (padding changes no score, but the masked softmax costs more). Each
+    query's term is computed once and broadcast over its candidates (`Verifier.query_term`)."""
     model.eval()
     out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(items)
     groups: dict[int, list[int]] = {}
@@ -407,9 +425,11 @@ def score(model: Verifier, items: Sequence[Candidates]) -> list[np.ndarray]:
         groups.setdefault(c.feats.shape[1], []).append(i)
     with torch.inference_mode():
         for idx in groups.values():
-            feats, qtok, qmask, glob, sizes = collate([items[i] for i in idx], model)
-            logits = model(feats, qtok, qmask, glob, projected=True)
-            for i, part in zip(idx, torch.split(logits, sizes), strict=True):
+            xs = [model.inputs(items[i].feats, model.query_term(items[i].qtok)[None], items[i].glob) for i in idx]
+            x = xs[0] if len(xs) == 1 else torch.cat(xs)
+            glob = items[idx[0]].glob if len(idx) == 1 else torch.cat([items[i].glob for i in idx])
+            logits = model.readout(model._cls_only(x, None), glob)
+            for i, part in zip(idx, torch.split(logits, [items[i].feats.shape[0] for i in idx]), strict=True):
                 out[i] = part.numpy()
     return out
 

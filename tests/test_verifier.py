@@ -134,6 +134,10 @@ def test_padding_does_not_change_a_query_score():
     together = score(model, [short, long_])  # scored in one call, each at its own length
     np.testing.assert_allclose(alone, together[0], atol=1e-5)
     np.testing.assert_allclose(score(model, [long_])[0], together[1], atol=1e-5)
+    other = _cands(rng, n_q=2)  # same length as short: both share one forward pass
+    shared = score(model, [short, other])
+    np.testing.assert_allclose(alone, shared[0], atol=1e-5)
+    np.testing.assert_allclose(score(model, [other])[0], shared[1], atol=1e-5)
     with torch.inference_mode():  # in one padded batch (as training runs), short is padded to 6 tokens
         feats, qtok, qmask, glob, _ = collate([short, long_], model)
         padded = model(feats, qtok, qmask, glob, projected=True)[:6]
