@@ -252,8 +252,11 @@ def render(r: dict) -> str:
         c = res.get("cost") or {}
         if c.get("verify_over_maxsim"):
             out += ["", f"- Verify stage (token maps + verifier) {c['per_query_token_maps_ms'] + c['per_query_verifier_ms']:.1f} "
-                        f"ms/query vs MaxSim reranking of the same candidates {c['per_query_maxsim_ms']:.1f} ms: "
-                        f"**{c['verify_over_maxsim']:.2f}x**. Token store {c['token_store']}, "
+                        f"ms/query (mean) vs MaxSim reranking of the same candidates {c['per_query_maxsim_ms']:.1f} ms: "
+                        f"**{c['verify_over_maxsim']:.2f}x**" + (
+                            f" (medians {c['p50_verify_stage_ms']:.1f} vs {c['p50_maxsim_ms']:.1f} ms: "
+                            f"{c['p50_verify_over_maxsim']:.2f}x)" if c.get("p50_verify_over_maxsim") else "") +
+                        f". Token store {c['token_store']}, "
                         f"{c['bytes_per_doc'] / 1024:.1f} KB per document."]
         tr = r.get("verifier") if blob is sf else None
         if tr:

@@ -54,11 +54,11 @@ def _recall_only(enc, corpus, qids: list[str], queries: dict[str, str], k: int) 
 
 
 def _verified(enc, corpus, view, verifier, qids: list[str], queries: dict[str, str], k: int, depth: int,
-              max_doc_tokens: int) -> tuple[dict[str, dict[str, list]], dict[str, float]]:
+              max_doc_tokens: int) -> tuple[dict[str, dict[str, list]], dict[str, list[float]]]:
     """Recall to `depth`, then rerank the same candidates two ways: MaxSim (untrained late interaction)
     and the verifier, one query at a time as serving does; times each stage."""
     runs: dict[str, dict[str, list]] = {"pooled_cosine": {}, "maxsim": {}, "verifier": {}}
-    spent = {"maxsim_ms": 0.0, "token_maps_ms": 0.0, "verify_ms": 0.0}
+    spent: dict[str, list[float]] = {"maxsim_ms": [], "token_maps_ms": [], "verify_ms": []}
     warm_up()  # compile the map reductions before the clock runs, as a serving replica does at start
     for s in range(0, len(qids), QUERY_BATCH):
         batch = qids[s:s + QUERY_BATCH]
@@ -74,16 +74,20 @@ def _verified(enc, corpus, view, verifier, qids: list[str], queries: dict[str, s
             for which in (("verifier", "maxsim") if (s + j) % 2 else ("maxsim", "verifier")):
                 if which == "maxsim":
                     ms, ms_time = maxsim_rerank(view, toks[j], ids, max_doc_tokens)
-                    spent["maxsim_ms"] += ms_time
+                    spent["maxsim_ms"].append(ms_time)
                     runs["maxsim"][q] = _top(ids, ms, k)
                 elif verifier is not None:
                     (sc, t), = rerank(verifier.model, [view], [toks[j]], [pieces[j]], [ids], [rec], max_doc_tokens)
-                    spent["token_maps_ms"] += t["token_maps"]
-                    spent["verify_ms"] += t["verify"]
+                    spent["token_maps_ms"].append(t["token_maps"])
+                    spent["verify_ms"].append(t["verify"])
                     runs["verifier"][q] = _top(ids, sc, k)
     if verifier is None:
         del runs["verifier"]
     return runs, spent
+
+
+def _mean(xs: list[float]) -> float:
+    return float(np.mean(xs)) if xs else 0.0
 
 
 def _top(ids: list[str], scores: np.ndarray, k: int) -> list[tuple[str, float]]:
@@ -135,13 +139,17 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
         view = load_token_view(root, settings, domain, corpus.version)
         runs, spent = _verified(enc, corpus, view, loaded, qids, queries, k, max(k, settings.verify.candidates),
                                 settings.verify.max_doc_tokens)
-        n = len(qids)
-        cost = {"per_query_maxsim_ms": spent["maxsim_ms"] / n, "per_query_token_maps_ms": spent["token_maps_ms"] / n,
-                "per_query_verifier_ms": spent["verify_ms"] / n, "bytes_per_doc": view.source.bytes_per_doc(),
+        cost = {"per_query_maxsim_ms": _mean(spent["maxsim_ms"]), "per_query_token_maps_ms": _mean(spent["token_maps_ms"]),
+                "per_query_verifier_ms": _mean(spent["verify_ms"]), "bytes_per_doc": view.source.bytes_per_doc(),
                 "token_store": view.source.kind}
         if loaded is not None:
-            verify_stage = spent["token_maps_ms"] + spent["verify_ms"]
-            cost["verify_over_maxsim"] = verify_stage / spent["maxsim_ms"] if spent["maxsim_ms"] else None
+            stage = np.add(spent["token_maps_ms"], spent["verify_ms"])
+            cost["verify_over_maxsim"] = float(stage.mean()) / cost["per_query_maxsim_ms"] if spent["maxsim_ms"] else None
+            # medians too: one pause of the machine moves a mean over a few dozen queries (not a median)
+            cost["p50_verify_stage_ms"] = float(np.median(stage)) if len(stage) else None
+            cost["p50_maxsim_ms"] = float(np.median(spent["maxsim_ms"])) if spent["maxsim_ms"] else None
+            cost["p50_verify_over_maxsim"] = (cost["p50_verify_stage_ms"] / cost["p50_maxsim_ms"]
+                                              if cost["p50_maxsim_ms"] else None)
             verify_info.update(applied=True, verifier_version=loaded.version, verifier_domain=loaded.domain,
                                candidates=max(k, settings.verify.candidates))
     else:

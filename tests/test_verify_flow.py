@@ -52,6 +52,7 @@ def test_evaluate_trains_the_verifier_and_runs_every_baseline_beside_it(data_roo
     train = res["verifier_training"]
     assert train["train_queries"] > 0 and sum(train["near_misses"].values()) > 0
     assert res["cost"]["verify_over_maxsim"] > 0 and res["cost"]["token_store"] == "pq"  # the default
+    assert res["cost"]["p50_verify_stage_ms"] > 0 and res["cost"]["p50_verify_over_maxsim"] > 0
     # a verifier version is published, its curve is in DuckDB, every configuration is a stored run
     v = verifier_store(data_root).current("hb")
     assert v == train["version"]
