@@ -42,6 +42,7 @@ bench-rec: $(STAMP)
 
 bench-verify: $(STAMP)
 	$(BIN)/python benchmarks/verify.py
+	$(BIN)/python benchmarks/verify_stage.py
 
 bench-ops: $(STAMP)
 	$(BIN)/python benchmarks/ops.py
