@@ -204,6 +204,8 @@ def lexical_features_flat(query_ids: Sequence[int], doc_ids: Sequence[np.ndarray
                           ) -> torch.Tensor:
     """lexical_features without a per-document loop: one pass over the concatenated word pieces."""
     q = np.asarray(query_ids, dtype=np.int64)
+    if len(q) and (q.min() < 0 or q.max() >= len(idf)):  # the compiled pass does not check bounds
+        raise ValueError(f"query word-piece ids must lie in [0, {len(idf)}) (the idf table's vocabulary)")
     lens = np.asarray([len(ids) for ids in doc_ids], dtype=np.int64)
     flat = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in doc_ids]) if len(doc_ids) else lens
     out = np.empty((len(doc_ids), len(q), 3), np.float32)
@@ -307,6 +309,7 @@ class Verifier(nn.Module):
         ctx = torch.einsum("nhd,hed->nhe", mean, w_v.view(heads, dh, d)).reshape(n, d) + b_v
         h = x[:, 0] + att.out_proj(ctx)
         return h + last.linear2(last.activation(last.linear1(last.norm2(h))))
+
 
 def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -103,6 +103,8 @@ def test_flat_features_equal_the_padded_reference():
     idf = idf_table(ids, vocab_size=12)
     qids = [3, 5, 3, 11]
     torch.testing.assert_close(lexical_features_flat(qids, ids, idf), lexical_features(qids, ids, idf))
+    with pytest.raises(ValueError, match="idf table"):  # an id outside the vocabulary is refused, not read
+        lexical_features_flat([3, 12], ids, idf)
     assert isinstance(flatten_tokens([], 5), FlatTokens)
 
 
