@@ -195,8 +195,11 @@ def warm_up() -> None:
     rng = np.random.default_rng(0)
     q = normalize(rng.normal(size=(2, 8)).astype(np.float32))
     flat = flatten_tokens([rng.normal(size=(3, 8)).astype(np.float32)], 4)
-    token_features(q, flat)
-    flat_maxsim(q, flat)
+    coded = FlatTokens(None, np.array([3], np.int64), rng.integers(0, 4, (3, 2)).astype(np.uint8),
+                       rng.normal(size=(2, 4, 4)).astype(np.float32))
+    for f in (flat, coded):
+        token_features(q, f)
+        flat_maxsim(q, f)
     lexical_features_flat([1, 2], [np.array([1, 3])], np.ones(4, np.float32))
 
 
