@@ -11,8 +11,11 @@ peak, well under what float32 sums of a few hundred tokens carry anyway. The sha
 (sigma 1e-3, exact matches) is evaluated exactly where a cosine exceeds 0.99 and is zero
 (below 1e-21) elsewhere.
 
-Inputs are the (N, nq) cosines with documents as consecutive row runs (`lengths`), as
-`FlatTokens.cosines` returns them. Compiled once per machine (cache=True), on first use.
+The cosines themselves come from `pq_cosines` where the token store holds PQ codes (lookup
+tables, no decoding); the lexical features from `lexical`, over word-piece ids. The reductions take
+the (N, nq) cosines with documents as consecutive row runs (`lengths`), as `FlatTokens.cosines`
+returns them. None of the kernels checks bounds: callers pass what the docstrings state.
+Compiled once per machine (cache=True), on first use.
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ def pq_cosines(codes, table, nq, out):  # pragma: no cover - compiled
     """out (N, nq): cosines of N product-quantized tokens (codes (N, M) uint8) from lookup tables
     (table (M * ksub, W), W >= nq + 1: per sub-space and codeword its dot product with each query token,
     column nq its squared norm; W padded to a multiple of 8 so the inner loop is whole SIMD lanes).
+
+    Preconditions (not checked here): codes.shape[1] == M, every code < ksub = table rows / M.
 
     Sub-space by sub-space within blocks of PQ_BLOCK tokens: one sub-table (256 rows) is read while the
     block's sums stay in cache, instead of 32 sub-tables per token (an embedding bag's order). Blocks

@@ -144,7 +144,8 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
                 "token_store": view.source.kind}
         if loaded is not None:
             stage = np.add(spent["token_maps_ms"], spent["verify_ms"])
-            cost["verify_over_maxsim"] = float(stage.mean()) / cost["per_query_maxsim_ms"] if spent["maxsim_ms"] else None
+            cost["verify_over_maxsim"] = (float(stage.mean()) / cost["per_query_maxsim_ms"]
+                                          if cost["per_query_maxsim_ms"] else None)
             # medians too: one pause of the machine moves a mean over a few dozen queries (not a median)
             cost["p50_verify_stage_ms"] = float(np.median(stage)) if len(stage) else None
             cost["p50_maxsim_ms"] = float(np.median(spent["maxsim_ms"])) if spent["maxsim_ms"] else None

@@ -225,7 +225,7 @@ def test_pq_codes_are_scored_like_their_decoded_vectors():
     train = unit(rng, 3000, 16)
     codec = faiss.IndexPQ(16, 4, 8)
     codec.train(train)
-    docs = [unit(rng, n, 16) for n in (12, 0, 30, 5)]
+    docs = [unit(rng, n, 16) for n in (12, 0, 30, 5, 70, 61)]  # 178 tokens: blocks of 64, 64 and 50
     lengths = np.asarray([len(d) for d in docs], np.int64)
     codes = codec.sa_encode(np.concatenate(docs))
     cent = faiss.vector_to_array(codec.pq.centroids).reshape(4, 256, 4)
@@ -236,5 +236,5 @@ def test_pq_codes_are_scored_like_their_decoded_vectors():
     torch.testing.assert_close(coded.cosines(q), decoded.cosines(q), atol=1e-5, rtol=1e-5)
     for a, b in zip(token_features(q, coded.capped(20)), token_features(q, decoded.capped(20)), strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
-    assert coded.capped(20).lengths.tolist() == [12, 0, 20, 5] and coded.capped(20).codes.shape == (37, 4)
+    assert coded.capped(20).lengths.tolist() == [12, 0, 20, 5, 20, 20] and coded.capped(20).codes.shape == (77, 4)
     torch.testing.assert_close(flat_maxsim(q, coded), flat_maxsim(q, decoded), atol=1e-5, rtol=1e-5)
