@@ -105,7 +105,7 @@ def test_pq_tokens_of_unchanged_documents_are_copied_and_the_codec_kept(tmp_path
         len(v) for v in changed.values())
     a, b = PQTokenSource(v1), PQTokenSource(v2)
     assert all(np.array_equal(a.doc(d), b.doc(d)) for d in unchanged)
-    flat = b.flat(["d3", "new", "d0"], 10)  # one decode, each document cut at 10 tokens
+    flat = b.flat(["d3", "new", "d0"], 10)  # one flat run, each document cut at 10 tokens
     assert flat.lengths.tolist() == [10, 9, min(10, len(docs["d0"]))]
     # a tiny sample gives fewer than 256 codewords, bit-packed codes: those are decoded; bytes are not
     assert (flat.codes is not None) == (b.codec.pq.nbits == 8)
