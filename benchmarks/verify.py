@@ -67,7 +67,8 @@ def antonym_probe(root: Path, data: Path, env: dict) -> dict:
         ids = [h.doc_id for h in hits]
         rec = np.asarray([h.score for h in hits], np.float32)
         ms, _ = maxsim_rerank(view, toks[0], ids, settings.verify.max_doc_tokens)
-        (vs, _), = rerank(ver.model, [view], [toks[0]], [pieces], [ids], [rec], settings.verify.max_doc_tokens)
+        (vs, _), = rerank(ver.model, [view], [toks[0]], [pieces], [ids], [rec], settings.verify.max_doc_tokens,
+                          settings.verify.verify_top)
         by = {n: dict(zip(ids, v, strict=True)) for n, v in (("pooled_cosine", rec), ("maxsim", ms), ("verifier", vs))}
         for sat in q["constraint_satisfying_doc_ids"]:
             for vio in q["constraint_violating_doc_ids"]:
@@ -204,7 +205,8 @@ def main() -> None:
         return {"version": m["version"], "parameters": m["parameters"], "train_queries": m["train_queries"],
                 "val_queries": m["val_queries"], "best_epoch": m["best_epoch"], "val_ndcg10": m["val_ndcg10"],
                 "epochs_run": m["epochs_run"], "near_misses": m["near_misses"], "seconds": train_s, "curve": curve,
-                "token_store": m.get("token_store")}
+                "token_store": m.get("token_store"), "verify_top": m.get("verify_top"),
+                "val_ndcg10_by_verify_top": m.get("val_ndcg10_by_verify_top")}
 
     phase("verifier", verifier_phase)
     phase("msmarco", lambda: eval_cmd([str(data / "msmarco-5k"), "--domain", "msmarco", "--verifier-from",
@@ -256,7 +258,8 @@ def render(r: dict) -> str:
                         f"**{c['verify_over_maxsim']:.2f}x**" + (
                             f" (medians {c['p50_verify_stage_ms']:.1f} vs {c['p50_maxsim_ms']:.1f} ms: "
                             f"{c['p50_verify_over_maxsim']:.2f}x)" if c.get("p50_verify_over_maxsim") else "") +
-                        f". Token store {c['token_store']}, "
+                        f". The model read the top {res['verify'].get('verify_top') or 'all'} of "
+                        f"{res['verify'].get('candidates')} candidates by pre-score. Token store {c['token_store']}, "
                         f"{c['bytes_per_doc'] / 1024:.1f} KB per document."]
         tr = r.get("verifier") if blob is sf else None
         if tr:
@@ -266,6 +269,11 @@ def render(r: dict) -> str:
                        f"{tr.get('token_store') or 'float16'} maps, best validation nDCG@10 "  # trained under f16_env
                        f"{tr['val_ndcg10']:.4f} at epoch {tr['best_epoch']} of {tr['epochs_run']}{secs}; "
                        f"near-misses {tr['near_misses']}. Curve in DuckDB `verifier_curves`.")
+            if tr.get("val_ndcg10_by_verify_top"):
+                by = ", ".join(f"{'all' if k == '0' else k} {v:.4f}" for k, v in tr["val_ndcg10_by_verify_top"].items())
+                out.append(f"- Candidates the model reads, chosen after training on those held-out queries (the "
+                           f"smallest top by pre-score within 0.001 of the whole list's validation nDCG@10): "
+                           f"**{tr['verify_top'] or 'all'}**. Validation nDCG@10 by choice: {by}.")
         out.append(f"- Whole command: {blob['wall_s']:.0f} s wall, peak RSS {blob['peak_rss_mb']:.0f} MB.")
     if ant:
         out += ["", "### scifact-antonym near-miss probe", "",

@@ -123,8 +123,7 @@ def main() -> None:
         feats, _, lengths = V.token_features(q, flat)
         lex = torch.zeros((len(lengths), q.shape[0], 3))
         allf = torch.cat([feats, lex], -1)
-        glob = V.global_features(d["rng"].normal(size=len(lengths)).astype(np.float32), feats[..., 0].sum(-1),
-                                 q.shape[0], lengths, allf)
+        glob = V.global_features(d["rng"].normal(size=len(lengths)).astype(np.float32), feats[..., 0], lex, lengths)
         c = V.Candidates(allf, q, glob, feats[..., 0].sum(-1))
         np.testing.assert_allclose(V.score(model, [c])[0], full_encoder_scores(model, c).numpy(), atol=1e-4)
         rows["verifier forward vs full encoder"] = pair(lambda: V.score(model, [c]),

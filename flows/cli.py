@@ -199,7 +199,8 @@ def eval_(
             out.print(f"verify stage {c['per_query_token_maps_ms'] + c['per_query_verifier_ms']:.1f} ms/query (mean) = "
                       f"{c['verify_over_maxsim']:.2f}x MaxSim ({c['per_query_maxsim_ms']:.1f} ms), medians "
                       f"{c['p50_verify_stage_ms']:.1f} vs {c['p50_maxsim_ms']:.1f} ms; token store "
-                      f"{c['token_store']}, {c['bytes_per_doc'] / 1024:.1f} KB/document")
+                      f"{c['token_store']}, {c['bytes_per_doc'] / 1024:.1f} KB/document; the model read "
+                      f"{res['verify'].get('verify_top') or 'all'} of {res['verify']['candidates']} candidates")
         if res["verify"]["requested"] and not res["verify"]["applied"]:
             err.print(f"[yellow]note:[/yellow] {res['verify']['reason']}")
         out.print(f"runs stored as {res['run_group']}-* in {_root().eval_db()}")

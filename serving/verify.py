@@ -80,7 +80,7 @@ class VerifierService(VersionedDomains):
             scored = rerank(ver.model, [self.view(r["domain"], r["index_version"]) for r in batch],
                             [np.asarray(r["qtok"], np.float32) for r in batch], [r["qpieces"] for r in batch],
                             [r["doc_ids"] for r in batch], [np.asarray(r["recall"], np.float32) for r in batch],
-                            self.settings.verify.max_doc_tokens)
+                            self.settings.verify.max_doc_tokens, self.settings.verify.verify_top)
             for i, (scores, timings) in zip(idx, scored, strict=True):
                 out[i] = {"applied": True, "verifier_version": ver.version, "scores": scores.tolist(),
                           "timings_ms": timings, "batch": len(idx)}

@@ -131,6 +131,12 @@ class VerifyConfig(_Strict):
                                             "(when one exists); requests may still ask for verify=false.")
     candidates: int = Field(100, ge=1, le=1000, description="Recall depth the verifier reranks.")
     max_doc_tokens: int = Field(512, ge=16, description="Document tokens read per candidate (its chunks, in order).")
+    verify_top: int | None = Field(
+        None, ge=0, description="Candidates the verifier model reads: the list's top by a cheap pre-score (the sum "
+                                "of the list z-scores of recall cosine, MaxSim, idf-weighted MaxSim and BM25); the "
+                                "rest follow below them in that order. None: the verifier's own choice, made after "
+                                "training on its held-out training queries (the smallest that loses no validation "
+                                "nDCG@10); 0: every candidate.")
     token_store: Literal["float16", "pq"] = Field(
         "pq", description="Token vectors the maps are built from: product-quantized into each index version "
                           "(pq, pq_bytes per token: smaller and faster to read), or the embedding shards as "

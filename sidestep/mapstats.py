@@ -142,17 +142,29 @@ def segment_max(st, lengths, out):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def lexical(query, idf, pieces, lengths, out):  # pragma: no cover - compiled
     """out (C, nq, 3): per query word piece its idf / 10, log1p of how often it occurs in each
-    document's pieces (flat runs of `lengths`) and whether it occurs at all."""
+    document's pieces (flat runs of `lengths`) and whether it occurs at all.
+
+    Each piece is looked up once in a vocabulary-sized slot table (which query position it counts
+    for), instead of being compared with every query piece. Query ids must lie in [0, len(idf));
+    document pieces outside it are skipped."""
+    nq, vocab = query.shape[0], idf.shape[0]
+    slot = np.full(vocab, -1, np.int32)
+    for i in range(nq):
+        if slot[query[i]] < 0:
+            slot[query[i]] = i
+    counts = np.zeros(nq)
     row = 0
     for c in range(lengths.shape[0]):
-        counts = np.zeros(query.shape[0])
+        counts[:] = 0.0
         for j in range(lengths[c]):
             p = pieces[row + j]
-            for i in range(query.shape[0]):
-                if query[i] == p:
-                    counts[i] += 1.0
-        for i in range(query.shape[0]):
+            if 0 <= p < vocab:
+                k = slot[p]
+                if k >= 0:
+                    counts[k] += 1.0
+        for i in range(nq):
+            n = counts[slot[query[i]]]
             out[c, i, 0] = idf[query[i]] / 10.0
-            out[c, i, 1] = math.log1p(counts[i])
-            out[c, i, 2] = 1.0 if counts[i] > 0 else 0.0
+            out[c, i, 1] = math.log1p(n)
+            out[c, i, 2] = 1.0 if n > 0 else 0.0
         row += lengths[c]

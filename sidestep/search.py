@@ -82,19 +82,25 @@ class TokenView:
     idf: np.ndarray
 
 
+def verify_top_of(model: Verifier, override: int | None) -> int:
+    """How many candidates the model reads: the setting where one is given, else the verifier's own choice."""
+    return model.cfg.verify_top if override is None else override
+
+
 def rerank(model: Verifier, views: Sequence[TokenView], qtoks: Sequence[np.ndarray], qpieces: Sequence[Sequence[int]],
-           doc_ids: Sequence[Sequence[str]], recalls: Sequence[np.ndarray], max_doc_tokens: int
-           ) -> list[tuple[np.ndarray, dict[str, float]]]:
+           doc_ids: Sequence[Sequence[str]], recalls: Sequence[np.ndarray], max_doc_tokens: int,
+           verify_top: int | None = None) -> list[tuple[np.ndarray, dict[str, float]]]:
     """Verifier scores for several queries' candidates: maps built per query, one model forward for all.
-    qtoks and qpieces include [CLS]/[SEP] as the encoder returns them."""
+    qtoks and qpieces include [CLS]/[SEP] as the encoder returns them. verify_top: see `verify_top_of`."""
     items, spent = [], []
     cap = model.cfg.max_query_tokens
+    top = verify_top_of(model, verify_top)
     with torch.inference_mode():
         for view, qt, qp, ids, rec in zip(views, qtoks, qpieces, doc_ids, recalls, strict=True):
             t0 = time.perf_counter()
             items.append(prepare(query_tokens(qt, cap), query_piece_ids(qp, cap),
                                  view.source.flat(list(ids), max_doc_tokens), [view.pieces[d] for d in ids],
-                                 view.idf, rec, max_doc_tokens))
+                                 view.idf, rec, max_doc_tokens, verify_top=top))
             spent.append((time.perf_counter() - t0) * 1e3)
         t1 = time.perf_counter()
         scores = score(model, items)

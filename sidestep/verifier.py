@@ -47,6 +47,9 @@ class VerifierConfig:
     # dense cosine, MaxSim / query length, idf-weighted MaxSim, a BM25-style lexical score (each with its
     # z-score in the list), log length
     n_global: int = 9
+    # candidates the model itself reads, the list's top by `prescore` (0: all); chosen after training on the
+    # held-out training queries (`choose_verify_top`)
+    verify_top: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -210,7 +213,10 @@ def lexical_features_flat(query_ids: Sequence[int], doc_ids: Sequence[np.ndarray
     if len(q) and (q.min() < 0 or q.max() >= len(idf)):  # the compiled pass does not check bounds
         raise ValueError(f"query word-piece ids must lie in [0, {len(idf)}) (the idf table's vocabulary)")
     lens = np.asarray([len(ids) for ids in doc_ids], dtype=np.int64)
-    flat = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in doc_ids]) if len(doc_ids) else lens
+    # pieces keep their stored integer type (int32): converting 100 arrays costs more than the count
+    flat = np.concatenate([np.asarray(ids) for ids in doc_ids]) if len(doc_ids) else lens
+    if not np.issubdtype(flat.dtype, np.integer):
+        flat = flat.astype(np.int64)
     out = np.empty((len(doc_ids), len(q), 3), np.float32)
     mapstats.lexical(q, idf, flat, lens, out)
     return torch.from_numpy(out)
@@ -326,37 +332,87 @@ class Candidates:
     qtok: torch.Tensor  # (nq, d)
     glob: torch.Tensor  # (C, G)
     maxsim: torch.Tensor  # (C,)
+    # set when only some of the list is verified (prepare's verify_top): which rows these are, of how many,
+    # and every row's prescore, which orders the rest
+    rows: np.ndarray | None = None
+    prior: torch.Tensor | None = None
 
 
-def _z(x: torch.Tensor, n: int) -> torch.Tensor:
+def _z(x: np.ndarray, n: int) -> np.ndarray:
     """Standardize against the first n rows (the recall list), so rows added for training are
     placed on the same scale as at serving time."""
     ref = x[:n]
-    return (x - ref.mean()) / (ref.std(unbiased=False) + 1e-6) if len(ref) > 1 else torch.zeros_like(x)
+    return (x - ref.mean()) / (ref.std() + np.float32(1e-6)) if len(ref) > 1 else np.zeros_like(x)
 
 
-def weighted_scores(feats: torch.Tensor, lengths: torch.Tensor, n_list: int | None = None, k1: float = 1.2,
-                    b: float = 0.75) -> tuple[torch.Tensor, torch.Tensor]:
-    """From per-token features (C, nq, F): idf-weighted MaxSim, and BM25 over word pieces (length
-    normalized against the list's mean length)."""
-    best = feats[..., 0]
-    idf = feats[..., N_MAP_FEATURES] * 10
-    tf = torch.expm1(feats[..., N_MAP_FEATURES + 1])
-    w_maxsim = (idf * best).sum(-1) / idf.sum(-1).clamp(min=1e-6)
-    avg = lengths[:n_list].float().mean().clamp(min=1)
-    norm = k1 * (1 - b + b * lengths.float() / avg)
-    bm25 = (idf * tf * (k1 + 1) / (tf + norm[:, None])).sum(-1)
+def weighted_scores(best: torch.Tensor | np.ndarray, lex: torch.Tensor | np.ndarray,
+                    lengths: torch.Tensor | np.ndarray, n_list: int | None = None, k1: float = 1.2, b: float = 0.75
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """From each query token's best cosine (C, nq) and its lexical features (C, nq, 3): idf-weighted
+    MaxSim, and BM25 over word pieces (length normalized against the list's mean length).
+    In numpy: two dozen small operations cost a third as much as in torch."""
+    best, lex = np.asarray(best, np.float32), np.asarray(lex, np.float32)
+    length = np.asarray(lengths, np.float32)
+    idf = lex[..., 0] * np.float32(10)
+    tf = np.expm1(lex[..., 1])
+    w_maxsim = (idf * best).sum(-1) / np.maximum(idf.sum(-1), np.float32(1e-6))
+    avg = max(float(length[:n_list].mean()) if len(length) else 1.0, 1.0)
+    norm = np.float32(k1) * (np.float32(1 - b) + np.float32(b / avg) * length)
+    bm25 = (idf * tf * np.float32(k1 + 1) / (tf + norm[:, None])).sum(-1)
     return w_maxsim, bm25
 
 
-def global_features(recall: np.ndarray, maxsim_scores: torch.Tensor, nq: int, lengths: torch.Tensor,
-                    feats: torch.Tensor, n_list: int | None = None) -> torch.Tensor:
-    r = torch.as_tensor(np.asarray(recall, dtype=np.float32))
+def global_features(recall: np.ndarray, best: torch.Tensor | np.ndarray, lex: torch.Tensor | np.ndarray,
+                    lengths: torch.Tensor | np.ndarray, n_list: int | None = None) -> torch.Tensor:
+    """(C, n_global) list-level scores from each query token's best cosine (C, nq) and lexical features."""
+    r = np.asarray(recall, dtype=np.float32)
     n = len(r) if n_list is None else n_list
-    ms = maxsim_scores / max(nq, 1)
-    wms, lex = weighted_scores(feats, lengths, n)
-    cols = [r, _z(r, n), ms, _z(ms, n), wms, _z(wms, n), lex / 10, _z(lex, n), torch.log1p(lengths.float()) / 6]
-    return torch.stack(cols, -1)
+    best = np.asarray(best, np.float32)
+    ms = best.sum(-1) / np.float32(max(best.shape[-1], 1))
+    wms, lex_score = weighted_scores(best, lex, lengths, n)
+    cols = [r, _z(r, n), ms, _z(ms, n), wms, _z(wms, n), lex_score / np.float32(10), _z(lex_score, n),
+            np.log1p(np.asarray(lengths, np.float32)) / np.float32(6)]
+    return torch.from_numpy(np.stack(cols, -1).astype(np.float32, copy=False))
+
+
+# the global columns that `prescore` sums: the list z-scores of recall cosine, MaxSim, idf-weighted MaxSim, BM25
+PRESCORE_COLUMNS = (1, 3, 5, 7)
+VERIFY_TOP_CHOICES = (10, 15, 20, 30, 40, 50)
+
+
+def prescore(glob: torch.Tensor) -> torch.Tensor:
+    """A cheap score of every candidate, from list statistics alone (no map features, no model): the sum
+    of four z-scores, an unweighted fusion of dense, late-interaction and lexical evidence. The verify
+    stage runs the model on its top only (`VerifierConfig.verify_top`)."""
+    return glob[:, list(PRESCORE_COLUMNS)].sum(-1)
+
+
+def cascade(prior: torch.Tensor | np.ndarray, scores: np.ndarray, top: int) -> np.ndarray:
+    """Scores of a whole list when only the `top` rows by `prior` are scored (`scores`, full length; other
+    rows are ignored): those keep their scores, the rest follow in prior order, below every scored row."""
+    p = np.asarray(prior, dtype=np.float64)
+    if not top or top >= len(p):
+        return np.asarray(scores, np.float32)
+    keep = np.argsort(-p, kind="stable")[:top]
+    rest = np.ones(len(p), dtype=bool)
+    rest[keep] = False
+    out = np.asarray(scores, np.float64).copy()
+    out[rest] = out[keep].min() - 1.0 - (p[keep].min() - p[rest])
+    return out.astype(np.float32)
+
+
+def choose_verify_top(model: Verifier, val: Sequence[tuple[Candidates, np.ndarray]], tolerance: float = 1e-3,
+                      choices: Sequence[int] = VERIFY_TOP_CHOICES) -> tuple[int, dict[int, float]]:
+    """The smallest `verify_top` whose validation nDCG@10 is within `tolerance` of scoring the whole list
+    (0 = the whole list, when none is, or without validation lists); returns it and every choice's nDCG@10."""
+    if not val:
+        return 0, {}
+    full = score(model, [c for c, _ in val])
+    ndcg = {0: float(np.mean([ndcg_at(s, g) for s, (_, g) in zip(full, val, strict=True)]))}
+    for k in choices:
+        ndcg[k] = float(np.mean([ndcg_at(cascade(prescore(c.glob), s, k), g)
+                                 for s, (c, g) in zip(full, val, strict=True)]))
+    return next((k for k in choices if ndcg[k] >= ndcg[0] - tolerance), 0), ndcg
 
 
 def query_tokens(tokens: np.ndarray, max_tokens: int) -> torch.Tensor:
@@ -373,17 +429,40 @@ def query_piece_ids(ids: Sequence[int], max_tokens: int) -> list[int]:
 
 def prepare(qtok: torch.Tensor, qids: Sequence[int], docs: Sequence[np.ndarray] | FlatTokens,
             doc_ids: Sequence[np.ndarray], idf: np.ndarray, recall: np.ndarray, max_doc_tokens: int,
-            n_list: int | None = None) -> Candidates:
+            n_list: int | None = None, verify_top: int = 0) -> Candidates:
     """Build the token maps of one query against its candidates and reduce them to features.
 
     `docs` is each candidate's token vectors, or already one flat matrix (FlatTokens, as the
     token stores hand them out). The first n_list rows (all by default) are the recall list;
-    list statistics come from them."""
-    flat = docs if isinstance(docs, FlatTokens) else flatten_tokens(docs, max_doc_tokens)
-    map_feats, ms, lengths = token_features(qtok, flat.capped(max_doc_tokens))
-    feats = torch.cat([map_feats, lexical_features_flat(qids, doc_ids, idf)], -1)
-    glob = global_features(recall, ms, len(qtok), lengths, feats, n_list)
-    return Candidates(feats, qtok, glob, ms)
+    list statistics come from them.
+
+    With verify_top (0 < verify_top < candidates), every candidate gets its list statistics from one
+    pass over the cosines (best match per query token, word-piece counts), but only the top by
+    `prescore` get map features: the returned Candidates holds those rows (`rows`, `prior` set), and
+    `score` places the others below them. Their features equal the whole list's rows exactly."""
+    flat = (docs if isinstance(docs, FlatTokens) else flatten_tokens(docs, max_doc_tokens)).capped(max_doc_tokens)
+    lex = lexical_features_flat(qids, doc_ids, idf)
+    if not verify_top or verify_top >= len(flat.lengths):
+        map_feats, _, lengths = token_features(qtok, flat)
+        glob = global_features(recall, map_feats[..., 0], lex, lengths, n_list)
+        return Candidates(torch.cat([map_feats, lex], -1), qtok, glob, map_feats[..., 0].sum(-1))
+    lengths = np.asarray(flat.lengths, dtype=np.int64)
+    st = flat.cosines(qtok).numpy()
+    best = np.empty((len(lengths), qtok.shape[0]), np.float32)
+    mapstats.segment_max(st, lengths, best)
+    best_t = torch.from_numpy(best)
+    glob = global_features(recall, best_t, lex, torch.from_numpy(lengths), n_list)
+    prior = prescore(glob)
+    rows = np.sort(np.argsort(-prior.numpy(), kind="stable")[:verify_top])
+    kept = lengths[rows]
+    starts = np.cumsum(lengths) - lengths
+    # the kept documents' token rows, in order: each run starts at its document's first row
+    sub = np.repeat(starts[rows] - (np.cumsum(kept) - kept), kept) + np.arange(int(kept.sum()))
+    feats = np.empty((len(rows), qtok.shape[0], N_MAP_FEATURES), np.float32)
+    mapstats.map_stats(st[sub], kept, min(TOPK, max(int(kept.max()), 1)), _TABLE, KERNEL_SIGMAS[0], feats)
+    r = torch.from_numpy(rows)
+    return Candidates(torch.cat([torch.from_numpy(feats), lex[r]], -1), qtok, glob[r], best_t[r].sum(-1),
+                      rows=rows, prior=prior)
 
 
 def idf_table(doc_piece_ids: Sequence[Sequence[int]], vocab_size: int) -> np.ndarray:
@@ -436,8 +515,17 @@ def score(model: Verifier, items: Sequence[Candidates]) -> list[np.ndarray]:
             glob = items[idx[0]].glob if len(idx) == 1 else torch.cat([items[i].glob for i in idx])
             logits = model.readout(model._cls_only(x, None), glob)
             for i, part in zip(idx, torch.split(logits, [items[i].feats.shape[0] for i in idx]), strict=True):
-                out[i] = part.numpy()
+                out[i] = _whole_list(items[i], part.numpy())
     return out
+
+
+def _whole_list(c: Candidates, logits: np.ndarray) -> np.ndarray:
+    """A partly verified list's scores in list order (`cascade`); a fully verified list's as they are."""
+    if c.rows is None:
+        return logits
+    full = np.zeros(len(c.prior), np.float32)
+    full[c.rows] = logits
+    return cascade(c.prior, full, len(c.rows))
 
 
 def pair_loss(logits: torch.Tensor, pairs: torch.Tensor, margin: float = 1.0) -> torch.Tensor:

@@ -15,7 +15,7 @@ from sidestep.beir import load_qrels, load_queries
 from sidestep.config import Settings
 from sidestep.encoder import doc_text
 from sidestep.lexical import BM25, rrf
-from sidestep.search import maxsim_rerank, rerank, search_texts
+from sidestep.search import maxsim_rerank, rerank, search_texts, verify_top_of
 from sidestep.verifier import warm_up
 from storage import schemas
 from storage.artifacts import IndexStore
@@ -54,7 +54,8 @@ def _recall_only(enc, corpus, qids: list[str], queries: dict[str, str], k: int) 
 
 
 def _verified(enc, corpus, view, verifier, qids: list[str], queries: dict[str, str], k: int, depth: int,
-              max_doc_tokens: int) -> tuple[dict[str, dict[str, list]], dict[str, list[float]]]:
+              max_doc_tokens: int, verify_top: int | None = None
+              ) -> tuple[dict[str, dict[str, list]], dict[str, list[float]]]:
     """Recall to `depth`, then rerank the same candidates two ways: MaxSim (untrained late interaction)
     and the verifier, one query at a time as serving does; times each stage."""
     runs: dict[str, dict[str, list]] = {"pooled_cosine": {}, "maxsim": {}, "verifier": {}}
@@ -77,7 +78,8 @@ def _verified(enc, corpus, view, verifier, qids: list[str], queries: dict[str, s
                     spent["maxsim_ms"].append(ms_time)
                     runs["maxsim"][q] = _top(ids, ms, k)
                 elif verifier is not None:
-                    (sc, t), = rerank(verifier.model, [view], [toks[j]], [pieces[j]], [ids], [rec], max_doc_tokens)
+                    (sc, t), = rerank(verifier.model, [view], [toks[j]], [pieces[j]], [ids], [rec], max_doc_tokens,
+                                      verify_top)
                     spent["token_maps_ms"].append(t["token_maps"])
                     spent["verify_ms"].append(t["verify"])
                     runs["verifier"][q] = _top(ids, sc, k)
@@ -138,7 +140,7 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
     if verify or baselines:
         view = load_token_view(root, settings, domain, corpus.version)
         runs, spent = _verified(enc, corpus, view, loaded, qids, queries, k, max(k, settings.verify.candidates),
-                                settings.verify.max_doc_tokens)
+                                settings.verify.max_doc_tokens, settings.verify.verify_top)
         cost = {"per_query_maxsim_ms": _mean(spent["maxsim_ms"]), "per_query_token_maps_ms": _mean(spent["token_maps_ms"]),
                 "per_query_verifier_ms": _mean(spent["verify_ms"]), "bytes_per_doc": view.source.bytes_per_doc(),
                 "token_store": view.source.kind}
@@ -152,7 +154,8 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
             cost["p50_verify_over_maxsim"] = (cost["p50_verify_stage_ms"] / cost["p50_maxsim_ms"]
                                               if cost["p50_maxsim_ms"] else None)
             verify_info.update(applied=True, verifier_version=loaded.version, verifier_domain=loaded.domain,
-                               candidates=max(k, settings.verify.candidates))
+                               candidates=max(k, settings.verify.candidates),
+                               verify_top=verify_top_of(loaded.model, settings.verify.verify_top))
     else:
         runs["pooled_cosine"] = _recall_only(enc, corpus, qids, queries, k)
     if baselines:

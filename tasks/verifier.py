@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from sidestep.nearmiss import near_misses
 from sidestep.verifier import (
     Example,
     VerifierConfig,
+    choose_verify_top,
     fit,
     n_parameters,
     prepare,
@@ -140,6 +142,11 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     model, curve = fit(examples, val, cfg, enc.dim, epochs=v.epochs, near_miss_weight=v.near_miss_weight,
                        seed=seed, patience=v.patience, log=log)
     best = max(curve, key=lambda c: c["val_ndcg10"]) if curve else {}
+    top, top_ndcg = choose_verify_top(model, val)
+    model.cfg = replace(model.cfg, verify_top=top)
+    cfg = model.cfg
+    log(f"verify_top {top or 'all'}: validation nDCG@10 by candidates the model reads "
+        + ", ".join(f"{k or 'all'} {v:.4f}" for k, v in top_ndcg.items()))
     fp = hashlib.sha256(json.dumps({"index": corpus.version, "dataset": str(Path(dataset_dir).resolve()),
                                     "split": split, "seed": seed, "cfg": cfg.as_dict()}, sort_keys=True).encode())
     version = new_version_name(fp.hexdigest())
@@ -148,6 +155,7 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
                 "train_queries": len(examples), "val_queries": len(val), "token_store": view.source.kind,
                 "near_misses": dict(kinds),
                 "best_epoch": best.get("epoch"), "val_ndcg10": best.get("val_ndcg10"),
+                "verify_top": top, "val_ndcg10_by_verify_top": {str(k): v for k, v in top_ndcg.items()},
                 "epochs_run": len(curve), "encoder": corpus.manifest.get("encoder")}
     publish_verifier(root, domain, version, model, manifest, settings.index.keep_versions)
     with Warehouse(root.eval_db()) as wh:

@@ -11,10 +11,13 @@ from sidestep.lexical import BM25, rrf
 from sidestep.nearmiss import KINDS, content_words, near_misses
 from sidestep.verifier import (
     N_TOKEN_FEATURES,
+    Candidates,
     Example,
     FlatTokens,
     Verifier,
     VerifierConfig,
+    cascade,
+    choose_verify_top,
     collate,
     fit,
     flat_maxsim,
@@ -28,6 +31,7 @@ from sidestep.verifier import (
     n_parameters,
     ndcg_at,
     prepare,
+    prescore,
     score,
     token_features,
     token_maps,
@@ -105,6 +109,9 @@ def test_flat_features_equal_the_padded_reference():
     torch.testing.assert_close(lexical_features_flat(qids, ids, idf), lexical_features(qids, ids, idf))
     with pytest.raises(ValueError, match="idf table"):  # an id outside the vocabulary is refused, not read
         lexical_features_flat([3, 12], ids, idf)
+    # document pieces outside the vocabulary count for nothing; stored int32 pieces count like int64 ones
+    odd = [np.array([99, 3, -1, 3], np.int32), *[i.astype(np.int32) for i in ids]]
+    torch.testing.assert_close(lexical_features_flat(qids, odd, idf), lexical_features(qids, odd, idf))
     assert isinstance(flatten_tokens([], 5), FlatTokens)
 
 
@@ -238,3 +245,57 @@ def test_pq_codes_are_scored_like_their_decoded_vectors():
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
     assert coded.capped(20).lengths.tolist() == [12, 0, 20, 5, 20, 20] and coded.capped(20).codes.shape == (77, 4)
     torch.testing.assert_close(flat_maxsim(q, coded), flat_maxsim(q, decoded), atol=1e-5, rtol=1e-5)
+
+
+def _list(rng, n_docs=30, n_q=5, dim=16):
+    q = torch.from_numpy(unit(rng, n_q, dim))
+    docs = [unit(rng, int(n), dim) for n in rng.integers(1, 40, n_docs)]
+    pieces = [rng.integers(0, 50, len(d)) for d in docs]
+    return q, docs, pieces, idf_table(pieces, 50), rng.normal(size=n_docs).astype(np.float32)
+
+
+def test_verifying_the_prescore_top_keeps_their_scores_and_orders_the_rest_below():
+    """verify_top: only the list's top by prescore get map features and a model score, and those
+    equal the whole list's; the rest follow below every verified row, in prescore order."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(5)
+    model = Verifier(VerifierConfig(width=32, ff=64), 16).eval()
+    q, docs, pieces, idf, rec = _list(rng)
+    qids = [3, 7, 7, 11, 40]
+    whole = prepare(q, qids, docs, pieces, idf, rec, 24)
+    part = prepare(q, qids, docs, pieces, idf, rec, 24, verify_top=8)
+    prior = prescore(whole.glob).numpy()
+    top = np.sort(np.argsort(-prior, kind="stable")[:8])
+    assert whole.rows is None and part.rows.tolist() == top.tolist() and part.feats.shape[0] == 8
+    torch.testing.assert_close(part.glob, whole.glob[top])
+    torch.testing.assert_close(part.feats, whole.feats[top])  # the same token rows were gathered
+    torch.testing.assert_close(part.prior, whole.glob[:, [1, 3, 5, 7]].sum(-1))
+    full, partial = score(model, [whole])[0], score(model, [part])[0]
+    assert partial.shape == full.shape == (30,)
+    np.testing.assert_allclose(partial[top], full[top], atol=1e-5)
+    rest = np.setdiff1d(np.arange(30), top)
+    assert partial[rest].max() < partial[top].min()
+    assert np.argsort(-partial[rest], kind="stable").tolist() == np.argsort(-prior[rest], kind="stable").tolist()
+    assert prepare(q, qids, docs, pieces, idf, rec, 24, verify_top=30).rows is None  # the whole list anyway
+    np.testing.assert_array_equal(cascade(prior, full, 0), full)
+
+
+def test_verify_top_is_the_smallest_that_keeps_validation_ndcg():
+    """One validation list whose only relevant document is the model's favourite: a choice reaches the
+    whole list's nDCG@10 exactly when that document is inside its prescore top."""
+    torch.manual_seed(5)
+    rng = np.random.default_rng(9)
+    model = Verifier(VerifierConfig(width=32, ff=64), 16).eval()
+    q, docs, pieces, idf, rec = _list(rng, n_docs=60)
+    c = prepare(q, [3, 7, 11, 20, 41], docs, pieces, idf, rec, 24)
+    best = int(np.argmax(score(model, [c])[0]))
+    gains = np.zeros(60, np.float32)
+    gains[best] = 1
+    rank = int(np.argsort(-prescore(c.glob).numpy(), kind="stable").tolist().index(best))
+    assert 10 <= rank < 50  # this seed's favourite sits mid-list, so both sides of the choice are tested
+    chosen, by = choose_verify_top(model, [(c, gains)], choices=range(1, 60))
+    assert by[0] == 1.0 and chosen == rank + 1 and by[chosen] == 1.0
+    assert all(by[k] < 1.0 for k in range(1, rank + 1))
+    assert choose_verify_top(model, []) == (0, {})
+    bare = Candidates(c.feats, c.qtok, c.glob, c.maxsim)
+    assert choose_verify_top(model, [(bare, np.zeros(60, np.float32))], choices=(10,))[0] == 10

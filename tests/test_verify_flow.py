@@ -56,7 +56,11 @@ def test_evaluate_trains_the_verifier_and_runs_every_baseline_beside_it(data_roo
     # a verifier version is published, its curve is in DuckDB, every configuration is a stored run
     v = verifier_store(data_root).current("hb")
     assert v == train["version"]
-    assert load_verifier(data_root, "hb").manifest["index_version"] == res["index_version"]
+    loaded = load_verifier(data_root, "hb")
+    assert loaded.manifest["index_version"] == res["index_version"]
+    # how many candidates the model reads was chosen on the held-out training queries, and eval used it
+    assert loaded.manifest["verify_top"] == loaded.model.cfg.verify_top == res["verify"]["verify_top"]
+    assert "0" in loaded.manifest["val_ndcg10_by_verify_top"]
     with Warehouse(data_root.eval_db(), read_only=True) as wh:
         curve = wh.query("SELECT count(*) AS n FROM verifier_curves WHERE verifier_version = ?", [v])
         assert curve["n"][0].as_py() >= 2
