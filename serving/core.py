@@ -136,7 +136,8 @@ class SearchService(VersionedDomains):
             order = np.argsort(-np.asarray(scores), kind="stable")[:k]
             hits = [replace(hits[i], score=float(scores[i])) for i in order]
             timings.update(verified["timings_ms"])
-            info.update(applied=True, verifier_version=verified["verifier_version"], candidates=len(scores))
+            info.update(applied=True, verifier_version=verified["verifier_version"], candidates=len(scores),
+                        verified=verified.get("verified", len(scores)))
         else:
             hits = hits[:k]
             reason = (verified or {}).get("reason") or stage["reason"]

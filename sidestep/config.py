@@ -149,6 +149,11 @@ class VerifyConfig(_Strict):
                                "learns their quantization noise and ranks worse, even on PQ maps.")
     num_threads: int | None = Field(2, ge=1, description="torch threads of the verifier replica (Ray gives a "
                                                          "fractional-CPU actor one); None leaves Ray's setting.")
+    train_top: int = Field(
+        30, ge=0, description="Training lists: the recall list's top this many by the pre-score (the model is "
+                              "served its top verify_top), plus the near-misses of the positives among them; "
+                              "queries with no positive there are left out. 0: the whole list, with positives "
+                              "recall missed, sampled at random each epoch.")
     epochs: int = Field(20, ge=1, description="Training epochs (the best validation epoch is kept).")
     patience: int = Field(8, ge=1, description="Stop after this many epochs without a better validation nDCG@10.")
     near_misses: int = Field(3, ge=0, le=5, description="Structural near-misses generated per training positive.")

@@ -565,6 +565,26 @@ class Example:
     pairs: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 2), dtype=torch.long))
 
 
+def served_rows(e: Example, top: int, n_list: int) -> Example | None:
+    """The training list the verify stage would serve: the recall list's (first n_list rows) top `top` by
+    `prescore`, plus the near-misses of the positives among them; None when no positive is among them.
+
+    Training on every row teaches the model to sort the bottom of the list, which the verify stage never
+    shows it (it reads the pre-score top only), and positives that recall missed (appended to the list)
+    teach it what low recall scores look like on a relevant document, which serving never asks."""
+    prior = prescore(e.cands.glob[:n_list]).numpy()
+    keep = set(np.argsort(-prior, kind="stable")[:top].tolist())
+    pairs = [(a, b) for a, b in e.pairs.tolist() if a in keep]
+    rows = sorted(keep | {b for _, b in pairs})
+    if not bool(e.labels[rows].any()):
+        return None
+    pos = {old: new for new, old in enumerate(rows)}
+    idx = torch.tensor(rows)
+    c = e.cands
+    return Example(Candidates(c.feats[idx], c.qtok, c.glob[idx], c.maxsim[idx]), e.labels[idx],
+                   torch.tensor([[pos[a], pos[b]] for a, b in pairs], dtype=torch.long).reshape(-1, 2))
+
+
 def _sample_rows(e: Example, rows: int, rng: np.random.Generator) -> Example:
     """Positives, near-miss pairs and up to `rows` other rows of one training list."""
     n = e.cands.feats.shape[0]

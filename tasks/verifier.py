@@ -28,6 +28,7 @@ from sidestep.verifier import (
     prepare,
     query_piece_ids,
     query_tokens,
+    served_rows,
 )
 from storage.artifacts import IndexStore, new_version_name
 from storage.documents import DocumentStore
@@ -135,7 +136,10 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
             continue
         c = prepare(qt, qp, toks, pieces, view.idf, np.asarray(rec, np.float32), v.max_doc_tokens,
                     n_list=len(cands))
-        examples.append(Example(c, labels, torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)))
+        ex = Example(c, labels, torch.tensor(pairs, dtype=torch.long).reshape(-1, 2))
+        ex = served_rows(ex, v.train_top, len(cands)) if v.train_top else ex
+        if ex is not None:
+            examples.append(ex)
     t_data = time.perf_counter() - t0
     log(f"training lists: {len(examples)} train, {len(val)} validation queries ({t_data:.0f} s to build)")
     cfg = VerifierConfig()
@@ -148,11 +152,12 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     log(f"verify_top {top or 'all'}: validation nDCG@10 by candidates the model reads "
         + ", ".join(f"{k or 'all'} {v:.4f}" for k, v in top_ndcg.items()))
     fp = hashlib.sha256(json.dumps({"index": corpus.version, "dataset": str(Path(dataset_dir).resolve()),
-                                    "split": split, "seed": seed, "cfg": cfg.as_dict()}, sort_keys=True).encode())
+                                    "split": split, "seed": seed, "cfg": cfg.as_dict(),
+                                    "train_top": v.train_top}, sort_keys=True).encode())
     version = new_version_name(fp.hexdigest())
     manifest = {"index_version": corpus.version, "dataset": str(Path(dataset_dir).resolve()), "split": split,
                 "config": cfg.as_dict(), "parameters": n_parameters(model), "seed": seed,
-                "train_queries": len(examples), "val_queries": len(val), "token_store": view.source.kind,
+                "train_queries": len(examples), "train_top": v.train_top, "val_queries": len(val), "token_store": view.source.kind,
                 "near_misses": dict(kinds),
                 "best_epoch": best.get("epoch"), "val_ndcg10": best.get("val_ndcg10"),
                 "verify_top": top, "val_ndcg10_by_verify_top": {str(k): v for k, v in top_ndcg.items()},

@@ -33,6 +33,7 @@ from sidestep.verifier import (
     prepare,
     prescore,
     score,
+    served_rows,
     token_features,
     token_maps,
 )
@@ -299,3 +300,25 @@ def test_verify_top_is_the_smallest_that_keeps_validation_ndcg():
     assert choose_verify_top(model, []) == (0, {})
     bare = Candidates(c.feats, c.qtok, c.glob, c.maxsim)
     assert choose_verify_top(model, [(bare, np.zeros(60, np.float32))], choices=(10,))[0] == 10
+
+
+def test_training_lists_are_what_the_verify_stage_serves():
+    """served_rows keeps the recall list's pre-score top, the near-misses of the positives kept, and
+    drops what serving never shows the model: the list's bottom and positives that recall missed."""
+    rng = np.random.default_rng(3)
+    q, docs, pieces, idf, rec = _list(rng, n_docs=24)
+    c = prepare(q, [3, 7, 11, 20, 41], docs, pieces, idf, rec, 24, n_list=20)  # rows 20-23 added for training
+    prior = prescore(c.glob[:20]).numpy()
+    order = np.argsort(-prior, kind="stable")
+    inside, outside = int(order[2]), int(order[15])
+    labels = torch.zeros(24, dtype=torch.bool)
+    labels[[inside, outside, 20]] = True  # row 20: a positive recall missed
+    pairs = torch.tensor([[inside, 22], [outside, 23]])  # rows 22, 23: their near-misses
+    ex = served_rows(Example(c, labels, pairs), 8, 20)
+    kept = sorted(order[:8].tolist() + [22])
+    torch.testing.assert_close(ex.cands.glob, c.glob[kept])
+    assert ex.labels.tolist() == [r == inside for r in kept]
+    assert ex.pairs.tolist() == [[kept.index(inside), kept.index(22)]]
+    lonely = torch.zeros(24, dtype=torch.bool)
+    lonely[[outside, 20]] = True
+    assert served_rows(Example(c, lonely), 8, 20) is None  # no positive in the served top: no list
