@@ -205,7 +205,7 @@ def main() -> None:
         return {"version": m["version"], "parameters": m["parameters"], "train_queries": m["train_queries"],
                 "val_queries": m["val_queries"], "best_epoch": m["best_epoch"], "val_ndcg10": m["val_ndcg10"],
                 "epochs_run": m["epochs_run"], "near_misses": m["near_misses"], "seconds": train_s, "curve": curve,
-                "token_store": m.get("token_store"), "verify_top": m.get("verify_top"),
+                "token_store": m.get("token_store"), "verify_top": m.get("verify_top"), "train_top": m.get("train_top"),
                 "val_ndcg10_by_verify_top": m.get("val_ndcg10_by_verify_top")}
 
     phase("verifier", verifier_phase)
@@ -264,8 +264,10 @@ def render(r: dict) -> str:
         tr = r.get("verifier") if blob is sf else None
         if tr:
             secs = f", trained in {tr['seconds']:.0f} s" if tr.get("seconds") else ""
+            lists = (f" (lists: the pre-score top {tr['train_top']} of recall's candidates with the near-misses of "
+                     "their positives)") if tr.get("train_top") else ""
             out.append(f"- Verifier {tr['version']}: {tr['parameters']:,} parameters, {tr['train_queries']} training "
-                       f"queries ({tr['val_queries']} held out for early stopping), trained on "
+                       f"queries{lists} ({tr['val_queries']} held out for early stopping), trained on "
                        f"{tr.get('token_store') or 'float16'} maps, best validation nDCG@10 "  # trained under f16_env
                        f"{tr['val_ndcg10']:.4f} at epoch {tr['best_epoch']} of {tr['epochs_run']}{secs}; "
                        f"near-misses {tr['near_misses']}. Curve in DuckDB `verifier_curves`.")
