@@ -160,7 +160,11 @@ class VerifyConfig(_Strict):
                               "anneals over `epochs` (one cycle), and on SciFact the best validation epoch comes "
                               "late in the anneal (15-18 of 20), after flat stretches: stopping early cuts it off.")
     near_misses: int = Field(3, ge=0, le=5, description="Structural near-misses generated per training positive.")
-    near_miss_weight: float = Field(0.3, ge=0, description="Weight of the positive-above-its-near-miss hinge loss.")
+    near_miss_weight: float = Field(
+        1.0, ge=0, description="Weight of the positive-above-its-near-miss hinge loss beside the listwise loss. "
+                               "Over the whole schedule a lighter weight lets ranking crowd it out: at 0.3 the "
+                               "verifier of epoch 18 prefers the constraint-satisfying scifact-antonym document "
+                               "for 66% of queries, at 1.0 for 92%.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Training queries held out for early stopping.")
     batch_max_size: int = Field(8, ge=1, description="Requests the verifier deployment scores together.")
     batch_wait_s: float = Field(0.0, ge=0, description="How long the verifier waits to fill a batch. Requests "
