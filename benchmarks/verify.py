@@ -264,10 +264,10 @@ def render(r: dict) -> str:
         tr = r.get("verifier") if blob is sf else None
         if tr:
             secs = f", trained in {tr['seconds']:.0f} s" if tr.get("seconds") else ""
-            lists = (f" (lists: the pre-score top {tr['train_top']} of recall's candidates with the near-misses of "
-                     "their positives)") if tr.get("train_top") else ""
+            lists = (f"; each list the pre-score top {tr['train_top']} of recall's candidates with the near-misses "
+                     "of their positives") if tr.get("train_top") else ""
             out.append(f"- Verifier {tr['version']}: {tr['parameters']:,} parameters, {tr['train_queries']} training "
-                       f"queries{lists} ({tr['val_queries']} held out for early stopping), trained on "
+                       f"queries ({tr['val_queries']} held out for early stopping{lists}), trained on "
                        f"{tr.get('token_store') or 'float16'} maps, best validation nDCG@10 "  # trained under f16_env
                        f"{tr['val_ndcg10']:.4f} at epoch {tr['best_epoch']} of {tr['epochs_run']}{secs}; "
                        f"near-misses {tr['near_misses']}. Curve in DuckDB `verifier_curves`.")
