@@ -67,7 +67,7 @@ def antonym_probe(root: Path, data: Path, env: dict) -> dict:
         ids = [h.doc_id for h in hits]
         rec = np.asarray([h.score for h in hits], np.float32)
         ms, _ = maxsim_rerank(view, toks[0], ids, settings.verify.max_doc_tokens)
-        (vs, _), = rerank(ver.model, [view], [toks[0]], [pieces], [ids], [rec], settings.verify.max_doc_tokens,
+        (vs, _, _), = rerank(ver.model, [view], [toks[0]], [pieces], [ids], [rec], settings.verify.max_doc_tokens,
                           settings.verify.verify_top)
         by = {n: dict(zip(ids, v, strict=True)) for n, v in (("pooled_cosine", rec), ("maxsim", ms), ("verifier", vs))}
         for sat in q["constraint_satisfying_doc_ids"]:
@@ -258,8 +258,9 @@ def render(r: dict) -> str:
                         f"**{c['verify_over_maxsim']:.2f}x**" + (
                             f" (medians {c['p50_verify_stage_ms']:.1f} vs {c['p50_maxsim_ms']:.1f} ms: "
                             f"{c['p50_verify_over_maxsim']:.2f}x)" if c.get("p50_verify_over_maxsim") else "") +
-                        f". The model read the top {res['verify'].get('verify_top') or 'all'} of "
-                        f"{res['verify'].get('candidates')} candidates by pre-score. Token store {c['token_store']}, "
+                        (f". The model read the top {res['verify']['verify_top']} of {res['verify'].get('candidates')} "
+                           "candidates by pre-score" if res["verify"].get("verify_top") else
+                           ". The model read every candidate") + f". Token store {c['token_store']}, "
                         f"{c['bytes_per_doc'] / 1024:.1f} KB per document."]
         tr = r.get("verifier") if blob is sf else None
         if tr:

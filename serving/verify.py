@@ -12,7 +12,7 @@ from collections import OrderedDict
 import numpy as np
 
 from sidestep.config import Settings
-from sidestep.search import TokenView, rerank, verify_top_of
+from sidestep.search import TokenView, rerank
 from sidestep.verifier import warm_up
 from storage.indexes import load_token_view
 from storage.paths import DataRoot
@@ -81,9 +81,7 @@ class VerifierService(VersionedDomains):
                             [np.asarray(r["qtok"], np.float32) for r in batch], [r["qpieces"] for r in batch],
                             [r["doc_ids"] for r in batch], [np.asarray(r["recall"], np.float32) for r in batch],
                             self.settings.verify.max_doc_tokens, self.settings.verify.verify_top)
-            top = verify_top_of(ver.model, self.settings.verify.verify_top)
-            for i, (scores, timings) in zip(idx, scored, strict=True):
+            for i, (scores, timings, verified) in zip(idx, scored, strict=True):
                 out[i] = {"applied": True, "verifier_version": ver.version, "scores": scores.tolist(),
-                          "timings_ms": timings, "batch": len(idx),
-                          "verified": min(top, len(scores)) if top else len(scores)}
+                          "timings_ms": timings, "batch": len(idx), "verified": verified}
         return out

@@ -135,8 +135,8 @@ class VerifyConfig(_Strict):
         None, ge=0, description="Candidates the verifier model reads: the list's top by a cheap pre-score (the sum "
                                 "of the list z-scores of recall cosine, MaxSim, idf-weighted MaxSim and BM25); the "
                                 "rest follow below them in that order. None: the verifier's own choice, made after "
-                                "training on its held-out training queries (the smallest that loses no validation "
-                                "nDCG@10); 0: every candidate.")
+                                "training on its held-out training queries (the smallest of 10-50, at most train_top, "
+                                "within 0.001 of the whole list's validation nDCG@10); 0: every candidate.")
     token_store: Literal["float16", "pq"] = Field(
         "pq", description="Token vectors the maps are built from: product-quantized into each index version "
                           "(pq, pq_bytes per token: smaller and faster to read), or the embedding shards as "

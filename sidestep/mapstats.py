@@ -14,7 +14,8 @@ peak, well under what float32 sums of a few hundred tokens carry anyway. The sha
 The cosines themselves come from `pq_cosines` where the token store holds PQ codes (lookup
 tables, no decoding); the lexical features from `lexical`, over word-piece ids. The reductions take
 the (N, nq) cosines with documents as consecutive row runs (`lengths`), as `FlatTokens.cosines`
-returns them. None of the kernels checks bounds: callers pass what the docstrings state.
+returns them. The kernels check no bounds (except `lexical`, which skips document pieces outside the
+vocabulary): callers pass what the docstrings state.
 Compiled once per machine (cache=True), on first use.
 """
 

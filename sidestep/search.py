@@ -89,9 +89,10 @@ def verify_top_of(model: Verifier, override: int | None) -> int:
 
 def rerank(model: Verifier, views: Sequence[TokenView], qtoks: Sequence[np.ndarray], qpieces: Sequence[Sequence[int]],
            doc_ids: Sequence[Sequence[str]], recalls: Sequence[np.ndarray], max_doc_tokens: int,
-           verify_top: int | None = None) -> list[tuple[np.ndarray, dict[str, float]]]:
+           verify_top: int | None = None) -> list[tuple[np.ndarray, dict[str, float], int]]:
     """Verifier scores for several queries' candidates: maps built per query, one model forward for all.
-    qtoks and qpieces include [CLS]/[SEP] as the encoder returns them. verify_top: see `verify_top_of`."""
+    qtoks and qpieces include [CLS]/[SEP] as the encoder returns them. verify_top: see `verify_top_of`.
+    Per query: scores of every candidate, stage timings, and how many candidates the model scored."""
     items, spent = [], []
     cap = model.cfg.max_query_tokens
     top = verify_top_of(model, verify_top)
@@ -105,7 +106,8 @@ def rerank(model: Verifier, views: Sequence[TokenView], qtoks: Sequence[np.ndarr
         t1 = time.perf_counter()
         scores = score(model, items)
     verify_ms = (time.perf_counter() - t1) * 1e3
-    return [(sc, {"token_maps": ms, "verify": verify_ms}) for sc, ms in zip(scores, spent, strict=True)]
+    return [(sc, {"token_maps": ms, "verify": verify_ms}, len(it.rows) if it.rows is not None else len(sc))
+            for sc, ms, it in zip(scores, spent, items, strict=True)]
 
 
 def maxsim_rerank(view: TokenView, qtok: np.ndarray, doc_ids: Sequence[str], max_doc_tokens: int

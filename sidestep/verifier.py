@@ -203,7 +203,8 @@ def warm_up() -> None:
     for f in (flat, coded):
         token_features(q, f)
         flat_maxsim(q, f)
-    lexical_features_flat([1, 2], [np.array([1, 3])], np.ones(4, np.float32))
+    for dtype in (np.int32, np.int64):  # stored pieces are int32; near-misses and tests pass int64
+        lexical_features_flat([1, 2], [np.array([1, 3], dtype)], np.ones(4, np.float32))
 
 
 def lexical_features_flat(query_ids: Sequence[int], doc_ids: Sequence[np.ndarray], idf: np.ndarray
@@ -446,6 +447,8 @@ def prepare(qtok: torch.Tensor, qids: Sequence[int], docs: Sequence[np.ndarray] 
         map_feats, _, lengths = token_features(qtok, flat)
         glob = global_features(recall, map_feats[..., 0], lex, lengths, n_list)
         return Candidates(torch.cat([map_feats, lex], -1), qtok, glob, map_feats[..., 0].sum(-1))
+    if n_list is not None and n_list != len(flat.lengths):
+        raise ValueError("verify_top scores a recall list as served; training lists (n_list) take served_rows")
     lengths = np.asarray(flat.lengths, dtype=np.int64)
     st = flat.cosines(qtok).numpy()
     best = np.empty((len(lengths), qtok.shape[0]), np.float32)
@@ -459,7 +462,8 @@ def prepare(qtok: torch.Tensor, qids: Sequence[int], docs: Sequence[np.ndarray] 
     # the kept documents' token rows, in order: each run starts at its document's first row
     sub = np.repeat(starts[rows] - (np.cumsum(kept) - kept), kept) + np.arange(int(kept.sum()))
     feats = np.empty((len(rows), qtok.shape[0], N_MAP_FEATURES), np.float32)
-    mapstats.map_stats(st[sub], kept, min(TOPK, max(int(kept.max()), 1)), _TABLE, KERNEL_SIGMAS[0], feats)
+    # top-k width from the whole list's longest document, as token_features takes it, so the rows are equal
+    mapstats.map_stats(st[sub], kept, min(TOPK, max(int(lengths.max()), 1)), _TABLE, KERNEL_SIGMAS[0], feats)
     r = torch.from_numpy(rows)
     return Candidates(torch.cat([torch.from_numpy(feats), lex[r]], -1), qtok, glob[r], best_t[r].sum(-1),
                       rows=rows, prior=prior)

@@ -78,7 +78,7 @@ def _verified(enc, corpus, view, verifier, qids: list[str], queries: dict[str, s
                     spent["maxsim_ms"].append(ms_time)
                     runs["maxsim"][q] = _top(ids, ms, k)
                 elif verifier is not None:
-                    (sc, t), = rerank(verifier.model, [view], [toks[j]], [pieces[j]], [ids], [rec], max_doc_tokens,
+                    (sc, t, _), = rerank(verifier.model, [view], [toks[j]], [pieces[j]], [ids], [rec], max_doc_tokens,
                                       verify_top)
                     spent["token_maps_ms"].append(t["token_maps"])
                     spent["verify_ms"].append(t["verify"])

@@ -20,6 +20,7 @@ from sidestep.config import Settings
 from sidestep.encoder import Encoder, doc_text
 from sidestep.nearmiss import near_misses
 from sidestep.verifier import (
+    VERIFY_TOP_CHOICES,
     Example,
     VerifierConfig,
     choose_verify_top,
@@ -146,7 +147,9 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     model, curve = fit(examples, val, cfg, enc.dim, epochs=v.epochs, near_miss_weight=v.near_miss_weight,
                        seed=seed, patience=v.patience, log=log)
     best = max(curve, key=lambda c: c["val_ndcg10"]) if curve else {}
-    top, top_ndcg = choose_verify_top(model, val)
+    # the model is never served more of the list than it trained on
+    top, top_ndcg = choose_verify_top(model, val, choices=[k for k in VERIFY_TOP_CHOICES
+                                                           if not v.train_top or k <= v.train_top])
     model.cfg = replace(model.cfg, verify_top=top)
     cfg = model.cfg
     log(f"verify_top {top or 'all'}: validation nDCG@10 by candidates the model reads "

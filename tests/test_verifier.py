@@ -11,7 +11,6 @@ from sidestep.lexical import BM25, rrf
 from sidestep.nearmiss import KINDS, content_words, near_misses
 from sidestep.verifier import (
     N_TOKEN_FEATURES,
-    Candidates,
     Example,
     FlatTokens,
     Verifier,
@@ -278,6 +277,17 @@ def test_verifying_the_prescore_top_keeps_their_scores_and_orders_the_rest_below
     assert partial[rest].max() < partial[top].min()
     assert np.argsort(-partial[rest], kind="stable").tolist() == np.argsort(-prior[rest], kind="stable").tolist()
     assert prepare(q, qids, docs, pieces, idf, rec, 24, verify_top=30).rows is None  # the whole list anyway
+    # verified documents all shorter than the top-k width (3) while others are longer: the same features
+    both = np.stack([q.numpy()[:3].sum(0), q.numpy()[3:].sum(0)])  # two tokens close to every query token
+    short = [both + 0.01 * i for i in range(3)] + [unit(rng, 30, 16) for _ in range(5)]
+    srec = np.asarray([0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1], np.float32)
+    spieces = [np.array(qids) for _ in range(3)] + [rng.integers(42, 50, 30) for _ in range(5)]
+    whole_s = prepare(q, qids, short, spieces, idf, srec, 24)
+    part_s = prepare(q, qids, short, spieces, idf, srec, 24, verify_top=3)
+    assert part_s.rows.tolist() == [0, 1, 2]
+    torch.testing.assert_close(part_s.feats, whole_s.feats[:3])
+    with pytest.raises(ValueError, match="served_rows"):  # training lists do not take the serving shortcut
+        prepare(q, qids, docs, pieces, idf, rec, 24, n_list=20, verify_top=8)
     np.testing.assert_array_equal(cascade(prior, full, 0), full)
 
 
@@ -298,8 +308,8 @@ def test_verify_top_is_the_smallest_that_keeps_validation_ndcg():
     assert by[0] == 1.0 and chosen == rank + 1 and by[chosen] == 1.0
     assert all(by[k] < 1.0 for k in range(1, rank + 1))
     assert choose_verify_top(model, []) == (0, {})
-    bare = Candidates(c.feats, c.qtok, c.glob, c.maxsim)
-    assert choose_verify_top(model, [(bare, np.zeros(60, np.float32))], choices=(10,))[0] == 10
+    # no relevant document: every choice ties with the whole list, so the smallest is taken
+    assert choose_verify_top(model, [(c, np.zeros(60, np.float32))], choices=(10, 20))[0] == 10
 
 
 def test_training_lists_are_what_the_verify_stage_serves():

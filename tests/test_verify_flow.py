@@ -75,8 +75,8 @@ def test_evaluate_trains_the_verifier_and_runs_every_baseline_beside_it(data_roo
     svc = SearchService(settings, data_root)
     out = svc.search("who gets paged for a sev2", k=5, domain="hb")
     assert out["verify"]["applied"] and out["verify"]["verifier_version"] == v
-    top = loaded.model.cfg.verify_top
-    assert out["verify"]["verified"] == (min(top, out["verify"]["candidates"]) if top else out["verify"]["candidates"])
+    top, n = loaded.model.cfg.verify_top, out["verify"]["candidates"]
+    assert out["verify"]["verified"] == (min(top, n) if top else n)  # counted from the rows the model scored
     assert {"encode", "recall", "token_maps", "verify", "total"} <= set(out["timings_ms"])
     scores = [h["score"] for h in out["results"]]
     assert scores == sorted(scores, reverse=True) and len(scores) == 5
