@@ -167,13 +167,18 @@ def flatten_tokens(docs: Sequence[np.ndarray], max_tokens: int) -> FlatTokens:
 _TABLE = mapstats.kernel_table(KERNEL_MUS[1:], KERNEL_SIGMAS[1:])
 
 
-def flat_maxsim(q: torch.Tensor, flat: FlatTokens) -> torch.Tensor:
-    """maxsim(token_maps(...)) from flat tokens: the MaxSim baseline on the same fast path as the verifier
-    (the same cosines, then one pass for each document's best match per query token)."""
+def best_matches(q: torch.Tensor, flat: FlatTokens) -> tuple[np.ndarray, np.ndarray]:
+    """The (N, nq) cosines and each document's best cosine per query token (C, nq), in one pass."""
     st = flat.cosines(q).numpy()
     best = np.empty((len(flat.lengths), q.shape[0]), np.float32)
     mapstats.segment_max(st, np.asarray(flat.lengths, dtype=np.int64), best)
-    return torch.from_numpy(best).sum(-1)
+    return st, best
+
+
+def flat_maxsim(q: torch.Tensor, flat: FlatTokens) -> torch.Tensor:
+    """maxsim(token_maps(...)) from flat tokens: the MaxSim baseline on the same fast path as the verifier
+    (the same cosines, then one pass for each document's best match per query token)."""
+    return torch.from_numpy(best_matches(q, flat)[1]).sum(-1)
 
 
 def token_features(q: torch.Tensor, flat: FlatTokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -333,8 +338,8 @@ class Candidates:
     qtok: torch.Tensor  # (nq, d)
     glob: torch.Tensor  # (C, G)
     maxsim: torch.Tensor  # (C,)
-    # set when only some of the list is verified (prepare's verify_top): which rows these are, of how many,
-    # and every row's prescore, which orders the rest
+    # set when only some of the list is verified (prepare's verify_top): the list positions of these rows,
+    # and every position's prescore, which orders the rest
     rows: np.ndarray | None = None
     prior: torch.Tensor | None = None
 
@@ -388,13 +393,19 @@ def prescore(glob: torch.Tensor) -> torch.Tensor:
     return glob[:, list(PRESCORE_COLUMNS)].sum(-1)
 
 
+def prescore_top(prior: torch.Tensor | np.ndarray, top: int) -> np.ndarray:
+    """Positions (ascending) of the `top` highest pre-scores; ties keep list order. The verify stage,
+    the training lists and the choice of verify_top all select with this."""
+    return np.sort(np.argsort(-np.asarray(prior, dtype=np.float64), kind="stable")[:top])
+
+
 def cascade(prior: torch.Tensor | np.ndarray, scores: np.ndarray, top: int) -> np.ndarray:
     """Scores of a whole list when only the `top` rows by `prior` are scored (`scores`, full length; other
     rows are ignored): those keep their scores, the rest follow in prior order, below every scored row."""
     p = np.asarray(prior, dtype=np.float64)
     if not top or top >= len(p):
         return np.asarray(scores, np.float32)
-    keep = np.argsort(-p, kind="stable")[:top]
+    keep = prescore_top(p, top)
     rest = np.ones(len(p), dtype=bool)
     rest[keep] = False
     out = np.asarray(scores, np.float64).copy()
@@ -450,13 +461,11 @@ def prepare(qtok: torch.Tensor, qids: Sequence[int], docs: Sequence[np.ndarray] 
     if n_list is not None and n_list != len(flat.lengths):
         raise ValueError("verify_top scores a recall list as served; training lists (n_list) take served_rows")
     lengths = np.asarray(flat.lengths, dtype=np.int64)
-    st = flat.cosines(qtok).numpy()
-    best = np.empty((len(lengths), qtok.shape[0]), np.float32)
-    mapstats.segment_max(st, lengths, best)
+    st, best = best_matches(qtok, flat)
     best_t = torch.from_numpy(best)
     glob = global_features(recall, best_t, lex, torch.from_numpy(lengths), n_list)
     prior = prescore(glob)
-    rows = np.sort(np.argsort(-prior.numpy(), kind="stable")[:verify_top])
+    rows = prescore_top(prior, verify_top)
     kept = lengths[rows]
     starts = np.cumsum(lengths) - lengths
     # the kept documents' token rows, in order: each run starts at its document's first row
@@ -576,8 +585,7 @@ def served_rows(e: Example, top: int, n_list: int) -> Example | None:
     Training on every row teaches the model to sort the bottom of the list, which the verify stage never
     shows it (it reads the pre-score top only), and positives that recall missed (appended to the list)
     teach it what low recall scores look like on a relevant document, which serving never asks."""
-    prior = prescore(e.cands.glob[:n_list]).numpy()
-    keep = set(np.argsort(-prior, kind="stable")[:top].tolist())
+    keep = set(prescore_top(prescore(e.cands.glob[:n_list]), top).tolist())
     pairs = [(a, b) for a, b in e.pairs.tolist() if a in keep]
     rows = sorted(keep | {b for _, b in pairs})
     if not bool(e.labels[rows].any()):

@@ -121,14 +121,19 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
                         np.asarray(rec, np.float32), v.max_doc_tokens)
             val.append((c, np.asarray([rels.get(d, 0) for d in cands], np.float32)))
             continue
-        extra = [d for d, r in rels.items() if r > 0 and d not in cands and d in view.pieces and d in rows]
+        # positives recall missed join whole-list training only; served lists (train_top) never hold them
+        extra = [] if v.train_top else [d for d, r in rels.items()
+                                        if r > 0 and d not in cands and d in view.pieces and d in rows]
         ds = cands + extra
         rec += [float((index.reconstruct_batch(np.asarray(rows[d], np.int64)) @ pooled[j]).max()) for d in extra]
         toks = view.source.docs(ds)
         pieces = [view.pieces[d] for d in ds]
         pairs = []
+        at = {d: i for i, d in enumerate(ds)}
         for d, (nt, npc, npool) in nm_of.get(j, []):
-            pairs.append((ds.index(d), len(toks)))
+            if d not in at:  # its positive is not in the list (recall missed it)
+                continue
+            pairs.append((at[d], len(toks)))
             toks.append(nt)
             pieces.append(npc)
             rec.append(float((npool @ pooled[j]).max()))
@@ -153,7 +158,7 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     model.cfg = replace(model.cfg, verify_top=top)
     cfg = model.cfg
     log(f"verify_top {top or 'all'}: validation nDCG@10 by candidates the model reads "
-        + ", ".join(f"{k or 'all'} {v:.4f}" for k, v in top_ndcg.items()))
+        + ", ".join(f"{k or 'all'} {nd:.4f}" for k, nd in top_ndcg.items()))
     fp = hashlib.sha256(json.dumps({"index": corpus.version, "dataset": str(Path(dataset_dir).resolve()),
                                     "split": split, "seed": seed, "cfg": cfg.as_dict(),
                                     "train_top": v.train_top}, sort_keys=True).encode())
@@ -163,7 +168,7 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
                 "train_queries": len(examples), "train_top": v.train_top, "val_queries": len(val), "token_store": view.source.kind,
                 "near_misses": dict(kinds),
                 "best_epoch": best.get("epoch"), "val_ndcg10": best.get("val_ndcg10"),
-                "verify_top": top, "val_ndcg10_by_verify_top": {str(k): v for k, v in top_ndcg.items()},
+                "verify_top": top, "val_ndcg10_by_verify_top": {str(k): nd for k, nd in top_ndcg.items()},
                 "epochs_run": len(curve), "encoder": corpus.manifest.get("encoder")}
     publish_verifier(root, domain, version, model, manifest, settings.index.keep_versions)
     with Warehouse(root.eval_db()) as wh:
