@@ -286,7 +286,9 @@ def eval_rec(
 ) -> None:
     """Sequential recommendation, leave-one-out: Recall@10/50 and NDCG@10/50 on the test split, full
     ranking over all items with nothing masked (the history-masked variant beside it), valid split for
-    early stopping; popularity, text-only zero-shot and shuffled-codes controls in the same run."""
+    early stopping; popularity, text-only zero-shot and shuffled-codes controls in the same run. Trained
+    variants are scored as served: code logits fused with the text cosine at a weight chosen on the valid
+    split ([rec] text_weights); each is reported with its codes alone too (`*_codes_only`)."""
     if not Path(dataset_dir).is_dir():
         _fail(f"folder not found: {dataset_dir}", as_json, 2)
     if mode is not None and mode not in ("table-only", "full", "scratch"):
@@ -302,10 +304,12 @@ def eval_rec(
     if not as_json:
         t = Table("variant", "recall@10", "ndcg@10", "recall@50", "ndcg@50", "train s",
                   title=f"{domain} test, full ranking, nothing masked ({res['counts']['test_users']} users)")
-        rows = {"sidestep (" + res["mode"] + ")": res["metrics"], **res["baselines"]}
+        w = res["training"]["sidestep"]["text_fusion"]["weight"]
+        rows = {f"sidestep ({res['mode']}, codes + {w:g} x text)": res["metrics"],
+                "sidestep_codes_only": res["metrics_codes_only"], **res["baselines"]}
         train = res["training"]
         for name, m in rows.items():
-            secs = train.get(name.split(" ")[0], {}).get("seconds")
+            secs = train.get(name.split(" ")[0].removesuffix("_codes_only"), {}).get("seconds")
             t.add_row(name, *(f"{m[k]:.4f}" for k in ("recall@10", "ndcg@10", "recall@50", "ndcg@50")),
                       "-" if secs is None else f"{secs:.0f}")
         out.print(t)

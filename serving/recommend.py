@@ -2,8 +2,10 @@
 
 Plain Python (no Ray), like SearchService. A history is encoded by the
 sequence model over the domain's lookup tables; items come from the FAISS index
-over item vectors built at publish time (inner product of unit vectors = the
-model's cosine).
+built at publish time over unit code vectors beside unit text vectors, so one
+inner product with [user / temperature, weight * text user] is the model's
+fused logit (`sidestep.lookup.TextFusion`). Tables published before fusion have
+code vectors only and are served by their cosine.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class LoadedTables:
     model: object  # sidestep.lookup.SeqRec
     items: object  # torch (N+1, H) item matrix, row 0 = padding
     index: dict[str, int]
+    text: object | None = None  # torch (N+1, dim) unit text vectors (row 0 zero), from the fused index
 
 
 def _load(root: DataRoot, domain: str, version: str) -> LoadedTables:
@@ -38,7 +41,12 @@ def _load(root: DataRoot, domain: str, version: str) -> LoadedTables:
     model = model_from_state(tv.model_state, domain)
     with torch.no_grad():
         items = model.tables[domain].item_matrix(torch.from_numpy(tv.codes))
-    return LoadedTables(tv, model, items, tv.item_index)
+    text = None
+    hidden, n = model.cfg.hidden, tv.items_index.ntotal
+    if tv.items_index.d > hidden:  # the fused index: code part, then the text part
+        text = torch.from_numpy(tv.items_index.reconstruct_n(0, n)[:, hidden:].copy())
+        text = torch.cat([torch.zeros(1, text.shape[1]), text])
+    return LoadedTables(tv, model, items, tv.item_index, text)
 
 
 class RecommendService(VersionedDomains):
@@ -66,6 +74,8 @@ class RecommendService(VersionedDomains):
                   exclude_history: bool = False) -> dict:
         import torch
 
+        from sidestep.lookup import fused_query, text_user_vectors
+
         t0 = time.perf_counter()
         if not 1 <= k <= self.settings.serve.max_k:
             raise ValueError(f"k must be in 1..{self.settings.serve.max_k}, got {k}")
@@ -83,12 +93,17 @@ class RecommendService(VersionedDomains):
             out["timings_ms"] = {"total": round((time.perf_counter() - t0) * 1e3, 3)}
             return out
         with torch.no_grad():
-            hist = torch.from_numpy(known).unsqueeze(0)
-            user = lt.model.user_vectors(domain, lt.items, hist, torch.tensor([len(known)]))
+            hist, lengths = torch.from_numpy(known).unsqueeze(0), torch.tensor([len(known)])
+            user = lt.model.user_vectors(domain, lt.items, hist, lengths)
+            if lt.text is not None:
+                fusion = lt.model.fusion[domain]
+                query = fused_query(lt.model, domain, user, text_user_vectors(lt.text, hist, lengths, fusion.decay))
+            else:
+                query = np.ascontiguousarray(user.numpy(), np.float32)
         t1 = time.perf_counter()
         extra = len(set(known.tolist())) if exclude_history else 0
         n = min(k + extra, lt.tables.items_index.ntotal)
-        scores, ids = lt.tables.items_index.search(np.ascontiguousarray(user.numpy(), np.float32), n)
+        scores, ids = lt.tables.items_index.search(query, n)
         seen = set(known.tolist()) if exclude_history else set()
         items = [{"item_id": lt.tables.item_ids[i], "score": float(s)} for s, i in zip(scores[0], ids[0], strict=True)
                  if i >= 0 and (i + 1) not in seen][:k]

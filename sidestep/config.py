@@ -122,6 +122,12 @@ class RecConfig(_Strict):
     warm_epochs: int = Field(5, ge=1, description="Nightly: when a domain's interactions changed, its serving tables "
                                                   "and encoder are fine-tuned for this many epochs (warm start) "
                                                   "instead of trained from scratch.")
+    text_weights: list[float] = Field(
+        [0, 1, 2, 3, 4, 6, 8, 12, 16], description="Fusion weights tried after training: each domain's logits "
+        "become cos(user, item) / temperature + weight x the text cosine of the recency-weighted history "
+        "(the text-only zero-shot scorer). The weight with the best valid NDCG@10 is kept with the tables "
+        "(0 always competes, so the text is added only where it helps); [0] turns fusion off.")
+    text_decay: float = Field(0.7, gt=0, le=1, description="Recency decay of the text user (weight decay**age).")
     max_train_seconds: float | None = Field(None, description="Wall-clock budget per training run.")
     threads: int | None = Field(None, description="torch threads for training; None = all cores.")
 

@@ -101,6 +101,8 @@ class SeqRec(nn.Module):
         self.positions, self.codewords = positions, codewords
         self.encoder = SeqEncoder(cfg)
         self.tables = nn.ModuleDict({d: CodeTable(positions, codewords, cfg.hidden) for d in domains})
+        # per domain: weight of the frozen text cosine added to the code logits (see TextFusion); 0 = codes only
+        self.fusion: dict[str, TextFusion] = {}
 
     def add_domain(self, domain: str, init_from: str | None = None) -> CodeTable:
         table = CodeTable(self.positions, self.codewords, self.cfg.hidden)
@@ -124,6 +126,39 @@ class SeqRec(nn.Module):
         return logits
 
 
+@dataclass(frozen=True)
+class TextFusion:
+    """Late fusion with the frozen text embeddings: logit = cos(user, item) / T + weight * cos(text user,
+    item text), where the text user is the recency-weighted mean (decay**age) of the history's text vectors.
+
+    The codes keep what the catalogue's text says only up to quantization, and the tables learn what
+    co-occurs; the text cosine adds back the fine-grained content match. The weight is one scalar chosen
+    on the valid split after training (`choose_text_weight`), never on test; 0 leaves the codes alone.
+    """
+
+    weight: float = 0.0
+    decay: float = 0.7
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def text_user_vectors(text: torch.Tensor, history: torch.Tensor, lengths: torch.Tensor, decay: float,
+                      ) -> torch.Tensor:
+    """(B, dim) unit vectors: the history's text vectors weighted decay**age (age 0 = the last item).
+    text: (N+1, dim) with row 0 (padding) zero."""
+    width = history.shape[1]
+    age = lengths.unsqueeze(1) - 1 - torch.arange(width).unsqueeze(0)
+    w = torch.where(history > 0, decay ** age.clamp(min=0).float(), torch.zeros(()))
+    return F.normalize((text[history] * w.unsqueeze(-1)).sum(1), dim=-1)
+
+
+def unit_text(vectors: np.ndarray) -> torch.Tensor:
+    """(N, dim) item text vectors -> (N+1, dim) unit rows with a zero padding row 0."""
+    t = F.normalize(torch.from_numpy(np.asarray(vectors, dtype=np.float32)), dim=-1)
+    return torch.cat([torch.zeros(1, t.shape[1]), t])
+
+
 def history_mask(history: torch.Tensor, n_items: int) -> torch.Tensor:
     """(B, N) float: 1 where item column j (item j+1) occurs in the row's history."""
     mask = torch.zeros(history.shape[0], n_items + 1)
@@ -134,13 +169,15 @@ def history_mask(history: torch.Tensor, n_items: int) -> torch.Tensor:
 def model_state(model, domain: str, codebook_version: str) -> dict:
     return {"config": model.cfg.to_dict(), "positions": model.positions, "codewords": model.codewords,
             "encoder": model.encoder.state_dict(), "table": model.tables[domain].state_dict(),
-            "codebook_version": codebook_version}
+            "codebook_version": codebook_version,
+            "text_fusion": model.fusion.get(domain, TextFusion()).to_dict()}
 
 
 def model_from_state(state: dict, domain: str):
     model = SeqRec(SeqConfig(**state["config"]), state["positions"], state["codewords"], [domain])
     model.encoder.load_state_dict(state["encoder"])
     model.tables[domain].load_state_dict(state["table"])
+    model.fusion[domain] = TextFusion(**state.get("text_fusion", {}))  # tables published before fusion: codes only
     model.eval()
     return model
 
@@ -149,6 +186,17 @@ def item_vectors(model, domain: str, codes: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         m = model.tables[domain].item_matrix(torch.from_numpy(codes.astype(np.int64)))[1:]
         return F.normalize(m, dim=-1).numpy()
+
+
+def fused_item_vectors(model, domain: str, codes: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """(N, hidden + dim): unit code vectors beside unit text vectors. With `fused_query` on the user side,
+    one inner product is the model's fused logit (repeat bias aside), so one FAISS index serves it."""
+    return np.hstack([item_vectors(model, domain, codes), unit_text(text)[1:].numpy()]).astype(np.float32)
+
+
+def fused_query(model, domain: str, user: torch.Tensor, text_user: torch.Tensor) -> np.ndarray:
+    f = model.fusion.get(domain, TextFusion())
+    return np.hstack([(user / model.cfg.temperature).numpy(), (f.weight * text_user).numpy()]).astype(np.float32)
 
 
 def trainable_parameters(model: SeqRec, domain: str, mode: str) -> list[nn.Parameter]:

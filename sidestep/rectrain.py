@@ -19,7 +19,15 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .lookup import SeqRec, cosine_schedule, rank_metrics, target_ranks, trainable_parameters
+from .lookup import (
+    SeqRec,
+    TextFusion,
+    cosine_schedule,
+    rank_metrics,
+    target_ranks,
+    text_user_vectors,
+    trainable_parameters,
+)
 from .recdata import RecData, Split
 
 Log = Callable[[str], None]
@@ -72,20 +80,53 @@ def _tensors(split: Split, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
 
 @torch.no_grad()
 def evaluate(model: SeqRec, domain: str, codes: torch.Tensor, split: Split, *, eval_batch: int = 2048,
-             masked: bool = False, table: torch.Tensor | None = None) -> tuple[dict[str, float], np.ndarray]:
-    """Full ranking over all items of the domain; returns metrics and the 0-based target ranks."""
-    was = model.training
-    model.eval()
-    items = model.tables[domain].item_matrix(codes, table)
-    ranks: list[torch.Tensor] = []
-    for s in range(0, len(split), eval_batch):
-        rows = np.arange(s, min(s + eval_batch, len(split)))
-        hist, lengths, target = _tensors(split, rows)
-        user = model.user_vectors(domain, items, hist, lengths)
-        ranks.append(target_ranks(model.scores(user, items, hist), target, hist if masked else None))
-    model.train(was)
+             masked: bool = False, table: torch.Tensor | None = None, text: torch.Tensor | None = None,
+             fusion: TextFusion | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """Full ranking over all items of the domain; returns metrics and the 0-based target ranks.
+
+    With `text` ((N+1, dim) unit rows, `unit_text`), the scores are fused with the text cosine as the
+    domain's `TextFusion` (or `fusion`) says; without it, the codes alone are scored."""
+    fusion = fusion or model.fusion.get(domain, TextFusion())
+    ranks = [target_ranks(logits + fusion.weight * sims if sims is not None else logits, target,
+                          hist if masked else None)
+             for logits, sims, hist, target in _score_batches(model, domain, codes, split, eval_batch, table,
+                                                              text if fusion.weight else None, fusion.decay)]
     r = torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
     return rank_metrics(r), r
+
+
+def _score_batches(model: SeqRec, domain: str, codes: torch.Tensor, split: Split, eval_batch: int,
+                   table: torch.Tensor | None, text: torch.Tensor | None, decay: float):
+    """Per batch of the split: (code logits, text cosines or None, history, target), in eval mode."""
+    was = model.training
+    model.eval()
+    try:
+        items = model.tables[domain].item_matrix(codes, table)
+        for s in range(0, len(split), eval_batch):
+            rows = np.arange(s, min(s + eval_batch, len(split)))
+            hist, lengths, target = _tensors(split, rows)
+            user = model.user_vectors(domain, items, hist, lengths)
+            sims = None if text is None else text_user_vectors(text, hist, lengths, decay) @ text[1:].T
+            yield model.scores(user, items, hist), sims, hist, target
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
+def choose_text_weight(model: SeqRec, domain: str, codes: torch.Tensor, text: torch.Tensor, split: Split,
+                       weights: tuple[float, ...], *, decay: float = 0.7, eval_batch: int = 2048,
+                       ) -> tuple[TextFusion, dict[float, float]]:
+    """The fusion weight with the best NDCG@10 on `split` (the valid split: the early-stopping metric);
+    ties go to the smaller weight, so 0 (codes only) wins unless the text helps. Returns the fusion
+    and NDCG@10 by weight."""
+    grid = sorted({0.0, *map(float, weights)})
+    ranks: dict[float, list[torch.Tensor]] = {w: [] for w in grid}
+    for logits, sims, _, target in _score_batches(model, domain, codes, split, eval_batch, None, text, decay):
+        for w in grid:
+            ranks[w].append(target_ranks(logits + w * sims, target))
+    by_weight = {w: rank_metrics(torch.cat(r).numpy())["ndcg@10"] for w, r in ranks.items()}
+    best = max(grid, key=lambda w: (by_weight[w], -w))
+    return TextFusion(best, decay), by_weight
 
 
 def fit_domain(model: SeqRec, domain: str, codes: torch.Tensor, data: RecData, mode: str, cfg: TrainConfig,
@@ -263,9 +304,7 @@ def text_ranks(item_text: np.ndarray, split: Split, *, decay: float = 0.7, maske
     for s in range(0, len(split), 2048):
         rows = np.arange(s, min(s + 2048, len(split)))
         hist, lengths, target = _tensors(split, rows)
-        age = lengths.unsqueeze(1) - 1 - torch.arange(hist.shape[1]).unsqueeze(0)
-        w = torch.where(hist > 0, decay ** age.clamp(min=0).float(), torch.zeros(()))
-        user = F.normalize((emb[hist] * w.unsqueeze(-1)).sum(1), dim=-1)
+        user = text_user_vectors(emb, hist, lengths, decay)
         out.append(target_ranks(user @ items.T, target, hist if masked else None))
     return torch.cat(out).numpy()
 

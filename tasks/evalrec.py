@@ -3,7 +3,9 @@ in one run, every variant's per-user ranks into DuckDB.
 
 Protocol: leave-one-out, full ranking over all items of the domain with nothing
 masked (comparable to VQ-Rec's published figures); the history-masked variant is
-reported beside it. Valid split for early stopping, test split for the figures.
+reported beside it. Valid split for early stopping and for the text-fusion weight,
+test split for the figures. Each trained variant is reported fused with the text
+cosine (what /recommend serves) and with its codes alone ("<variant>_codes_only").
 """
 
 from __future__ import annotations
@@ -59,28 +61,33 @@ def eval_rec(root: DataRoot, settings: Settings, dataset: str, domain: str, *, m
         variants = [("sidestep", codes)] + ([("shuffled_codes", shuffled_codes(codes, seed))] if controls else [])
         for name, c in variants:
             res = _train_variant(root, settings, domain, mode, pretrained_from, book_version, book.spec, c, data,
-                                 cfg, log)
+                                 items, cfg, log)
             model, train = res
             version = None
             if name == "sidestep" and publish:
                 version = publish_tables(root, domain, items, c, model, book_version, {
                     "mode": mode, "pretrained_from": pretrained_from, "config": model.cfg.to_dict(),
-                    "interactions": data.source_fingerprint,
+                    "interactions": data.source_fingerprint, "text_fusion": train["text_fusion"],
                     "metrics": {"valid": train["best_valid"], "test": train["test"]["full"]},
                     "training": {k: train[k] for k in ("seconds", "epochs_run", "best_epoch", "peak_rss_mb",
                                                         "trainable_parameters")}}, keep_versions=settings.index.keep_versions)
-            for protocol in ("full", "masked"):
-                m = wh.record_rec_run(
-                    run_id=f"{group}-{name}-{protocol}", variant=name, protocol=protocol, split="test",
-                    ranks=train["ranks"][protocol], table_version=version, codebook_version=book_version,
-                    train_seconds=train["seconds"], peak_rss_mb=train["peak_rss_mb"],
-                    config={"mode": mode, "pretrained_from": pretrained_from, "seed": seed, **cfg.__dict__},
-                    curve=train["curve"] if protocol == "full" else (), **common)
-                if name == "sidestep":
-                    out["metrics" if protocol == "full" else "metrics_masked"] = m
-                else:
-                    out["baselines" if protocol == "full" else "baselines_masked"][name] = m
-            out["training"][name] = {k: v for k, v in train.items() if k not in ("ranks", "curve", "test")}
+            for scored, ranks in (("", train["ranks"]), ("_codes_only", train["ranks_codes"])):
+                variant = name + scored
+                for protocol in ("full", "masked"):
+                    m = wh.record_rec_run(
+                        run_id=f"{group}-{variant}-{protocol}", variant=variant, protocol=protocol, split="test",
+                        ranks=ranks[protocol], table_version=version, codebook_version=book_version,
+                        train_seconds=train["seconds"], peak_rss_mb=train["peak_rss_mb"],
+                        config={"mode": mode, "pretrained_from": pretrained_from, "seed": seed,
+                                "text_fusion": train["text_fusion"], **cfg.__dict__},
+                        curve=train["curve"] if protocol == "full" and not scored else (), **common)
+                    key = ("metrics" if protocol == "full" else "metrics_masked") + scored
+                    if name == "sidestep":
+                        out[key] = m
+                    else:
+                        out["baselines" if protocol == "full" else "baselines_masked"][variant] = m
+            out["training"][name] = {k: v for k, v in train.items()
+                                     if k not in ("ranks", "ranks_codes", "curve", "test")}
             if version:
                 out["table_version"] = version
     return out
@@ -98,11 +105,15 @@ def _fixed_baselines(text: np.ndarray, data: RecData) -> dict[str, dict[str, np.
 
 
 def _train_variant(root: DataRoot, settings: Settings, domain: str, mode: str, pretrained_from: str | None,
-                   book_version: str, spec, codes: np.ndarray, data: RecData, cfg, log: Log | None):
+                   book_version: str, spec, codes: np.ndarray, data: RecData, items, cfg, log: Log | None):
+    """Train one variant, choose its text-fusion weight on the valid split, and rank the test split
+    fused (the variant's result) and with its codes alone (the ablation)."""
     import torch
 
-    from sidestep.lookup import count_parameters, trainable_parameters
+    from sidestep.lookup import TextFusion, count_parameters, trainable_parameters, unit_text
     from sidestep.rectrain import evaluate, fit_domain
+
+    from .rec import fit_text_fusion
 
     model, _ = start_model(root, settings, domain, mode, pretrained_from, book_version, spec.codewords,
                            spec.positions, log)
@@ -111,15 +122,24 @@ def _train_variant(root: DataRoot, settings: Settings, domain: str, mode: str, p
         t0, c0 = time.perf_counter(), time.process_time()
         res = fit_domain(model, domain, c, data, mode, cfg, log=log)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    full, r_full = evaluate(model, domain, c, data.test)
-    masked, r_masked = evaluate(model, domain, c, data.test, masked=True)
+    fusion = fit_text_fusion(model, settings, domain, codes, items, data, log)
+    text = unit_text(items.vectors)
+    ranks: dict[str, dict[str, np.ndarray]] = {"fused": {}, "codes": {}}
+    test: dict[str, dict[str, float]] = {}
+    for protocol in ("full", "masked"):
+        test[protocol], ranks["fused"][protocol] = evaluate(model, domain, c, data.test, text=text,
+                                                            masked=protocol == "masked")
+        test[f"{protocol}_codes_only"], ranks["codes"][protocol] = evaluate(
+            model, domain, c, data.test, masked=protocol == "masked", fusion=TextFusion())
     if log:
-        log(f"{domain} {mode}: test recall@10 {full['recall@10']:.4f} ndcg@10 {full['ndcg@10']:.4f} "
-            f"({seconds:.0f} s, best epoch {res.best_epoch}, peak RSS {mem.peak_mb:.0f} MB)")
-    return model, {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
-                   "best_valid": res.best_valid, "peak_rss_mb": mem.peak_mb, "curve": res.curve,
+        log(f"{domain} {mode}: test recall@10 {test['full']['recall@10']:.4f} ndcg@10 {test['full']['ndcg@10']:.4f} "
+            f"(codes alone {test['full_codes_only']['recall@10']:.4f} / {test['full_codes_only']['ndcg@10']:.4f}; "
+            f"{seconds:.0f} s, best epoch {res.best_epoch}, peak RSS {mem.peak_mb:.0f} MB)")
+    return model, {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "epochs_run": res.epochs_run,
+                   "best_epoch": res.best_epoch, "best_valid": res.best_valid, "peak_rss_mb": mem.peak_mb,
+                   "curve": res.curve, "text_fusion": fusion,
                    "trainable_parameters": count_parameters(trainable_parameters(model, domain, mode)),
-                   "test": {"full": full, "masked": masked}, "ranks": {"full": r_full, "masked": r_masked}}
+                   "test": test, "ranks": ranks["fused"], "ranks_codes": ranks["codes"]}
 
 
 @task(name="eval-rec", retries=0, cache_policy=NO_CACHE, tags=["rec", "eval"])

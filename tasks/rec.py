@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from sidestep.config import Settings
 from sidestep.encoder import encoder_key, model_dim
-from sidestep.lookup import item_vectors, model_from_state, model_state
+from sidestep.lookup import fused_item_vectors, model_from_state, model_state, unit_text
 from sidestep.quantize import Codebook, CodebookSpec, diagnostics, drift, fit_codebook
 from sidestep.recdata import RecData, build_splits
 from sidestep.records import Interaction
@@ -230,6 +230,24 @@ def start_model(root: DataRoot, settings: Settings, domain: str, mode: str, pret
     return model, pre
 
 
+def fit_text_fusion(model, settings: Settings, domain: str, codes: np.ndarray, items: Items, data: RecData,
+                    log: Log | None = None) -> dict:
+    """Choose the domain's text-fusion weight on the valid split (after training) and set it on the
+    model; returns {"weight", "decay", "valid_ndcg@10_by_weight"}."""
+    import torch
+
+    from sidestep.rectrain import choose_text_weight
+
+    r = settings.rec
+    fusion, by_weight = choose_text_weight(model, domain, torch.from_numpy(codes), unit_text(items.vectors),
+                                           data.valid, tuple(r.text_weights), decay=r.text_decay)
+    model.fusion[domain] = fusion
+    if log:
+        log(f"{domain} text fusion: weight {fusion.weight:g} (valid ndcg@10 " +
+            ", ".join(f"{w:g}: {v:.4f}" for w, v in by_weight.items()) + ")")
+    return {**fusion.to_dict(), "valid_ndcg@10_by_weight": {f"{w:g}": v for w, v in by_weight.items()}}
+
+
 def publish_tables(root: DataRoot, domain: str, items: Items, codes: np.ndarray, model, codebook_version: str,
                    manifest: dict, keep_versions: int = 5) -> str:
     store = table_store(root)
@@ -241,7 +259,8 @@ def publish_tables(root: DataRoot, domain: str, items: Items, codes: np.ndarray,
         store.clean_staging(domain)
         with store.staging(domain) as staged:
             write_table_files(staged, codes_table(items.ids, items.hashes, codes),
-                              model_state(model, domain, codebook_version), item_vectors(model, domain, codes))
+                              model_state(model, domain, codebook_version),
+                              fused_item_vectors(model, domain, codes, items.vectors))
             store.publish(domain, staged, version, {**manifest, "fingerprint": fp, "codebook": codebook_version,
                                                     "counts": {"items": len(items.ids)}})
     store.gc(domain, keep_versions)
@@ -265,7 +284,7 @@ def rebuild_item_index(root: DataRoot, settings: Settings, domain: str) -> dict:
     codes = book.encode(items.vectors).astype(np.int64)
     model = model_from_state(cur.model_state, domain)
     manifest = {k: v for k, v in cur.manifest.items() if k in ("mode", "pretrained_from", "config", "metrics",
-                                                                  "interactions", "warm_from")}
+                                                                  "interactions", "warm_from", "text_fusion")}
     version = publish_tables(root, domain, items, codes, model, book_version,
                              {**manifest, "rebuilt_from": cur.version}, keep_versions=settings.index.keep_versions)
     return {"domain": domain, "published": True, "version": version, "items": len(items.ids),
@@ -313,11 +332,12 @@ def finetune_tables(root: DataRoot, settings: Settings, domain: str, mode: str =
     fit_mode = "full" if mode.startswith("warm") else mode
     res = fit_domain(model, domain, torch.from_numpy(codes), data, fit_mode,
                      train_config(settings, fit_mode, epochs=epochs), log=log)
-    test, _ = evaluate(model, domain, torch.from_numpy(codes), data.test)
+    fusion = fit_text_fusion(model, settings, domain, codes, items, data, log)
+    test, _ = evaluate(model, domain, torch.from_numpy(codes), data.test, text=unit_text(items.vectors))
     version = publish_tables(root, domain, items, codes, model, book_version, {
         "mode": mode, "pretrained_from": pretrained_from, "config": model.cfg.to_dict(),
         "warm_from": warm.version if warm is not None else None,
-        "interactions": data.source_fingerprint,
+        "interactions": data.source_fingerprint, "text_fusion": fusion,
         "metrics": {"valid": res.best_valid, "test": test},
         "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch}},
         keep_versions=settings.index.keep_versions)
@@ -402,10 +422,11 @@ def pretrain_tables(root: DataRoot, settings: Settings, domains: list[str], epoc
     out = {"codebook_version": book_version, "seconds": round(res.seconds, 2), "epochs_run": res.epochs_run,
            "best_epoch": res.best_epoch, "domains": {}}
     for d, (items, data) in loaded.items():
-        test, _ = evaluate(model, d, torch.from_numpy(codes[d]), data.test)
+        fusion = fit_text_fusion(model, settings, d, codes[d], items, data, log)
+        test, _ = evaluate(model, d, torch.from_numpy(codes[d]), data.test, text=unit_text(items.vectors))
         version = publish_tables(root, d, items, codes[d], model, book_version, {
             "mode": "pretrain", "pretrained_with": list(domains), "config": model.cfg.to_dict(),
-            "interactions": data.source_fingerprint,
+            "interactions": data.source_fingerprint, "text_fusion": fusion,
             "metrics": {"test": test}, "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run}}, keep_versions=settings.index.keep_versions)
         out["domains"][d] = {"version": version, "test": test}
     return out

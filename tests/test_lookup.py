@@ -208,3 +208,58 @@ def test_code_alignment_through_the_recommendation_loss_recovers_a_planted_permu
     assert recovery(learned, truth, used) > max(recovery(ident, truth, used), recovery(rand, truth, used)) + 0.4
     assert ndcg(learned) > max(ndcg(ident), ndcg(rand)) + 0.2
     assert curve[-1] < curve[0]
+
+
+# ----------------------------------------------------------------------------- text fusion
+
+
+def _next_item_text(n_items: int) -> np.ndarray:
+    """Item j's text mentions j and j+1 (mod n): on the cycle data the history's text points at the next item."""
+    eye = np.eye(n_items, dtype=np.float32)
+    return eye + np.roll(eye, 1, axis=1)
+
+
+def test_text_fusion_weight_is_chosen_on_valid_where_the_text_helps():
+    from sidestep.lookup import unit_text
+    from sidestep.rectrain import choose_text_weight
+
+    ids, data = _cycle_data()
+    codes = _codes(len(ids))
+    torch.manual_seed(0)
+    model = SeqRec(TINY, 4, 8, ["d"])  # untrained: its codes rank at random
+    text = unit_text(_next_item_text(len(ids)))
+    fusion, by_weight = choose_text_weight(model, "d", codes, text, data.valid, (1, 4, 16), decay=0.1)
+    assert fusion.weight > 0 and set(by_weight) == {0.0, 1.0, 4.0, 16.0}
+    assert by_weight[fusion.weight] > by_weight[0.0] + 0.3
+    valid, _ = evaluate(model, "d", codes, data.valid, text=text, fusion=fusion)
+    assert valid["ndcg@10"] == pytest.approx(by_weight[fusion.weight])
+    model.fusion["d"] = fusion  # evaluate reads the domain's fusion; without text it scores the codes alone
+    assert evaluate(model, "d", codes, data.test, text=text)[0]["recall@10"] > \
+        evaluate(model, "d", codes, data.test)[0]["recall@10"] + 0.3
+
+
+def test_text_fusion_stays_off_when_the_text_only_hurts_and_one_inner_product_serves_the_fused_logit():
+    from sidestep.lookup import TextFusion, fused_item_vectors, fused_query, text_user_vectors, unit_text
+    from sidestep.rectrain import choose_text_weight
+
+    ids, data = _cycle_data()
+    codes = _codes(len(ids))
+    torch.manual_seed(0)
+    model = SeqRec(TINY, 4, 8, ["d"])
+    fit_domain(model, "d", codes, data, "scratch", TrainConfig(epochs=30, batch_size=64, lr=5e-3, patience=30,
+                                                               warmup_steps=5))
+    noise = np.random.default_rng(3).standard_normal((len(ids), 16)).astype(np.float32)
+    fusion, by_weight = choose_text_weight(model, "d", codes, unit_text(noise), data.valid, (1, 4, 16))
+    assert fusion.weight == 0.0 and by_weight[0.0] > by_weight[16.0]
+
+    model.eval()
+    model.fusion["d"] = TextFusion(weight=2.5, decay=0.5)
+    text = unit_text(noise)
+    hist, lengths = torch.from_numpy(data.test.history[:5]), torch.from_numpy(data.test.lengths[:5])
+    with torch.no_grad():
+        items = model.tables["d"].item_matrix(codes)
+        user = model.user_vectors("d", items, hist, lengths)
+        tuser = text_user_vectors(text, hist, lengths, 0.5)
+        want = model.scores(user, items) + 2.5 * tuser @ text[1:].T
+    got = fused_query(model, "d", user, tuser) @ fused_item_vectors(model, "d", codes.numpy(), noise).T
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)

@@ -69,6 +69,10 @@ def test_the_nightly_flow_fits_codebooks_and_publishes_tables_for_domains_with_i
     items = load_items(sample.root, settings_from(None), "shop")
     assert tv.item_ids == items.ids
     assert np.array_equal(tv.codes, book.encode(items.vectors).astype(np.int64))
+    # the item index holds code vectors beside text vectors; the fusion weight came from the valid grid
+    assert tv.items_index.d == tv.model_state["config"]["hidden"] + items.vectors.shape[1]
+    assert tv.manifest["text_fusion"]["weight"] == tv.model_state["text_fusion"]["weight"]
+    assert tv.manifest["text_fusion"]["weight"] in settings_from(None).rec.text_weights
     manifest = codebook_store(sample.root).manifest(SHARED, version)
     assert manifest["diagnostics"]["shop"]["items"] == 40
     with Warehouse(sample.root.eval_db(), read_only=True) as wh:
@@ -107,6 +111,24 @@ def test_a_new_item_gets_codes_from_the_existing_codebook_and_is_recommendable_w
     svc = RecommendService(settings_from(str(cfg)), data_root)
     res = svc.recommend(["1", "5"], k=41, domain="shop")
     assert "new-1" in [i["item_id"] for i in res["items"]] and res["index_version"] == new.version
+    # served scores are the model's fused logits (codes cosine / T + weight x text cosine), computed apart
+    from sidestep.lookup import TextFusion, model_from_state, text_user_vectors, unit_text
+
+    model = model_from_state(new.model_state, "shop")
+    fusion = model.fusion["shop"]
+    model.fusion["shop"] = TextFusion(weight=3.0, decay=fusion.decay)  # a non-zero weight either way
+    svc.get("shop").model.fusion["shop"] = model.fusion["shop"]
+    res = svc.recommend(["1", "5"], k=41, domain="shop")
+    vectors = load_items(data_root, settings_from(str(cfg)), "shop").vectors
+    hist = torch.tensor([[new.item_index["1"], new.item_index["5"]]])
+    with torch.no_grad():
+        items_m = model.tables["shop"].item_matrix(torch.from_numpy(new.codes))
+        user = model.user_vectors("shop", items_m, hist, torch.tensor([2]))
+        text = unit_text(vectors)
+        want = model.scores(user, items_m) + 3.0 * text_user_vectors(text, hist, torch.tensor([2]), fusion.decay) @ \
+            text[1:].T
+    served = {i["item_id"]: i["score"] for i in res["items"]}
+    assert served == pytest.approx({new.item_ids[j]: float(want[0, j]) for j in range(41)}, abs=1e-3)
     third = _json(runner.invoke(app, ["--config", str(cfg), "reindex", "--json"]))
     assert third["tables"]["shop"]["published"] is False  # unchanged items: nothing to publish
 
@@ -154,6 +176,14 @@ def test_eval_rec_reports_the_model_beside_its_controls_and_stores_every_variant
     assert got[("sidestep", "full")]["ndcg_10"] == pytest.approx(body["metrics"]["ndcg@10"])
     assert got[("shuffled_codes", "masked")]["recall_10"] == pytest.approx(
         body["baselines_masked"]["shuffled_codes"]["recall@10"])
+    # every trained variant also with its codes alone; the fused figure is the codes' when the weight is 0
+    assert got[("sidestep_codes_only", "full")]["ndcg_10"] == pytest.approx(body["metrics_codes_only"]["ndcg@10"])
+    assert "shuffled_codes_codes_only" in body["baselines"]
+    fusion = body["training"]["sidestep"]["text_fusion"]
+    assert fusion["valid_ndcg@10_by_weight"][f"{fusion['weight']:g}"] == max(
+        fusion["valid_ndcg@10_by_weight"].values())
+    if fusion["weight"] == 0:
+        assert body["metrics"] == body["metrics_codes_only"]
     assert all(r["n_users"] == 90 for r in rows)
     assert table_store(data_root).current("toy") == body["table_version"]
 
