@@ -252,9 +252,19 @@ def _row(name: str, m: dict, train: dict | None = None) -> str:
     return f"| {name} | {cells} | {t} |"
 
 
+def _trained_rows(h: dict, name: str, label: str) -> list[str]:
+    """A trained variant fused with the text (as served) and, beside it, with its codes alone."""
+    tr = h["training"][name]
+    fused = h["metrics"] if name == "sidestep" else h["baselines"][name]
+    if "text_fusion" not in tr:  # measured before text fusion existed
+        return [_row(label, fused, tr)]
+    alone = h["metrics_codes_only"] if name == "sidestep" else h["baselines"][f"{name}_codes_only"]
+    return [_row(f"{label}: codes + {tr['text_fusion']['weight']:g} × text", fused, tr),
+            _row(f"{label}: codes alone", alone)]
+
+
 def render(r: dict) -> str:
     h = r["scientific_scratch"]["result"]
-    tr = h["training"]
     lines = [START, "## Sequential recommendation: discrete codes with learnable lookup tables", "",
              f"Run {r['date']} on {r['machine']}. {r.get('note') or ''}".strip(), "",
              "Protocol: leave-one-out; full ranking over all items of the domain, **nothing masked** (the "
@@ -262,22 +272,28 @@ def render(r: dict) -> str:
              "The history-masked figure of each row is in `benchmarks/rec_last_run.json` and in DuckDB "
              "(`rec_metrics`, protocol = 'masked'). Every row below comes from one `sidestep eval-rec` run; "
              "training time and peak RSS are per trained variant, epochs are run (best).", "",
+             "Each trained variant is scored as `/recommend` serves it: its code logits (cosine / temperature) "
+             "plus w × the text-only zero-shot cosine, w chosen after training on the valid split from "
+             "`[rec] text_weights` (0 competes, so the text is added only where it helps on valid); the same "
+             "variant with its codes alone is reported beside it.", "",
              f"### Amazon Scientific, test split ({h['counts']['test_users']} users, {h['counts']['items']} items)",
              "", "| variant | R@10 | N@10 | R@50 | N@50 | train time | peak RSS | epochs |",
              "|---|---|---|---|---|---|---|---|",
              _row("popularity", h["baselines"]["popularity"]),
              _row("text-only zero-shot (recency-weighted mean of history embeddings)",
                   h["baselines"]["text_zero_shot"]),
-             _row("**sidestep, from scratch** (`eval-rec … --domain scientific`)", h["metrics"], tr["sidestep"]),
-             _row("shuffled-codes control (codes permuted across items)", h["baselines"]["shuffled_codes"],
-                  tr["shuffled_codes"]),
+             *_trained_rows(h, "sidestep", "**sidestep, from scratch** (`eval-rec … --domain scientific`)"),
+             *_trained_rows(h, "shuffled_codes", "shuffled-codes control (codes permuted across items)"),
              "| VQ-Rec, published (pre-trained on 5 domains) | 0.1211 | 0.0643 | 0.2369 | 0.0897 | | | |", "",
              "History-masked protocol, same run: " + ", ".join(
                  f"{n} N@10 {m['ndcg@10']:.4f}" for n, m in [("sidestep", h["metrics_masked"]),
                                                               *h["baselines_masked"].items()]) + ".", ""]
     lines += ["### Transfer: pre-trained on one domain, fine-tuned on the other", "",
-              "| target | start | mode | R@10 | N@10 | R@50 | N@50 | train time | peak RSS | epochs | trained params |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "Fused as above where a text weight is given; rows without one were measured before text fusion "
+              "existed (codes alone).", "",
+              "| target | start | mode | R@10 | N@10 | R@50 | N@50 | text weight | N@10 codes alone | train time "
+              "| peak RSS | epochs | trained params |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, target, start in (("scientific_scratch", "Scientific", "-"),
                                ("sci_from_office_table", "Scientific", "Office"),
                                ("sci_from_office_full", "Scientific", "Office"),
@@ -289,8 +305,11 @@ def render(r: dict) -> str:
         res = r[key]["result"]
         t = res["training"]["sidestep"]
         m = res["metrics"]
+        fusion = t.get("text_fusion")
+        codes = res.get("metrics_codes_only", m)
         lines.append(f"| {target} | {start} | {res['mode']} | " + " | ".join(
             f"{m[k]:.4f}" for k in ("recall@10", "ndcg@10", "recall@50", "ndcg@50")) +
+            f" | {'-' if fusion is None else format(fusion['weight'], 'g')} | {codes['ndcg@10']:.4f}"
             f" | {t['seconds']:.0f} s | {t['peak_rss_mb']:.0f} MB | {t['epochs_run']} ({t['best_epoch']}) | "
             f"{t['trainable_parameters']:,} |")
     for target, table_key, full_key in (("Scientific", "sci_from_office_table", "sci_from_office_full"),
@@ -303,7 +322,11 @@ def render(r: dict) -> str:
         ta, tb = a["training"]["sidestep"], b["training"]["sidestep"]
         tratio = ta["seconds"] / max(tb["seconds"], 1e-12)
         cratio = ta.get("cpu_seconds", 0) / max(tb.get("cpu_seconds", 0), 1e-12)
-        lines.append(f"\n{target}: table-only reaches **{ratio:.1%}** of full fine-tuning's N@10 in "
+        codes = ""
+        if "metrics_codes_only" in a and "metrics_codes_only" in b:
+            alone = a["metrics_codes_only"]["ndcg@10"] / max(b["metrics_codes_only"]["ndcg@10"], 1e-12)
+            codes = f"; with their codes alone {alone:.1%}"
+        lines.append(f"\n{target}: table-only reaches **{ratio:.1%}** of full fine-tuning's N@10{codes}, in "
                      f"**{tratio:.2f}×** its training time ({cratio:.2f}× its CPU seconds).")
     al = r.get("alignment")
     if al is None:
