@@ -4,8 +4,10 @@ Plain Python (no Ray), like SearchService. A history is encoded by the
 sequence model over the domain's lookup tables; items come from the FAISS index
 built at publish time over unit code vectors beside unit text vectors, so one
 inner product with [user / temperature, weight * text user] is the model's
-fused logit (`sidestep.lookup.TextFusion`). Tables published before fusion have
-code vectors only and are served by their cosine.
+fused logit (`sidestep.lookup.TextFusion`). The history's own items then get the
+model's learned repeat bias, exactly as evaluation scores them, so `score` is the
+logit `eval-rec` ranks by. Tables published before text fusion have code vectors
+only and are served by cosine / temperature plus the repeat bias, the same scale.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class LoadedTables:
     model: object  # sidestep.lookup.SeqRec
     items: object  # torch (N+1, H) item matrix, row 0 = padding
     index: dict[str, int]
+    vectors: np.ndarray  # (N, index dim): the index's rows, to score history items exactly
     text: object | None = None  # torch (N+1, dim) unit text vectors (row 0 zero), from the fused index
 
 
@@ -41,12 +44,12 @@ def _load(root: DataRoot, domain: str, version: str) -> LoadedTables:
     model = model_from_state(tv.model_state, domain)
     with torch.no_grad():
         items = model.tables[domain].item_matrix(torch.from_numpy(tv.codes))
+    hidden = model.cfg.hidden
+    vectors = tv.items_index.reconstruct_n(0, tv.items_index.ntotal)
     text = None
-    hidden, n = model.cfg.hidden, tv.items_index.ntotal
-    if tv.items_index.d > hidden:  # the fused index: code part, then the text part
-        text = torch.from_numpy(tv.items_index.reconstruct_n(0, n)[:, hidden:].copy())
-        text = torch.cat([torch.zeros(1, text.shape[1]), text])
-    return LoadedTables(tv, model, items, tv.item_index, text)
+    if vectors.shape[1] > hidden:  # the fused index: code part, then the text part
+        text = torch.cat([torch.zeros(1, vectors.shape[1] - hidden), torch.from_numpy(vectors[:, hidden:].copy())])
+    return LoadedTables(tv, model, items, tv.item_index, vectors, text)
 
 
 class RecommendService(VersionedDomains):
@@ -99,14 +102,23 @@ class RecommendService(VersionedDomains):
                 fusion = lt.model.fusion[domain]
                 query = fused_query(lt.model, domain, user, text_user_vectors(lt.text, hist, lengths, fusion.decay))
             else:
-                query = np.ascontiguousarray(user.numpy(), np.float32)
+                query = np.ascontiguousarray(user.numpy() / lt.model.cfg.temperature, np.float32)
+            repeat = lt.model.encoder.repeat
+            bias = 0.0 if repeat is None else float(repeat)
         t1 = time.perf_counter()
-        extra = len(set(known.tolist())) if exclude_history else 0
-        n = min(k + extra, lt.tables.items_index.ntotal)
-        scores, ids = lt.tables.items_index.search(query, n)
-        seen = set(known.tolist()) if exclude_history else set()
-        items = [{"item_id": lt.tables.item_ids[i], "score": float(s)} for s, i in zip(scores[0], ids[0], strict=True)
-                 if i >= 0 and (i + 1) not in seen][:k]
+        seen = sorted(set(known.tolist()))
+        # k + |history| from the index covers a negative repeat bias; the history's own items are scored
+        # exactly with the bias added, which covers a positive one
+        scores, ids = lt.tables.items_index.search(query, min(k + len(seen), lt.tables.items_index.ntotal))
+        cand = {int(i): float(s) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0}
+        rows = np.asarray(seen, dtype=np.int64) - 1
+        for i, s in zip(rows.tolist(), (lt.vectors[rows] @ query[0]).tolist(), strict=True):
+            cand[i] = s + bias
+        if exclude_history:
+            for i in rows.tolist():
+                cand.pop(i, None)
+        top = sorted(cand.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        items = [{"item_id": lt.tables.item_ids[i], "score": s} for i, s in top]
         out["items"] = items
         out["timings_ms"] = {"encode_history": round((t1 - t0) * 1e3, 3),
                              "search": round((time.perf_counter() - t1) * 1e3, 3),

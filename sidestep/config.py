@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -122,7 +122,7 @@ class RecConfig(_Strict):
     warm_epochs: int = Field(5, ge=1, description="Nightly: when a domain's interactions changed, its serving tables "
                                                   "and encoder are fine-tuned for this many epochs (warm start) "
                                                   "instead of trained from scratch.")
-    text_weights: list[float] = Field(
+    text_weights: list[Annotated[float, Field(ge=0)]] = Field(
         [0, 1, 2, 3, 4, 6, 8, 12, 16], description="Fusion weights tried after training: each domain's logits "
         "become cos(user, item) / temperature + weight x the text cosine of the recency-weighted history "
         "(the text-only zero-shot scorer). The weight with the best valid NDCG@10 is kept with the tables "

@@ -98,8 +98,9 @@ class TableVersion:
 
 
 def write_table_files(staged: Path, codes: pa.Table, model_state: dict, item_vectors: np.ndarray) -> None:
-    """codes.parquet, model.pt (config + encoder + this domain's table) and items.faiss
-    (inner product over unit item vectors = the model's cosine)."""
+    """codes.parquet, model.pt (config + encoder + this domain's table) and items.faiss (exact inner
+    product over `item_vectors`: unit code vectors beside unit text vectors, see
+    sidestep.lookup.fused_item_vectors)."""
     import torch
 
     write_parquet(staged / CODES_FILE, codes)

@@ -5,7 +5,9 @@ Protocol: leave-one-out, full ranking over all items of the domain with nothing
 masked (comparable to VQ-Rec's published figures); the history-masked variant is
 reported beside it. Valid split for early stopping and for the text-fusion weight,
 test split for the figures. Each trained variant is reported fused with the text
-cosine (what /recommend serves) and with its codes alone ("<variant>_codes_only").
+cosine and the repeat bias (the logit /recommend serves) and with its codes alone
+("<variant>_codes_only"). Training time excludes choosing the fusion weight (one
+ranking of the valid split per weight, seconds).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def eval_rec(root: DataRoot, settings: Settings, dataset: str, domain: str, *, m
                             "test_users": len(data.test), "unknown_item_rows": int(sum(data.unknown.values()))},
                  "baselines": {}, "baselines_masked": {}, "training": {}}
     with Warehouse(root.eval_db()) as wh:
-        for name, ranks in _fixed_baselines(items.vectors, data).items():
+        for name, ranks in _fixed_baselines(items.vectors, data, settings.rec.text_decay).items():
             for protocol, r in ranks.items():
                 m = wh.record_rec_run(run_id=f"{group}-{name}-{protocol}", variant=name, protocol=protocol,
                                       split="test", ranks=r, config={"seed": seed}, **common)
@@ -79,7 +81,8 @@ def eval_rec(root: DataRoot, settings: Settings, dataset: str, domain: str, *, m
                         ranks=ranks[protocol], table_version=version, codebook_version=book_version,
                         train_seconds=train["seconds"], peak_rss_mb=train["peak_rss_mb"],
                         config={"mode": mode, "pretrained_from": pretrained_from, "seed": seed,
-                                "text_fusion": train["text_fusion"], **cfg.__dict__},
+                                "text_fusion": {**train["text_fusion"], "weight": 0.0} if scored
+                                else train["text_fusion"], **cfg.__dict__},
                         curve=train["curve"] if protocol == "full" and not scored else (), **common)
                     key = ("metrics" if protocol == "full" else "metrics_masked") + scored
                     if name == "sidestep":
@@ -93,14 +96,17 @@ def eval_rec(root: DataRoot, settings: Settings, dataset: str, domain: str, *, m
     return out
 
 
-def _fixed_baselines(text: np.ndarray, data: RecData) -> dict[str, dict[str, np.ndarray]]:
+def _fixed_baselines(text: np.ndarray, data: RecData, decay: float) -> dict[str, dict[str, np.ndarray]]:
+    """Popularity, and the text-only zero-shot scorer (with the decay text fusion uses, so that this row
+    is exactly the fused variants' text component)."""
     from sidestep.rectrain import popularity_ranks, text_ranks
 
     pop = popularity(data)
     emb = np.vstack([np.zeros((1, text.shape[1]), np.float32), text])
     return {
         "popularity": {p: popularity_ranks(pop, data.test, masked=p == "masked") for p in ("full", "masked")},
-        "text_zero_shot": {p: text_ranks(emb, data.test, masked=p == "masked") for p in ("full", "masked")},
+        "text_zero_shot": {p: text_ranks(emb, data.test, decay=decay, masked=p == "masked")
+                           for p in ("full", "masked")},
     }
 
 

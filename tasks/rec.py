@@ -233,7 +233,8 @@ def start_model(root: DataRoot, settings: Settings, domain: str, mode: str, pret
 def fit_text_fusion(model, settings: Settings, domain: str, codes: np.ndarray, items: Items, data: RecData,
                     log: Log | None = None) -> dict:
     """Choose the domain's text-fusion weight on the valid split (after training) and set it on the
-    model; returns {"weight", "decay", "valid_ndcg@10_by_weight"}."""
+    model; returns {"weight", "decay", "valid_ndcg@10" (fused, at that weight), "valid_ndcg@10_by_weight"}.
+    (A manifest's metrics.valid is the early-stopping figure: the codes alone.)"""
     import torch
 
     from sidestep.rectrain import choose_text_weight
@@ -245,7 +246,8 @@ def fit_text_fusion(model, settings: Settings, domain: str, codes: np.ndarray, i
     if log:
         log(f"{domain} text fusion: weight {fusion.weight:g} (valid ndcg@10 " +
             ", ".join(f"{w:g}: {v:.4f}" for w, v in by_weight.items()) + ")")
-    return {**fusion.to_dict(), "valid_ndcg@10_by_weight": {f"{w:g}": v for w, v in by_weight.items()}}
+    return {**fusion.to_dict(), "valid_ndcg@10": by_weight[fusion.weight],
+            "valid_ndcg@10_by_weight": {f"{w:g}": v for w, v in by_weight.items()}}
 
 
 def publish_tables(root: DataRoot, domain: str, items: Items, codes: np.ndarray, model, codebook_version: str,

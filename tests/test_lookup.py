@@ -214,7 +214,8 @@ def test_code_alignment_through_the_recommendation_loss_recovers_a_planted_permu
 
 
 def _next_item_text(n_items: int) -> np.ndarray:
-    """Item j's text mentions j and j+1 (mod n): on the cycle data the history's text points at the next item."""
+    """Item j's text mentions j and j+1 (mod n): on the cycle data the next item shares text with the last
+    one, so the text cosine ranks it near the top (behind the history's own items)."""
     eye = np.eye(n_items, dtype=np.float32)
     return eye + np.roll(eye, 1, axis=1)
 

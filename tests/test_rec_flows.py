@@ -125,12 +125,35 @@ def test_a_new_item_gets_codes_from_the_existing_codebook_and_is_recommendable_w
         items_m = model.tables["shop"].item_matrix(torch.from_numpy(new.codes))
         user = model.user_vectors("shop", items_m, hist, torch.tensor([2]))
         text = unit_text(vectors)
-        want = model.scores(user, items_m) + 3.0 * text_user_vectors(text, hist, torch.tensor([2]), fusion.decay) @ \
-            text[1:].T
+        # the history's items get the learned repeat bias, as evaluation scores them
+        want = model.scores(user, items_m, hist) + 3.0 * \
+            text_user_vectors(text, hist, torch.tensor([2]), fusion.decay) @ text[1:].T
     served = {i["item_id"]: i["score"] for i in res["items"]}
     assert served == pytest.approx({new.item_ids[j]: float(want[0, j]) for j in range(41)}, abs=1e-3)
+    top3 = svc.recommend(["1", "5"], k=3, domain="shop")["items"]  # a short list is the head of the long one
+    assert [i["item_id"] for i in top3] == [i["item_id"] for i in res["items"][:3]]
+
     third = _json(runner.invoke(app, ["--config", str(cfg), "reindex", "--json"]))
     assert third["tables"]["shop"]["published"] is False  # unchanged items: nothing to publish
+
+    # tables published before text fusion (code vectors only, no fusion in the state) still serve, same scale
+    from sidestep.lookup import item_vectors
+    from storage.recstore import codes_table, table_store, write_table_files
+
+    state = {k: v for k, v in new.model_state.items() if k != "text_fusion"}
+    store = table_store(data_root)
+    with store.lock("shop"), store.staging("shop") as staged:
+        write_table_files(staged, codes_table(new.item_ids, new.hashes, new.codes), state,
+                          item_vectors(model, "shop", new.codes))
+        store.publish("shop", staged, "v20000101-000000000-0ld", {"mode": "scratch"})
+    svc.refresh()
+    assert svc.get("shop").text is None
+    old_style = svc.recommend(["1", "5"], k=41, domain="shop")
+    assert old_style["index_version"] == "v20000101-000000000-0ld"
+    with torch.no_grad():
+        codes_only = model.scores(user, items_m, hist)
+    assert {i["item_id"]: i["score"] for i in old_style["items"]} == pytest.approx(
+        {new.item_ids[j]: float(codes_only[0, j]) for j in range(41)}, abs=1e-3)
 
 
 def test_new_interactions_warm_start_the_serving_tables_for_a_few_epochs(data_root, tmp_path):
@@ -152,10 +175,12 @@ def test_new_interactions_warm_start_the_serving_tables_for_a_few_epochs(data_ro
 
     fresh = SeqRec(seq_config(settings_from(str(cfg))), old.model_state["positions"],
                    old.model_state["codewords"], ["shop"]).tables["shop"].state_dict()
-    for k, v in old.model_state["table"].items():
-        if v.is_floating_point() and v.numel() > 1:
-            moved = (new.model_state["table"][k] - v).norm()
-            assert 0 < moved < (fresh[k] - v).norm(), k
+    # the code embeddings start at random, so a fresh start is far away; the input norm starts at ones and
+    # zeros whatever happens, and how far the first training moved it depends on its best epoch
+    moved = (new.model_state["table"]["table"] - old.model_state["table"]["table"]).norm()
+    assert 0 < moved < 0.1 * (fresh["table"] - old.model_state["table"]["table"]).norm()
+    assert all((new.model_state["table"][k] != v).any() for k, v in old.model_state["table"].items()), \
+        "warm training moved every part of the table"
     third = _json(runner.invoke(app, ["--config", str(cfg), "reindex", "--json"]))
     assert third["tables"]["shop"]["trained"] is False  # the same interactions again: no training
 
@@ -179,11 +204,13 @@ def test_eval_rec_reports_the_model_beside_its_controls_and_stores_every_variant
     # every trained variant also with its codes alone; the fused figure is the codes' when the weight is 0
     assert got[("sidestep_codes_only", "full")]["ndcg_10"] == pytest.approx(body["metrics_codes_only"]["ndcg@10"])
     assert "shuffled_codes_codes_only" in body["baselines"]
-    fusion = body["training"]["sidestep"]["text_fusion"]
-    assert fusion["valid_ndcg@10_by_weight"][f"{fusion['weight']:g}"] == max(
-        fusion["valid_ndcg@10_by_weight"].values())
-    if fusion["weight"] == 0:
-        assert body["metrics"] == body["metrics_codes_only"]
+    with Warehouse(data_root.eval_db(), read_only=True) as wh:
+        wh_config = {r["variant"]: r["config"] for r in wh.query(
+            "SELECT variant, config FROM rec_runs WHERE group_id = ? AND protocol = 'full'",
+            [body["run_group"]]).to_pylist()}
+    config = json.loads(wh_config["sidestep_codes_only"])
+    assert config["text_fusion"]["weight"] == 0  # stored as it was scored
+    assert json.loads(wh_config["sidestep"])["text_fusion"] == body["training"]["sidestep"]["text_fusion"]
     assert all(r["n_users"] == 90 for r in rows)
     assert table_store(data_root).current("toy") == body["table_version"]
 
