@@ -99,10 +99,11 @@ def eval_rec(root: DataRoot, settings: Settings, dataset: str, domain: str, *, m
 def _fixed_baselines(text: np.ndarray, data: RecData, decay: float) -> dict[str, dict[str, np.ndarray]]:
     """Popularity, and the text-only zero-shot scorer (with the decay text fusion uses, so that this row
     is exactly the fused variants' text component)."""
+    from sidestep.lookup import unit_text
     from sidestep.rectrain import popularity_ranks, text_ranks
 
     pop = popularity(data)
-    emb = np.vstack([np.zeros((1, text.shape[1]), np.float32), text])
+    emb = unit_text(text).numpy()  # the rows fusion reads, padding row 0 included
     return {
         "popularity": {p: popularity_ranks(pop, data.test, masked=p == "masked") for p in ("full", "masked")},
         "text_zero_shot": {p: text_ranks(emb, data.test, decay=decay, masked=p == "masked")
