@@ -252,6 +252,11 @@ def _row(name: str, m: dict, train: dict | None = None) -> str:
     return f"| {name} | {cells} | {t} |"
 
 
+def _fusion_label(f: dict) -> str:
+    pop = f" + {f['popularity']:g} × log pop" if "popularity" in f else ""  # absent: measured before the prior
+    return f"{f['weight']:g} × text{pop}"
+
+
 def _trained_rows(h: dict, name: str, label: str) -> list[str]:
     """A trained variant fused with the text (as served) and, beside it, with its codes alone."""
     tr = h["training"][name]
@@ -259,7 +264,7 @@ def _trained_rows(h: dict, name: str, label: str) -> list[str]:
     if "text_fusion" not in tr:  # measured before text fusion existed
         return [_row(label, fused, tr)]
     alone = h["metrics_codes_only"] if name == "sidestep" else h["baselines"][f"{name}_codes_only"]
-    return [_row(f"{label}: codes + {tr['text_fusion']['weight']:g} × text", fused, tr),
+    return [_row(f"{label}: codes + {_fusion_label(tr['text_fusion'])}", fused, tr),
             _row(f"{label}: codes alone", alone)]
 
 
@@ -273,8 +278,9 @@ def render(r: dict) -> str:
              "(`rec_metrics`, protocol = 'masked'). Every row below comes from one `sidestep eval-rec` run; "
              "training time and peak RSS are per trained variant, epochs are run (best).", "",
              "Each trained variant is scored as `/recommend` serves it: its code logits (cosine / temperature) "
-             "plus w × the text-only zero-shot cosine, w chosen after training on the valid split from "
-             "`[rec] text_weights` (0 competes, so the text is added only where it helps on valid); the same "
+             "plus w × the text-only zero-shot cosine plus b × log(1 + the item's training interactions), "
+             "(w, b) chosen together after training on the valid split from `[rec] text_weights` × "
+             "`popularity_weights` ((0, 0) competes, so each is added only where it helps on valid); the same "
              "variant with its codes alone is reported beside it.", "",
              f"### Amazon Scientific, test split ({h['counts']['test_users']} users, {h['counts']['items']} items)",
              "", "| variant | R@10 | N@10 | R@50 | N@50 | train time | peak RSS | epochs |",
@@ -292,9 +298,9 @@ def render(r: dict) -> str:
                        if "metrics_masked_codes_only" in h else []),
                      *h["baselines_masked"].items()]) + ".", ""]
     lines += ["### Transfer: pre-trained on one domain, fine-tuned on the other", "",
-              "Fused as above where a text weight is given; rows without one were measured before text fusion "
-              "existed (codes alone).", "",
-              "| target | start | mode | R@10 | N@10 | R@50 | N@50 | text weight | N@10 codes alone | train time "
+              "Fused as above where fusion weights are given; rows without them were measured before text fusion "
+              "existed (codes alone), rows without a popularity weight before the prior existed.", "",
+              "| target | start | mode | R@10 | N@10 | R@50 | N@50 | fusion weights | N@10 codes alone | train time "
               "| peak RSS | epochs | trained params |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, target, start in (("scientific_scratch", "Scientific", "-"),
@@ -312,7 +318,7 @@ def render(r: dict) -> str:
         codes = res.get("metrics_codes_only", m)
         lines.append(f"| {target} | {start} | {res['mode']} | " + " | ".join(
             f"{m[k]:.4f}" for k in ("recall@10", "ndcg@10", "recall@50", "ndcg@50")) +
-            f" | {'-' if fusion is None else format(fusion['weight'], 'g')} | {codes['ndcg@10']:.4f}"
+            f" | {'-' if fusion is None else _fusion_label(fusion)} | {codes['ndcg@10']:.4f}"
             f" | {t['seconds']:.0f} s | {t['peak_rss_mb']:.0f} MB | {t['epochs_run']} ({t['best_epoch']}) | "
             f"{t['trainable_parameters']:,} |")
     for target, table_key, full_key in (("Scientific", "sci_from_office_table", "sci_from_office_full"),

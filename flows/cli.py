@@ -287,8 +287,9 @@ def eval_rec(
     """Sequential recommendation, leave-one-out: Recall@10/50 and NDCG@10/50 on the test split, full
     ranking over all items with nothing masked (the history-masked variant beside it), valid split for
     early stopping; popularity, text-only zero-shot and shuffled-codes controls in the same run. Trained
-    variants are scored as served: code logits fused with the text cosine at a weight chosen on the valid
-    split ([rec] text_weights); each is reported with its codes alone too (`*_codes_only`)."""
+    variants are scored as served: code logits fused with the text cosine and the log-count popularity
+    prior at weights chosen on the valid split ([rec] text_weights, popularity_weights); each is reported
+    with its codes alone too (`*_codes_only`)."""
     if not Path(dataset_dir).is_dir():
         _fail(f"folder not found: {dataset_dir}", as_json, 2)
     if mode is not None and mode not in ("table-only", "full", "scratch"):
@@ -304,8 +305,9 @@ def eval_rec(
     if not as_json:
         t = Table("variant", "recall@10", "ndcg@10", "recall@50", "ndcg@50", "train s",
                   title=f"{domain} test, full ranking, nothing masked ({res['counts']['test_users']} users)")
-        w = res["training"]["sidestep"]["text_fusion"]["weight"]
-        rows = {f"sidestep ({res['mode']}, codes + {w:g} x text)": res["metrics"],
+        f = res["training"]["sidestep"]["text_fusion"]
+        rows = {f"sidestep ({res['mode']}, codes + {f['weight']:g} x text + {f.get('popularity', 0):g} x log pop)":
+                res["metrics"],
                 "sidestep_codes_only": res["metrics_codes_only"], **res["baselines"]}
         train = res["training"]
         for name, m in rows.items():

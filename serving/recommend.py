@@ -2,12 +2,13 @@
 
 Plain Python (no Ray), like SearchService. A history is encoded by the
 sequence model over the domain's lookup tables; items come from the FAISS index
-built at publish time over unit code vectors beside unit text vectors, so one
-inner product with [user / temperature, weight * text user] is the model's
-fused logit (`sidestep.lookup.TextFusion`). The history's own items then get the
+built at publish time over unit code vectors, unit text vectors and the item's
+log-count prior, so one inner product with [user / temperature, weight * text
+user, popularity weight] is the model's fused logit (`sidestep.lookup.TextFusion`). The history's own items then get the
 model's learned repeat bias, exactly as evaluation scores them, so `score` is the
 logit `eval-rec` ranks by. Tables published before text fusion have code vectors
-only and are served by cosine / temperature plus the repeat bias, the same scale.
+only and are served by cosine / temperature plus the repeat bias, the same scale;
+those published before the prior have no prior column and are served without it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class LoadedTables:
     index: dict[str, int]
     vectors: np.ndarray  # (N, index dim): the index's rows, to score history items exactly
     text: object | None = None  # torch (N+1, dim) unit text vectors (row 0 zero), from the fused index
+    prior: bool = False  # the index's last column is the log-count prior (tables published since it exists)
 
 
 def _load(root: DataRoot, domain: str, version: str) -> LoadedTables:
@@ -46,10 +48,12 @@ def _load(root: DataRoot, domain: str, version: str) -> LoadedTables:
         items = model.tables[domain].item_matrix(torch.from_numpy(tv.codes))
     hidden = model.cfg.hidden
     vectors = tv.items_index.reconstruct_n(0, tv.items_index.ntotal)
+    prior = "popularity" in tv.model_state.get("text_fusion", {})  # the index ends with the prior column
     text = None
-    if vectors.shape[1] > hidden:  # the fused index: code part, then the text part
-        text = torch.cat([torch.zeros(1, vectors.shape[1] - hidden), torch.from_numpy(vectors[:, hidden:].copy())])
-    return LoadedTables(tv, model, items, tv.item_index, vectors, text)
+    if vectors.shape[1] > hidden + prior:  # the fused index: code part, text part, [prior]
+        part = vectors[:, hidden:vectors.shape[1] - prior]
+        text = torch.cat([torch.zeros(1, part.shape[1]), torch.from_numpy(part.copy())])
+    return LoadedTables(tv, model, items, tv.item_index, vectors, text, prior)
 
 
 class RecommendService(VersionedDomains):
@@ -100,7 +104,8 @@ class RecommendService(VersionedDomains):
             user = lt.model.user_vectors(domain, lt.items, hist, lengths)
             if lt.text is not None:
                 fusion = lt.model.fusion[domain]
-                query = fused_query(lt.model, domain, user, text_user_vectors(lt.text, hist, lengths, fusion.decay))
+                query = fused_query(lt.model, domain, user, text_user_vectors(lt.text, hist, lengths, fusion.decay),
+                                    prior=lt.prior)
             else:
                 query = np.ascontiguousarray(user.numpy() / lt.model.cfg.temperature, np.float32)
             repeat = lt.model.encoder.repeat

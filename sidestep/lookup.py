@@ -128,19 +128,28 @@ class SeqRec(nn.Module):
 
 @dataclass(frozen=True)
 class TextFusion:
-    """Late fusion with the frozen text embeddings: logit = cos(user, item) / T + weight * cos(text user,
-    item text), where the text user is the recency-weighted mean (decay**age) of the history's text vectors.
+    """Late fusion with the frozen text embeddings and the item's popularity: logit = cos(user, item) / T
+    + weight * cos(text user, item text) + popularity * log(1 + the item's training interactions), where
+    the text user is the recency-weighted mean (decay**age) of the history's text vectors.
 
     The codes keep what the catalogue's text says only up to quantization, and the tables learn what
-    co-occurs; the text cosine adds back the fine-grained content match. The weight is one scalar chosen
-    on the valid split after training (`choose_text_weight`), never on test; 0 leaves the codes alone.
+    co-occurs; the text cosine adds back the fine-grained content match. A cosine cannot say how often
+    an item is bought (every item vector has unit norm), so the log count adds that prior back; it is
+    a count, not an item-id embedding, so an unseen item simply has none. Both scalars are chosen on
+    the valid split after training (`choose_text_weight`), never on test; 0 and 0 leave the codes alone.
     """
 
     weight: float = 0.0
     decay: float = 0.7
+    popularity: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def item_prior(counts: np.ndarray) -> torch.Tensor:
+    """(N,) log(1 + count) of items 1..N from per-index counts (N+1,) (`sidestep.recdata.popularity`)."""
+    return torch.from_numpy(np.log1p(np.asarray(counts, dtype=np.float64)[1:]).astype(np.float32))
 
 
 def text_user_vectors(text: torch.Tensor, history: torch.Tensor, lengths: torch.Tensor, decay: float,
@@ -188,15 +197,23 @@ def item_vectors(model, domain: str, codes: np.ndarray) -> np.ndarray:
         return F.normalize(m, dim=-1).numpy()
 
 
-def fused_item_vectors(model, domain: str, codes: np.ndarray, text: np.ndarray) -> np.ndarray:
-    """(N, hidden + dim): unit code vectors beside unit text vectors. With `fused_query` on the user side,
-    one inner product is the model's fused logit (repeat bias aside), so one FAISS index serves it."""
-    return np.hstack([item_vectors(model, domain, codes), unit_text(text)[1:].numpy()]).astype(np.float32)
+def fused_item_vectors(model, domain: str, codes: np.ndarray, text: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """(N, hidden + dim + 1): unit code vectors, unit text vectors, the log-count prior (`item_prior`).
+    With `fused_query` on the user side, one inner product is the model's fused logit (repeat bias
+    aside), so one FAISS index serves it."""
+    return np.hstack([item_vectors(model, domain, codes), unit_text(text)[1:].numpy(),
+                      np.asarray(prior, dtype=np.float32).reshape(-1, 1)]).astype(np.float32)
 
 
-def fused_query(model, domain: str, user: torch.Tensor, text_user: torch.Tensor) -> np.ndarray:
+def fused_query(model, domain: str, user: torch.Tensor, text_user: torch.Tensor, *, prior: bool = True,
+                ) -> np.ndarray:
+    """[user / T, weight * text user, popularity]; prior=False for indexes published before the prior
+    column existed (code and text parts only)."""
     f = model.fusion.get(domain, TextFusion())
-    return np.hstack([(user / model.cfg.temperature).numpy(), (f.weight * text_user).numpy()]).astype(np.float32)
+    parts = [(user / model.cfg.temperature).numpy(), (f.weight * text_user).numpy()]
+    if prior:
+        parts.append(np.full((user.shape[0], 1), f.popularity, dtype=np.float32))
+    return np.hstack(parts).astype(np.float32)
 
 
 def trainable_parameters(model: SeqRec, domain: str, mode: str) -> list[nn.Parameter]:

@@ -81,16 +81,22 @@ def _tensors(split: Split, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
 @torch.no_grad()
 def evaluate(model: SeqRec, domain: str, codes: torch.Tensor, split: Split, *, eval_batch: int = 2048,
              masked: bool = False, table: torch.Tensor | None = None, text: torch.Tensor | None = None,
-             fusion: TextFusion | None = None) -> tuple[dict[str, float], np.ndarray]:
+             prior: torch.Tensor | None = None, fusion: TextFusion | None = None,
+             ) -> tuple[dict[str, float], np.ndarray]:
     """Full ranking over all items of the domain; returns metrics and the 0-based target ranks.
 
-    With `text` ((N+1, dim) unit rows, `unit_text`), the scores are fused with the text cosine as the
-    domain's `TextFusion` (or `fusion`) says; without it, the codes alone are scored."""
+    With `text` ((N+1, dim) unit rows, `unit_text`) and `prior` ((N,), `item_prior`), the scores are
+    fused as the domain's `TextFusion` (or `fusion`) says; without them, the codes alone are scored."""
     fusion = fusion or model.fusion.get(domain, TextFusion())
-    ranks = [target_ranks(logits + fusion.weight * sims if sims is not None else logits, target,
-                          hist if masked else None)
-             for logits, sims, hist, target in _score_batches(model, domain, codes, split, eval_batch, table,
-                                                              text if fusion.weight else None, fusion.decay)]
+    bias = fusion.popularity * prior if prior is not None and fusion.popularity else None
+    ranks = []
+    for logits, sims, hist, target in _score_batches(model, domain, codes, split, eval_batch, table,
+                                                     text if fusion.weight else None, fusion.decay):
+        if sims is not None:
+            logits = logits + fusion.weight * sims
+        if bias is not None:
+            logits = logits + bias
+        ranks.append(target_ranks(logits, target, hist if masked else None))
     r = torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
     return rank_metrics(r), r
 
@@ -114,19 +120,21 @@ def _score_batches(model: SeqRec, domain: str, codes: torch.Tensor, split: Split
 
 @torch.no_grad()
 def choose_text_weight(model: SeqRec, domain: str, codes: torch.Tensor, text: torch.Tensor, split: Split,
-                       weights: tuple[float, ...], *, decay: float = 0.7, eval_batch: int = 2048,
-                       ) -> tuple[TextFusion, dict[float, float]]:
-    """The fusion weight with the best NDCG@10 on `split` (the valid split: the early-stopping metric);
-    ties go to the smaller weight, so 0 (codes only) wins unless the text helps. Returns the fusion
-    and NDCG@10 by weight."""
-    grid = sorted({0.0, *map(float, weights)})
-    ranks: dict[float, list[torch.Tensor]] = {w: [] for w in grid}
+                       weights: tuple[float, ...], *, decay: float = 0.7, prior: torch.Tensor | None = None,
+                       prior_weights: tuple[float, ...] = (0.0,), eval_batch: int = 2048,
+                       ) -> tuple[TextFusion, dict[tuple[float, float], float]]:
+    """The (text weight, popularity weight) pair with the best NDCG@10 on `split` (the valid split: the
+    early-stopping metric), over the grid of both; ties go to the smaller pair, so (0, 0) (codes only)
+    wins unless the text or the prior helps. Returns the fusion and NDCG@10 by (text, popularity)."""
+    grid = [(w, b) for w in sorted({0.0, *map(float, weights)})
+            for b in (sorted({0.0, *map(float, prior_weights)}) if prior is not None else [0.0])]
+    ranks: dict[tuple[float, float], list[torch.Tensor]] = {wb: [] for wb in grid}
     for logits, sims, _, target in _score_batches(model, domain, codes, split, eval_batch, None, text, decay):
-        for w in grid:
-            ranks[w].append(target_ranks(logits + w * sims, target))
-    by_weight = {w: rank_metrics(torch.cat(r).numpy())["ndcg@10"] for w, r in ranks.items()}
-    best = max(grid, key=lambda w: (by_weight[w], -w))
-    return TextFusion(best, decay), by_weight
+        for w, b in grid:
+            ranks[(w, b)].append(target_ranks(logits + w * sims + (b * prior if b else 0.0), target))
+    by_weight = {wb: rank_metrics(torch.cat(r).numpy())["ndcg@10"] for wb, r in ranks.items()}
+    best = max(grid, key=lambda wb: (by_weight[wb], -wb[0], -wb[1]))
+    return TextFusion(best[0], decay, best[1]), by_weight
 
 
 def fit_domain(model: SeqRec, domain: str, codes: torch.Tensor, data: RecData, mode: str, cfg: TrainConfig,

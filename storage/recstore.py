@@ -99,7 +99,7 @@ class TableVersion:
 
 def write_table_files(staged: Path, codes: pa.Table, model_state: dict, item_vectors: np.ndarray) -> None:
     """codes.parquet, model.pt (config + encoder + this domain's table) and items.faiss (exact inner
-    product over `item_vectors`: unit code vectors beside unit text vectors, see
+    product over `item_vectors`: unit code vectors, unit text vectors and the log-count prior, see
     sidestep.lookup.fused_item_vectors)."""
     import torch
 

@@ -3,11 +3,11 @@ in one run, every variant's per-user ranks into DuckDB.
 
 Protocol: leave-one-out, full ranking over all items of the domain with nothing
 masked (comparable to VQ-Rec's published figures); the history-masked variant is
-reported beside it. Valid split for early stopping and for the text-fusion weight,
+reported beside it. Valid split for early stopping and for the fusion weights,
 test split for the figures. Each trained variant is reported fused with the text
-cosine and the repeat bias (the logit /recommend serves) and with its codes alone
-("<variant>_codes_only"). Training time excludes choosing the fusion weight (one
-ranking of the valid split per weight, seconds).
+cosine, the log-count popularity prior and the repeat bias (the logit /recommend
+serves) and with its codes alone ("<variant>_codes_only"). Training time excludes
+choosing the fusion weights (one ranking of the valid split per pair, seconds).
 """
 
 from __future__ import annotations
@@ -28,7 +28,15 @@ from sidestep.recdata import RecData, popularity
 from storage.paths import DataRoot
 from storage.warehouse import Warehouse
 
-from .rec import RecError, domain_data, publish_tables, require_codebook, start_model, train_config
+from .rec import (
+    RecError,
+    domain_data,
+    fusion_inputs,
+    publish_tables,
+    require_codebook,
+    start_model,
+    train_config,
+)
 
 Log = Callable[[str], None]
 
@@ -72,7 +80,8 @@ def eval_rec(root: DataRoot, settings: Settings, dataset: str, domain: str, *, m
                     "interactions": data.source_fingerprint, "text_fusion": train["text_fusion"],
                     "metrics": {"valid": train["best_valid"], "test": train["test"]["full"]},
                     "training": {k: train[k] for k in ("seconds", "epochs_run", "best_epoch", "peak_rss_mb",
-                                                        "trainable_parameters")}}, keep_versions=settings.index.keep_versions)
+                                                        "trainable_parameters")}},
+                    prior=fusion_inputs(items, data)[1].numpy(), keep_versions=settings.index.keep_versions)
             for scored, ranks in (("", train["ranks"]), ("_codes_only", train["ranks_codes"])):
                 variant = name + scored
                 for protocol in ("full", "masked"):
@@ -81,7 +90,7 @@ def eval_rec(root: DataRoot, settings: Settings, dataset: str, domain: str, *, m
                         ranks=ranks[protocol], table_version=version, codebook_version=book_version,
                         train_seconds=train["seconds"], peak_rss_mb=train["peak_rss_mb"],
                         config={"mode": mode, "pretrained_from": pretrained_from, "seed": seed,
-                                "text_fusion": {**train["text_fusion"], "weight": 0.0} if scored
+                                "text_fusion": {**train["text_fusion"], "weight": 0.0, "popularity": 0.0} if scored
                                 else train["text_fusion"], **cfg.__dict__},
                         curve=train["curve"] if protocol == "full" and not scored else (), **common)
                     key = ("metrics" if protocol == "full" else "metrics_masked") + scored
@@ -117,7 +126,7 @@ def _train_variant(root: DataRoot, settings: Settings, domain: str, mode: str, p
     fused (the variant's result) and with its codes alone (the ablation)."""
     import torch
 
-    from sidestep.lookup import TextFusion, count_parameters, trainable_parameters, unit_text
+    from sidestep.lookup import TextFusion, count_parameters, trainable_parameters
     from sidestep.rectrain import evaluate, fit_domain
 
     from .rec import fit_text_fusion
@@ -130,12 +139,12 @@ def _train_variant(root: DataRoot, settings: Settings, domain: str, mode: str, p
         res = fit_domain(model, domain, c, data, mode, cfg, log=log)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     fusion = fit_text_fusion(model, settings, domain, codes, items, data, log)
-    text = unit_text(items.vectors)
+    text, prior = fusion_inputs(items, data)
     ranks: dict[str, dict[str, np.ndarray]] = {"fused": {}, "codes": {}}
     test: dict[str, dict[str, float]] = {}
     for protocol in ("full", "masked"):
         test[protocol], ranks["fused"][protocol] = evaluate(model, domain, c, data.test, text=text,
-                                                            masked=protocol == "masked")
+                                                            prior=prior, masked=protocol == "masked")
         test[f"{protocol}_codes_only"], ranks["codes"][protocol] = evaluate(
             model, domain, c, data.test, masked=protocol == "masked", fusion=TextFusion())
     if log:

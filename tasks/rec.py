@@ -21,9 +21,9 @@ from prefect.cache_policies import NO_CACHE
 
 from sidestep.config import Settings
 from sidestep.encoder import encoder_key, model_dim
-from sidestep.lookup import fused_item_vectors, model_from_state, model_state, unit_text
+from sidestep.lookup import fused_item_vectors, item_prior, model_from_state, model_state, unit_text
 from sidestep.quantize import Codebook, CodebookSpec, diagnostics, drift, fit_codebook
-from sidestep.recdata import RecData, build_splits
+from sidestep.recdata import RecData, build_splits, popularity
 from sidestep.records import Interaction
 from storage.artifacts import CorruptArtifact, new_version_name
 from storage.documents import DocumentStore
@@ -230,28 +230,40 @@ def start_model(root: DataRoot, settings: Settings, domain: str, mode: str, pret
     return model, pre
 
 
+def fusion_inputs(items: Items, data: RecData):
+    """What fusion adds to the code logits: (N+1, dim) unit text rows and the (N,) log-count prior of
+    the training split's interactions (what the model was trained on; the popularity baseline's counts)."""
+    return unit_text(items.vectors), item_prior(popularity(data))
+
+
 def fit_text_fusion(model, settings: Settings, domain: str, codes: np.ndarray, items: Items, data: RecData,
                     log: Log | None = None) -> dict:
-    """Choose the domain's text-fusion weight on the valid split (after training) and set it on the
-    model; returns {"weight", "decay", "valid_ndcg@10" (fused, at that weight), "valid_ndcg@10_by_weight"}.
-    (A manifest's metrics.valid is the early-stopping figure: the codes alone.)"""
+    """Choose the domain's fusion weights (text, popularity) on the valid split (after training) and set
+    them on the model; returns {"weight", "decay", "popularity", "valid_ndcg@10" (fused, at those
+    weights), "valid_ndcg@10_by_weight" ("text,popularity" -> NDCG@10)}. (A manifest's metrics.valid is
+    the early-stopping figure: the codes alone.)"""
     import torch
 
     from sidestep.rectrain import choose_text_weight
 
     r = settings.rec
-    fusion, by_weight = choose_text_weight(model, domain, torch.from_numpy(codes), unit_text(items.vectors),
-                                           data.valid, tuple(r.text_weights), decay=r.text_decay)
+    text, prior = fusion_inputs(items, data)
+    fusion, by_weight = choose_text_weight(model, domain, torch.from_numpy(codes), text, data.valid,
+                                           tuple(r.text_weights), decay=r.text_decay, prior=prior,
+                                           prior_weights=tuple(r.popularity_weights))
     model.fusion[domain] = fusion
+    best = (fusion.weight, fusion.popularity)
     if log:
-        log(f"{domain} text fusion: weight {fusion.weight:g} (valid ndcg@10 " +
-            ", ".join(f"{w:g}: {v:.4f}" for w, v in by_weight.items()) + ")")
-    return {**fusion.to_dict(), "valid_ndcg@10": by_weight[fusion.weight],
-            "valid_ndcg@10_by_weight": {f"{w:g}": v for w, v in by_weight.items()}}
+        log(f"{domain} fusion: text weight {fusion.weight:g}, popularity weight {fusion.popularity:g} "
+            f"(valid ndcg@10 {by_weight[best]:.4f}; codes alone {by_weight[(0.0, 0.0)]:.4f})")
+    return {**fusion.to_dict(), "valid_ndcg@10": by_weight[best],
+            "valid_ndcg@10_by_weight": {f"{w:g},{b:g}": v for (w, b), v in by_weight.items()}}
 
 
 def publish_tables(root: DataRoot, domain: str, items: Items, codes: np.ndarray, model, codebook_version: str,
-                   manifest: dict, keep_versions: int = 5) -> str:
+                   manifest: dict, prior: np.ndarray, keep_versions: int = 5) -> str:
+    """Write and publish a version: codes, the model's state, the fused item index (`prior`: (N,)
+    log counts, `item_prior`)."""
     store = table_store(root)
     fp = hashlib.sha256(json.dumps({k: manifest.get(k) for k in ("mode", "pretrained_from", "config")},
                                    sort_keys=True, default=str).encode() + b"".join(
@@ -262,7 +274,7 @@ def publish_tables(root: DataRoot, domain: str, items: Items, codes: np.ndarray,
         with store.staging(domain) as staged:
             write_table_files(staged, codes_table(items.ids, items.hashes, codes),
                               model_state(model, domain, codebook_version),
-                              fused_item_vectors(model, domain, codes, items.vectors))
+                              fused_item_vectors(model, domain, codes, items.vectors, prior))
             store.publish(domain, staged, version, {**manifest, "fingerprint": fp, "codebook": codebook_version,
                                                     "counts": {"items": len(items.ids)}})
     store.gc(domain, keep_versions)
@@ -288,9 +300,20 @@ def rebuild_item_index(root: DataRoot, settings: Settings, domain: str) -> dict:
     manifest = {k: v for k, v in cur.manifest.items() if k in ("mode", "pretrained_from", "config", "metrics",
                                                                   "interactions", "warm_from", "text_fusion")}
     version = publish_tables(root, domain, items, codes, model, book_version,
-                             {**manifest, "rebuilt_from": cur.version}, keep_versions=settings.index.keep_versions)
+                             {**manifest, "rebuilt_from": cur.version}, prior=carried_prior(cur, items.ids),
+                             keep_versions=settings.index.keep_versions)
     return {"domain": domain, "published": True, "version": version, "items": len(items.ids),
             "new_items": len(set(items.ids) - set(cur.item_ids))}
+
+
+def carried_prior(cur: TableVersion, item_ids: list[str]) -> np.ndarray:
+    """The log-count prior of `item_ids` as the current version's index holds it (the counts the model
+    was fit with); new items, and every item of a version published before the prior existed, get 0."""
+    if "popularity" not in cur.model_state.get("text_fusion", {}):
+        return np.zeros(len(item_ids), dtype=np.float32)
+    old = cur.items_index.reconstruct_n(0, cur.items_index.ntotal)[:, -1]
+    at = cur.item_index  # item id -> 1-based item index
+    return np.array([old[at[i] - 1] if i in at else 0.0 for i in item_ids], dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- Prefect tasks
@@ -335,14 +358,15 @@ def finetune_tables(root: DataRoot, settings: Settings, domain: str, mode: str =
     res = fit_domain(model, domain, torch.from_numpy(codes), data, fit_mode,
                      train_config(settings, fit_mode, epochs=epochs), log=log)
     fusion = fit_text_fusion(model, settings, domain, codes, items, data, log)
-    test, _ = evaluate(model, domain, torch.from_numpy(codes), data.test, text=unit_text(items.vectors))
+    text, prior = fusion_inputs(items, data)
+    test, _ = evaluate(model, domain, torch.from_numpy(codes), data.test, text=text, prior=prior)
     version = publish_tables(root, domain, items, codes, model, book_version, {
         "mode": mode, "pretrained_from": pretrained_from, "config": model.cfg.to_dict(),
         "warm_from": warm.version if warm is not None else None,
         "interactions": data.source_fingerprint, "text_fusion": fusion,
         "metrics": {"valid": res.best_valid, "test": test},
         "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch}},
-        keep_versions=settings.index.keep_versions)
+        prior=prior.numpy(), keep_versions=settings.index.keep_versions)
     return {"domain": domain, "version": version, "mode": mode, "valid": res.best_valid, "test": test,
             "seconds": round(res.seconds, 2), "epochs_run": res.epochs_run, "items": len(items.ids)}
 
@@ -425,11 +449,13 @@ def pretrain_tables(root: DataRoot, settings: Settings, domains: list[str], epoc
            "best_epoch": res.best_epoch, "domains": {}}
     for d, (items, data) in loaded.items():
         fusion = fit_text_fusion(model, settings, d, codes[d], items, data, log)
-        test, _ = evaluate(model, d, torch.from_numpy(codes[d]), data.test, text=unit_text(items.vectors))
+        text, prior = fusion_inputs(items, data)
+        test, _ = evaluate(model, d, torch.from_numpy(codes[d]), data.test, text=text, prior=prior)
         version = publish_tables(root, d, items, codes[d], model, book_version, {
             "mode": "pretrain", "pretrained_with": list(domains), "config": model.cfg.to_dict(),
             "interactions": data.source_fingerprint, "text_fusion": fusion,
-            "metrics": {"test": test}, "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run}}, keep_versions=settings.index.keep_versions)
+            "metrics": {"test": test}, "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run}},
+            prior=prior.numpy(), keep_versions=settings.index.keep_versions)
         out["domains"][d] = {"version": version, "test": test}
     return out
 

@@ -230,10 +230,10 @@ def test_text_fusion_weight_is_chosen_on_valid_where_the_text_helps():
     model = SeqRec(TINY, 4, 8, ["d"])  # untrained: its codes rank at random
     text = unit_text(_next_item_text(len(ids)))
     fusion, by_weight = choose_text_weight(model, "d", codes, text, data.valid, (1, 4, 16), decay=0.1)
-    assert fusion.weight > 0 and set(by_weight) == {0.0, 1.0, 4.0, 16.0}
-    assert by_weight[fusion.weight] > by_weight[0.0] + 0.3
+    assert fusion.weight > 0 and set(by_weight) == {(w, 0.0) for w in (0.0, 1.0, 4.0, 16.0)}
+    assert by_weight[(fusion.weight, 0.0)] > by_weight[(0.0, 0.0)] + 0.3
     valid, _ = evaluate(model, "d", codes, data.valid, text=text, fusion=fusion)
-    assert valid["ndcg@10"] == pytest.approx(by_weight[fusion.weight])
+    assert valid["ndcg@10"] == pytest.approx(by_weight[(fusion.weight, 0.0)])
     model.fusion["d"] = fusion  # evaluate reads the domain's fusion; without text it scores the codes alone
     assert evaluate(model, "d", codes, data.test, text=text)[0]["recall@10"] > \
         evaluate(model, "d", codes, data.test)[0]["recall@10"] + 0.3
@@ -249,18 +249,47 @@ def test_text_fusion_stays_off_when_the_text_only_hurts_and_one_inner_product_se
     model = SeqRec(TINY, 4, 8, ["d"])
     fit_domain(model, "d", codes, data, "scratch", TrainConfig(epochs=30, batch_size=64, lr=5e-3, patience=30,
                                                                warmup_steps=5))
-    noise = np.random.default_rng(3).standard_normal((len(ids), 16)).astype(np.float32)
-    fusion, by_weight = choose_text_weight(model, "d", codes, unit_text(noise), data.valid, (1, 4, 16))
-    assert fusion.weight == 0.0 and by_weight[0.0] > by_weight[16.0]
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal((len(ids), 16)).astype(np.float32)
+    noise_prior = torch.from_numpy(3 * rng.standard_normal(len(ids)).astype(np.float32))
+    fusion, by_weight = choose_text_weight(model, "d", codes, unit_text(noise), data.valid, (1, 4, 16),
+                                           prior=noise_prior, prior_weights=(0.5, 1.5))
+    assert (fusion.weight, fusion.popularity) == (0.0, 0.0)
+    assert by_weight[(0.0, 0.0)] > max(by_weight[(16.0, 0.0)], by_weight[(0.0, 1.5)])
 
     model.eval()
-    model.fusion["d"] = TextFusion(weight=2.5, decay=0.5)
+    model.fusion["d"] = TextFusion(weight=2.5, decay=0.5, popularity=0.7)
     text = unit_text(noise)
     hist, lengths = torch.from_numpy(data.test.history[:5]), torch.from_numpy(data.test.lengths[:5])
     with torch.no_grad():
         items = model.tables["d"].item_matrix(codes)
         user = model.user_vectors("d", items, hist, lengths)
         tuser = text_user_vectors(text, hist, lengths, 0.5)
-        want = model.scores(user, items) + 2.5 * tuser @ text[1:].T
-    got = fused_query(model, "d", user, tuser) @ fused_item_vectors(model, "d", codes.numpy(), noise).T
+        want = model.scores(user, items) + 2.5 * tuser @ text[1:].T + 0.7 * noise_prior
+    got = fused_query(model, "d", user, tuser) @ fused_item_vectors(model, "d", codes.numpy(), noise,
+                                                                    noise_prior.numpy()).T
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_the_popularity_prior_is_chosen_on_valid_where_what_users_buy_next_is_skewed():
+    from sidestep.lookup import item_prior, unit_text
+    from sidestep.rectrain import choose_text_weight
+
+    rng = np.random.default_rng(5)
+    ids = [f"i{i}" for i in range(24)]
+    zipf = 1.0 / np.arange(1, 25) ** 1.5
+    rows = [Interaction(f"u{u}", tuple(ids[j] for j in rng.choice(24, 6, p=zipf / zipf.sum())))
+            for u in range(120)]
+    data = build_splits(rows, ids, max_history=TINY.max_history)
+    codes = _codes(len(ids))
+    torch.manual_seed(0)
+    model = SeqRec(TINY, 4, 8, ["d"])  # untrained: its codes rank at random; the training counts do not
+    prior = item_prior(popularity(data))  # from the training split only
+    text = unit_text(np.random.default_rng(1).standard_normal((len(ids), 8)).astype(np.float32))
+    fusion, by_weight = choose_text_weight(model, "d", codes, text, data.valid, (), prior=prior,
+                                           prior_weights=(0.5, 1, 4))
+    assert fusion.weight == 0.0 and fusion.popularity > 0
+    assert by_weight[(0.0, fusion.popularity)] > by_weight[(0.0, 0.0)] + 0.1
+    model.fusion["d"] = fusion
+    assert evaluate(model, "d", codes, data.test, text=text, prior=prior)[0]["ndcg@10"] > \
+        evaluate(model, "d", codes, data.test)[0]["ndcg@10"] + 0.1

@@ -69,10 +69,12 @@ def test_the_nightly_flow_fits_codebooks_and_publishes_tables_for_domains_with_i
     items = load_items(sample.root, settings_from(None), "shop")
     assert tv.item_ids == items.ids
     assert np.array_equal(tv.codes, book.encode(items.vectors).astype(np.int64))
-    # the item index holds code vectors beside text vectors; the fusion weight came from the valid grid
-    assert tv.items_index.d == tv.model_state["config"]["hidden"] + items.vectors.shape[1]
-    assert tv.manifest["text_fusion"]["weight"] == tv.model_state["text_fusion"]["weight"]
-    assert tv.manifest["text_fusion"]["weight"] in settings_from(None).rec.text_weights
+    # the item index holds code vectors, text vectors and the prior; the fusion weights came from the valid grid
+    assert tv.items_index.d == tv.model_state["config"]["hidden"] + items.vectors.shape[1] + 1
+    rec = settings_from(None).rec
+    for key, grid in (("weight", rec.text_weights), ("popularity", rec.popularity_weights)):
+        assert tv.manifest["text_fusion"][key] == tv.model_state["text_fusion"][key]
+        assert tv.manifest["text_fusion"][key] in grid
     manifest = codebook_store(sample.root).manifest(SHARED, version)
     assert manifest["diagnostics"]["shop"]["items"] == 40
     with Warehouse(sample.root.eval_db(), read_only=True) as wh:
@@ -111,12 +113,17 @@ def test_a_new_item_gets_codes_from_the_existing_codebook_and_is_recommendable_w
     svc = RecommendService(settings_from(str(cfg)), data_root)
     res = svc.recommend(["1", "5"], k=41, domain="shop")
     assert "new-1" in [i["item_id"] for i in res["items"]] and res["index_version"] == new.version
-    # served scores are the model's fused logits (codes cosine / T + weight x text cosine), computed apart
-    from sidestep.lookup import TextFusion, model_from_state, text_user_vectors, unit_text
+    # served scores are the model's fused logits (codes cosine / T + weight x text cosine + popularity x
+    # log(1 + training count)), computed apart; the new item has no interactions, so no prior
+    from sidestep.lookup import TextFusion, item_prior, model_from_state, text_user_vectors, unit_text
+    from sidestep.recdata import popularity
+    from tasks.rec import domain_data
 
     model = model_from_state(new.model_state, "shop")
     fusion = model.fusion["shop"]
-    model.fusion["shop"] = TextFusion(weight=3.0, decay=fusion.decay)  # a non-zero weight either way
+    model.fusion["shop"] = TextFusion(weight=3.0, decay=fusion.decay, popularity=0.8)  # non-zero either way
+    prior = item_prior(popularity(domain_data(data_root, settings_from(str(cfg)), "shop")[1]))
+    assert float(prior[new.item_index["new-1"] - 1]) == 0.0 and float(prior.max()) > 0
     svc.get("shop").model.fusion["shop"] = model.fusion["shop"]
     res = svc.recommend(["1", "5"], k=41, domain="shop")
     vectors = load_items(data_root, settings_from(str(cfg)), "shop").vectors
@@ -127,7 +134,7 @@ def test_a_new_item_gets_codes_from_the_existing_codebook_and_is_recommendable_w
         text = unit_text(vectors)
         # the history's items get the learned repeat bias, as evaluation scores them
         want = model.scores(user, items_m, hist) + 3.0 * \
-            text_user_vectors(text, hist, torch.tensor([2]), fusion.decay) @ text[1:].T
+            text_user_vectors(text, hist, torch.tensor([2]), fusion.decay) @ text[1:].T + 0.8 * prior
     served = {i["item_id"]: i["score"] for i in res["items"]}
     assert served == pytest.approx({new.item_ids[j]: float(want[0, j]) for j in range(41)}, abs=1e-3)
     top3 = svc.recommend(["1", "5"], k=3, domain="shop")["items"]  # a short list is the head of the long one
@@ -154,6 +161,20 @@ def test_a_new_item_gets_codes_from_the_existing_codebook_and_is_recommendable_w
         codes_only = model.scores(user, items_m, hist)
     assert {i["item_id"]: i["score"] for i in old_style["items"]} == pytest.approx(
         {new.item_ids[j]: float(codes_only[0, j]) for j in range(41)}, abs=1e-3)
+
+    # tables published with text fusion but before the prior (code and text parts, no popularity) serve too
+    from sidestep.lookup import fused_item_vectors
+
+    state = {**new.model_state, "text_fusion": {"weight": 3.0, "decay": fusion.decay}}
+    with store.lock("shop"), store.staging("shop") as staged:
+        write_table_files(staged, codes_table(new.item_ids, new.hashes, new.codes), state,
+                          fused_item_vectors(model, "shop", new.codes, vectors, prior.numpy())[:, :-1])
+        store.publish("shop", staged, "v20000102-000000000-0ld", {"mode": "scratch"})
+    svc.refresh()
+    assert svc.get("shop").text is not None and svc.get("shop").prior is False
+    no_prior = svc.recommend(["1", "5"], k=41, domain="shop")
+    assert {i["item_id"]: i["score"] for i in no_prior["items"]} == pytest.approx(
+        {new.item_ids[j]: float(want[0, j] - 0.8 * prior[j]) for j in range(41)}, abs=1e-3)
 
 
 def test_new_interactions_warm_start_the_serving_tables_for_a_few_epochs(data_root, tmp_path):
@@ -201,7 +222,7 @@ def test_eval_rec_reports_the_model_beside_its_controls_and_stores_every_variant
     assert got[("sidestep", "full")]["ndcg_10"] == pytest.approx(body["metrics"]["ndcg@10"])
     assert got[("shuffled_codes", "masked")]["recall_10"] == pytest.approx(
         body["baselines_masked"]["shuffled_codes"]["recall@10"])
-    # every trained variant also with its codes alone; the fused figure is the codes' when the weight is 0
+    # every trained variant also with its codes alone
     assert got[("sidestep_codes_only", "full")]["ndcg_10"] == pytest.approx(body["metrics_codes_only"]["ndcg@10"])
     assert "shuffled_codes_codes_only" in body["baselines"]
     with Warehouse(data_root.eval_db(), read_only=True) as wh:
@@ -209,7 +230,7 @@ def test_eval_rec_reports_the_model_beside_its_controls_and_stores_every_variant
             "SELECT variant, config FROM rec_runs WHERE group_id = ? AND protocol = 'full'",
             [body["run_group"]]).to_pylist()}
     config = json.loads(wh_config["sidestep_codes_only"])
-    assert config["text_fusion"]["weight"] == 0  # stored as it was scored
+    assert config["text_fusion"]["weight"] == config["text_fusion"]["popularity"] == 0  # stored as scored
     assert json.loads(wh_config["sidestep"])["text_fusion"] == body["training"]["sidestep"]["text_fusion"]
     assert all(r["n_users"] == 90 for r in rows)
     assert table_store(data_root).current("toy") == body["table_version"]
