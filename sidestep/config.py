@@ -129,7 +129,7 @@ class RecConfig(_Strict):
         "(0 always competes, so the text is added only where it helps); [0] turns fusion off.")
     text_decay: float = Field(0.7, gt=0, le=1, description="Recency decay of the text user (weight decay**age).")
     popularity_weights: list[Annotated[float, Field(ge=0)]] = Field(
-        [0, 0.25, 0.5, 0.75, 1, 1.5], description="Weights of the popularity prior, log(1 + the item's training "
+        [0, 0.25, 0.5, 0.75, 1, 1.5, 2, 3], description="Weights of the popularity prior, log(1 + the item's training "
         "interactions), tried together with each text weight: a cosine cannot say how often an item is bought. "
         "The pair with the best valid NDCG@10 is kept ((0, 0) competes); [0] turns the prior off.")
     max_train_seconds: float | None = Field(None, description="Wall-clock budget per training run.")
