@@ -177,6 +177,15 @@ class VerifyConfig(_Strict):
                                "verifier of epoch 18 prefers the constraint-satisfying scifact-antonym document "
                                "for 66% of queries, at 1.0 for 92%.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Training queries held out for early stopping.")
+    pseudo_docs: int = Field(
+        0, ge=0, description="Title pseudo-queries (self-supervised lists beside the labelled ones): this many "
+                                "titled documents (a random sample when the domain has more) are re-encoded without "
+                                "their titles and form the pseudo corpus; 0 (the default) turns pseudo-queries off. "
+                                "On SciFact (5,183 documents, 700 queries) they moved test nDCG@10 by about +0.004 "
+                                "and validation by less than its noise, for 6-7 more minutes of training.")
+    pseudo_queries: int = Field(
+        700, ge=0, description="Pseudo-queries drawn from the pseudo corpus: a document's title is the query, the "
+                                "title-free document its one positive, recall's top candidates the negatives.")
     batch_max_size: int = Field(8, ge=1, description="Requests the verifier deployment scores together.")
     batch_wait_s: float = Field(0.0, ge=0, description="How long the verifier waits to fill a batch. Requests "
                                 "queued while it scores the previous batch fill the next one without any wait; "

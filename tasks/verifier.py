@@ -19,6 +19,7 @@ from sidestep.beir import load_qrels, load_queries
 from sidestep.config import Settings
 from sidestep.encoder import Encoder, doc_text
 from sidestep.nearmiss import near_misses
+from sidestep.pseudo import pseudo_lists, title_docs
 from sidestep.verifier import (
     VERIFY_TOP_CHOICES,
     Example,
@@ -59,6 +60,32 @@ def _encode_near_misses(enc: Encoder, items: list[tuple[str, str]]) -> list[tupl
         toks = np.concatenate([t[1:-1] for t in e.tokens])
         p = np.asarray([x for c in e.chunks for x in pieces[c.tok_start:c.tok_end]], np.int32)
         out.append((toks, p, e.pooled))
+    return out
+
+
+def _pseudo_examples(enc: Encoder, docs, idf: np.ndarray, settings: Settings, seed: int, log) -> list[Example]:
+    """Training lists from title pseudo-queries (sidestep.pseudo): up to `pseudo_docs` titled documents
+    re-encoded without their titles, `pseudo_queries` of their titles as queries."""
+    v = settings.verify
+    if not v.pseudo_docs or not v.pseudo_queries:
+        return []
+    titles, texts = docs["title"].to_pylist(), docs["text"].to_pylist()
+    pool = title_docs(titles, texts, v.pseudo_docs, seed)
+    if not pool:
+        log("pseudo-queries: no document has both a title and a text; none built")
+        return []
+    t0 = time.perf_counter()
+    log(f"pseudo-queries: encoding {len(pool)} documents without their titles")
+    encoded = _encode_near_misses(enc, [("", texts[i]) for i in pool])
+    rng = np.random.default_rng(seed + 1)
+    positives = sorted(rng.choice(len(pool), min(v.pseudo_queries, len(pool)), replace=False).tolist())
+    qtexts = [titles[pool[k]] for k in positives]
+    pooled, qtoks = enc.encode_queries_with_tokens(qtexts)
+    out = pseudo_lists(pooled, qtoks, enc.query_ids(qtexts), positives, encoded, idf, candidates=v.candidates,
+                       max_doc_tokens=v.max_doc_tokens, train_top=v.train_top,
+                       max_query_tokens=VerifierConfig().max_query_tokens)
+    log(f"pseudo-queries: {len(out)} lists from {len(qtexts)} titles over {len(pool)} documents "
+        f"({len(qtexts) - len(out)} left out: their positive was not among the candidates trained on), {time.perf_counter() - t0:.0f} s")
     return out
 
 
@@ -146,10 +173,12 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
         ex = served_rows(ex, v.train_top, len(cands)) if v.train_top else ex
         if ex is not None:
             examples.append(ex)
+    pseudo = _pseudo_examples(enc, docs, view.idf, settings, seed, log)
     t_data = time.perf_counter() - t0
-    log(f"training lists: {len(examples)} train, {len(val)} validation queries ({t_data:.0f} s to build)")
+    log(f"training lists: {len(examples)} train, {len(pseudo)} pseudo-query, {len(val)} validation queries "
+        f"({t_data:.0f} s to build)")
     cfg = VerifierConfig()
-    model, curve = fit(examples, val, cfg, enc.dim, epochs=v.epochs, near_miss_weight=v.near_miss_weight,
+    model, curve = fit(examples + pseudo, val, cfg, enc.dim, epochs=v.epochs, near_miss_weight=v.near_miss_weight,
                        seed=seed, patience=v.patience, log=log)
     best = max(curve, key=lambda c: c["val_ndcg10"]) if curve else {}
     # the model is never served more of the list than it trained on
@@ -161,12 +190,13 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
         + ", ".join(f"{k or 'all'} {nd:.4f}" for k, nd in top_ndcg.items()))
     fp = hashlib.sha256(json.dumps({"index": corpus.version, "dataset": str(Path(dataset_dir).resolve()),
                                     "split": split, "seed": seed, "cfg": cfg.as_dict(),
-                                    "train_top": v.train_top}, sort_keys=True).encode())
+                                    "train_top": v.train_top, "pseudo_docs": v.pseudo_docs,
+                                    "pseudo_queries": v.pseudo_queries}, sort_keys=True).encode())
     version = new_version_name(fp.hexdigest())
     manifest = {"index_version": corpus.version, "dataset": str(Path(dataset_dir).resolve()), "split": split,
                 "config": cfg.as_dict(), "parameters": n_parameters(model), "seed": seed,
-                "train_queries": len(examples), "train_top": v.train_top, "val_queries": len(val), "token_store": view.source.kind,
-                "near_misses": dict(kinds),
+                "train_queries": len(examples), "pseudo_lists": len(pseudo), "train_top": v.train_top,
+                "val_queries": len(val), "token_store": view.source.kind, "near_misses": dict(kinds),
                 "best_epoch": best.get("epoch"), "val_ndcg10": best.get("val_ndcg10"),
                 "verify_top": top, "val_ndcg10_by_verify_top": {str(k): nd for k, nd in top_ndcg.items()},
                 "epochs_run": len(curve), "encoder": corpus.manifest.get("encoder")}

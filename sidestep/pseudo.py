@@ -1,0 +1,75 @@
+"""Title pseudo-queries: self-supervised training lists for the verifier, from the corpus alone.
+
+SciFact gives the verifier 809 training claims; the corpus has 5,183 titled abstracts. A
+title is a short statement of what its abstract found, much like a claim, so each title
+becomes a query whose one positive is its own abstract. The abstracts are re-encoded
+*without* their titles, and every candidate of a pseudo list is read that way: left in,
+the title would sit verbatim inside its positive and the verifier would learn to spot
+a copied span, which no real query offers. Candidates come from pooled-cosine recall
+over the same title-free abstracts, so the hard negatives are what recall would confuse.
+
+No label is read: the lists are the corpus's own structure (an inverse-cloze-style task),
+and test queries never enter them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .verifier import Example, prepare, query_piece_ids, query_tokens, served_rows
+
+
+def title_docs(titles: Sequence[str | None], texts: Sequence[str | None], n: int, seed: int) -> list[int]:
+    """Up to n documents (positions, ascending) that have both a title and a text, drawn at random."""
+    ok = [i for i, (t, x) in enumerate(zip(titles, texts, strict=True))
+          if (t or "").strip() and (x or "").strip() and len((t or "").split()) >= 3]
+    if len(ok) <= n:
+        return ok
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(ok, n, replace=False).tolist())
+
+
+def doc_scores(queries: np.ndarray, chunks: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """(Q, documents) pooled-cosine document scores: each document's best chunk, as recall scores it.
+    chunks hold each document's chunk vectors contiguously; starts[k] is document k's first row."""
+    s = np.asarray(queries, np.float32) @ np.asarray(chunks, np.float32).T
+    return np.maximum.reduceat(s, starts, axis=1)
+
+
+def pseudo_lists(q_pooled: np.ndarray, q_tokens: Sequence[np.ndarray], q_pieces: Sequence[Sequence[int]],
+                 positives: Sequence[int], docs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 idf: np.ndarray, *, candidates: int, max_doc_tokens: int, train_top: int, max_query_tokens: int,
+                 progress=None) -> list[Example]:
+    """One training list per pseudo-query whose positive recall finds.
+
+    docs: every document as (token vectors, word pieces, pooled chunk vectors), title-free;
+    positives[j]: the document pseudo-query j was taken from. Lists are cut to what serving
+    shows the model (`served_rows(train_top)`) when train_top is set, as for real queries."""
+    chunk_vecs = np.concatenate([p for _, _, p in docs]).astype(np.float32)
+    sizes = np.asarray([len(p) for _, _, p in docs], dtype=np.int64)
+    if (sizes < 1).any():
+        raise ValueError("every document needs at least one chunk vector")
+    starts = np.cumsum(sizes) - sizes
+    out: list[Example] = []
+    step = 256
+    for s in range(0, len(positives), step):
+        scores = doc_scores(q_pooled[s:s + step], chunk_vecs, starts)
+        for j in range(s, min(s + step, len(positives))):
+            row = scores[j - s]
+            top = np.argsort(-row, kind="stable")[:candidates]
+            labels = torch.from_numpy(top == positives[j])
+            if bool(labels.any()):
+                c = prepare(query_tokens(q_tokens[j], max_query_tokens), query_piece_ids(q_pieces[j], max_query_tokens),
+                            [docs[k][0] for k in top], [docs[k][1] for k in top], idf, row[top].astype(np.float32),
+                            max_doc_tokens, n_list=len(top))
+                ex: Example | None = Example(c, labels)
+                if train_top:
+                    ex = served_rows(ex, train_top, len(top))
+                if ex is not None:
+                    out.append(ex)
+            if progress:
+                progress(1)
+    return out
