@@ -23,7 +23,8 @@ from .verifier import Example, prepare, query_piece_ids, query_tokens, served_ro
 
 
 def title_docs(titles: Sequence[str | None], texts: Sequence[str | None], n: int, seed: int) -> list[int]:
-    """Up to n documents (positions, ascending) that have both a title and a text, drawn at random."""
+    """Up to n documents (positions, ascending) with a text and a title of at least three words (shorter
+    ones, such as "Introduction", say too little to be a query), drawn at random."""
     ok = [i for i, (t, x) in enumerate(zip(titles, texts, strict=True))
           if (t or "").strip() and (x or "").strip() and len((t or "").split()) >= 3]
     if len(ok) <= n:
@@ -41,8 +42,8 @@ def doc_scores(queries: np.ndarray, chunks: np.ndarray, starts: np.ndarray) -> n
 
 def pseudo_lists(q_pooled: np.ndarray, q_tokens: Sequence[np.ndarray], q_pieces: Sequence[Sequence[int]],
                  positives: Sequence[int], docs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                 idf: np.ndarray, *, candidates: int, max_doc_tokens: int, train_top: int, max_query_tokens: int,
-                 progress=None) -> list[Example]:
+                 idf: np.ndarray, *, candidates: int, max_doc_tokens: int, train_top: int, max_query_tokens: int
+                 ) -> list[Example]:
     """One training list per pseudo-query whose positive recall finds.
 
     docs: every document as (token vectors, word pieces, pooled chunk vectors), title-free;
@@ -70,6 +71,4 @@ def pseudo_lists(q_pooled: np.ndarray, q_tokens: Sequence[np.ndarray], q_pieces:
                     ex = served_rows(ex, train_top, len(top))
                 if ex is not None:
                     out.append(ex)
-            if progress:
-                progress(1)
     return out
