@@ -82,11 +82,15 @@ def table_scores(model: DocTables, codes: torch.Tensor, queries: np.ndarray) -> 
 
 
 def max_chunk_scores(queries: np.ndarray, chunks: np.ndarray, chunk_doc: np.ndarray, n_docs: int) -> np.ndarray:
-    """Pooled-cosine recall's document score: the best chunk of each document (what the index serves)."""
-    s = np.asarray(queries, np.float32) @ np.asarray(chunks, np.float32).T
+    """Pooled-cosine recall's document score: the best chunk of each document (what the index serves);
+    -inf for a document without chunks. Chunks may come in any order (chunk_doc[c] is chunk c's document)."""
+    order = np.argsort(chunk_doc, kind="stable")
+    docs = np.asarray(chunk_doc)[order]
+    s = np.asarray(queries, np.float32) @ np.asarray(chunks, np.float32)[order].T
     out = np.full((len(s), n_docs), -np.inf, dtype=np.float32)
-    for c in range(s.shape[1]):
-        np.maximum(out[:, chunk_doc[c]], s[:, c], out=out[:, chunk_doc[c]])
+    if len(docs):
+        starts = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
+        out[:, docs[starts]] = np.maximum.reduceat(s, starts, axis=1)
     return out
 
 

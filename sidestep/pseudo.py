@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .docvec import max_chunk_scores
 from .verifier import Example, prepare, query_piece_ids, query_tokens, served_rows
 
 
@@ -26,18 +27,11 @@ def title_docs(titles: Sequence[str | None], texts: Sequence[str | None], n: int
     """Up to n documents (positions, ascending) with a text and a title of at least three words (shorter
     ones, such as "Introduction", say too little to be a query), drawn at random."""
     ok = [i for i, (t, x) in enumerate(zip(titles, texts, strict=True))
-          if (t or "").strip() and (x or "").strip() and len((t or "").split()) >= 3]
+          if len((t or "").split()) >= 3 and (x or "").strip()]
     if len(ok) <= n:
         return ok
     rng = np.random.default_rng(seed)
     return sorted(rng.choice(ok, n, replace=False).tolist())
-
-
-def doc_scores(queries: np.ndarray, chunks: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """(Q, documents) pooled-cosine document scores: each document's best chunk, as recall scores it.
-    chunks hold each document's chunk vectors contiguously; starts[k] is document k's first row."""
-    s = np.asarray(queries, np.float32) @ np.asarray(chunks, np.float32).T
-    return np.maximum.reduceat(s, starts, axis=1)
 
 
 def pseudo_lists(q_pooled: np.ndarray, q_tokens: Sequence[np.ndarray], q_pieces: Sequence[Sequence[int]],
@@ -53,11 +47,11 @@ def pseudo_lists(q_pooled: np.ndarray, q_tokens: Sequence[np.ndarray], q_pieces:
     sizes = np.asarray([len(p) for _, _, p in docs], dtype=np.int64)
     if (sizes < 1).any():
         raise ValueError("every document needs at least one chunk vector")
-    starts = np.cumsum(sizes) - sizes
+    chunk_doc = np.repeat(np.arange(len(docs)), sizes)
     out: list[Example] = []
     step = 256
     for s in range(0, len(positives), step):
-        scores = doc_scores(q_pooled[s:s + step], chunk_vecs, starts)
+        scores = max_chunk_scores(q_pooled[s:s + step], chunk_vecs, chunk_doc, len(docs))
         for j in range(s, min(s + step, len(positives))):
             row = scores[j - s]
             top = np.argsort(-row, kind="stable")[:candidates]

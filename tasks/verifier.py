@@ -49,7 +49,7 @@ def _doc_rows(doc_ids) -> dict[str, list[int]]:
     return rows
 
 
-def _encode_near_misses(enc: Encoder, items: list[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _encode_texts(enc: Encoder, items: list[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(title, text) -> (token vectors, word pieces aligned with them, pooled chunk vectors)."""
     if not items:
         return []
@@ -76,7 +76,7 @@ def _pseudo_examples(enc: Encoder, docs, idf: np.ndarray, settings: Settings, se
         return []
     t0 = time.perf_counter()
     log(f"pseudo-queries: encoding {len(pool)} documents without their titles")
-    encoded = _encode_near_misses(enc, [("", texts[i]) for i in pool])
+    encoded = _encode_texts(enc, [("", texts[i]) for i in pool])
     rng = np.random.default_rng(seed + 1)
     positives = sorted(rng.choice(len(pool), min(v.pseudo_queries, len(pool)), replace=False).tolist())
     qtexts = [titles[pool[k]] for k in positives]
@@ -85,7 +85,8 @@ def _pseudo_examples(enc: Encoder, docs, idf: np.ndarray, settings: Settings, se
                        max_doc_tokens=v.max_doc_tokens, train_top=v.train_top,
                        max_query_tokens=VerifierConfig().max_query_tokens)
     log(f"pseudo-queries: {len(out)} lists from {len(qtexts)} titles over {len(pool)} documents "
-        f"({len(qtexts) - len(out)} left out: their positive was not among the candidates trained on), {time.perf_counter() - t0:.0f} s")
+        f"({len(qtexts) - len(out)} left out: their positive was not among the candidates trained on), "
+        f"{time.perf_counter() - t0:.0f} s")
     return out
 
 
@@ -128,7 +129,7 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
                     nm_owner.append((j, d))
                     kinds[nm.kind] += 1
     log(f"near-misses: {len(nm_items)} ({dict(kinds)}); encoding")
-    nm_enc = _encode_near_misses(enc, nm_items)
+    nm_enc = _encode_texts(enc, nm_items)
     nm_of: dict[int, list[tuple[str, tuple]]] = {}
     for (j, d), e in zip(nm_owner, nm_enc, strict=True):
         nm_of.setdefault(j, []).append((d, e))

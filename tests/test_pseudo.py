@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sidestep.pseudo import doc_scores, pseudo_lists, title_docs
+from sidestep.docvec import max_chunk_scores
+from sidestep.pseudo import pseudo_lists, title_docs
 from sidestep.verifier import prescore, served_rows
 
 
@@ -25,15 +26,19 @@ def test_title_docs_needs_a_title_and_a_text_and_samples_reproducibly():
 
 
 def test_doc_scores_is_each_documents_best_chunk():
+    """Recall's document score, as pseudo lists rank by it: chunks contiguous per document, and shuffled."""
     rng = np.random.default_rng(0)
     sizes = [1, 3, 2, 4]
     chunks = unit(rng, sum(sizes))
     q = unit(rng, 5)
     starts = np.cumsum(sizes) - sizes
-    got = doc_scores(q, chunks, starts)
+    chunk_doc = np.repeat(np.arange(len(sizes)), sizes)
+    got = max_chunk_scores(q, chunks, chunk_doc, len(sizes))
     s = q @ chunks.T
     want = np.stack([s[:, a:a + n].max(1) for a, n in zip(starts, sizes, strict=True)], 1)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+    perm = rng.permutation(len(chunks))
+    np.testing.assert_allclose(max_chunk_scores(q, chunks[perm], chunk_doc[perm], len(sizes)), want, rtol=1e-6)
 
 
 def _corpus(rng, n_docs, d=16):
