@@ -7,7 +7,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,10 @@ from sidestep.config import Settings
 from sidestep.encoder import Encoder, doc_text
 from sidestep.nearmiss import near_misses
 from sidestep.pseudo import pseudo_lists, title_docs
+from sidestep.search import IndexedCorpus, TokenView
 from sidestep.verifier import (
     VERIFY_TOP_CHOICES,
+    Candidates,
     Example,
     VerifierConfig,
     choose_verify_top,
@@ -90,9 +92,27 @@ def _pseudo_examples(enc: Encoder, docs, idf: np.ndarray, settings: Settings, se
     return out
 
 
-def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *,
-                          split: str = "train", seed: int = 0, log=print) -> dict:
-    """Train on DATASET_DIR's SPLIT qrels (never the test split) against DOMAIN's current index."""
+@dataclass
+class TrainingLists:
+    """What the verifier trains on: served-rows lists of the SPLIT queries (with near-misses), pseudo-query
+    lists, and whole recall lists of the held-out queries (`val_qids`) that early stopping and
+    `verify_top` are chosen on."""
+
+    examples: list[Example]
+    pseudo: list[Example]
+    val: list[tuple[Candidates, np.ndarray]]
+    fit_qids: list[str]  # the SPLIT queries not held out (some give no list: no positive among the candidates)
+    val_qids: list[str]
+    near_misses: dict[str, int]
+    corpus: IndexedCorpus
+    view: TokenView
+    encoder: Encoder
+    seconds: float
+
+
+def training_lists(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *, split: str = "train",
+                   seed: int = 0, log=print) -> TrainingLists:
+    """Mine DATASET_DIR's SPLIT qrels (never the test split) against DOMAIN's current index."""
     if split == "test":
         raise ValueError("the verifier never trains on test queries; use the train split")
     t0 = time.perf_counter()
@@ -178,6 +198,18 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     t_data = time.perf_counter() - t0
     log(f"training lists: {len(examples)} train, {len(pseudo)} pseudo-query, {len(val)} validation queries "
         f"({t_data:.0f} s to build)")
+    return TrainingLists(examples, pseudo, val, [q for j, q in enumerate(qids) if j not in val_set],
+                         [q for j, q in enumerate(qids) if j in val_set], dict(kinds), corpus, view, enc, t_data)
+
+
+def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *,
+                          split: str = "train", seed: int = 0, log=print) -> dict:
+    """Train on DATASET_DIR's SPLIT qrels (never the test split) against DOMAIN's current index."""
+    t0 = time.perf_counter()
+    v = settings.verify
+    lists = training_lists(root, settings, dataset_dir, domain, split=split, seed=seed, log=log)
+    examples, pseudo, val, kinds = lists.examples, lists.pseudo, lists.val, lists.near_misses
+    corpus, view, enc = lists.corpus, lists.view, lists.encoder
     cfg = VerifierConfig()
     model, curve = fit(examples + pseudo, val, cfg, enc.dim, epochs=v.epochs, near_miss_weight=v.near_miss_weight,
                        seed=seed, patience=v.patience, log=log)

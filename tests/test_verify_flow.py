@@ -11,11 +11,13 @@ import pytest
 
 from flows.evaluate import evaluate_flow, train_verifier_flow
 from serving.core import SearchService
+from sidestep.beir import load_qrels, load_queries
 from sidestep.config import SAMPLES_DIR
 from storage.artifacts import IndexStore
 from storage.indexes import load_token_view
 from storage.verifiers import load_verifier, verifier_store
 from storage.warehouse import Warehouse
+from tasks.verifier import training_lists
 
 from .conftest import write_config
 
@@ -53,6 +55,15 @@ def test_evaluate_trains_the_verifier_and_runs_every_baseline_beside_it(data_roo
     assert train["train_queries"] > 0 and sum(train["near_misses"].values()) > 0
     assert res["cost"]["verify_over_maxsim"] > 0 and res["cost"]["token_store"] == "pq"  # the default
     assert res["cost"]["p50_verify_stage_ms"] > 0 and res["cost"]["p50_verify_over_maxsim"] > 0
+    # what trains and what chooses (early stopping, verify_top) never share a query: benchmarks fit other
+    # learned parts on `fit_qids` and tune them on `val_qids`
+    lists = training_lists(data_root, settings, str(handbook), "hb")
+    assert set(lists.fit_qids).isdisjoint(lists.val_qids)
+    assert set(lists.fit_qids) | set(lists.val_qids) == set(load_queries(str(handbook), split="train"))
+    assert len(lists.val) == len(lists.val_qids) > 0 and len(lists.examples) == train["train_queries"]
+    qrels = load_qrels(str(handbook), "train")
+    assert all((g > 0).sum() <= sum(r > 0 for r in qrels[q].values())
+               for q, (_, g) in zip(lists.val_qids, lists.val, strict=True))
     # a verifier version is published, its curve is in DuckDB, every configuration is a stored run
     v = verifier_store(data_root).current("hb")
     assert v == train["version"]
