@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install run test lint bench bench-rec bench-verify bench-ops bench-incremental bench-longdoc chaos ui clean
+.PHONY: install run test lint bench bench-rec bench-verify bench-verify-routes bench-ops bench-incremental bench-longdoc chaos ui clean
 
 install: $(STAMP)
 
@@ -43,6 +43,9 @@ bench-rec: $(STAMP)
 bench-verify: $(STAMP)
 	$(BIN)/python benchmarks/verify.py
 	$(BIN)/python benchmarks/verify_stage.py
+
+bench-verify-routes: $(STAMP)
+	$(BIN)/python benchmarks/verify_routes.py
 
 bench-ops: $(STAMP)
 	$(BIN)/python benchmarks/ops.py

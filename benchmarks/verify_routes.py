@@ -204,7 +204,17 @@ def render(r: dict, note: str) -> str:
                      f"| {s['test']:.4f} ({s['weight']:g}) | {hybrid[name]['test']:.4f} |")
     lines.append(f"| relevant documents among the candidates | {dense['_candidate_recall']:.4f} | | "
                  f"| {hybrid['_candidate_recall']:.4f} |")
-    lines += ["", f"The tables are fine-tuned on {r['table_pairs']} pairs of {r['table_queries']} training queries; "
+    best = "verifier_seed_mean" if "verifier_seed_mean" in dense else f"verifier_seed{seeds[0]}"
+    cols = [(dense[best]["test"], dense["maxsim"]["test"]),
+            (dense[f"{best} + table"]["test"], dense["maxsim + table"]["test"]),
+            (dense[f"{best} + shuffled_table"]["test"], dense["maxsim + shuffled_table"]["test"]),
+            (hybrid[best]["test"], hybrid["maxsim"]["test"])]
+    lines.append(f"| **{best} minus maxsim** | " + " | ".join(f"**{a - b:+.4f}**" for a, b in cols) + " |")
+    lines += ["", "prescore is the unweighted sum of four z-scores (dense cosine, MaxSim, idf-weighted MaxSim, BM25 "
+              "over the word pieces) that the verify stage ranks by before the model reads its top; verifier rows are "
+              "scored as served (the model reads the pre-score top verify_top, the rest follow). verifier_seed_mean "
+              "is the mean of the seeds' z-scored scores.",
+              "", f"The tables are fine-tuned on {r['table_pairs']} pairs of {r['table_queries']} training queries; "
               "the test curve over weights " + ", ".join(f"{w:g}" for w in WEIGHTS) + " is in "
               "`benchmarks/verify_routes_last_run.json`.", END, ""]
     return "\n".join(lines)
