@@ -96,7 +96,15 @@ def measure(root: Path, data: Path, seeds: list[int], log=print) -> dict:
     from sidestep.encoder import doc_text
     from sidestep.lexical import BM25
     from sidestep.quantize import CodebookSpec, fit_codebook, shuffled_codes
-    from sidestep.verifier import VerifierConfig, cascade, choose_verify_top, fit, prescore, score
+    from sidestep.verifier import (
+        VERIFY_TOP_CHOICES,
+        VerifierConfig,
+        cascade,
+        choose_verify_top,
+        fit,
+        prescore,
+        score,
+    )
     from storage.documents import DocumentStore
     from storage.paths import DataRoot
     from tasks.rec import load_items
@@ -112,7 +120,9 @@ def measure(root: Path, data: Path, seeds: list[int], log=print) -> dict:
         t0 = time.perf_counter()
         model, curve = fit(lists.examples + lists.pseudo, lists.val, VerifierConfig(), lists.encoder.dim,
                            epochs=v.epochs, near_miss_weight=v.near_miss_weight, seed=s, patience=v.patience, log=log)
-        top, _ = choose_verify_top(model, lists.val, choices=[k for k in (10, 15, 20, 30) if k <= v.train_top])
+        # as the train_verifier flow chooses it: never more of the list than the model trained on
+        top, _ = choose_verify_top(model, lists.val, choices=[k for k in VERIFY_TOP_CHOICES
+                                                              if not v.train_top or k <= v.train_top])
         models[s] = (model, top)
         fits[str(s)] = {"seconds": round(time.perf_counter() - t0), "verify_top": top,
                         "val_ndcg10": round(max(c["val_ndcg10"] for c in curve), 4)}
