@@ -14,7 +14,7 @@ from tasks.evaluate import evaluate_task
 from tasks.index import publish_task
 from tasks.ingest import ingest_task
 from tasks.summarize import summarize_task
-from tasks.verifier import train_verifier_task
+from tasks.verifier import check_training_split, train_verifier_task
 
 
 def _index(root: str, settings, dataset_dir: str, domain: str) -> tuple[dict, dict, dict]:
@@ -38,6 +38,7 @@ def train_verifier_flow(dataset_dir: str, domain: str, split: str = "train", see
         seed: Random seed, for reproducible runs.
         config_path: TOML config file; default: $SIDESTEP_CONFIG, else the embedded sample configuration.
     """
+    check_training_split(split)  # before indexing, and not retried: a wrong split stays wrong
     settings = settings_from(config_path)
     root = str(root_from(settings).root)
     _index(root, settings, dataset_dir, domain)

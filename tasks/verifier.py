@@ -92,6 +92,11 @@ def _pseudo_examples(enc: Encoder, docs, idf: np.ndarray, settings: Settings, se
     return out
 
 
+def check_training_split(split: str) -> None:
+    if split == "test":
+        raise ValueError("the verifier never trains on test queries; use the train split")
+
+
 @dataclass
 class TrainingLists:
     """What the verifier trains on: served-rows lists of the SPLIT queries (with near-misses), pseudo-query
@@ -113,8 +118,7 @@ class TrainingLists:
 def training_lists(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *, split: str = "train",
                    seed: int = 0, log=print) -> TrainingLists:
     """Mine DATASET_DIR's SPLIT qrels (never the test split) against DOMAIN's current index."""
-    if split == "test":
-        raise ValueError("the verifier never trains on test queries; use the train split")
+    check_training_split(split)
     t0 = time.perf_counter()
     v = settings.verify
     ix = settings.index
@@ -229,7 +233,8 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     manifest = {"index_version": corpus.version, "dataset": str(Path(dataset_dir).resolve()), "split": split,
                 "config": cfg.as_dict(), "parameters": n_parameters(model), "seed": seed,
                 "train_queries": len(examples), "pseudo_lists": len(pseudo), "train_top": v.train_top,
-                "val_queries": len(val), "token_store": view.source.kind, "near_misses": dict(kinds),
+                "val_queries": len(val), "held_out_queries": lists.val_qids, "token_store": view.source.kind,
+                "near_misses": dict(kinds),
                 "best_epoch": best.get("epoch"), "val_ndcg10": best.get("val_ndcg10"),
                 "verify_top": top, "val_ndcg10_by_verify_top": {str(k): nd for k, nd in top_ndcg.items()},
                 "epochs_run": len(curve), "encoder": corpus.manifest.get("encoder")}
