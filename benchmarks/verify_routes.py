@@ -68,16 +68,12 @@ def query_lists(lists, settings, qids: list[str], texts: dict[str, str], bm25, e
     qpieces = enc.query_ids([texts[q] for q in qids])
     hits = corpus.searcher.search(pooled, settings.verify.candidates)
     lex = bm25.search([texts[q] for q in qids], extra_k) if extra_k else [[] for _ in qids]
-    rows: dict[str, list[int]] = {}
-    for i, d in enumerate(corpus.searcher.doc_ids):
-        rows.setdefault(d, []).append(i)
     out = {}
     for j, q in enumerate(qids):
         ids = [h.doc_id for h in hits[j]]
         rec = [h.score for h in hits[j]]
-        extra = [d for d, _ in lex[j] if d not in set(ids) and d in rows and d in view.pieces]
-        rec += [float((corpus.searcher.index.reconstruct_batch(np.asarray(rows[d], np.int64)) @ pooled[j]).max())
-                for d in extra]
+        extra = [d for d, _ in lex[j] if d not in set(ids) and d in corpus.searcher.rows_by_doc and d in view.pieces]
+        rec += corpus.searcher.best_chunk_scores(pooled[j], extra)
         ids += extra
         c = prepare(query_tokens(qtoks[j], cap), query_piece_ids(qpieces[j], cap), view.source.docs(ids),
                     [view.pieces[d] for d in ids], view.idf, np.asarray(rec, np.float32),

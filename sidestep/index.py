@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import faiss
 import numpy as np
@@ -67,6 +68,20 @@ class DocSearcher:
         self.n_docs = len(set(doc_ids))
         self.overfetch = overfetch
         self.doc_score = doc_score
+
+    @cached_property
+    def rows_by_doc(self) -> dict[str, np.ndarray]:
+        """Each document's chunk rows in the index (a loaded version never changes, so built once)."""
+        rows: dict[str, list[int]] = {}
+        for i, d in enumerate(self.doc_ids):
+            rows.setdefault(d, []).append(i)
+        return {d: np.asarray(r, np.int64) for d, r in rows.items()}
+
+    def best_chunk_scores(self, query: np.ndarray, doc_ids: Sequence[str]) -> list[float]:
+        """One query's cosine with each named document's best chunk: the recall score a document would have
+        had, for documents recall did not return (KeyError for one the index does not hold)."""
+        q = np.asarray(query, np.float32)
+        return [float((self.index.reconstruct_batch(self.rows_by_doc[d]) @ q).max()) for d in doc_ids]
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)

@@ -44,13 +44,6 @@ from storage.warehouse import Warehouse
 from .common import TRAIN_RETRY, encoder_for
 
 
-def _doc_rows(doc_ids) -> dict[str, list[int]]:
-    rows: dict[str, list[int]] = {}
-    for i, d in enumerate(doc_ids):
-        rows.setdefault(d, []).append(i)
-    return rows
-
-
 def _encode_texts(enc: Encoder, items: list[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(title, text) -> (token vectors, word pieces aligned with them, pooled chunk vectors)."""
     if not items:
@@ -112,7 +105,6 @@ class TrainingLists:
     corpus: IndexedCorpus
     view: TokenView
     encoder: Encoder
-    seconds: float
 
 
 def training_lists(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *, split: str = "train",
@@ -138,8 +130,7 @@ def training_lists(root: DataRoot, settings: Settings, dataset_dir: str, domain:
     pooled, qtoks = enc.encode_queries_with_tokens(texts)
     qpieces = enc.query_ids(texts)
     hits = corpus.searcher.search(pooled, v.candidates)
-    rows = _doc_rows(corpus.searcher.doc_ids)
-    index = corpus.searcher.index
+    rows = corpus.searcher.rows_by_doc
     docs = DocumentStore(root).read(domain, include_deleted=False)
     text_of = {d: (t or "", x) for d, t, x in zip(*(docs[c].to_pylist() for c in ("doc_id", "title", "text")),
                                                    strict=True)}
@@ -177,7 +168,7 @@ def training_lists(root: DataRoot, settings: Settings, dataset_dir: str, domain:
         extra = [] if v.train_top else [d for d, r in rels.items()
                                         if r > 0 and d not in cands and d in view.pieces and d in rows]
         ds = cands + extra
-        rec += [float((index.reconstruct_batch(np.asarray(rows[d], np.int64)) @ pooled[j]).max()) for d in extra]
+        rec += corpus.searcher.best_chunk_scores(pooled[j], extra)
         toks = view.source.docs(ds)
         pieces = [view.pieces[d] for d in ds]
         pairs = []
@@ -203,7 +194,7 @@ def training_lists(root: DataRoot, settings: Settings, dataset_dir: str, domain:
     log(f"training lists: {len(examples)} train, {len(pseudo)} pseudo-query, {len(val)} validation queries "
         f"({t_data:.0f} s to build)")
     return TrainingLists(examples, pseudo, val, [q for j, q in enumerate(qids) if j not in val_set],
-                         [q for j, q in enumerate(qids) if j in val_set], dict(kinds), corpus, view, enc, t_data)
+                         [q for j, q in enumerate(qids) if j in val_set], dict(kinds), corpus, view, enc)
 
 
 def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *,

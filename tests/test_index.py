@@ -30,6 +30,23 @@ def test_a_document_scores_as_its_best_chunk_and_appears_once():
     assert params.kind == "flat_ip" and params.ntotal == 30
 
 
+def test_a_named_document_not_returned_scores_as_its_best_chunk():
+    rng = np.random.default_rng(2)
+    vecs = _unit(rng, 12)
+    doc_ids = [f"d{i % 4}" for i in range(12)]  # chunks of a document need not be adjacent
+    index, _ = build_index(vecs, exact_max_vectors=100)
+    s = DocSearcher(index, doc_ids)
+    q = _unit(rng, 1)[0]
+    (top,) = s.search(q[None], k=1)
+    others = [d for d in ("d0", "d1", "d2", "d3") if d != top[0].doc_id]
+    sims = vecs @ q
+    want = [float(sims[[i for i, d in enumerate(doc_ids) if d == o]].max()) for o in others]
+    assert s.best_chunk_scores(q, others) == pytest.approx(want, abs=1e-5)
+    assert s.best_chunk_scores(q, [top[0].doc_id]) == pytest.approx([top[0].score], abs=1e-5)
+    with pytest.raises(KeyError):
+        s.best_chunk_scores(q, ["missing"])
+
+
 def test_k_larger_than_the_corpus_returns_every_document():
     rng = np.random.default_rng(1)
     index, _ = build_index(_unit(rng, 6), exact_max_vectors=100)
