@@ -164,6 +164,12 @@ class VerifyConfig(_Strict):
                               "served its top verify_top), plus the near-misses of the positives among them; "
                               "queries with no positive there are left out. 0: the whole list, with positives "
                               "recall missed, sampled at random each epoch.")
+    adapter_epochs: int = Field(
+        12, ge=0, description="Epochs of the query adapter, a learned linear map of the query's token vectors trained "
+                              "before the verifier (MaxSim under the adapted query, listwise; the best validation "
+                              "epoch is kept, the identity competing). 0: no adapter (the identity).")
+    adapter_top: int = Field(30, ge=1, description="The adapter's training lists: recall's top this many, plus the "
+                                                   "query's positives.")
     epochs: int = Field(20, ge=1, description="Training epochs (the best validation epoch is kept).")
     patience: int = Field(
         20, ge=1, description="Stop after this many epochs without a better validation nDCG@10. The learning rate "

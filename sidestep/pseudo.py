@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .adapter import adapt
 from .docvec import max_chunk_scores
 from .verifier import Example, prepare, query_piece_ids, query_tokens, served_rows
 
@@ -36,13 +37,14 @@ def title_docs(titles: Sequence[str | None], texts: Sequence[str | None], n: int
 
 def pseudo_lists(q_pooled: np.ndarray, q_tokens: Sequence[np.ndarray], q_pieces: Sequence[Sequence[int]],
                  positives: Sequence[int], docs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                 idf: np.ndarray, *, candidates: int, max_doc_tokens: int, train_top: int, max_query_tokens: int
-                 ) -> list[Example]:
+                 idf: np.ndarray, *, candidates: int, max_doc_tokens: int, train_top: int, max_query_tokens: int,
+                 adapter: torch.Tensor | None = None) -> list[Example]:
     """One training list per pseudo-query whose positive recall finds.
 
     docs: every document as (token vectors, word pieces, pooled chunk vectors), title-free;
     positives[j]: the document pseudo-query j was taken from. Lists are cut to what serving
-    shows the model (`served_rows(train_top)`) when train_top is set, as for real queries."""
+    shows the model (`served_rows(train_top)`) when train_top is set, as for real queries. Query tokens
+    go through `adapter` (sidestep.adapter) where one is given, as the verify stage's do."""
     chunk_vecs = np.concatenate([p for _, _, p in docs]).astype(np.float32)
     sizes = np.asarray([len(p) for _, _, p in docs], dtype=np.int64)
     if (sizes < 1).any():
@@ -57,7 +59,7 @@ def pseudo_lists(q_pooled: np.ndarray, q_tokens: Sequence[np.ndarray], q_pieces:
             top = np.argsort(-row, kind="stable")[:candidates]
             labels = torch.from_numpy(top == positives[j])
             if bool(labels.any()):
-                c = prepare(query_tokens(q_tokens[j], max_query_tokens), query_piece_ids(q_pieces[j], max_query_tokens),
+                c = prepare(adapt(adapter, query_tokens(q_tokens[j], max_query_tokens)), query_piece_ids(q_pieces[j], max_query_tokens),
                             [docs[k][0] for k in top], [docs[k][1] for k in top], idf, row[top].astype(np.float32),
                             max_doc_tokens, n_list=len(top))
                 ex: Example | None = Example(c, labels)

@@ -99,7 +99,7 @@ def rerank(model: Verifier, views: Sequence[TokenView], qtoks: Sequence[np.ndarr
     with torch.inference_mode():
         for view, qt, qp, ids, rec in zip(views, qtoks, qpieces, doc_ids, recalls, strict=True):
             t0 = time.perf_counter()
-            items.append(prepare(query_tokens(qt, cap), query_piece_ids(qp, cap),
+            items.append(prepare(model.adapt(query_tokens(qt, cap)), query_piece_ids(qp, cap),
                                  view.source.flat(list(ids), max_doc_tokens), [view.pieces[d] for d in ids],
                                  view.idf, rec, max_doc_tokens, verify_top=top))
             spent.append((time.perf_counter() - t0) * 1e3)

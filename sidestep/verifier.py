@@ -11,7 +11,9 @@ the recall scores. Its output logit, plus a learned linear term on the recall
 scores, is the final score.
 
 The map reduction is fixed (not learned), so training precomputes features once;
-the token embeddings are the frozen encoder's, never fine-tuned.
+the token embeddings are the frozen encoder's, never fine-tuned. The maps are built
+from the query's tokens through a learned linear query adapter (sidestep.adapter),
+trained before the model; the document side is the stored tokens as they are.
 """
 
 from __future__ import annotations
@@ -266,6 +268,12 @@ class Verifier(nn.Module):
         self.norm = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, 1)
         self.skip = nn.Linear(g, 1)  # the learned combination with the recall scores
+        # the query adapter (sidestep.adapter), trained before the model; the identity until then
+        self.register_buffer("adapter", torch.eye(dim))
+
+    def adapt(self, qtok: torch.Tensor) -> torch.Tensor:
+        """Unit query tokens (nq, d) as the model's maps take them: through its query adapter, unit again."""
+        return normalize(qtok @ self.adapter.T)
 
     def forward(self, feats: torch.Tensor, qtok: torch.Tensor, qmask: torch.Tensor,
                 glob: torch.Tensor, projected: bool = False) -> torch.Tensor:

@@ -57,6 +57,7 @@ def load_verifier(root: DataRoot, domain: str, version: str | None = None) -> Lo
     manifest = store.verify(domain, version)
     blob = torch.load(io.BytesIO((store.path(domain, version) / MODEL_FILE).read_bytes()), weights_only=True)
     model = Verifier(VerifierConfig.from_dict(blob["config"]), int(blob["dim"]))
-    model.load_state_dict(blob["state"])
+    # versions published before the query adapter existed read as the identity adapter
+    model.load_state_dict({"adapter": torch.eye(model.dim), **blob["state"]})
     model.eval()
     return LoadedVerifier(domain, version, model, manifest)

@@ -15,6 +15,7 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from sidestep.adapter import adapt, fit_adapter, token_list
 from sidestep.beir import load_qrels, load_queries
 from sidestep.config import Settings
 from sidestep.encoder import Encoder, doc_text
@@ -58,7 +59,8 @@ def _encode_texts(enc: Encoder, items: list[tuple[str, str]]) -> list[tuple[np.n
     return out
 
 
-def _pseudo_examples(enc: Encoder, docs, idf: np.ndarray, settings: Settings, seed: int, log) -> list[Example]:
+def _pseudo_examples(enc: Encoder, docs, idf: np.ndarray, settings: Settings, seed: int, log,
+                     adapter: torch.Tensor | None = None) -> list[Example]:
     """Training lists from title pseudo-queries (sidestep.pseudo): up to `pseudo_docs` titled documents
     re-encoded without their titles, `pseudo_queries` of their titles as queries."""
     v = settings.verify
@@ -78,7 +80,7 @@ def _pseudo_examples(enc: Encoder, docs, idf: np.ndarray, settings: Settings, se
     pooled, qtoks = enc.encode_queries_with_tokens(qtexts)
     out = pseudo_lists(pooled, qtoks, enc.query_ids(qtexts), positives, encoded, idf, candidates=v.candidates,
                        max_doc_tokens=v.max_doc_tokens, train_top=v.train_top,
-                       max_query_tokens=VerifierConfig().max_query_tokens)
+                       max_query_tokens=VerifierConfig().max_query_tokens, adapter=adapter)
     log(f"pseudo-queries: {len(out)} lists from {len(qtexts)} titles over {len(pool)} documents "
         f"({len(qtexts) - len(out)} left out: their positive was not among the candidates trained on), "
         f"{time.perf_counter() - t0:.0f} s")
@@ -102,9 +104,34 @@ class TrainingLists:
     fit_qids: list[str]  # the SPLIT queries not held out (some give no list: no positive among the candidates)
     val_qids: list[str]
     near_misses: dict[str, int]
+    adapter: torch.Tensor  # the query adapter every list's maps were built with
+    adapter_curve: list[dict]
     corpus: IndexedCorpus
     view: TokenView
     encoder: Encoder
+
+
+def fit_query_adapter(qids: list[str], qtoks, hits, qrels: dict, val_set: set[int], view: TokenView,
+                      settings: Settings, dim: int, *, seed: int = 0, log=print) -> tuple[torch.Tensor, list[dict]]:
+    """The query adapter (sidestep.adapter) from recall's top `adapter_top` of each query plus its positives,
+    chosen on the held-out queries; the identity when `adapter_epochs` is 0."""
+    v = settings.verify
+    if not v.adapter_epochs:
+        return torch.eye(dim), []
+    cap = VerifierConfig().max_query_tokens
+    t0 = time.perf_counter()
+    train, val = [], []
+    for j, q in enumerate(qids):
+        rels = qrels.get(q, {})
+        ids = [h.doc_id for h in hits[j]][:v.adapter_top]
+        ids += [d for d, r in rels.items() if r > 0 and d not in ids and d in view.pieces]
+        gains = np.asarray([rels.get(d, 0) for d in ids], np.float32)
+        if (gains > 0).any():
+            tl = token_list(query_tokens(qtoks[j], cap), view.source.flat(ids, v.max_doc_tokens), gains)
+            (val if j in val_set else train).append(tl)
+    log(f"query adapter: {len(train)} training and {len(val)} validation lists read "
+        f"({time.perf_counter() - t0:.0f} s)")
+    return fit_adapter(train, val, dim, epochs=v.adapter_epochs, seed=seed, log=log)
 
 
 def training_lists(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *, split: str = "train",
@@ -153,11 +180,13 @@ def training_lists(root: DataRoot, settings: Settings, dataset_dir: str, domain:
     n_val = max(1, int(round(len(qids) * v.val_fraction))) if len(qids) > 4 else 0
     val_set = set(order[:n_val].tolist())
     cap = VerifierConfig().max_query_tokens
+    adapter, adapter_curve = fit_query_adapter(qids, qtoks, hits, qrels, val_set, view, settings, enc.dim, seed=seed,
+                                               log=log)
     examples, val = [], []
     for j, q in enumerate(qids):
         cands = [h.doc_id for h in hits[j]]
         rec = [h.score for h in hits[j]]
-        qt, qp = query_tokens(qtoks[j], cap), query_piece_ids(qpieces[j], cap)
+        qt, qp = adapt(adapter, query_tokens(qtoks[j], cap)), query_piece_ids(qpieces[j], cap)
         rels = qrels.get(q, {})
         if j in val_set:
             c = prepare(qt, qp, view.source.docs(cands), [view.pieces[d] for d in cands], view.idf,
@@ -189,12 +218,20 @@ def training_lists(root: DataRoot, settings: Settings, dataset_dir: str, domain:
         ex = served_rows(ex, v.train_top, len(cands)) if v.train_top else ex
         if ex is not None:
             examples.append(ex)
-    pseudo = _pseudo_examples(enc, docs, view.idf, settings, seed, log)
+    pseudo = _pseudo_examples(enc, docs, view.idf, settings, seed, log, adapter)
     t_data = time.perf_counter() - t0
     log(f"training lists: {len(examples)} train, {len(pseudo)} pseudo-query, {len(val)} validation queries "
         f"({t_data:.0f} s to build)")
     return TrainingLists(examples, pseudo, val, [q for j, q in enumerate(qids) if j not in val_set],
-                         [q for j, q in enumerate(qids) if j in val_set], dict(kinds), corpus, view, enc)
+                         [q for j, q in enumerate(qids) if j in val_set], dict(kinds), adapter, adapter_curve, corpus,
+                         view, enc)
+
+
+def _adapter_summary(adapter: torch.Tensor, curve: list[dict]) -> dict:
+    best = max(curve, key=lambda c: c["val_ndcg10"]) if curve else {}
+    return {"best_epoch": best.get("epoch"), "val_ndcg10": best.get("val_ndcg10"),
+            "identity_val_ndcg10": curve[0]["val_ndcg10"] if curve else None, "epochs_run": len(curve) - 1 if curve else 0,
+            "distance_from_identity": float((adapter - torch.eye(len(adapter))).norm()), "curve": curve}
 
 
 def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *,
@@ -208,6 +245,8 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     cfg = VerifierConfig()
     model, curve = fit(examples + pseudo, val, cfg, enc.dim, epochs=v.epochs, near_miss_weight=v.near_miss_weight,
                        seed=seed, patience=v.patience, log=log)
+    with torch.no_grad():
+        model.adapter.copy_(lists.adapter)
     best = max(curve, key=lambda c: c["val_ndcg10"]) if curve else {}
     # the model is never served more of the list than it trained on
     top, top_ndcg = choose_verify_top(model, val, choices=[k for k in VERIFY_TOP_CHOICES
@@ -219,7 +258,8 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     fp = hashlib.sha256(json.dumps({"index": corpus.version, "dataset": str(Path(dataset_dir).resolve()),
                                     "split": split, "seed": seed, "cfg": cfg.as_dict(),
                                     "train_top": v.train_top, "pseudo_docs": v.pseudo_docs,
-                                    "pseudo_queries": v.pseudo_queries}, sort_keys=True).encode())
+                                    "pseudo_queries": v.pseudo_queries, "adapter_epochs": v.adapter_epochs,
+                                    "adapter_top": v.adapter_top}, sort_keys=True).encode())
     version = new_version_name(fp.hexdigest())
     manifest = {"index_version": corpus.version, "dataset": str(Path(dataset_dir).resolve()), "split": split,
                 "config": cfg.as_dict(), "parameters": n_parameters(model), "seed": seed,
@@ -228,7 +268,8 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
                 "near_misses": dict(kinds),
                 "best_epoch": best.get("epoch"), "val_ndcg10": best.get("val_ndcg10"),
                 "verify_top": top, "val_ndcg10_by_verify_top": {str(k): nd for k, nd in top_ndcg.items()},
-                "epochs_run": len(curve), "encoder": corpus.manifest.get("encoder")}
+                "epochs_run": len(curve), "encoder": corpus.manifest.get("encoder"),
+                "adapter": _adapter_summary(lists.adapter, lists.adapter_curve)}
     publish_verifier(root, domain, version, model, manifest, settings.index.keep_versions)
     with Warehouse(root.eval_db()) as wh:
         wh.record_verifier_curve(domain, version, curve)

@@ -236,7 +236,7 @@ def test_a_published_verifier_is_hot_loaded_and_reranks_through_the_verifier_dep
     folder = tmp_path / "handbook"
     shutil.copytree(SAMPLES_DIR / "handbook", folder)
     shutil.copy(folder / "qrels" / "test.tsv", folder / "qrels" / "train.tsv")
-    fast = settings.model_copy(update={"verify": settings.verify.model_copy(update={"epochs": 2})})
+    fast = settings.model_copy(update={"verify": settings.verify.model_copy(update={"epochs": 2, "adapter_epochs": 2})})
     trained = train_verifier_domain(sample.root, fast, str(folder), "handbook", log=lambda m: None)
     assert verifier_store(sample.root).current("handbook") == trained["version"]
     body = {"query": "who gets paged for a sev2", "domain": "handbook", "k": 5}

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from flows.evaluate import evaluate_flow, train_verifier_flow
 from serving.core import SearchService
@@ -41,7 +42,7 @@ def handbook(tmp_path):
 @pytest.fixture
 def fast(tmp_path) -> str:
     """A few epochs are plenty for 16 training queries."""
-    write_config(tmp_path / "fast.toml", "[verify]\nepochs = 4\n")
+    write_config(tmp_path / "fast.toml", "[verify]\nepochs = 4\nadapter_epochs = 3\n")
     return str(tmp_path / "fast.toml")
 
 
@@ -67,6 +68,12 @@ def test_evaluate_trains_the_verifier_and_runs_every_baseline_beside_it(data_roo
     # how many candidates the model reads was chosen on the held-out training queries, and eval used it
     assert loaded.manifest["verify_top"] == loaded.model.cfg.verify_top == res["verify"]["verify_top"]
     assert "0" in loaded.manifest["val_ndcg10_by_verify_top"]
+    # the query adapter trained first, the identity competing; the served model carries the one kept
+    ad = loaded.manifest["adapter"]
+    assert ad["epochs_run"] == 3 and ad["curve"][0]["epoch"] == 0  # fast.toml's adapter_epochs
+    assert ad["val_ndcg10"] >= ad["identity_val_ndcg10"]
+    kept_identity = bool(torch.equal(loaded.model.adapter, torch.eye(loaded.model.dim)))
+    assert kept_identity == (ad["best_epoch"] == 0) == (ad["distance_from_identity"] == 0)
     with Warehouse(data_root.eval_db(), read_only=True) as wh:
         curve = wh.query("SELECT count(*) AS n FROM verifier_curves WHERE verifier_version = ?", [v])
         assert curve["n"][0].as_py() >= 2
@@ -106,7 +113,7 @@ def test_a_corrupt_verifier_version_is_refused_and_the_old_one_keeps_serving(dat
     assert svc.verifier.verifiers["hb"].version == first["version"]
     # the second version also trains on title pseudo-queries: the handbook's titles over its title-free texts
     pseudo = tmp_path / "pseudo.toml"
-    write_config(pseudo, "[verify]\nepochs = 4\npseudo_docs = 60\npseudo_queries = 30\n")
+    write_config(pseudo, "[verify]\nepochs = 4\nadapter_epochs = 3\npseudo_docs = 60\npseudo_queries = 30\n")
     second = train_verifier_flow(dataset_dir=str(handbook), domain="hb", seed=1, config_path=str(pseudo))
     assert 0 < second["pseudo_lists"] <= 30 and second["train_queries"] == first["train_queries"]
     assert load_verifier(data_root, "hb").manifest["pseudo_lists"] == second["pseudo_lists"]
@@ -121,7 +128,7 @@ def test_a_corrupt_verifier_version_is_refused_and_the_old_one_keeps_serving(dat
 
 
 def test_pq_token_store_is_a_fraction_of_float16_and_still_verifies(data_root, handbook, tmp_path):
-    settings = write_config(tmp_path / "pq.toml", '[verify]\ntoken_store = "pq"\npq_bytes = 16\nepochs = 4\n')
+    settings = write_config(tmp_path / "pq.toml", '[verify]\ntoken_store = "pq"\npq_bytes = 16\nepochs = 4\nadapter_epochs = 3\n')
     res = evaluate_flow(dataset_dir=str(handbook), domain="hb", k=20, config_path=str(tmp_path / "pq.toml"))
     assert res["verify"]["applied"] and res["cost"]["token_store"] == "pq"
     # served from PQ, trained on the exact float16 maps (train_token_store's default)

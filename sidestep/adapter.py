@@ -1,0 +1,114 @@
+"""The verifier's query adapter: a learned linear map of the query's token vectors, before any map is built.
+
+The token maps are cosines of the frozen encoder's vectors: which directions of the query's tokens
+count is the encoder's choice, made for pooled similarity. The adapter learns it from the domain's
+training qrels, on the query side only (q' = normalize(A q)), so the stored document tokens, their PQ
+codes and the compiled map reductions stay as they are, and a request pays one (nq, d) x (d, d) product.
+
+It is trained by itself, before the verifier, as late interaction with a learned query map: MaxSim of
+the adapted query against each candidate's frozen tokens, a listwise loss over (positives, recall's
+hard negatives), A starting at the identity, the epoch with the best held-out nDCG@10 kept. The
+verifier then trains on maps built from adapted queries. MaxSim itself stays untrained: the baseline
+reranks with the raw query tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .verifier import FlatTokens, ndcg_at, normalize
+
+
+@dataclass
+class TokenList:
+    """One training query's candidates as raw tokens: what the adapter trains on."""
+
+    qtok: torch.Tensor  # (nq, d) unit query tokens
+    docs: torch.Tensor  # (N, d) float16 unit document tokens, the candidates' runs in order
+    index: torch.Tensor  # (C, L) each candidate's rows in `docs` (padded with 0)
+    mask: torch.Tensor  # (C, L) bool, True where the row is the candidate's
+    gains: np.ndarray  # (C,) relevance
+
+
+def token_list(qtok: torch.Tensor, flat: FlatTokens, gains: np.ndarray) -> TokenList:
+    """A TokenList from unit query tokens and the candidates' flat tokens (float16 kept: 768 bytes a token)."""
+    lengths = np.asarray(flat.lengths, dtype=np.int64)
+    vecs = torch.from_numpy(np.asarray(flat.vectors(), np.float32))
+    vecs = (vecs / vecs.norm(dim=-1, keepdim=True).clamp(min=1e-12)).half()
+    width = max(int(lengths.max()) if len(lengths) else 1, 1)
+    starts = np.cumsum(lengths) - lengths
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    index = np.where(mask, starts[:, None] + np.arange(width)[None, :], 0)
+    return TokenList(qtok.float(), vecs, torch.from_numpy(index), torch.from_numpy(mask),
+                     np.asarray(gains, np.float32))
+
+
+def adapt(adapter: torch.Tensor | None, qtok: torch.Tensor) -> torch.Tensor:
+    """Unit query tokens (nq, d) through the adapter (d, d), unit again; None is the identity."""
+    return qtok if adapter is None else normalize(qtok @ adapter.T)
+
+
+def list_maxsim(adapter: torch.Tensor, tl: TokenList) -> torch.Tensor:
+    """(C,) mean over query tokens of each candidate's best cosine with the adapted query; differentiable."""
+    q = adapt(adapter, tl.qtok)
+    if not len(tl.docs):
+        return torch.zeros(tl.mask.shape[0])
+    sim = tl.docs.float() @ q.T  # (N, nq)
+    rows = sim[tl.index].masked_fill(~tl.mask[..., None], -2.0)  # (C, L, nq)
+    return rows.max(1).values.mean(-1)
+
+
+def evaluate(adapter: torch.Tensor, lists: Sequence[TokenList]) -> float:
+    """Mean nDCG@10 of adapted MaxSim over the lists (ideal from each list's own gains)."""
+    with torch.no_grad():
+        return float(np.mean([ndcg_at(list_maxsim(adapter, tl).numpy(), tl.gains) for tl in lists])) if lists else 0.0
+
+
+def fit_adapter(train: Sequence[TokenList], val: Sequence[TokenList], dim: int, *, epochs: int = 12,
+                lr: float = 1e-3, reg: float = 1e-3, batch_queries: int = 16, temperature: float = 20.0,
+                seed: int = 0, log=None) -> tuple[torch.Tensor, list[dict]]:
+    """Listwise softmax over each list's adapted MaxSim (scaled by `temperature`), an L2 pull of A towards
+    the identity (`reg`); returns the A of the best validation epoch (the identity, epoch 0, competes:
+    an adapter that does not help held-out queries is not used) and the curve."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    eye = torch.eye(dim)
+    a = torch.nn.Parameter(eye.clone())
+    opt = torch.optim.Adam([a], lr=lr)
+    usable = [tl for tl in train if tl.gains.any() and not tl.gains.all()]
+    base = evaluate(eye, val)
+    best, best_a, curve = base, eye.clone(), [{"epoch": 0, "loss": None, "val_ndcg10": base, "seconds": 0.0}]
+    if log:
+        log(f"query adapter: {len(usable)} training lists, {len(val)} validation; identity val nDCG@10 {base:.4f}")
+    for epoch in range(1, epochs + 1 if usable else 1):
+        t0 = time.perf_counter()
+        order = rng.permutation(len(usable))
+        total = 0.0
+        for s in range(0, len(order), batch_queries):
+            loss = torch.zeros(())
+            chunk = order[s:s + batch_queries]
+            for i in chunk:
+                tl = usable[i]
+                z = list_maxsim(a, tl) * temperature
+                pos = torch.from_numpy(tl.gains > 0)
+                loss = loss + torch.logsumexp(z, 0) - torch.logsumexp(z[pos], 0)
+            loss = loss / len(chunk) + reg * (a - eye).square().sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(chunk)
+        v = evaluate(a.detach(), val)
+        curve.append({"epoch": epoch, "loss": total / len(usable), "val_ndcg10": v,
+                      "seconds": round(time.perf_counter() - t0, 2)})
+        if log:
+            log(f"query adapter epoch {epoch}: loss {total / len(usable):.4f} val nDCG@10 {v:.4f} "
+                f"(|A - I| {float((a.detach() - eye).norm()):.2f})")
+        if v > best and math.isfinite(v):
+            best, best_a = v, a.detach().clone()
+    return best_a, curve
