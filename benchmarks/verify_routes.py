@@ -11,6 +11,8 @@ asks whether three cheap additions widen that margin or only lift every reranker
 - hybrid recall: BM25's top K added to dense recall's top 100 (pooled cosine of their best chunk as their
   recall score), reranked by MaxSim and by the verifiers trained on dense lists.
 Every figure is SciFact test (300 queries, full ideal from qrels/test.tsv, ir_measures); no choice reads it.
+The verifiers here have no query adapter (sidestep.adapter; `adapter_epochs` 0): this section measured
+the verifier over the raw maps, before the adapter existed, and a rerun keeps it so.
 
 Usage: .venv/bin/python benchmarks/verify_routes.py [--data ../shared/data] [--root ROOT] [--seeds 0 1]
        [--render-only JSON]
@@ -108,6 +110,9 @@ def measure(root: Path, data: Path, seeds: list[int], log=print) -> dict:
 
     scifact = str(data / "scifact")
     settings = load_settings(None)
+    # the routes were measured on the verifier without its query adapter: every list here is built from the
+    # raw query tokens, so the verifiers read the maps MaxSim reads
+    settings = settings.model_copy(update={"verify": settings.verify.model_copy(update={"adapter_epochs": 0})})
     v = settings.verify
     dr = DataRoot(root)
     lists = training_lists(dr, settings, scifact, "scifact", seed=0, log=log)
@@ -194,7 +199,8 @@ def render(r: dict, note: str) -> str:
     seeds = sorted(r["fits"])
     lines = [START, "### Routes to a wider SciFact margin, each beside its control (`benchmarks/verify_routes.py`)", "",
              f"Run {r['date']} on {r['machine']}{'; ' + note if note else ''}. One data root, the SciFact index of "
-             f"`sidestep eval` with the defaults; verifiers trained as `sidestep eval` trains them (float16 maps, "
+             f"`sidestep eval` with the defaults; verifiers trained as `sidestep eval` trained them before the query "
+             f"adapter existed (no adapter: the raw maps MaxSim reads; float16 maps, "
              f"{r['val_queries']} held-out training queries), seeds {', '.join(seeds)} "
              f"(validation nDCG@10 {', '.join(str(r['fits'][s]['val_ndcg10']) for s in seeds)}; verify_top "
              f"{', '.join(str(r['fits'][s]['verify_top']) for s in seeds)}; "

@@ -227,9 +227,9 @@ def training_lists(root: DataRoot, settings: Settings, dataset_dir: str, domain:
                          view, enc)
 
 
-def _adapter_summary(adapter: torch.Tensor, curve: list[dict]) -> dict:
+def _adapter_summary(adapter: torch.Tensor, curve: list[dict], top: int) -> dict:
     best = max(curve, key=lambda c: c["val_ndcg10"]) if curve else {}
-    return {"best_epoch": best.get("epoch"), "val_ndcg10": best.get("val_ndcg10"),
+    return {"top": top, "best_epoch": best.get("epoch"), "val_ndcg10": best.get("val_ndcg10"),
             "identity_val_ndcg10": curve[0]["val_ndcg10"] if curve else None, "epochs_run": len(curve) - 1 if curve else 0,
             "distance_from_identity": float((adapter - torch.eye(len(adapter))).norm()), "curve": curve}
 
@@ -269,7 +269,7 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
                 "best_epoch": best.get("epoch"), "val_ndcg10": best.get("val_ndcg10"),
                 "verify_top": top, "val_ndcg10_by_verify_top": {str(k): nd for k, nd in top_ndcg.items()},
                 "epochs_run": len(curve), "encoder": corpus.manifest.get("encoder"),
-                "adapter": _adapter_summary(lists.adapter, lists.adapter_curve)}
+                "adapter": _adapter_summary(lists.adapter, lists.adapter_curve, v.adapter_top)}
     publish_verifier(root, domain, version, model, manifest, settings.index.keep_versions)
     with Warehouse(root.eval_db()) as wh:
         wh.record_verifier_curve(domain, version, curve)

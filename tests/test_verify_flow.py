@@ -113,7 +113,7 @@ def test_a_corrupt_verifier_version_is_refused_and_the_old_one_keeps_serving(dat
     assert svc.verifier.verifiers["hb"].version == first["version"]
     # the second version also trains on title pseudo-queries: the handbook's titles over its title-free texts
     pseudo = tmp_path / "pseudo.toml"
-    write_config(pseudo, "[verify]\nepochs = 4\nadapter_epochs = 3\npseudo_docs = 60\npseudo_queries = 30\n")
+    write_config(pseudo, "[verify]\nepochs = 4\nadapter_epochs = 0\npseudo_docs = 60\npseudo_queries = 30\n")
     second = train_verifier_flow(dataset_dir=str(handbook), domain="hb", seed=1, config_path=str(pseudo))
     assert 0 < second["pseudo_lists"] <= 30 and second["train_queries"] == first["train_queries"]
     assert load_verifier(data_root, "hb").manifest["pseudo_lists"] == second["pseudo_lists"]
@@ -128,7 +128,7 @@ def test_a_corrupt_verifier_version_is_refused_and_the_old_one_keeps_serving(dat
 
 
 def test_pq_token_store_is_a_fraction_of_float16_and_still_verifies(data_root, handbook, tmp_path):
-    settings = write_config(tmp_path / "pq.toml", '[verify]\ntoken_store = "pq"\npq_bytes = 16\nepochs = 4\nadapter_epochs = 3\n')
+    settings = write_config(tmp_path / "pq.toml", '[verify]\ntoken_store = "pq"\npq_bytes = 16\nepochs = 4\nadapter_epochs = 0\n')
     res = evaluate_flow(dataset_dir=str(handbook), domain="hb", k=20, config_path=str(tmp_path / "pq.toml"))
     assert res["verify"]["applied"] and res["cost"]["token_store"] == "pq"
     # served from PQ, trained on the exact float16 maps (train_token_store's default)
