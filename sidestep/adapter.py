@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .verifier import FlatTokens, ndcg_at, normalize
+from .verifier import FlatTokens, adapt, ndcg_at
 
 
 @dataclass
@@ -47,11 +47,6 @@ def token_list(qtok: torch.Tensor, flat: FlatTokens, gains: np.ndarray) -> Token
     index = np.where(mask, starts[:, None] + np.arange(width)[None, :], 0)
     return TokenList(qtok.float(), vecs, torch.from_numpy(index), torch.from_numpy(mask),
                      np.asarray(gains, np.float32))
-
-
-def adapt(adapter: torch.Tensor | None, qtok: torch.Tensor) -> torch.Tensor:
-    """Unit query tokens (nq, d) through the adapter (d, d), unit again; None is the identity."""
-    return qtok if adapter is None else normalize(qtok @ adapter.T)
 
 
 def list_maxsim(adapter: torch.Tensor, tl: TokenList) -> torch.Tensor:

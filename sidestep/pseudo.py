@@ -19,9 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .adapter import adapt
 from .docvec import max_chunk_scores
-from .verifier import Example, prepare, query_piece_ids, query_tokens, served_rows
+from .verifier import Example, adapt, prepare, query_piece_ids, query_tokens, served_rows
 
 
 def title_docs(titles: Sequence[str | None], texts: Sequence[str | None], n: int, seed: int) -> list[int]:

@@ -66,6 +66,12 @@ def normalize(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(t, dim=-1)
 
 
+def adapt(adapter: torch.Tensor | None, qtok: torch.Tensor) -> torch.Tensor:
+    """Unit query tokens (nq, d) through a query adapter (d, d) (sidestep.adapter), unit again; None is the
+    identity."""
+    return qtok if adapter is None else normalize(qtok @ adapter.T)
+
+
 def token_maps(q: torch.Tensor, docs: Sequence[np.ndarray], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine maps of unit query tokens (nq, d) against each document's tokens: (C, nq, L) + (C, L) mask.
 
@@ -273,7 +279,7 @@ class Verifier(nn.Module):
 
     def adapt(self, qtok: torch.Tensor) -> torch.Tensor:
         """Unit query tokens (nq, d) as the model's maps take them: through its query adapter, unit again."""
-        return normalize(qtok @ self.adapter.T)
+        return adapt(self.adapter, qtok)
 
     def forward(self, feats: torch.Tensor, qtok: torch.Tensor, qmask: torch.Tensor,
                 glob: torch.Tensor, projected: bool = False) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from sidestep.adapter import adapt, fit_adapter, token_list
+from sidestep.adapter import fit_adapter, token_list
 from sidestep.beir import load_qrels, load_queries
 from sidestep.config import Settings
 from sidestep.encoder import Encoder, doc_text
@@ -27,6 +27,7 @@ from sidestep.verifier import (
     Candidates,
     Example,
     VerifierConfig,
+    adapt,
     choose_verify_top,
     fit,
     n_parameters,
@@ -272,7 +273,10 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
                 "adapter": _adapter_summary(lists.adapter, lists.adapter_curve, v.adapter_top)}
     publish_verifier(root, domain, version, model, manifest, settings.index.keep_versions)
     with Warehouse(root.eval_db()) as wh:
-        wh.record_verifier_curve(domain, version, curve)
+        # the adapter's epochs beside the model's, as adapter_loss / adapter_val_ndcg10 (epoch 0: the identity)
+        wh.record_verifier_curve(domain, version, curve + [
+            {"epoch": c["epoch"], **{f"adapter_{k}": c[k] for k in ("loss", "val_ndcg10") if c[k] is not None}}
+            for c in lists.adapter_curve])
     seconds = time.perf_counter() - t0
     return {"domain": domain, "version": version, "seconds": round(seconds, 1), **manifest}
 

@@ -7,8 +7,8 @@ import io
 import numpy as np
 import torch
 
-from sidestep.adapter import adapt, evaluate, fit_adapter, list_maxsim, token_list
-from sidestep.verifier import Verifier, VerifierConfig, flat_maxsim, flatten_tokens, normalize
+from sidestep.adapter import evaluate, fit_adapter, list_maxsim, token_list
+from sidestep.verifier import Verifier, VerifierConfig, adapt, flat_maxsim, flatten_tokens, normalize
 
 
 def _lists(rng: np.random.Generator, rot: torch.Tensor, n: int, dim: int = 8) -> list:

@@ -77,6 +77,10 @@ def test_evaluate_trains_the_verifier_and_runs_every_baseline_beside_it(data_roo
     with Warehouse(data_root.eval_db(), read_only=True) as wh:
         curve = wh.query("SELECT count(*) AS n FROM verifier_curves WHERE verifier_version = ?", [v])
         assert curve["n"][0].as_py() >= 2
+        ad_rows = wh.query("SELECT epoch, value FROM verifier_curves WHERE verifier_version = ? AND metric = "
+                           "'adapter_val_ndcg10' ORDER BY epoch", [v])
+        assert ad_rows["epoch"].to_pylist() == [c["epoch"] for c in ad["curve"]]
+        assert ad_rows["value"].to_pylist() == pytest.approx([c["val_ndcg10"] for c in ad["curve"]])
         runs = wh.query("SELECT label FROM runs WHERE group_id = ? ORDER BY label", [res["run_group"]])
         assert sorted(runs["label"].to_pylist()) == sorted(["main", "pooled_cosine", "maxsim", "bm25",
                                                             "rrf_bm25_dense"])
