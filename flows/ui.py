@@ -40,11 +40,15 @@ class LocalPrefect:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         return subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def start(self, timeout: float = 120) -> LocalPrefect:
+    def start(self, timeout: float = 120, runner: bool = True) -> LocalPrefect:
+        """The server, then (unless runner=False: an API for flows run elsewhere) the runner of every
+        deployment."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.server = self._spawn([sys.executable, "-m", "prefect", "server", "start", "--host", self.host,
                                    "--port", str(self.port)], "server")
         self._wait(lambda: httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200, timeout, "server")
+        if not runner:
+            return self
         self.runner = self._spawn([sys.executable, "-m", "flows.deployments"], "runner")
         from flows.deployments import deployments
 

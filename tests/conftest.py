@@ -1,10 +1,15 @@
 """Test session setup: a short temporary base for every data root (Ray's socket paths must stay
-short), Prefect and Ray kept local, the encoder loaded once per session."""
+short), Prefect and Ray kept local, the encoder loaded once per session.
+
+One Prefect server on loopback serves the whole session (PREFECT_API_URL), as it serves a deployment:
+every flow, in this process or in a subprocess a test starts, reports to it instead of each process
+starting (and migrating) a temporary server of its own."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +30,18 @@ os.environ.pop("SIDESTEP_CONFIG", None)
 
 import pytest  # noqa: E402
 
+from flows.ui import LocalPrefect  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_PREFECT = LocalPrefect(_BASE / "prefect", port=_free_port()).start(timeout=180, runner=False)
+os.environ["PREFECT_API_URL"] = _PREFECT.api_url
+
 from sidestep.config import default_settings, load_settings  # noqa: E402
 from storage.paths import DataRoot  # noqa: E402
 
@@ -33,6 +50,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def pytest_sessionfinish(session, exitstatus):
+    _PREFECT.stop()
     shutil.rmtree(_BASE, ignore_errors=True)
 
 

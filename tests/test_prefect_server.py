@@ -22,7 +22,8 @@ def _free_port() -> int:
 
 def test_deployments_are_listed_and_a_triggered_nightly_run_publishes(data_root, base_dir, settings):
     with LocalPrefect(data_root.root / "prefect-server", port=_free_port(),
-                      env={"SIDESTEP_HOME": str(data_root.root)}) as p:
+                      env={"SIDESTEP_HOME": str(data_root.root),
+                           "PREFECT_RUNNER_POLL_FREQUENCY": "2"}) as p:
         from flows.deployments import deployments
 
         listed = p.deployments()

@@ -1,4 +1,6 @@
-"""A real Ray Serve application on loopback, real HTTP requests, real published indexes."""
+"""A real Ray Serve application on loopback, real HTTP requests, real published indexes. The app runs
+as a guarded deployment does (SIDESTEP_API_TOKEN set): every client here sends the bearer token, and the
+token checks themselves run against the same app."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import pytest
 from storage.artifacts import IndexStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
+TOKEN = "s3cret-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _free_port() -> int:
@@ -28,12 +32,32 @@ def server(sample):
     from serving.run import ServeHandle
 
     os.environ["SIDESTEP_HOME"] = str(sample.root.root)
-    h = ServeHandle(sample.root, port=_free_port(), preset="test")
-    with h, httpx.Client(base_url=h.url, timeout=60) as client:
-        yield client
+    os.environ["SIDESTEP_API_TOKEN"] = TOKEN
+    try:
+        h = ServeHandle(sample.root, port=_free_port(), preset="test")
+        with h, httpx.Client(base_url=h.url, timeout=60, headers=AUTH) as client:
+            yield client
+    finally:
+        os.environ.pop("SIDESTEP_API_TOKEN", None)
     # stopped: nothing listens any more
     with pytest.raises(httpx.HTTPError):
         httpx.get(h.url + "/healthz", timeout=2)
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/search", {"query": "database backups", "domain": "handbook", "k": 2}),
+    ("/recommend", {"history": ["0"], "k": 2, "domain": "shop"}),
+])
+def test_requests_need_the_bearer_token(server, path, body):
+    with httpx.Client(base_url=server.base_url, timeout=60) as anonymous:
+        assert anonymous.post(path, json=body).status_code == 401
+        r = anonymous.post(path, json=body, headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert anonymous.get("/healthz").status_code == 200  # health stays open
+    ok = server.post(path, json=body)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["index_version"]
+    assert str(server.base_url).startswith("http://127.0.0.1:")  # loopback only
 
 
 def test_healthz_reports_every_published_domain(server, sample):
@@ -205,7 +229,7 @@ def test_overload_gets_fast_503_with_retry_after_and_no_timeouts(server):
     import asyncio
 
     async def burst(n: int) -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=str(server.base_url), timeout=60) as c:
+        async with httpx.AsyncClient(base_url=str(server.base_url), timeout=60, headers=AUTH) as c:
             body = {"query": "how do we restore a database backup after an incident " * 8, "domain": "handbook",
                     "k": 1000}
             return await asyncio.gather(*(c.post("/search", json=body) for _ in range(n)))
