@@ -151,8 +151,10 @@ class VerifyConfig(_Strict):
         "pq", description="Token vectors the maps are built from: product-quantized into each index version "
                           "(pq, pq_bytes per token: smaller and faster to read), or the embedding shards as "
                           "stored (float16, 768 bytes per token).")
-    pq_bytes: int = Field(32, ge=8, le=192, description="PQ sub-quantizers (one byte each) per token vector; "
-                                                        "must divide the encoder's dimension.")
+    pq_bytes: int = Field(43, ge=8, le=192, description="PQ sub-quantizers (one byte each) per token vector. "
+                                                        "Where it does not divide the encoder's dimension, the "
+                                                        "vectors are zero-padded to a multiple of it (384-d in "
+                                                        "43 bytes: 43 sub-spaces of 9).")
     train_token_store: Literal["float16", "pq"] = Field(
         "float16", description="Token vectors the verifier trains on. float16 (the embedding shards) gives it "
                                "exact maps; it still scores whatever token_store serves. Trained on PQ maps it "

@@ -117,13 +117,15 @@ class FlatTokens:
     verify stage multiplies, without padding 100 x 512 x 384 tensors or copying per document.
 
     A product-quantized store hands out its codes instead (`codes` (N, M) uint8 with the codec's
-    `centroids` (M, 256, d/M)): `cosines` then scores them against lookup tables, so the 400 x 384
-    floats per document are never decoded."""
+    `centroids` (M, 256, dsub)): `cosines` then scores them against lookup tables, so the 400 x 384
+    floats per document are never decoded. Where M does not divide d, the codec's vectors are d
+    padded with zeros to M * dsub, and `dim` is d."""
 
     vecs: np.ndarray | None  # (N, d), float16 or float32; None when codes are given
     lengths: np.ndarray  # (C,) int64, sum = N
     codes: np.ndarray | None = None
     centroids: np.ndarray | None = None
+    dim: int | None = None  # the token dimension, where the codes are of zero-padded vectors
 
     def capped(self, max_tokens: int) -> FlatTokens:
         """The first max_tokens tokens of each document (a copy only when some document is longer)."""
@@ -133,7 +135,7 @@ class FlatTokens:
         keep = np.minimum(self.lengths, max_tokens)
         rows = np.concatenate([np.arange(a, a + k) for a, k in zip(starts, keep, strict=True)])
         if self.codes is not None:
-            return FlatTokens(None, keep.astype(np.int64), self.codes[rows], self.centroids)
+            return FlatTokens(None, keep.astype(np.int64), self.codes[rows], self.centroids, self.dim)
         return FlatTokens(self.vecs[rows], keep.astype(np.int64))
 
     def vectors(self) -> np.ndarray:
@@ -141,7 +143,8 @@ class FlatTokens:
         if self.codes is None:
             return self.vecs
         m, _, dsub = self.centroids.shape
-        return self.centroids[np.arange(m), self.codes.astype(np.int64)].reshape(len(self.codes), m * dsub)
+        out = self.centroids[np.arange(m), self.codes.astype(np.int64)].reshape(len(self.codes), m * dsub)
+        return out[:, :self.dim] if self.dim else out
 
     def cosines(self, q: torch.Tensor) -> torch.Tensor:
         """(N, nq) cosines of unit query tokens (nq, d) against every token; rows are contiguous."""
@@ -157,6 +160,8 @@ class FlatTokens:
         # each token sums the M entries its codes pick (asymmetric distance computation), compiled
         width = -(-(nq + 1) // 8) * 8
         table = torch.zeros((m, ksub, width))
+        if m * dsub > q.shape[1]:  # the codes are of zero-padded vectors: pad the query alike
+            q = torch.nn.functional.pad(q, (0, m * dsub - q.shape[1]))
         table[..., :nq] = torch.einsum("qmd,mkd->mkq", q.reshape(nq, m, dsub).float(), cent)
         table[..., nq] = cent.square().sum(-1)
         out = np.empty((len(self.codes), nq), np.float32)

@@ -93,6 +93,11 @@ class PQTokenSource:
         p = self.codec.pq if isinstance(self.codec, faiss.IndexPQ) else None
         self._centroids = (faiss.vector_to_array(p.centroids).reshape(p.M, p.ksub, p.dsub)
                            if p is not None and p.nbits == 8 else None)  # one byte per code: table lookups
+        meta = pq.read_schema(folder / PQ_DOCS).metadata or {}
+        self.dim = int(meta.get(b"dim", self.codec.d))  # the codec's vectors may be zero-padded past it
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        return self.codec.sa_decode(np.ascontiguousarray(codes))[:, :self.dim]
 
     def __contains__(self, doc_id: str) -> bool:
         return doc_id in self._span
@@ -102,7 +107,7 @@ class PQTokenSource:
 
     def doc(self, doc_id: str) -> np.ndarray:
         s, e = self._span[doc_id]
-        return self.codec.sa_decode(np.ascontiguousarray(self.codes[s:e]))
+        return self._decode(self.codes[s:e])
 
     def flat(self, doc_ids: list[str], max_tokens: int) -> FlatTokens:
         """The first max_tokens tokens of each document as one flat run of codes (scored against
@@ -110,19 +115,19 @@ class PQTokenSource:
         spans = [self._span[d] for d in doc_ids]
         lengths = np.asarray([min(e - s, max_tokens) for s, e in spans], dtype=np.int64)
         if not lengths.sum():
-            return FlatTokens(np.zeros((0, self.codec.d), np.float32), lengths)
+            return FlatTokens(np.zeros((0, self.dim), np.float32), lengths)
         rows = np.concatenate([np.arange(s, s + n) for (s, _), n in zip(spans, lengths, strict=True)])
         codes = np.ascontiguousarray(self.codes[rows])
         if self._centroids is None:
-            return FlatTokens(self.codec.sa_decode(codes), lengths)
-        return FlatTokens(None, lengths, codes, self._centroids)
+            return FlatTokens(self._decode(codes), lengths)
+        return FlatTokens(None, lengths, codes, self._centroids, self.dim)
 
     def docs(self, doc_ids: list[str]) -> list[np.ndarray]:
         spans = [self._span[d] for d in doc_ids]
         if not spans:
             return []
         flat = np.concatenate([self.codes[s:e] for s, e in spans])
-        dec = self.codec.sa_decode(np.ascontiguousarray(flat))
+        dec = self._decode(flat)
         out, r = [], 0
         for s, e in spans:
             out.append(dec[r:r + e - s])
@@ -133,12 +138,33 @@ class PQTokenSource:
         return self.codes.shape[0] * self.codes.shape[1] / max(len(self._span), 1)
 
 
+def padded_dim(dim: int, m: int) -> int:
+    """The codec's dimension for m sub-quantizers: dim padded with zeros to a multiple of m, so that any
+    byte budget can be spent (384 dimensions in 43 bytes: 43 sub-spaces of 9, the last 3 dimensions zero).
+    Refused where a whole sub-space would be padding."""
+    if not _fits(dim, m):
+        near = [k for k in range(max(1, m - 8), m + 9) if _fits(dim, k)]
+        raise ValueError(f"pq_bytes = {m} would leave a sub-quantizer of padding only for {dim}-d tokens; "
+                         f"sizes near it that work: {near}")
+    return m * -(-dim // m)
+
+
+def _fits(dim: int, m: int) -> bool:
+    dsub = -(-dim // m)
+    return m <= dim and m * dsub - dim < dsub
+
+
+def pad(x: np.ndarray, width: int) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x if x.shape[1] == width else np.ascontiguousarray(np.pad(x, ((0, 0), (0, width - x.shape[1]))))
+
+
 def train_pq(sample: np.ndarray, m: int, nbits: int = 8) -> faiss.Index:
-    """A PQ codec over unit-norm token vectors (the maps are cosine maps, so norms do not matter)."""
+    """A PQ codec over unit-norm token vectors (the maps are cosine maps, so norms do not matter), zero-
+    padded where m does not divide their dimension."""
     x = np.ascontiguousarray(sample, dtype=np.float32)
     faiss.normalize_L2(x)
-    if x.shape[1] % m:
-        raise ValueError(f"pq_bytes = {m} does not divide the token dimension {x.shape[1]}")
+    x = pad(x, padded_dim(x.shape[1], m))
     nbits = max(1, min(nbits, int(np.log2(max(len(x), 2)))))  # a tiny corpus has fewer tokens than codewords
     codec = faiss.IndexPQ(x.shape[1], m, nbits)
     codec.pq.cp.min_points_per_centroid = 1  # few tokens are expected on small corpora: no warning for it
@@ -181,7 +207,7 @@ def write_pq_tokens(folder: Path, source: TokenSource, *, m: int = 48, sample_to
         else:
             x = np.ascontiguousarray(source.doc(d), dtype=np.float32)
             faiss.normalize_L2(x)
-            codes.append(codec.sa_encode(x))
+            codes.append(codec.sa_encode(pad(x, codec.d)))
         starts.append(r)
         r += len(codes[-1])
         ends.append(r)
@@ -193,8 +219,9 @@ def write_pq_tokens(folder: Path, source: TokenSource, *, m: int = 48, sample_to
             np.save(f, allc)
 
     write_with(folder / PQ_CODES, _save)
+    dim = source.doc(ids[0]).shape[1] if ids else codec.d
     write_parquet(folder / PQ_DOCS, pa.table({"doc_id": ids, "start": pa.array(starts, pa.int64()),
-                                              "end": pa.array(ends, pa.int64())}))
+                                              "end": pa.array(ends, pa.int64())}, metadata={"dim": str(dim)}))
     return {"m": m, "bits": int(codec.pq.nbits), "tokens": int(r),
             "bytes_per_doc": float(allc.nbytes / max(len(ids), 1)), "codec_reused": old is not None,
             "docs_copied": copied, "docs_encoded_since_fit": since}
@@ -209,8 +236,8 @@ def _reusable_pq(parent: Path, m: int, source: TokenSource, stats: dict | None, 
         return None
     old = PQTokenSource(parent)
     ids = source.doc_ids()
-    dim = source.doc(ids[0]).shape[1] if ids else old.codec.d
-    if m != old.codec.pq.M or old.codec.d != dim:
+    dim = source.doc(ids[0]).shape[1] if ids else old.dim
+    if m != old.codec.pq.M or old.dim != dim:
         return None
     if stats and stats.get("tokens") and old.codec.pq.nbits < 8:
         per_doc = stats["tokens"] / max(len(old.doc_ids()), 1)

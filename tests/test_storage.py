@@ -128,3 +128,32 @@ def test_pq_tokens_of_unchanged_documents_are_copied_and_the_codec_kept(tmp_path
     fifth = write_pq_tokens(v5, _Tokens(changed), m=8, sample_tokens=2000, parent=v2, unchanged=set(list(changed)[5:]),
                             parent_stats=second)
     assert fifth["codec_reused"] and fifth["docs_encoded_since_fit"] == 7
+
+
+def test_a_pq_size_that_does_not_divide_the_dimension_pads_it_and_scores_like_the_decoded_vectors(tmp_path):
+    """7 bytes for 32-d tokens: 7 sub-spaces of 5, the last 3 dimensions zero. The store hands out 32-d
+    vectors, and scoring its codes through lookup tables equals scoring those vectors."""
+    import torch
+
+    from sidestep.verifier import flat_maxsim
+    from storage.tokens import PQTokenSource, padded_dim, write_pq_tokens
+
+    assert padded_dim(32, 7) == 35 and padded_dim(384, 43) == 387 and padded_dim(384, 48) == 384
+    with pytest.raises(ValueError, match="padding only"):
+        padded_dim(384, 40)  # 40 sub-spaces of 10 would leave the 40th all padding
+    rng = np.random.default_rng(1)
+    docs = {f"d{i}": rng.normal(size=(int(rng.integers(5, 40)), 32)).astype(np.float32) for i in range(120)}
+    write_pq_tokens(tmp_path, _Tokens(docs), m=7, sample_tokens=3000)
+    src = PQTokenSource(tmp_path)
+    assert src.codec.d == 35 and src.dim == 32 and src.bytes_per_doc() == pytest.approx(
+        7 * sum(map(len, docs.values())) / len(docs))
+    assert src.doc("d5").shape == (len(docs["d5"]), 32)
+    flat = src.flat(["d1", "d7", "d9"], 30)
+    assert flat.codes is not None and flat.vectors().shape[1] == 32
+    q = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(4, 32)).astype(np.float32)), dim=-1)
+    decoded = type(flat)(flat.vectors(), flat.lengths)
+    torch.testing.assert_close(flat.cosines(q), decoded.cosines(q), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flat_maxsim(q, flat), flat_maxsim(q, decoded), atol=1e-5, rtol=1e-5)
+    x = docs["d1"] / np.linalg.norm(docs["d1"], axis=1, keepdims=True)  # close to what was encoded
+    y = src.doc("d1")
+    assert ((x * y).sum(1) / np.linalg.norm(y, axis=1)).mean() > 0.6
