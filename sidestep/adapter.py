@@ -34,27 +34,64 @@ class TokenList:
     index: torch.Tensor  # (C, L) each candidate's rows in `docs` (padded with 0)
     mask: torch.Tensor  # (C, L) bool, True where the row is the candidate's
     gains: np.ndarray  # (C,) relevance
+    rows: torch.Tensor | None = None  # (N,) where `docs` is a TokenPool's, shared: the list's rows of it
 
 
-def token_list(qtok: torch.Tensor, flat: FlatTokens, gains: np.ndarray) -> TokenList:
-    """A TokenList from unit query tokens and the candidates' flat tokens (float16 kept: 768 bytes a token)."""
-    lengths = np.asarray(flat.lengths, dtype=np.int64)
+def unit_half(flat: FlatTokens) -> torch.Tensor:
+    """Flat tokens as unit float16 rows (768 bytes a token)."""
     vecs = torch.from_numpy(np.asarray(flat.vectors(), np.float32))
-    vecs = (vecs / vecs.norm(dim=-1, keepdim=True).clamp(min=1e-12)).half()
+    return (vecs / vecs.norm(dim=-1, keepdim=True).clamp(min=1e-12)).half()
+
+
+def _layout(lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(int(lengths.max()) if len(lengths) else 1, 1)
     starts = np.cumsum(lengths) - lengths
     mask = np.arange(width)[None, :] < lengths[:, None]
     index = np.where(mask, starts[:, None] + np.arange(width)[None, :], 0)
-    return TokenList(qtok.float(), vecs, torch.from_numpy(index), torch.from_numpy(mask),
-                     np.asarray(gains, np.float32))
+    return torch.from_numpy(index), torch.from_numpy(mask)
+
+
+def token_list(qtok: torch.Tensor, flat: FlatTokens, gains: np.ndarray) -> TokenList:
+    """A TokenList from unit query tokens and the candidates' flat tokens, holding its own copy of them."""
+    index, mask = _layout(np.asarray(flat.lengths, dtype=np.int64))
+    return TokenList(qtok.float(), unit_half(flat), index, mask, np.asarray(gains, np.float32))
+
+
+class TokenPool:
+    """Every candidate document's unit float16 tokens, once: the lists of many training queries share
+    their candidates (SciFact: 674 lists of about 32 candidates over 5,183 abstracts), so lists that
+    index one pool hold a quarter of the tokens that lists with their own copies would."""
+
+    def __init__(self, doc_ids: Sequence[str], read, batch: int = 256):
+        """read(doc_ids) -> FlatTokens of those documents, in order (read in batches of `batch`)."""
+        parts, spans, at = [], {}, 0
+        for s in range(0, len(doc_ids), batch):
+            ids = list(doc_ids[s:s + batch])
+            flat = read(ids)
+            parts.append(unit_half(flat))
+            for d, n in zip(ids, np.asarray(flat.lengths, dtype=np.int64), strict=True):
+                spans[d] = (at, int(n))
+                at += int(n)
+        self.vecs = torch.cat(parts) if parts else torch.zeros((0, 0), dtype=torch.float16)
+        self.spans = spans
+
+    def token_list(self, qtok: torch.Tensor, doc_ids: Sequence[str], gains: np.ndarray) -> TokenList:
+        """The list of doc_ids: equal to `token_list` of the same documents, its tokens left in the pool."""
+        spans = [self.spans[d] for d in doc_ids]
+        lengths = np.asarray([n for _, n in spans], dtype=np.int64)
+        rows = np.concatenate([np.arange(a, a + n) for a, n in spans]) if spans else np.zeros(0, np.int64)
+        index, mask = _layout(lengths)
+        return TokenList(qtok.float(), self.vecs, index, mask, np.asarray(gains, np.float32),
+                         torch.from_numpy(rows.astype(np.int64)))
 
 
 def list_maxsim(adapter: torch.Tensor, tl: TokenList) -> torch.Tensor:
     """(C,) mean over query tokens of each candidate's best cosine with the adapted query; differentiable."""
     q = adapt(adapter, tl.qtok)
-    if not len(tl.docs):
+    docs = tl.docs if tl.rows is None else tl.docs[tl.rows]
+    if not len(docs):
         return torch.zeros(tl.mask.shape[0])
-    sim = tl.docs.float() @ q.T  # (N, nq)
+    sim = docs.float() @ q.T  # (N, nq)
     rows = sim[tl.index].masked_fill(~tl.mask[..., None], -2.0)  # (C, L, nq)
     return rows.max(1).values.mean(-1)
 

@@ -15,7 +15,7 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from sidestep.adapter import fit_adapter, token_list
+from sidestep.adapter import TokenPool, fit_adapter
 from sidestep.beir import load_qrels, load_queries
 from sidestep.config import Settings
 from sidestep.encoder import Encoder, doc_text
@@ -121,17 +121,22 @@ def fit_query_adapter(qids: list[str], qtoks, hits, qrels: dict, val_set: set[in
         return torch.eye(dim), []
     cap = VerifierConfig().max_query_tokens
     t0 = time.perf_counter()
-    train, val = [], []
+    wanted = []
     for j, q in enumerate(qids):
         rels = qrels.get(q, {})
         ids = [h.doc_id for h in hits[j]][:v.adapter_top]
         ids += [d for d, r in rels.items() if r > 0 and d not in ids and d in view.pieces]
         gains = np.asarray([rels.get(d, 0) for d in ids], np.float32)
         if (gains > 0).any():
-            tl = token_list(query_tokens(qtoks[j], cap), view.source.flat(ids, v.max_doc_tokens), gains)
-            (val if j in val_set else train).append(tl)
-    log(f"query adapter: {len(train)} training and {len(val)} validation lists read "
-        f"({time.perf_counter() - t0:.0f} s)")
+            wanted.append((j, ids, gains))
+    # each candidate document's tokens read once, shared by every list it is in
+    pool = TokenPool(list(dict.fromkeys(d for _, ids, _ in wanted for d in ids)),
+                     lambda ids: view.source.flat(ids, v.max_doc_tokens))
+    train, val = [], []
+    for j, ids, gains in wanted:
+        (val if j in val_set else train).append(pool.token_list(query_tokens(qtoks[j], cap), ids, gains))
+    log(f"query adapter: {len(train)} training and {len(val)} validation lists over {len(pool.spans)} documents, "
+        f"{pool.vecs.numel() * 2 / 2**20:.0f} MB of tokens ({time.perf_counter() - t0:.0f} s)")
     return fit_adapter(train, val, dim, epochs=v.adapter_epochs, seed=seed, log=log)
 
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import torch
 
-from sidestep.adapter import evaluate, fit_adapter, list_maxsim, token_list
+from sidestep.adapter import TokenPool, evaluate, fit_adapter, list_maxsim, token_list
 from sidestep.verifier import Verifier, VerifierConfig, adapt, flat_maxsim, flatten_tokens, normalize
 
 
@@ -64,6 +64,35 @@ def test_adapted_maxsim_is_the_verify_paths_maxsim_of_the_adapted_query():
     with torch.no_grad():
         model.adapter.copy_(a)
     torch.testing.assert_close(model.adapt(q), adapt(a, q))
+
+
+def test_lists_over_a_shared_pool_score_and_train_like_lists_with_their_own_tokens():
+    """Training lists share their candidates' tokens through one pool: each list's adapted MaxSim and its
+    gradient equal those of a list holding its own copy, and the pool holds every document once."""
+    rng = np.random.default_rng(4)
+    docs = {f"d{i}": rng.normal(size=(int(rng.integers(2, 90)), 8)).astype(np.float32) for i in range(12)}
+    reads = []
+
+    def read(ids):
+        reads.extend(ids)
+        return flatten_tokens([docs[d] for d in ids], 64)
+
+    pool = TokenPool(list(docs), read, batch=5)
+    assert sorted(reads) == sorted(docs) and len(pool.vecs) == sum(min(len(x), 64) for x in docs.values())
+    a = torch.nn.Parameter(torch.eye(8) + 0.3 * torch.from_numpy(rng.normal(size=(8, 8)).astype(np.float32)))
+    for ids in (["d3", "d0", "d7"], ["d7", "d11", "d1", "d3", "d5"]):
+        q = normalize(rng.normal(size=(4, 8)).astype(np.float32))
+        gains = np.eye(len(ids), dtype=np.float32)[1]
+        own = token_list(q, flatten_tokens([docs[d] for d in ids], 64), gains)
+        shared = pool.token_list(q, ids, gains)
+        assert shared.docs is pool.vecs  # no copy
+        grads = []
+        for tl in (own, shared):
+            s = list_maxsim(a, tl)
+            (g,) = torch.autograd.grad(s @ torch.arange(1.0, len(ids) + 1), a)
+            grads.append((s.detach(), g))
+        torch.testing.assert_close(grads[0][0], grads[1][0], atol=0, rtol=0)
+        torch.testing.assert_close(grads[0][1], grads[1][1])
 
 
 def test_the_adapter_travels_with_the_model_and_old_versions_load_as_the_identity(data_root):
