@@ -1,6 +1,6 @@
 """Recall -> verify end to end on a small BEIR folder: the train_verifier flow publishes a version,
 `evaluate` runs the verifier with its baselines in one run, the in-process search path applies it,
-and the compressed token store keeps its promises."""
+and the compressed token store (the default) keeps its promises."""
 
 from __future__ import annotations
 
@@ -99,6 +99,18 @@ def test_evaluate_trains_the_verifier_and_runs_every_baseline_beside_it(data_roo
     assert scores == sorted(scores, reverse=True) and len(scores) == 5
     off = svc.search("who gets paged for a sev2", k=5, domain="hb", verify=False)
     assert not off["verify"]["applied"] and all(h["score"] == h["recall_score"] for h in off["results"])
+    # served from the PQ store (the default), trained on the exact float16 maps (train_token_store's default)
+    assert loaded.manifest["token_store"] == "float16"
+    pq_view = load_token_view(data_root, settings, "hb", res["index_version"])
+    f16 = load_token_view(data_root, settings.model_copy(update={"verify": settings.verify.model_copy(
+        update={"token_store": "float16"})}), "hb", res["index_version"])
+    assert pq_view.source.codec.d == 387 and pq_view.source.dim == 384  # 43 bytes: 43 sub-spaces of 9, padded
+    assert pq_view.source.bytes_per_doc() < f16.source.bytes_per_doc() / 17  # 43 bytes vs 768 per token
+    doc = f16.source.doc_ids()[0]
+    a, b = pq_view.source.doc(doc), f16.source.doc(doc).astype(np.float32)
+    assert a.shape == b.shape
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    assert float(np.mean(np.sum(a * b, axis=1))) > 0.6  # decoded vectors point where the originals do
 
 
 def test_the_verifier_never_trains_on_test_queries(data_root, handbook, settings, fast):
@@ -129,21 +141,3 @@ def test_a_corrupt_verifier_version_is_refused_and_the_old_one_keeps_serving(dat
     assert "refused verifier hb/" in svc.verifier.errors["hb"]
     out = svc.search("who gets paged for a sev2", k=3, domain="hb")
     assert out["verify"]["verifier_version"] == first["version"]
-
-
-def test_pq_token_store_is_a_fraction_of_float16_and_still_verifies(data_root, handbook, tmp_path):
-    settings = write_config(tmp_path / "pq.toml", '[verify]\ntoken_store = "pq"\npq_bytes = 16\nepochs = 4\nadapter_epochs = 0\n')
-    res = evaluate_flow(dataset_dir=str(handbook), domain="hb", k=20, config_path=str(tmp_path / "pq.toml"))
-    assert res["verify"]["applied"] and res["cost"]["token_store"] == "pq"
-    # served from PQ, trained on the exact float16 maps (train_token_store's default)
-    assert load_verifier(data_root, "hb").manifest["token_store"] == "float16"
-    version = IndexStore(data_root).current("hb")
-    pq_view = load_token_view(data_root, settings, "hb", version)
-    f16 = load_token_view(data_root, settings.model_copy(update={"verify": settings.verify.model_copy(
-        update={"token_store": "float16"})}), "hb", version)
-    assert pq_view.source.bytes_per_doc() < f16.source.bytes_per_doc() / 40  # 16 bytes vs 768 per token
-    doc = f16.source.doc_ids()[0]
-    a, b = pq_view.source.doc(doc), f16.source.doc(doc).astype(np.float32)
-    assert a.shape == b.shape
-    b /= np.linalg.norm(b, axis=1, keepdims=True)
-    assert float(np.mean(np.sum(a * b, axis=1))) > 0.6  # decoded vectors point where the originals do
