@@ -5,16 +5,17 @@ A preset sizes each deployment of the application; `sidestep serve --preset NAME
 
 from __future__ import annotations
 
+# how the proxy answers a request that finds every search replica busy and the queue full
+BACKPRESSURE = {"status_code": 503, "retry_after_s": 1}
+
 PRESETS: dict[str, dict[str, dict]] = {
-    # one 2-core machine: the ingress is light, the search replica owns the encoder and indexes.
-    # Backpressure: the ingress (async) admits more requests than search's ongoing + queued, so that an
-    # overload is rejected by search's full queue, which the ingress answers with 503 + Retry-After at
-    # once; the ingress's own bounded queue is the last resort (a plain 503 from the proxy).
+    # one 2-core machine: the search replica is the HTTP ingress and owns the encoder and indexes.
+    # Backpressure: past max_ongoing_requests busy and max_queued_requests waiting, the proxy refuses a
+    # request at once with 503 + Retry-After (BACKPRESSURE), never a timeout.
     "local": {
-        "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 256,
-                    "max_queued_requests": 128},
         "search": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 16,
-                   "max_queued_requests": 32, "health_check_period_s": 5, "health_check_timeout_s": 30},
+                   "max_queued_requests": 32, "backpressure_config": BACKPRESSURE,
+                   "health_check_period_s": 5, "health_check_timeout_s": 30},
         "recommend": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 16,
                       "max_queued_requests": 64,
                       "health_check_period_s": 5, "health_check_timeout_s": 30},
@@ -24,10 +25,9 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     # the same machine with two search replicas, so that one can die without the endpoint going dark
     "replicated": {
-        "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.2}, "max_ongoing_requests": 256,
-                    "max_queued_requests": 128},
         "search": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 16,
-                   "max_queued_requests": 32, "health_check_period_s": 2, "health_check_timeout_s": 30},
+                   "max_queued_requests": 32, "backpressure_config": BACKPRESSURE,
+                   "health_check_period_s": 2, "health_check_timeout_s": 30},
         "recommend": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.2}, "max_ongoing_requests": 16,
                       "max_queued_requests": 64, "health_check_period_s": 5, "health_check_timeout_s": 30},
         "verifier": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.3}, "max_ongoing_requests": 32,
@@ -35,23 +35,20 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     # tests: smallest footprint, fast health checks
     "test": {
-        "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 64,
-                    "max_queued_requests": 128},
         "search": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 8,
-                   "max_queued_requests": 16, "health_check_period_s": 2, "health_check_timeout_s": 30},
+                   "max_queued_requests": 16, "backpressure_config": BACKPRESSURE,
+                   "health_check_period_s": 2, "health_check_timeout_s": 30},
         "recommend": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 8,
                       "max_queued_requests": 16,
                       "health_check_period_s": 2, "health_check_timeout_s": 30},
         "verifier": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 16,
                      "max_queued_requests": 16, "health_check_period_s": 2, "health_check_timeout_s": 30},
     },
-    # a cluster node with spare cores: more search replicas behind one ingress
+    # a cluster node with spare cores: the proxy spreads requests over more search replicas
     "cluster": {
-        "ingress": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 512,
-                    "max_queued_requests": 256},
         "search": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 4},
                    "ray_actor_options": {"num_cpus": 2}, "max_ongoing_requests": 16, "max_queued_requests": 32,
-                   "health_check_period_s": 10, "health_check_timeout_s": 60},
+                   "backpressure_config": BACKPRESSURE, "health_check_period_s": 10, "health_check_timeout_s": 60},
         "recommend": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4},
                       "ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 16, "max_queued_requests": 64,
                       "health_check_period_s": 10, "health_check_timeout_s": 60},

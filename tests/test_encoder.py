@@ -42,3 +42,33 @@ def test_encoding_long_documents_leaves_the_sentence_transformer_usable(encoder)
     long_text = "lorem ipsum " * 400
     encoder.encode_documents([("h", "", long_text)])
     assert encoder.st.encode([long_text]).shape == (1, 384)  # still truncates at max_seq_length
+
+
+def test_the_traced_single_query_path_equals_the_eager_model(encoder):
+    """Serving encodes one query at a time through a TorchScript trace (traced on another length):
+    its pooled and token vectors must be the eager model's, for short and long queries, and a padded
+    batch must still take the eager path."""
+    import torch
+
+    traced = encoder._trace()
+    queries = ["tides", "what causes the tides along the estuary at night",
+               " ".join(["herons nest in the reeds near the old mill"] * 20)]  # past max_query_tokens
+    for q in queries:
+        ids = torch.tensor(encoder.query_ids([q]))
+        mask = torch.ones_like(ids)
+        with torch.inference_mode():
+            eager = encoder.model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
+            fast = traced(ids, mask, torch.zeros_like(ids))
+        assert fast["last_hidden_state"].shape == (1, len(encoder.query_ids([q])[0]), 384)
+        torch.testing.assert_close(fast["last_hidden_state"], eager.last_hidden_state, atol=1e-5, rtol=1e-4)
+    before = encoder._single
+    try:
+        encoder._single = traced
+        pooled, tokens = encoder.encode_queries_with_tokens(queries)  # a padded batch: eager
+        one, one_tok = encoder.encode_queries_with_tokens(queries[1:2])  # one query: traced
+    finally:
+        encoder._single = before
+    ref = encoder.st.encode(queries[:2], normalize_embeddings=True)  # the third is cut at max_query_tokens
+    np.testing.assert_allclose(pooled[:2], ref, atol=1e-5)
+    np.testing.assert_allclose(one[0], ref[1], atol=1e-5)
+    np.testing.assert_allclose(one_tok[0].astype(np.float32), tokens[1].astype(np.float32), atol=2e-3)
