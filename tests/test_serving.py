@@ -1,17 +1,25 @@
-"""A real Ray Serve application on loopback, real HTTP requests, real published indexes. The app runs
-as a guarded deployment does (SIDESTEP_API_TOKEN set): every client here sends the bearer token, and the
-token checks themselves run against the same app."""
+"""A real Ray Serve application on loopback, real HTTP requests, real published indexes.
+
+The app runs as an operator runs it: `sidestep serve` in its own process, guarded (SIDESTEP_API_TOKEN
+set, so every client here sends the bearer token and the token checks run against the same app), and
+under `strace -f -e trace=connect`, so that the last test can prove that nothing the stack did, from
+Ray's start-up through every request of this module, connected outside loopback."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from storage.artifacts import IndexStore
@@ -19,6 +27,9 @@ from storage.artifacts import IndexStore
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+STRACE = shutil.which("strace")
+ADDR = re.compile(r'inet_addr\("([^"]+)"\)|inet_pton\(AF_INET6, "([^"]+)"')
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -27,21 +38,62 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(sample):
-    from serving.run import ServeHandle
+def _loopback(addr: str) -> bool:
+    return addr.startswith("127.") or addr in ("::1", "::ffff:127.0.0.1", "0.0.0.0", "::")
 
-    os.environ["SIDESTEP_HOME"] = str(sample.root.root)
-    os.environ["SIDESTEP_API_TOKEN"] = TOKEN
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C to `sidestep serve` (strace's child where it runs under strace), as an operator stops it."""
+    target = psutil.Process(proc.pid).children() if STRACE else [psutil.Process(proc.pid)]
+    for p in target:
+        p.send_signal(signal.SIGINT)
     try:
-        h = ServeHandle(sample.root, port=_free_port(), preset="test")
-        with h, httpx.Client(base_url=h.url, timeout=60, headers=AUTH) as client:
-            yield client
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def served(sample, tmp_path_factory):
+    """`sidestep serve --preset test` in a subprocess (under strace where it is installed); yields an
+    authenticated client and the connect() log."""
+    os.environ["SIDESTEP_HOME"] = str(sample.root.root)  # for the publishes this module starts
+    port = _free_port()
+    log = tmp_path_factory.mktemp("net") / "connect.log"
+    env = {**os.environ, "SIDESTEP_API_TOKEN": TOKEN}
+    env.pop("HOME", None)  # the command must set up its own Ray HOME
+    cmd = [sys.executable, "-c", "from flows.cli import app; app()", "serve", "--port", str(port),
+           "--preset", "test"]
+    if STRACE:
+        cmd = [STRACE, "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect", "-e", "signal=none", "-o", str(log),
+               *cmd]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, "sidestep serve exited early"
+            assert time.monotonic() < deadline, "serving did not come up"
+            try:
+                if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        with httpx.Client(base_url=url, timeout=60, headers=AUTH) as client:
+            yield client, log
     finally:
-        os.environ.pop("SIDESTEP_API_TOKEN", None)
+        _stop(proc)
     # stopped: nothing listens any more
     with pytest.raises(httpx.HTTPError):
-        httpx.get(h.url + "/healthz", timeout=2)
+        httpx.get(url + "/healthz", timeout=2)
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
 
 
 @pytest.mark.parametrize("path,body", [
@@ -280,3 +332,18 @@ def test_a_published_verifier_is_hot_loaded_and_reranks_through_the_verifier_dep
     off = server.post("/search", json={**body, "verify": False}).json()
     assert off["verify"] == {"requested": False, "applied": False}
     assert all(h["score"] == h["recall_score"] for h in off["results"])
+
+
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed (Debian package strace)")
+def test_the_serving_stack_connects_only_to_loopback(served):
+    """Every connect() of every process the stack started (Ray's start-up, the replicas, this module's
+    requests, hot swaps and the verifier load) went to loopback. Runs last in the module; its own
+    requests make it meaningful alone too."""
+    client, log = served
+    assert client.post("/search", json={"query": "database backups", "k": 3}).status_code == 200
+    assert client.post("/recommend", json={"history": ["0"], "k": 2, "domain": "shop"}).status_code == 200
+    assert str(client.base_url).startswith("http://127.0.0.1:")
+    addrs = [a or b for a, b in ADDR.findall(log.read_text())]
+    assert addrs, "strace recorded no inet connect at all: the check would be vacuous"
+    outside = sorted({a for a in addrs if not _loopback(a)})
+    assert outside == [], f"connections outside loopback: {outside}"
