@@ -40,12 +40,13 @@ class LocalPrefect:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         return subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def start(self, timeout: float = 120, runner: bool = True) -> LocalPrefect:
+    def start(self, timeout: float = 120, runner: bool = True, server: bool = True) -> LocalPrefect:
         """The server, then (unless runner=False: an API for flows run elsewhere) the runner of every
-        deployment."""
+        deployment. server=False: a server already listens on host:port; start the runner against it."""
         self.home.mkdir(parents=True, exist_ok=True)
-        self.server = self._spawn([sys.executable, "-m", "prefect", "server", "start", "--host", self.host,
-                                   "--port", str(self.port)], "server")
+        if server:
+            self.server = self._spawn([sys.executable, "-m", "prefect", "server", "start", "--host", self.host,
+                                       "--port", str(self.port)], "server")
         self._wait(lambda: httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200, timeout, "server")
         if not runner:
             return self

@@ -1,9 +1,11 @@
-"""A real Prefect server on loopback: the deployments are registered with their schedule and typed
-parameters, and a nightly_reindex run triggered through the API publishes a version."""
+"""A real Prefect server on loopback (the test session's, see conftest.py) and the deployments' runner:
+the deployments are registered with their schedule and typed parameters, and a nightly_reindex run
+triggered through the API publishes a version."""
 
 from __future__ import annotations
 
-import socket
+import os
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -14,16 +16,11 @@ from storage.recstore import table_store
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_deployments_are_listed_and_a_triggered_nightly_run_publishes(data_root, base_dir, settings):
-    with LocalPrefect(data_root.root / "prefect-server", port=_free_port(),
-                      env={"SIDESTEP_HOME": str(data_root.root),
-                           "PREFECT_RUNNER_POLL_FREQUENCY": "2"}) as p:
+    api = urlsplit(os.environ["PREFECT_API_URL"])  # the session's server (conftest.py)
+    p = LocalPrefect(data_root.root / "prefect-runner", host=api.hostname, port=api.port,
+                     env={"SIDESTEP_HOME": str(data_root.root), "PREFECT_RUNNER_POLL_FREQUENCY": "2"})
+    with p.start(server=False):
         from flows.deployments import deployments
 
         listed = p.deployments()
