@@ -80,6 +80,35 @@ def antonym_probe(root: Path, data: Path, env: dict) -> dict:
             **{f"{k}_prefers_satisfying": v / pairs for k, v in wins.items()}}
 
 
+def python_loop_s() -> float:
+    """Seconds for a pure-Python loop of 10^7 additions: how fast this machine runs right now (about 0.55 s
+    on a quiet day here), printed beside the wall-clock figures it inflates."""
+    t0 = time.perf_counter()
+    s = 0
+    for i in range(10**7):
+        s += i
+    return round(time.perf_counter() - t0, 3)
+
+
+def one_client(c, body: dict, queries: list[str]) -> dict:
+    """Every query once, one at a time on one keep-alive connection."""
+    lat, errors, applied, stages = [], 0, 0, {}
+    for q in queries:
+        s = time.perf_counter()
+        r = c.post("/search", json={**body, "query": q})
+        lat.append((time.perf_counter() - s) * 1e3)
+        errors += r.status_code != 200
+        if r.status_code == 200:
+            j = r.json()
+            applied += j["verify"]["applied"]
+            for k, v in j["timings_ms"].items():
+                stages.setdefault(k, []).append(v)
+    lat.sort()
+    return {"requests": len(lat), "errors": errors, "verified": applied, "p50_ms": statistics.median(lat),
+            "p99_ms": lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))],
+            "stage_p50_ms": {k: statistics.median(v) for k, v in stages.items()}}
+
+
 def http_bench(root: Path, domain: str, queries: list[str], clients: int = 8, seconds: float = 30) -> dict:
     import httpx
     import psutil
@@ -98,22 +127,9 @@ def http_bench(root: Path, domain: str, queries: list[str], clients: int = 8, se
             time.sleep(1)
         for q in queries[:10]:
             c.post("/search", json={**body, "query": q})
-        lat, errors, applied, stages = [], 0, 0, {}
-        for q in queries:
-            s = time.perf_counter()
-            r = c.post("/search", json={**body, "query": q})
-            lat.append((time.perf_counter() - s) * 1e3)
-            errors += r.status_code != 200
-            if r.status_code == 200:
-                j = r.json()
-                applied += j["verify"]["applied"]
-                for k, v in j["timings_ms"].items():
-                    stages.setdefault(k, []).append(v)
-        lat.sort()
-        out["one_client"] = {"requests": len(lat), "errors": errors, "verified": applied,
-                             "p50_ms": statistics.median(lat),
-                             "p99_ms": lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))],
-                             "stage_p50_ms": {k: statistics.median(v) for k, v in stages.items()}}
+        out["python_loop_s"] = python_loop_s()
+        out["one_client"] = one_client(c, body, queries)
+        out["recall_only"] = one_client(c, {**body, "verify": False}, queries)
         counts = {"ok": 0, "errors": 0, "verified": 0}
         lock = threading.Lock()
         stop = time.monotonic() + seconds
@@ -341,14 +357,20 @@ def render(r: dict) -> str:
                 f"**{a['metrics']['ndcg@10'] - b['metrics']['ndcg@10']:+.4f}**; MaxSim on PQ "
                 f"{b['baselines']['maxsim']['ndcg@10']:.4f} vs {a['baselines']['maxsim']['ndcg@10']:.4f}."]
     if http:
-        o, cc = http["one_client"], http["concurrent"]
+        o, cc, ro = http["one_client"], http["concurrent"], http.get("recall_only")
         st = ", ".join(f"{k} {v:.1f}" for k, v in o["stage_p50_ms"].items())
         out += ["", "### HTTP (Ray Serve, verify on, 100 candidates, k = 10)", "",
                 f"- One client, keep-alive, {o['requests']} SciFact test queries: p50 **{o['p50_ms']:.1f} ms**, "
-                f"p99 **{o['p99_ms']:.1f} ms**, {o['errors']} errors, {o['verified']} verified. Stage medians (ms): {st}.",
-                f"- {cc['clients']} concurrent clients for {cc['seconds']:.0f} s: **{cc['qps']:.1f} queries/s**, "
-                f"{cc['ok']} answered ({cc['verified']} verified), {cc['errors']} errors; serving processes "
-                f"{cc['serving_rss_mb']:.0f} MB RSS."]
+                f"p99 **{o['p99_ms']:.1f} ms**, {o['errors']} errors, {o['verified']} verified. Stage medians (ms): {st}."]
+        if ro:
+            out.append(f"- The same queries with `verify: false` (recall only): p50 {ro['p50_ms']:.1f} ms, p99 "
+                       f"{ro['p99_ms']:.1f} ms, {ro['errors']} errors.")
+        if http.get("python_loop_s"):
+            out.append(f"- Machine speed just before: a pure-Python loop of 10^7 additions took "
+                       f"{http['python_loop_s']:.2f} s (about 0.55 s on a quiet day here).")
+        out.append(f"- {cc['clients']} concurrent clients for {cc['seconds']:.0f} s: **{cc['qps']:.1f} queries/s**, "
+                   f"{cc['ok']} answered ({cc['verified']} verified), {cc['errors']} errors; serving processes "
+                   f"{cc['serving_rss_mb']:.0f} MB RSS.")
     out.append(END)
     return "\n".join(out)
 

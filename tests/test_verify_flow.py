@@ -41,8 +41,9 @@ def handbook(tmp_path):
 
 @pytest.fixture
 def fast(tmp_path) -> str:
-    """A few epochs are plenty for 16 training queries."""
-    write_config(tmp_path / "fast.toml", "[verify]\nepochs = 4\nadapter_epochs = 3\n")
+    """A few epochs are plenty for 16 training queries, and one near-miss per positive (each is a whole
+    document to encode) exercises their path."""
+    write_config(tmp_path / "fast.toml", "[verify]\nepochs = 4\nadapter_epochs = 3\nnear_misses = 1\n")
     return str(tmp_path / "fast.toml")
 
 
@@ -129,7 +130,8 @@ def test_a_corrupt_verifier_version_is_refused_and_the_old_one_keeps_serving(dat
     assert svc.verifier.verifiers["hb"].version == first["version"]
     # the second version also trains on title pseudo-queries: the handbook's titles over its title-free texts
     pseudo = tmp_path / "pseudo.toml"
-    write_config(pseudo, "[verify]\nepochs = 4\nadapter_epochs = 0\npseudo_docs = 60\npseudo_queries = 30\n")
+    write_config(pseudo, "[verify]\nepochs = 4\nadapter_epochs = 0\nnear_misses = 1\npseudo_docs = 60\n"
+                         "pseudo_queries = 30\n")
     second = train_verifier_flow(dataset_dir=str(handbook), domain="hb", seed=1, config_path=str(pseudo))
     assert 0 < second["pseudo_lists"] <= 30 and second["train_queries"] == first["train_queries"]
     assert load_verifier(data_root, "hb").manifest["pseudo_lists"] == second["pseudo_lists"]
