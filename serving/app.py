@@ -242,6 +242,15 @@ async def _call(response):
                             headers={"Retry-After": "1"}) from None
 
 
+async def _verified(response) -> dict:
+    """The verifier deployment's answer; one that cannot be reached (overloaded, restarting) leaves the
+    search recall-only, with the reason in the response, never a 5xx."""
+    try:
+        return await response
+    except Exception as e:
+        return {"applied": False, "reason": f"verifier unavailable: {type(e).__name__}: {e}"}
+
+
 @serve.deployment(name="search")
 @serve.ingress(api)
 class SearchDeployment(_PollingReplica):
@@ -277,10 +286,7 @@ class SearchDeployment(_PollingReplica):
             return stage
         verified = None
         if stage["request"] is not None:
-            try:
-                verified = await self.verifier.verify.remote(stage["request"])
-            except Exception as e:  # an overloaded or restarting verifier answers recall-only, never a 5xx
-                verified = {"applied": False, "reason": f"verifier unavailable: {type(e).__name__}: {e}"}
+            verified = await _verified(self.verifier.verify.remote(stage["request"]))
         out = self.service.finish(stage, verified)
         out["verify"]["requested"] = req.verify
         return out

@@ -334,6 +334,28 @@ def test_a_published_verifier_is_hot_loaded_and_reranks_through_the_verifier_dep
     assert all(h["score"] == h["recall_score"] for h in off["results"])
 
 
+def test_an_unreachable_verifier_leaves_the_search_recall_only_with_the_reason(sample, settings):
+    """The search replica's path when its call to the verifier deployment fails: recall order, and the
+    response says why the verify stage did not apply."""
+    import asyncio
+
+    from serving.app import _verified
+    from serving.core import SearchService
+
+    async def down():
+        raise RuntimeError("the verifier replica is restarting")
+
+    got = asyncio.run(_verified(down()))
+    assert got["applied"] is False and "RuntimeError" in got["reason"] and "restarting" in got["reason"]
+    svc = SearchService(settings, sample.root, verifier=None)  # the Ray app's search replica
+    stage = svc.recall_stage("database backups", 3, "handbook", True)
+    assert stage["request"] is not None  # the verify stage was asked for
+    out = svc.finish(stage, got)
+    assert out["verify"] == {"requested": True, "applied": False, "reason": got["reason"]}
+    assert len(out["results"]) == 3
+    assert [h["score"] for h in out["results"]] == [h["recall_score"] for h in out["results"]]
+
+
 @pytest.mark.skipif(STRACE is None, reason="strace is not installed (Debian package strace)")
 def test_the_serving_stack_connects_only_to_loopback(served):
     """Every connect() of every process the stack started (Ray's start-up, the replicas, this module's
