@@ -279,24 +279,18 @@ class SearchDeployment(_PollingReplica):
         else:
             os.environ.pop(_TOKEN_VAR, None)
 
-    async def _search(self, req: "SearchRequest") -> dict:
+    @api.post("/search", response_model=SearchResponse, responses={400: {}, 404: {}, 422: {}, 503: {}})
+    async def search(self, req: SearchRequest) -> dict:
         stage = await asyncio.to_thread(self._answer, self.service.recall_stage, req.query, req.k, req.domain,
                                         req.verify and self.verifier is not None, req.mode, req.doc_id)
         if "error" in stage:
-            return stage
+            raise HTTPException(status_code=stage["status"], detail=stage["error"])
         verified = None
         if stage["request"] is not None:
             verified = await _verified(self.verifier.verify.remote(stage["request"]))
         out = self.service.finish(stage, verified)
         out["verify"]["requested"] = req.verify
         return out
-
-    @api.post("/search", response_model=SearchResponse, responses={400: {}, 404: {}, 422: {}, 503: {}})
-    async def search(self, req: SearchRequest) -> dict:
-        res = await self._search(req)
-        if "error" in res:
-            raise HTTPException(status_code=res["status"], detail=res["error"])
-        return res
 
     @api.post("/recommend", response_model=RecommendResponse, responses={400: {}, 404: {}, 422: {}, 503: {}})
     async def recommend(self, req: RecommendRequest) -> dict:

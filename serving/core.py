@@ -110,8 +110,8 @@ class SearchService(VersionedDomains):
             stage["reason"] = f"no verifier is published for domain {name!r}: results are recall only"
         if verify and stage["reason"] is None:
             t1 = time.perf_counter()
-            qvec, qtok = self.encoder.encode_queries_with_tokens([query])
-            qpieces = self.encoder.query_ids([query])[0]
+            qpieces = self.encoder.query_ids([query])[0]  # tokenized once: the encoder and the lexical features
+            qvec, qtok = self.encoder.encode_ids([qpieces], want_tokens=True)
             t2 = time.perf_counter()
             hits = search_vectors(corpus, qvec, max(k, v.candidates))[0]
             stage["timings"] = {"encode": (t2 - t1) * 1e3, "recall": (time.perf_counter() - t2) * 1e3}

@@ -122,8 +122,7 @@ class Encoder:
         import torch
         from transformers.utils import logging as hf_logging
 
-        ex = torch.tensor([self.wrap_specials(self.tokenizer("a query to trace with",
-                                                            add_special_tokens=False)["input_ids"])])
+        ex = torch.tensor(self.query_ids(["a query to trace with"]))
         prev = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
