@@ -31,7 +31,7 @@ class SearchService(VersionedDomains):
         self.root = root
         e = settings.encoder
         self.encoder = encoder or Encoder(e.model_path, batch_size=e.batch_size, num_threads=e.num_threads,
-                                          max_query_tokens=e.max_query_tokens, trace_single=True)
+                                          max_query_tokens=e.max_query_tokens, fast_single=True)
         self.verifier = VerifierService(settings, root) if verifier is True else (verifier or None)
         self.refresh()
 

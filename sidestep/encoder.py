@@ -87,10 +87,12 @@ def doc_text(title: str, text: str) -> str:
 
 class Encoder:
     def __init__(self, model_path: str | os.PathLike | None = None, *, batch_size: int = 32,
-                 num_threads: int | None = None, max_query_tokens: int = 128, trace_single: bool = False):
-        """trace_single: run single unpadded sequences (an online query) through a TorchScript trace of
-        the model, which skips the eager module's Python overhead (about a fifth of a query's encode
-        time on two cores; the outputs are the same, a test holds them together)."""
+                 num_threads: int | None = None, max_query_tokens: int = 128, fast_single: bool = False):
+        """fast_single: run single unpadded sequences (an online query) through an ONNX Runtime session
+        of the same weights, exported at start-up (about 2.5 s). For one 20-token query on two cores it
+        takes half the time of the eager module or a TorchScript trace (8-10 ms against 17-20 ms here,
+        same minutes): PyTorch's per-operator overhead is most of the work at that size. Batches stay
+        on the eager model; a test holds the two paths' outputs together."""
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -110,36 +112,57 @@ class Encoder:
         self.cls, self.sep, self.pad = (self.tokenizer.cls_token_id, self.tokenizer.sep_token_id,
                                         self.tokenizer.pad_token_id)
         self.key = self._key()
-        self._single = self._trace() if trace_single else None
+        self._single = self._onnx_session() if fast_single else None
 
     def _key(self) -> str:
         return encoder_key(self.path)
 
     # forward -----------------------------------------------------------------
-    def _trace(self):
+    def _onnx_session(self):
+        """An ONNX Runtime session of the transformer (last hidden state from ids and mask), exported in
+        memory from the loaded weights: nothing is downloaded or written. Its worker threads sleep when
+        idle instead of spinning, so they leave the cores to the other serving processes."""
+        import io
         import warnings
 
+        import onnxruntime as ort
         import torch
         from transformers.utils import logging as hf_logging
 
-        ex = torch.tensor(self.query_ids(["a query to trace with"]))
+        class Hidden(torch.nn.Module):
+            def __init__(self, model):
+                super().__init__()
+                self.model = model
+
+            def forward(self, ids, mask):
+                return self.model(input_ids=ids, attention_mask=mask,
+                                  token_type_ids=torch.zeros_like(ids)).last_hidden_state
+
+        ex = torch.tensor(self.query_ids(["a query to export with"]))
+        buf = io.BytesIO()
         prev = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            with warnings.catch_warnings(), torch.inference_mode():
+            with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # tracer warnings about Python branches on shapes
-                traced = torch.jit.trace(self.model, (ex, torch.ones_like(ex), torch.zeros_like(ex)),
-                                         strict=False, check_trace=False)
-                return torch.jit.freeze(traced.eval())
+                torch.onnx.export(Hidden(self.model).eval(), (ex, torch.ones_like(ex)), buf, dynamo=False,
+                                  input_names=["ids", "mask"], output_names=["hidden"], opset_version=17,
+                                  dynamic_axes={"ids": {1: "n"}, "mask": {1: "n"}, "hidden": {1: "n"}})
         finally:
             hf_logging.set_verbosity(prev)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
 
     def _forward(self, ids, mask):
         import torch
 
         if self._single is not None and ids.shape[0] == 1 and bool(mask.all()):
-            # traced with an all-ones mask: valid for one sequence without padding only
-            return self._single(ids, mask, torch.zeros_like(ids))["last_hidden_state"]
+            # one sequence without padding: the exported graph (the eager path handles padded batches)
+            return torch.from_numpy(self._single.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})[0])
         return self.model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).last_hidden_state
 
     def encode_ids(self, seqs: Sequence[list[int]], want_tokens: bool,

@@ -44,13 +44,13 @@ def test_encoding_long_documents_leaves_the_sentence_transformer_usable(encoder)
     assert encoder.st.encode([long_text]).shape == (1, 384)  # still truncates at max_seq_length
 
 
-def test_the_traced_single_query_path_equals_the_eager_model(encoder):
-    """Serving encodes one query at a time through a TorchScript trace (traced on another length):
-    its pooled and token vectors must be the eager model's, for short and long queries, and a padded
-    batch must still take the eager path."""
+def test_the_onnx_single_query_path_equals_the_eager_model(encoder):
+    """Serving encodes one query at a time through an ONNX Runtime session (exported on another
+    length): its pooled and token vectors must be the eager model's, for short and long queries, and a
+    padded batch must still take the eager path."""
     import torch
 
-    traced = encoder._trace()
+    session = encoder._onnx_session()
     queries = ["tides", "what causes the tides along the estuary at night",
                " ".join(["herons nest in the reeds near the old mill"] * 20)]  # past max_query_tokens
     for q in queries:
@@ -58,14 +58,23 @@ def test_the_traced_single_query_path_equals_the_eager_model(encoder):
         mask = torch.ones_like(ids)
         with torch.inference_mode():
             eager = encoder.model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
-            fast = traced(ids, mask, torch.zeros_like(ids))
-        assert fast["last_hidden_state"].shape == (1, len(encoder.query_ids([q])[0]), 384)
-        torch.testing.assert_close(fast["last_hidden_state"], eager.last_hidden_state, atol=1e-5, rtol=1e-4)
-    before = encoder._single
+        fast = torch.from_numpy(session.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})[0])
+        assert fast.shape == (1, len(encoder.query_ids([q])[0]), 384)
+        torch.testing.assert_close(fast, eager.last_hidden_state, atol=1e-5, rtol=1e-4)
+    class Counted:
+        calls = 0
+
+        def run(self, *args):
+            self.calls += 1
+            return session.run(*args)
+
+    before, counted = encoder._single, Counted()
     try:
-        encoder._single = traced
+        encoder._single = counted
         pooled, tokens = encoder.encode_queries_with_tokens(queries)  # a padded batch: eager
-        one, one_tok = encoder.encode_queries_with_tokens(queries[1:2])  # one query: traced
+        assert counted.calls == 0
+        one, one_tok = encoder.encode_queries_with_tokens(queries[1:2])  # one query: the session
+        assert counted.calls == 1
     finally:
         encoder._single = before
     ref = encoder.st.encode(queries[:2], normalize_embeddings=True)  # the third is cut at max_query_tokens
