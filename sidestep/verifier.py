@@ -535,7 +535,8 @@ def score(model: Verifier, items: Sequence[Candidates]) -> list[np.ndarray]:
     """Logits per query. Queries of the same length share one forward pass; lengths are not mixed,
     so no batch carries padding (padding changes no score, but the masked softmax costs more). Each
     query's term is computed once and broadcast over its candidates (`Verifier.query_term`)."""
-    model.eval()
+    if model.training:  # eval() walks every submodule: 0.6 ms of each served query when called every time
+        model.eval()
     out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(items)
     groups: dict[int, list[int]] = {}
     for i, c in enumerate(items):
