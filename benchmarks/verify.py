@@ -126,7 +126,7 @@ def http_bench(root: Path, domain: str, queries: list[str], clients: int = 8, se
     body = {"domain": domain, "k": 10, "verify": True}
     out = {}
     service = SearchService(load_settings(None), DataRoot(root))
-    for q in queries[:10]:  # warm: compiled reductions, the encoder's trace, the token view
+    for q in queries[:10]:  # warm: compiled reductions, the encoder's ONNX session, the token view
         service.search(q, 10, domain, True)
     with ServeHandle(DataRoot(root), port=8766, preset="local") as h, httpx.Client(base_url=h.url, timeout=60) as c:
         deadline = time.monotonic() + 120  # the verifier deployment loads the verifier and token view lazily

@@ -23,15 +23,17 @@ from .versions import VersionedDomains
 
 class SearchService(VersionedDomains):
     def __init__(self, settings: Settings, root: DataRoot, encoder: Encoder | None = None,
-                 verifier: VerifierService | None | bool = True):
+                 verifier: VerifierService | None | bool = True, fast_encoder: bool = True):
         """verifier: True = verify in-process (command line, evaluation); None = the caller verifies
-        (the Ray app sends `recall_stage`'s request to its verifier deployment)."""
+        (the Ray app sends `recall_stage`'s request to its verifier deployment). fast_encoder: encode
+        queries through the ONNX session (Encoder fast_single), which costs about 2.5 s to build: worth it
+        for a server, not for one query from the command line."""
         super().__init__(IndexStore(root))
         self.settings = settings
         self.root = root
         e = settings.encoder
         self.encoder = encoder or Encoder(e.model_path, batch_size=e.batch_size, num_threads=e.num_threads,
-                                          max_query_tokens=e.max_query_tokens, fast_single=True)
+                                          max_query_tokens=e.max_query_tokens, fast_single=fast_encoder)
         self.verifier = VerifierService(settings, root) if verifier is True else (verifier or None)
         self.refresh()
 

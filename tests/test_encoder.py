@@ -61,6 +61,7 @@ def test_the_onnx_single_query_path_equals_the_eager_model(encoder):
         fast = torch.from_numpy(session.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})[0])
         assert fast.shape == (1, len(encoder.query_ids([q])[0]), 384)
         torch.testing.assert_close(fast, eager.last_hidden_state, atol=1e-5, rtol=1e-4)
+
     class Counted:
         calls = 0
 
