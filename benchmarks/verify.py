@@ -125,7 +125,7 @@ def http_bench(root: Path, domain: str, queries: list[str], clients: int = 8, se
 
     body = {"domain": domain, "k": 10, "verify": True}
     out = {}
-    service = SearchService(load_settings(None), DataRoot(root))
+    service = SearchService(load_settings(None), DataRoot(root), fast_encoder=True)  # as the replica encodes
     for q in queries[:10]:  # warm: compiled reductions, the encoder's ONNX session, the token view
         service.search(q, 10, domain, True)
     with ServeHandle(DataRoot(root), port=8766, preset="local") as h, httpx.Client(base_url=h.url, timeout=60) as c:
@@ -384,10 +384,6 @@ def render(r: dict) -> str:
                        f"and {b['p50_ms']:.1f} ms (encode {sa['encode']:.1f} and {sb['encode']:.1f}, token_maps "
                        f"{sa['token_maps']:.1f} and {sb['token_maps']:.1f}). HTTP p50 / in-process p50: "
                        f"**{o['p50_ms'] / ((a['p50_ms'] + b['p50_ms']) / 2):.2f}x**.")
-        elif http.get("python_loop_s"):
-            a, b = http["python_loop_s"]
-            out.append(f"- Machine speed before and after these two passes: a pure-Python loop of 10^7 additions "
-                       f"took {a:.2f} s and {b:.2f} s (about 0.55 s on a quiet day here).")
         out.append(f"- {cc['clients']} concurrent clients for {cc['seconds']:.0f} s: **{cc['qps']:.1f} queries/s**, "
                    f"{cc['ok']} answered ({cc['verified']} verified), {cc['errors']} errors; serving processes "
                    f"{cc['serving_rss_mb']:.0f} MB RSS.")

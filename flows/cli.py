@@ -370,7 +370,7 @@ def search(
 
         with _quiet_stdout(as_json):
             try:
-                res = SearchService(_settings(), _root(), fast_encoder=False).search(**body)
+                res = SearchService(_settings(), _root()).search(**body)
             except LookupError as e:
                 _fail(str(e), as_json)
             except ValueError as e:

@@ -23,11 +23,11 @@ from .versions import VersionedDomains
 
 class SearchService(VersionedDomains):
     def __init__(self, settings: Settings, root: DataRoot, encoder: Encoder | None = None,
-                 verifier: VerifierService | None | bool = True, fast_encoder: bool = True):
+                 verifier: VerifierService | None | bool = True, fast_encoder: bool = False):
         """verifier: True = verify in-process (command line, evaluation); None = the caller verifies
         (the Ray app sends `recall_stage`'s request to its verifier deployment). fast_encoder: encode
-        queries through the ONNX session (Encoder fast_single), which costs about 2.5 s to build: worth it
-        for a server, not for one query from the command line."""
+        one query at a time through an ONNX session (Encoder fast_single), which takes about 2.5 s to
+        build: for a long-lived server replica, not for a command that answers one query."""
         super().__init__(IndexStore(root))
         self.settings = settings
         self.root = root
