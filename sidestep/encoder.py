@@ -129,6 +129,8 @@ class Encoder:
         import torch
         from transformers.utils import logging as hf_logging
 
+        ort.disable_telemetry_events()  # and ORT_DISABLE_TELEMETRY, set when sidestep is imported
+
         class Hidden(torch.nn.Module):
             def __init__(self, model):
                 super().__init__()

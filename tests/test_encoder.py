@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import os
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from sidestep.encoder import encoder_key, model_dim
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
@@ -82,3 +88,29 @@ def test_the_onnx_single_query_path_equals_the_eager_model(encoder):
     np.testing.assert_allclose(pooled[:2], ref, atol=1e-5)
     np.testing.assert_allclose(one[0], ref[1], atol=1e-5)
     np.testing.assert_allclose(one_tok[0].astype(np.float32), tokens[1].astype(np.float32), atol=2e-3)
+
+
+def test_importing_sidestep_keeps_onnx_runtime_from_phoning_home(tmp_path):
+    """ONNX Runtime's Linux builds upload telemetry and write a device id under HOME once an ONNX
+    Runtime environment starts, unless ORT_DISABLE_TELEMETRY is set before the import: importing
+    sidestep first (as every replica does) must set it. The device id file is the witness."""
+    import subprocess
+    import sys
+
+    script = textwrap.dedent("""
+        import os, sidestep
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        print(os.environ["ORT_DISABLE_TELEMETRY"])
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    out = subprocess.run([sys.executable, "-c", script], env={**env, "HOME": str(tmp_path)}, cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+    assert not (tmp_path / ".cache").exists(), sorted(str(p) for p in tmp_path.rglob("*"))
