@@ -257,9 +257,10 @@ class SearchDeployment(_PollingReplica):
     """The HTTP ingress and recall in one replica, then the verify stage in the verifier deployment.
 
     Recall runs where the request arrives: a separate ingress replica cost one more actor call per
-    request (about 4 ms on a quiet 2-core machine, 10 ms on a loaded one). When this replica is full
-    (max_ongoing_requests busy, max_queued_requests waiting at the proxy), the proxy refuses at once
-    with 503 + Retry-After (the preset's backpressure_config)."""
+    request (about 4 ms on a quiet 2-core machine, 10 ms on a loaded one). With one replica it answers
+    the public port itself (direct ingress, serving/run.py). When it is full (max_ongoing_requests busy,
+    max_queued_requests waiting), it (or the proxy, with several replicas) refuses at once with
+    503 + Retry-After (the preset's backpressure_config)."""
 
     def __init__(self, data_root: str, config_path: str | None = None, verifier: DeploymentHandle | None = None,
                  recommend: DeploymentHandle | None = None, token_sha256: str | None = None,

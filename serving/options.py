@@ -5,12 +5,13 @@ A preset sizes each deployment of the application; `sidestep serve --preset NAME
 
 from __future__ import annotations
 
-# how the proxy answers a request that finds every search replica busy and the queue full
+# how a request that finds every search replica busy and the queue full is answered (by the replica
+# itself under direct ingress, by the proxy with several replicas; see serving/run.py)
 BACKPRESSURE = {"status_code": 503, "retry_after_s": 1}
 
 PRESETS: dict[str, dict[str, dict]] = {
     # one 2-core machine: the search replica is the HTTP ingress and owns the encoder and indexes.
-    # Backpressure: past max_ongoing_requests busy and max_queued_requests waiting, the proxy refuses a
+    # Backpressure: past max_ongoing_requests busy and max_queued_requests waiting, the replica refuses a
     # request at once with 503 + Retry-After (BACKPRESSURE), never a timeout.
     "local": {
         "search": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 16,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import httpx
@@ -15,9 +16,50 @@ APP_NAME = "sidestep"
 
 # Replicas run their request handling, user code and router on one event loop instead of three: the
 # blocking work already runs in threads (asyncio.to_thread), and each cross-loop hand-off cost
-# latency on two cores. (Part of Ray Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED, without its direct
-# ingress, which would open a port per replica.)
+# latency on two cores. (Part of Ray Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED; its direct ingress, which
+# opens a port per replica, is used only with one search replica: `direct_ingress_env`.)
 SERVE_LOOPS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
+def direct_ingress_env(port: int) -> dict[str, str]:
+    """Ray Serve's direct ingress with the public port as the only replica port: the search replica's
+    own HTTP server answers on `port`, so a request no longer crosses the proxy actor (one hop there,
+    one more for the replica to fetch the body back from the proxy: about 12 ms of a one-client query
+    on two cores). The replica applies max_queued_requests and the backpressure_config itself.
+
+    No load balancer sits in front to deregister a stopping replica, so it drains only its in-flight
+    requests (no 30 s minimum), and a restarted replica takes the port back at once (no quarantine)."""
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),  # exclusive
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+            "RAY_SERVE_PORT_QUARANTINE_S": "0"}
+
+
+def single_ingress_replica(preset_name: str) -> bool:
+    """Direct ingress gives one port to one replica: presets with several search replicas (or
+    autoscaling) keep the proxy on the public port, which spreads requests over them."""
+    from .options import preset
+
+    search = preset(preset_name)["search"]
+    return "autoscaling_config" not in search and search.get("num_replicas", 1) == 1
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _check_port(host: str, port: int) -> None:
+    """A clear error now, instead of a replica that retries a taken port until the ready timeout."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise RuntimeError(f"cannot serve on {host}:{port}: {e.strerror} (another server holds the port?)"
+                               ) from None
 
 
 class ServeHandle:
@@ -26,6 +68,9 @@ class ServeHandle:
     def __init__(self, root: DataRoot, *, host: str = "127.0.0.1", port: int = 8000, preset: str = "local",
                  config_path: str | None = None, num_cpus: int = 2, ready_timeout_s: float = 180):
         self.root, self.host, self.port, self.preset = root, host, port, preset
+        # the public port: the search replica's own (direct ingress) or, with several replicas, the proxy's
+        self.direct = single_ingress_replica(preset)
+        self.proxy_port = port
         self.config_path = config_path or os.environ.get("SIDESTEP_CONFIG")
         self.num_cpus = num_cpus
         self.ready_timeout_s = ready_timeout_s
@@ -33,8 +78,15 @@ class ServeHandle:
 
     def start(self) -> ServeHandle:
         # Ray needs its own HOME (see storage/runtime.py); remember the caller's environment to restore it.
+        serve_env = dict(SERVE_LOOPS)
+        _check_port(self.host, self.port)
+        if self.direct:  # the proxy still runs (Ray starts one on the head node): on a spare port
+            self.proxy_port = _free_port(self.host)
+            serve_env.update(direct_ingress_env(self.port))
         self._saved_env = {k: os.environ.get(k) for k in ("HOME", "RAY_TMPDIR", "RAY_NODE_IP_ADDRESS",
-                                                          "RAY_SERVE_HTTP_HOST", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+                                                          "RAY_SERVE_HTTP_HOST", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+                                                          *serve_env)}
+        os.environ.update(serve_env)  # Serve reads these when it is imported, in this process too
         runtime.configure(self.root, ray=True)
         import ray
         from ray import serve
@@ -44,10 +96,10 @@ class ServeHandle:
         if not ray.is_initialized():
             ray.init(num_cpus=self.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                      namespace="sidestep", log_to_driver=False, logging_level="WARNING",
-                     runtime_env={"env_vars": {**SERVE_LOOPS, **{k: os.environ[k] for k in (
+                     runtime_env={"env_vars": {**serve_env, **{k: os.environ[k] for k in (
                          "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SIDESTEP_HOME", "HOME",
-                         "RAY_USAGE_STATS_ENABLED", "TOKENIZERS_PARALLELISM", *SERVE_LOOPS) if k in os.environ}}})
-        serve.start(http_options={"host": self.host, "port": self.port}, logging_config={"log_level": "WARNING"})
+                         "RAY_USAGE_STATS_ENABLED", "TOKENIZERS_PARALLELISM", "ORT_DISABLE_TELEMETRY") if k in os.environ}}})
+        serve.start(http_options={"host": self.host, "port": self.proxy_port}, logging_config={"log_level": "WARNING"})
         serve.run(build_app(str(self.root.root), self.config_path, self.preset), name=APP_NAME, route_prefix="/")
         self.wait_ready()
         return self
@@ -71,7 +123,8 @@ class ServeHandle:
         from ray import serve
 
         try:
-            serve.shutdown()
+            if ray.is_initialized():  # serve.shutdown() would otherwise start a default Ray just to stop it
+                serve.shutdown()
         finally:
             if ray.is_initialized():
                 ray.shutdown()

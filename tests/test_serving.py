@@ -277,7 +277,7 @@ def test_a_body_over_the_size_limit_gets_413_before_any_work(server):
 
 def test_overload_gets_fast_503_with_retry_after_and_no_timeouts(server):
     """Far more concurrent requests than the search replica admits (ongoing + queued): the excess is
-    refused at once by the proxy with 503 + Retry-After (the preset's backpressure_config); every
+    refused at once by the replica (direct ingress) with 503 + Retry-After (the preset's backpressure_config); every
     request gets an answer."""
     import asyncio
 
@@ -356,6 +356,23 @@ def test_an_unreachable_verifier_leaves_the_search_recall_only_with_the_reason(s
     assert [h["score"] for h in out["results"]] == [h["recall_score"] for h in out["results"]]
 
 
+def test_a_taken_port_is_a_clear_error_and_starts_nothing(tmp_path):
+    """The public port is checked before Ray starts; the failed start leaves no Ray behind (stopping
+    must not start a default Ray, whose node-IP and cloud probes would leave loopback)."""
+    import ray
+
+    from serving.run import ServeHandle
+    from storage.paths import DataRoot
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"cannot serve on 127.0.0.1:{port}"):
+            ServeHandle(DataRoot(tmp_path), port=port, preset="test").__enter__()
+    assert not ray.is_initialized()
+
+
 @pytest.mark.skipif(STRACE is None, reason="strace is not installed (Debian package strace)")
 def test_the_serving_stack_connects_only_to_loopback(served):
     """Every connect() of every process the stack started (Ray's start-up, the replicas, this module's
@@ -369,3 +386,4 @@ def test_the_serving_stack_connects_only_to_loopback(served):
     assert addrs, "strace recorded no inet connect at all: the check would be vacuous"
     outside = sorted({a for a in addrs if not _loopback(a)})
     assert outside == [], f"connections outside loopback: {outside}"
+
