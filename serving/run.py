@@ -45,15 +45,19 @@ def single_ingress_replica(preset_name: str) -> bool:
     return "autoscaling_config" not in search and search.get("num_replicas", 1) == 1
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
 def _check_port(host: str, port: int) -> None:
     """A clear error now, instead of a replica that retries a taken port until the ready timeout."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -86,7 +90,7 @@ class ServeHandle:
         self._saved_env = {k: os.environ.get(k) for k in ("HOME", "RAY_TMPDIR", "RAY_NODE_IP_ADDRESS",
                                                           "RAY_SERVE_HTTP_HOST", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
                                                           *serve_env)}
-        os.environ.update(serve_env)  # Serve reads these when it is imported, in this process too
+        os.environ.update(serve_env)  # Ray's processes inherit them (and get them in runtime_env below)
         runtime.configure(self.root, ray=True)
         import ray
         from ray import serve
