@@ -251,6 +251,33 @@ async def _verified(response) -> dict:
         return {"applied": False, "reason": f"verifier unavailable: {type(e).__name__}: {e}"}
 
 
+def _rebind_after_restart() -> None:
+    """Under direct ingress this replica binds the public port itself, without SO_REUSEADDR (Ray
+    2.60). A replica restarted after a crash (kill -9 with keep-alive clients connected) then finds
+    the port held by the dead one's TIME_WAIT connections for a minute, and Ray blocks a port that
+    failed to bind for good: the endpoint would stay dark until the app is redeployed. Ray's own bind
+    with enable_so_reuseport (SO_REUSEADDR + SO_REUSEPORT, as its proxy binds) takes the port back at
+    once. Runs in the replica's constructor, before Ray starts the replica's HTTP server; a Ray
+    whose function differs is left as it is. (A test kills the replica with a connection open.)"""
+    import inspect
+
+    from ray.serve._private import replica
+
+    start = getattr(replica, "start_asgi_http_server", None)
+    if start is None or getattr(start, "sidestep_reuse", False):
+        return
+    if "enable_so_reuseport" not in inspect.signature(start).parameters:
+        log.warning("this Ray's replica HTTP server takes no enable_so_reuseport: a restarted search "
+                    "replica may not rebind the public port for a minute")
+        return
+
+    async def reuse(app, http_options, *, event_loop, enable_so_reuseport: bool = False):
+        return await start(app, http_options, event_loop=event_loop, enable_so_reuseport=True)
+
+    reuse.sidestep_reuse = True
+    replica.start_asgi_http_server = reuse
+
+
 @serve.deployment(name="search")
 @serve.ingress(api)
 class SearchDeployment(_PollingReplica):
@@ -266,6 +293,8 @@ class SearchDeployment(_PollingReplica):
                  recommend: DeploymentHandle | None = None, token_sha256: str | None = None,
                  max_body_bytes: int = 65_536):
         settings = load_settings(config_path)
+        if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1":
+            _rebind_after_restart()
         import torch
 
         # Ray sets OMP_NUM_THREADS to the replica's CPU share (1 here), which would leave the query encoder

@@ -24,11 +24,12 @@ SERVE_LOOPS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN
 def direct_ingress_env(port: int) -> dict[str, str]:
     """Ray Serve's direct ingress with the public port as the only replica port: the search replica's
     own HTTP server answers on `port`, so a request no longer crosses the proxy actor (one hop there,
-    one more for the replica to fetch the body back from the proxy: about 12 ms of a one-client query
+    one more for the replica to fetch the body back from the proxy: 14 to 16 ms of a one-client query
     on two cores). The replica applies max_queued_requests and the backpressure_config itself.
 
     No load balancer sits in front to deregister a stopping replica, so it drains only its in-flight
-    requests (no 30 s minimum), and a restarted replica takes the port back at once (no quarantine)."""
+    requests (no 30 s minimum), and a restarted replica may take the port back at once (no quarantine;
+    the replica binds it with SO_REUSEADDR, see serving/app.py `_rebind_after_restart`)."""
     return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),  # exclusive
@@ -38,11 +39,23 @@ def direct_ingress_env(port: int) -> dict[str, str]:
 
 def single_ingress_replica(preset_name: str) -> bool:
     """Direct ingress gives one port to one replica: presets with several search replicas (or
-    autoscaling) keep the proxy on the public port, which spreads requests over them."""
+    autoscaling) keep the proxy on the public port, which spreads requests over them. So does a Ray
+    already running in this process (its processes never see the settings) or one without direct
+    ingress (before 2.60)."""
+    import sys
+
     from .options import preset
 
     search = preset(preset_name)["search"]
-    return "autoscaling_config" not in search and search.get("num_replicas", 1) == 1
+    if "autoscaling_config" in search or search.get("num_replicas", 1) != 1:
+        return False
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return False
+    from importlib.metadata import version
+
+    major, minor = (int(x) for x in version("ray").split(".")[:2])
+    return (major, minor) >= (2, 60)
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -72,9 +85,7 @@ class ServeHandle:
     def __init__(self, root: DataRoot, *, host: str = "127.0.0.1", port: int = 8000, preset: str = "local",
                  config_path: str | None = None, num_cpus: int = 2, ready_timeout_s: float = 180):
         self.root, self.host, self.port, self.preset = root, host, port, preset
-        # the public port: the search replica's own (direct ingress) or, with several replicas, the proxy's
-        self.direct = single_ingress_replica(preset)
-        self.proxy_port = port
+        self.direct, self.proxy_port = False, port  # set by start(): see single_ingress_replica
         self.config_path = config_path or os.environ.get("SIDESTEP_CONFIG")
         self.num_cpus = num_cpus
         self.ready_timeout_s = ready_timeout_s
@@ -82,10 +93,11 @@ class ServeHandle:
 
     def start(self) -> ServeHandle:
         # Ray needs its own HOME (see storage/runtime.py); remember the caller's environment to restore it.
-        serve_env = dict(SERVE_LOOPS)
+        serve_env = {k: os.environ.get(k, v) for k, v in SERVE_LOOPS.items()}
         _check_port(self.host, self.port)
-        if self.direct:  # the proxy still runs (Ray starts one on the head node): on a spare port
-            self.proxy_port = _free_port(self.host)
+        # the public port: the search replica's own (direct ingress) or, with several replicas, the proxy's
+        self.direct = single_ingress_replica(self.preset)
+        if self.direct:
             serve_env.update(direct_ingress_env(self.port))
         self._saved_env = {k: os.environ.get(k) for k in ("HOME", "RAY_TMPDIR", "RAY_NODE_IP_ADDRESS",
                                                           "RAY_SERVE_HTTP_HOST", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
@@ -103,6 +115,8 @@ class ServeHandle:
                      runtime_env={"env_vars": {**serve_env, **{k: os.environ[k] for k in (
                          "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SIDESTEP_HOME", "HOME",
                          "RAY_USAGE_STATS_ENABLED", "TOKENIZERS_PARALLELISM", "ORT_DISABLE_TELEMETRY") if k in os.environ}}})
+        if self.direct:  # the proxy still runs (Ray starts one on the head node): on a spare port
+            self.proxy_port = _free_port(self.host)
         serve.start(http_options={"host": self.host, "port": self.proxy_port}, logging_config={"log_level": "WARNING"})
         serve.run(build_app(str(self.root.root), self.config_path, self.preset), name=APP_NAME, route_prefix="/")
         self.wait_ready()

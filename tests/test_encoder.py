@@ -90,15 +90,18 @@ def test_the_onnx_single_query_path_equals_the_eager_model(encoder):
     np.testing.assert_allclose(one_tok[0].astype(np.float32), tokens[1].astype(np.float32), atol=2e-3)
 
 
-def test_importing_sidestep_keeps_onnx_runtime_from_phoning_home(tmp_path):
-    """ONNX Runtime's Linux builds upload telemetry and write a device id under HOME once an ONNX
-    Runtime environment starts, unless ORT_DISABLE_TELEMETRY is set before the import: importing
-    sidestep first (as every replica does) must set it. The device id file is the witness."""
+@pytest.mark.parametrize("first", ["sidestep", "nothing"])
+def test_importing_sidestep_keeps_onnx_runtime_from_phoning_home(tmp_path, first):
+    """ONNX Runtime's Linux builds upload telemetry and write a device id in the user's cache once an
+    ONNX Runtime environment starts, unless ORT_DISABLE_TELEMETRY is set before the import: importing
+    sidestep first (as every replica does) must set it. The device id file is the witness; without
+    sidestep imported first (the control) it must appear, or the check would prove nothing."""
     import subprocess
     import sys
 
-    script = textwrap.dedent("""
-        import os, sidestep
+    script = textwrap.dedent(f"""
+        import os
+        {"import sidestep" if first == "sidestep" else "pass"}
         import onnxruntime as ort
         from onnx import TensorProto, helper
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
@@ -106,11 +109,16 @@ def test_importing_sidestep_keeps_onnx_runtime_from_phoning_home(tmp_path):
         g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
         ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        print(os.environ["ORT_DISABLE_TELEMETRY"])
+        print(os.environ.get("ORT_DISABLE_TELEMETRY"))
     """)
     env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
-    out = subprocess.run([sys.executable, "-c", script], env={**env, "HOME": str(tmp_path)}, cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    cache = tmp_path / ".cache"
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**env, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(cache)})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "1"
-    assert not (tmp_path / ".cache").exists(), sorted(str(p) for p in tmp_path.rglob("*"))
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    if first == "sidestep":
+        assert out.stdout.strip() == "1"
+        assert written == [], written
+    else:
+        assert any(p.endswith("deviceid") for p in written), written

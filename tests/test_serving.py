@@ -373,6 +373,36 @@ def test_a_taken_port_is_a_clear_error_and_starts_nothing(tmp_path):
     assert not ray.is_initialized()
 
 
+def _search_replicas() -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        if "ServeReplica:sidestep:search" in " ".join(p.info["cmdline"] or []):
+            out.append(p)
+    return out
+
+
+def test_a_killed_search_replica_comes_back_on_the_same_port(server):
+    """The single search replica holds the public port itself (direct ingress). kill -9 it while this
+    client holds a keep-alive connection, so the dead replica's side of it lingers on the port: Ray
+    restarts the replica, it binds the same port again, and searches answer."""
+    assert server.get("/healthz").status_code == 200  # the keep-alive connection is open
+    victims = _search_replicas()
+    assert len(victims) == 1
+    victims[0].kill()
+    victims[0].wait(timeout=30)
+    deadline, last = time.monotonic() + 150, None
+    while time.monotonic() < deadline:
+        try:
+            last = server.post("/search", json={"query": "database backups", "domain": "handbook", "k": 2})
+            if last.status_code == 200:
+                break
+        except httpx.HTTPError as e:  # refused while the replica restarts
+            last = e
+        time.sleep(1)
+    assert isinstance(last, httpx.Response) and last.status_code == 200, last
+    assert [p.pid for p in _search_replicas()] != [victims[0].pid]
+
+
 @pytest.mark.skipif(STRACE is None, reason="strace is not installed (Debian package strace)")
 def test_the_serving_stack_connects_only_to_loopback(served):
     """Every connect() of every process the stack started (Ray's start-up, the replicas, this module's
