@@ -100,10 +100,10 @@ def reindex(root: Path, *extra: str, kill_after: float | None = None) -> dict:
 
 def check_stores(data: Path) -> dict:
     """Every CURRENT of every store must name a complete version that verifies and loads."""
-    from storage.artifacts import IndexStore
-    from storage.indexes import load_version
-    from storage.paths import SHARED, DataRoot
-    from storage.recstore import load_codebook, load_table_version
+    from sidestep.storage.artifacts import IndexStore
+    from sidestep.storage.indexes import load_version
+    from sidestep.storage.paths import SHARED, DataRoot
+    from sidestep.storage.recstore import load_codebook, load_table_version
 
     root = DataRoot(data)
     bad, valid, staging = [], set(), 0
@@ -231,17 +231,17 @@ def mutate(src: Path, i: int, rng: np.random.Generator) -> dict:
 
 
 def current_doc_ids(data: Path, domain: str) -> set[str]:
-    from storage.artifacts import IndexStore
-    from storage.indexes import read_chunks
-    from storage.paths import DataRoot
+    from sidestep.storage.artifacts import IndexStore
+    from sidestep.storage.indexes import read_chunks
+    from sidestep.storage.paths import DataRoot
 
     store = IndexStore(DataRoot(data))
     return set(read_chunks(store, domain, store.current(domain))["doc_id"].to_pylist())
 
 
 def kill_nightly(trials: int, seed: int) -> dict:
-    from serving.run import ServeHandle
-    from storage.paths import DataRoot
+    from sidestep.serving.run import ServeHandle
+    from sidestep.storage.paths import DataRoot
 
     rng = np.random.default_rng(seed)
     root = make_root("ssb-chaos-a-")
@@ -312,8 +312,8 @@ def replica_pids(deployment: str) -> set[int]:
 
 
 def replica_kill(root: Path, seconds: float = 40, kill_at: float = 12) -> dict:
-    from serving.run import ServeHandle
-    from storage.paths import DataRoot
+    from sidestep.serving.run import ServeHandle
+    from sidestep.storage.paths import DataRoot
 
     use_root(root)
     with ServeHandle(DataRoot(root / "data"), port=PORT, preset="replicated") as h:
@@ -348,9 +348,8 @@ def replica_kill(root: Path, seconds: float = 40, kill_at: float = 12) -> dict:
 
 def overload(root: Path, seconds: float = 20, factor: float = 2.0) -> dict:
     import httpx
-
-    from serving.run import ServeHandle
-    from storage.paths import DataRoot
+    from sidestep.serving.run import ServeHandle
+    from sidestep.storage.paths import DataRoot
 
     use_root(root)
     with ServeHandle(DataRoot(root / "data"), port=PORT, preset="local") as h:
@@ -409,11 +408,10 @@ def overload(root: Path, seconds: float = 20, factor: float = 2.0) -> dict:
 
 def corrupt_index(root: Path, seconds: float = 20) -> dict:
     import httpx
-
-    from serving.run import ServeHandle
-    from storage.artifacts import IndexStore, new_version_name
-    from storage.atomic import write_text
-    from storage.paths import DataRoot
+    from sidestep.serving.run import ServeHandle
+    from sidestep.storage.artifacts import IndexStore, new_version_name
+    from sidestep.storage.atomic import write_text
+    from sidestep.storage.paths import DataRoot
 
     use_root(root)
     store = IndexStore(DataRoot(root / "data"))
@@ -444,8 +442,8 @@ def corrupt_index(root: Path, seconds: float = 20) -> dict:
 DISK_FULL_SCRIPT = """
 import json, sys
 from sidestep.config import default_settings
-from storage.paths import DataRoot
-from tasks.index import publish_domain
+from sidestep.storage.paths import DataRoot
+from sidestep.tasks.index import publish_domain
 s = default_settings()
 try:
     out = publish_domain(DataRoot.from_settings(s), s, "handbook", force=True)
@@ -470,8 +468,8 @@ def disk_full(root: Path, levels: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.
 
 
 def disk_full_inner(root: Path, levels: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)) -> dict:
-    from storage.artifacts import IndexStore
-    from storage.paths import DataRoot
+    from sidestep.storage.artifacts import IndexStore
+    from sidestep.storage.paths import DataRoot
 
     src_data = root / "data"
     used = sum(f.stat().st_size for f in src_data.rglob("*") if f.is_file())

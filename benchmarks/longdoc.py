@@ -2,7 +2,7 @@
 costs the nightly reindex; writes the longdoc section of BENCHMARKS.md.
 
 1. `sidestep eval-longdoc natural_question.jsonl scientific_qa.jsonl`: bag-of-chunks against every map
-   mode in one run, repeated two-fold cross-fitting (see sidestep/longdoc.py), into DuckDB.
+   mode in one run, repeated two-fold cross-fitting (see sidestep/eval/longdoc.py), into DuckDB.
 2. The same documents through the real nightly flow (`sidestep reindex`: ingest, embed, summarize, index,
    publish) on fresh data roots, once with maps off and once with maps on, alternating, so the cost of
    summarizing is measured as a share of the reindex it belongs to.

@@ -34,8 +34,8 @@ START, END = "<!-- ops:start -->", "<!-- ops:end -->"
 DOMAIN = "handbook"
 PUBLISH = textwrap.dedent("""
     from sidestep.config import default_settings
-    from storage.paths import DataRoot
-    from tasks.index import publish_domain
+    from sidestep.storage.paths import DataRoot
+    from sidestep.tasks.index import publish_domain
     s = default_settings()
     print(publish_domain(DataRoot.from_settings(s), s, "handbook", force=True)["version"])
 """)
@@ -43,10 +43,9 @@ PUBLISH = textwrap.dedent("""
 
 def hot_swap_under_load(root: Path, seconds: float, clients: int, every: float) -> dict:
     import httpx
-
-    from serving.run import ServeHandle
-    from storage.artifacts import IndexStore
-    from storage.paths import DataRoot
+    from sidestep.serving.run import ServeHandle
+    from sidestep.storage.artifacts import IndexStore
+    from sidestep.storage.paths import DataRoot
 
     store = IndexStore(DataRoot(root))
     first = store.current(DOMAIN)

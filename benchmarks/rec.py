@@ -107,14 +107,14 @@ def planted_alignment(root: Path, steps: int = 200, seed: int = 0) -> dict:
     must find, per position, which pre-trained codeword each permuted codeword stands for."""
     import numpy as np
     import torch
+    from sidestep.storage.paths import DataRoot
+    from sidestep.storage.recstore import load_table_version
+    from sidestep.tasks.common import settings_from
+    from sidestep.tasks.rec import domain_data
 
-    from sidestep.align import apply_permutation, random_permutation, recovery, used_codewords
-    from sidestep.lookup import model_from_state
-    from sidestep.rectrain import evaluate, fit_code_alignment
-    from storage.paths import DataRoot
-    from storage.recstore import load_table_version
-    from tasks.common import settings_from
-    from tasks.rec import domain_data
+    from sidestep.rec.align import apply_permutation, random_permutation, recovery, used_codewords
+    from sidestep.rec.tables import model_from_state
+    from sidestep.rec.training import evaluate, fit_code_alignment
 
     torch.set_num_threads(os.cpu_count() or 1)
     dr = DataRoot(root)
@@ -157,9 +157,13 @@ def retrieval_tables(root: Path, scifact: str, seed: int = 0) -> dict:
     import numpy as np
     import torch
     from ir_measures import R, ScoredDoc, nDCG
+    from sidestep.storage.embeddings import EmbeddingStore
+    from sidestep.storage.paths import DataRoot
+    from sidestep.tasks.common import encoder_for, settings_from
+    from sidestep.tasks.rec import load_items
 
-    from sidestep.beir import load_qrels, load_queries
-    from sidestep.docvec import (
+    from sidestep.eval.beir import load_qrels, load_queries
+    from sidestep.rec.doctables import (
         DocTableConfig,
         DocTables,
         max_chunk_scores,
@@ -167,11 +171,7 @@ def retrieval_tables(root: Path, scifact: str, seed: int = 0) -> dict:
         train_doc_tables,
         tune_weight,
     )
-    from sidestep.quantize import CodebookSpec, fit_codebook, shuffled_codes
-    from storage.embeddings import EmbeddingStore
-    from storage.paths import DataRoot
-    from tasks.common import encoder_for, settings_from
-    from tasks.rec import load_items
+    from sidestep.rec.quantize import CodebookSpec, fit_codebook, shuffled_codes
 
     settings = settings_from(None)
     dr = DataRoot(root)
@@ -236,7 +236,7 @@ def retrieval_tables(root: Path, scifact: str, seed: int = 0) -> dict:
 
 
 def _emb_key(settings) -> tuple[str, int]:
-    from sidestep.encoder import encoder_key, model_dim
+    from sidestep.text.encoder import encoder_key, model_dim
 
     return encoder_key(settings.encoder.model_path), model_dim(settings.encoder.model_path)
 

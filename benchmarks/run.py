@@ -64,8 +64,9 @@ def splice(path: Path, section: str, start: str, end: str) -> None:
 
 def bare_encoder(texts: list[str], batch_size: int) -> tuple[float, float]:
     """Wall and CPU seconds for SentenceTransformer.encode on texts (model already loaded)."""
+    from sidestep.tasks.common import encoder_for
+
     from sidestep.config import default_settings
-    from tasks.common import encoder_for
 
     st = encoder_for(default_settings()).st
     st.encode(texts[:64], batch_size=batch_size)  # warm-up
@@ -77,10 +78,9 @@ def bare_encoder(texts: list[str], batch_size: int) -> tuple[float, float]:
 def chunk_texts(root: Path, domain: str) -> list[str]:
     """The exact windows the pipeline encoded, as text (from the published chunk table)."""
     import pyarrow.parquet as pq
-
-    from storage.artifacts import IndexStore
-    from storage.documents import DocumentStore
-    from storage.paths import DataRoot
+    from sidestep.storage.artifacts import IndexStore
+    from sidestep.storage.documents import DocumentStore
+    from sidestep.storage.paths import DataRoot
 
     dr = DataRoot(root)
     store = IndexStore(dr)
@@ -94,9 +94,8 @@ def chunk_texts(root: Path, domain: str) -> list[str]:
 def http_latency(root: Path, domain: str, queries: list[str], ks: tuple[int, ...]) -> dict:
     import httpx
     import psutil
-
-    from serving.run import ServeHandle
-    from storage.paths import DataRoot
+    from sidestep.serving.run import ServeHandle
+    from sidestep.storage.paths import DataRoot
 
     out = {}
     with ServeHandle(DataRoot(root), port=8765, preset="local") as h, httpx.Client(base_url=h.url, timeout=60) as c:
@@ -170,7 +169,7 @@ def main() -> None:
     print("3/6 bare encoder on the same texts ...", flush=True)
     import pyarrow.parquet as pq  # noqa: F401
 
-    from sidestep.encoder import doc_text
+    from sidestep.text.encoder import doc_text
 
     docs = [json.loads(line) for line in (data / "scifact" / "corpus.jsonl").open()]
     texts = [doc_text(d.get("title", ""), d["text"]) for d in docs]
@@ -193,7 +192,7 @@ def main() -> None:
                       "documents": mm["embed"]["documents"], "embed_s": mm["embed"]["seconds"]}
 
     print("6/6 HTTP latency through Ray Serve ...", flush=True)
-    from sidestep.beir import load_queries
+    from sidestep.eval.beir import load_queries
 
     qs = list(load_queries(data / "scifact", split="test").values())
     http = phase("http", lambda: http_latency(root, "scifact", qs, (10, 100)))

@@ -37,14 +37,14 @@ START, END = "<!-- verify:start -->", "<!-- verify:end -->"
 def antonym_probe(root: Path, data: Path, env: dict) -> dict:
     """Ingest the probe corpus, then rank recall's top candidates for each probe query three ways."""
     import numpy as np
+    from sidestep.storage.artifacts import IndexStore
+    from sidestep.storage.indexes import load_current, load_token_view
+    from sidestep.storage.paths import DataRoot
+    from sidestep.storage.verifiers import load_verifier
+    from sidestep.tasks.common import encoder_for
 
     from sidestep.config import load_settings
-    from sidestep.search import maxsim_rerank, rerank
-    from storage.artifacts import IndexStore
-    from storage.indexes import load_current, load_token_view
-    from storage.paths import DataRoot
-    from storage.verifiers import load_verifier
-    from tasks.common import encoder_for
+    from sidestep.retrieval.search import maxsim_rerank, rerank
 
     folder = data / "scifact-antonym"
     cfg = root / "antonym.toml"
@@ -117,11 +117,11 @@ def one_client(c, body: dict, queries: list[str]) -> dict:
 def http_bench(root: Path, domain: str, queries: list[str], clients: int = 8, seconds: float = 30) -> dict:
     import httpx
     import psutil
+    from sidestep.serving.core import SearchService
+    from sidestep.serving.run import ServeHandle
+    from sidestep.storage.paths import DataRoot
 
-    from serving.core import SearchService
-    from serving.run import ServeHandle
     from sidestep.config import load_settings
-    from storage.paths import DataRoot
 
     body = {"domain": domain, "k": 10, "verify": True}
     out = {}
@@ -180,7 +180,7 @@ def seen_split(root: Path, data: Path, group: str) -> dict:
     import ir_measures
     from ir_measures import nDCG
 
-    from sidestep.beir import load_qrels
+    from sidestep.eval.beir import load_qrels
 
     cited = {d for rels in load_qrels(data / "scifact", "train").values() for d, g in rels.items() if g > 0}
     test = load_qrels(data / "scifact", "test")
@@ -252,8 +252,8 @@ def main() -> None:
     phase("scifact", lambda: eval_cmd([str(data / "scifact"), "--domain", "scifact"], f16_env))
 
     def verifier_phase() -> dict:
-        from storage.paths import DataRoot
-        from storage.verifiers import verifier_store
+        from sidestep.storage.paths import DataRoot
+        from sidestep.storage.verifiers import verifier_store
 
         store = verifier_store(DataRoot(root))
         m = store.manifest("scifact", store.current("scifact"))
@@ -277,7 +277,7 @@ def main() -> None:
     phase("pq", lambda: eval_cmd([str(data / "scifact"), "--domain", "scifact", "--no-train-verifier"]))
 
     def http_phase() -> dict:
-        from sidestep.beir import load_queries
+        from sidestep.eval.beir import load_queries
 
         return http_bench(root, "scifact", list(load_queries(data / "scifact", split="test").values()))
 

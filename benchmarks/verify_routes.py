@@ -3,7 +3,7 @@
 The verifier's SciFact test nDCG@10 sits about 0.01 above MaxSim reranking the same candidates. This run
 asks whether three cheap additions widen that margin or only lift every reranker alike:
 - seeds: the verifier trained with two seeds, each alone and their z-scored mean;
-- document tables: SciFact's lookup-table document vectors (sidestep.docvec), fine-tuned on the training
+- document tables: SciFact's lookup-table document vectors (sidestep.rec.doctables), fine-tuned on the training
   queries the verifier trains on (its held-out queries excluded), z-scored and added to a reranker's
   z-scored scores with a weight tuned on the held-out training queries; the same table added to pooled
   cosine and to MaxSim is the control, and a table fine-tuned on codes shuffled across documents the
@@ -11,7 +11,7 @@ asks whether three cheap additions widen that margin or only lift every reranker
 - hybrid recall: BM25's top K added to dense recall's top 100 (pooled cosine of their best chunk as their
   recall score), reranked by MaxSim and by the verifiers trained on dense lists.
 Every figure is SciFact test (300 queries, full ideal from qrels/test.tsv, ir_measures); no choice reads it.
-The verifiers here have no query adapter (sidestep.adapter; `adapter_epochs` 0): this section measured
+The verifiers here have no query adapter (sidestep.verify.adapter; `adapter_epochs` 0): this section measured
 the verifier over the raw maps, before the adapter existed, and a rerun keeps it so.
 
 Usage: .venv/bin/python benchmarks/verify_routes.py [--data ../shared/data] [--root ROOT] [--seeds 0 1]
@@ -62,7 +62,7 @@ def query_lists(lists, settings, qids: list[str], texts: dict[str, str], bm25, e
     """Dense recall's top `candidates` (plus BM25's top extra_k it missed) with their token-map Candidates."""
     import numpy as np
 
-    from sidestep.verifier import VerifierConfig, prepare, query_piece_ids, query_tokens
+    from sidestep.verify.model import VerifierConfig, prepare, query_piece_ids, query_tokens
 
     corpus, view, enc = lists.corpus, lists.view, lists.encoder
     cap = VerifierConfig().max_query_tokens
@@ -87,14 +87,18 @@ def query_lists(lists, settings, qids: list[str], texts: dict[str, str], bm25, e
 def measure(root: Path, data: Path, seeds: list[int], log=print) -> dict:
     import numpy as np
     import torch
+    from sidestep.storage.documents import DocumentStore
+    from sidestep.storage.paths import DataRoot
+    from sidestep.tasks.rec import load_items
+    from sidestep.tasks.verifier import training_lists
 
-    from sidestep.beir import load_qrels, load_queries
     from sidestep.config import load_settings
-    from sidestep.docvec import DocTableConfig, DocTables, table_scores, train_doc_tables
-    from sidestep.encoder import doc_text
-    from sidestep.lexical import BM25
-    from sidestep.quantize import CodebookSpec, fit_codebook, shuffled_codes
-    from sidestep.verifier import (
+    from sidestep.eval.beir import load_qrels, load_queries
+    from sidestep.rec.doctables import DocTableConfig, DocTables, table_scores, train_doc_tables
+    from sidestep.rec.quantize import CodebookSpec, fit_codebook, shuffled_codes
+    from sidestep.text.encoder import doc_text
+    from sidestep.text.lexical import BM25
+    from sidestep.verify.model import (
         VERIFY_TOP_CHOICES,
         VerifierConfig,
         cascade,
@@ -103,10 +107,6 @@ def measure(root: Path, data: Path, seeds: list[int], log=print) -> dict:
         prescore,
         score,
     )
-    from storage.documents import DocumentStore
-    from storage.paths import DataRoot
-    from tasks.rec import load_items
-    from tasks.verifier import training_lists
 
     scifact = str(data / "scifact")
     settings = load_settings(None)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from run import splice  # noqa: E402
 
-from sidestep import verifier as V  # noqa: E402
+from sidestep.verify import model as V  # noqa: E402
 
 START, END = "<!-- verify-stage:start -->", "<!-- verify-stage:end -->"
 

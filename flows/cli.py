@@ -41,7 +41,7 @@ def main(
         os.environ["SIDESTEP_HOME"] = str(home.resolve())
     if config:
         os.environ["SIDESTEP_CONFIG"] = str(config.resolve())
-    from storage import runtime
+    from sidestep.storage import runtime
 
     runtime.configure(_root())
 
@@ -53,7 +53,7 @@ def _settings():
 
 
 def _root():
-    from storage.paths import DataRoot
+    from sidestep.storage.paths import DataRoot
 
     return DataRoot.from_settings(_settings())
 
@@ -84,7 +84,7 @@ def _fail(msg: str, as_json: bool, code: int = 1) -> None:
 
 def _run(fn, as_json: bool, *args, **kwargs):
     """Run a flow; expected failures become a clear message and a non-zero exit, not a traceback."""
-    from sidestep.readers import SourceError
+    from sidestep.ingest.readers import SourceError
 
     try:
         with _quiet_stdout(as_json):
@@ -113,7 +113,7 @@ def ingest(
 ) -> None:
     """Read a source into a domain: incremental by content hash; bad records go to quarantine."""
     from sidestep.config import check_name
-    from sidestep.readers import SourceError, detect_format
+    from sidestep.ingest.readers import SourceError, detect_format
 
     try:  # refuse an unreadable source before starting anything
         check_name(domain)
@@ -123,7 +123,7 @@ def ingest(
             raise SourceError(f"source not found: {path}")
     except (SourceError, ValueError) as e:
         _fail(str(e), as_json, 2)
-    from flows.ingest import ingest_flow
+    from sidestep.flows.ingest import ingest_flow
 
     res = _run(ingest_flow, as_json, path=str(Path(path).resolve()) if "://" not in path else path, domain=domain,
                format=format, id_field=id_field, title_field=title_field or None, text_field=text_field,
@@ -146,7 +146,7 @@ def reindex(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the nightly reindex now: ingest → embed → index → publish, per configured domain."""
-    from flows.reindex import nightly_reindex
+    from sidestep.flows.reindex import nightly_reindex
 
     res = _run(nightly_reindex, as_json, domains=domain or None, force=force, skip_ingest=skip_ingest)
     _emit(res, as_json)
@@ -181,7 +181,7 @@ def eval_(
     in DuckDB and print nDCG@10, MRR@10 and Recall@100 (computed by SQL views), with the baselines of the
     same run: pooled cosine (recall only), MaxSim reranking the same candidates, BM25, and BM25 + dense
     reciprocal-rank fusion."""
-    from flows.evaluate import evaluate_flow
+    from sidestep.flows.evaluate import evaluate_flow
 
     res = _run(evaluate_flow, as_json, dataset_dir=str(Path(dataset_dir).resolve()), domain=domain, k=k,
                split=split, min_rel=min_rel, verify=verify, train_verifier=train_verifier,
@@ -219,7 +219,7 @@ def train_verifier(
     Serving hot-loads the new version; curves go to DuckDB (verifier_curves)."""
     if not Path(dataset_dir).is_dir():
         _fail(f"folder not found: {dataset_dir}", as_json, 2)
-    from flows.evaluate import train_verifier_flow
+    from sidestep.flows.evaluate import train_verifier_flow
 
     res = _run(train_verifier_flow, as_json, dataset_dir=str(Path(dataset_dir).resolve()), domain=domain,
                split=split, seed=seed)
@@ -248,7 +248,7 @@ def eval_longdoc(
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         _fail(f"file not found: {', '.join(missing)}", as_json, 2)
-    from flows.longdoc import longdoc_flow
+    from sidestep.flows.longdoc import longdoc_flow
 
     res = _run(longdoc_flow, as_json, path=[str(Path(p).resolve()) for p in paths], seed=seed, repeats=repeats)
     _emit(res, as_json)
@@ -296,7 +296,7 @@ def eval_rec(
         _fail(f"unknown mode {mode!r}: expected table-only, full or scratch", as_json, 2)
     if mode in ("table-only", "full") and not pretrained_from:
         _fail(f"--mode {mode} needs --pretrained-from DOMAIN", as_json, 2)
-    from flows.rec import eval_rec_flow
+    from sidestep.flows.rec import eval_rec_flow
 
     res = _run(eval_rec_flow, as_json, dataset_dir=str(Path(dataset_dir).resolve()), domain=domain, mode=mode,
                pretrained_from=pretrained_from, controls=controls, refit=refit, epochs=epochs,
@@ -330,7 +330,7 @@ def pretrain(
     """Pre-train the sequence encoder over several domains mixed (in-batch negatives across domains plus
     semi-synthetic negatives) and publish every domain's table with it; then `eval-rec NEW --pretrained-from
     D` fine-tunes a new domain's table only."""
-    from flows.rec import pretrain_flow
+    from sidestep.flows.rec import pretrain_flow
 
     res = _run(pretrain_flow, as_json, domains=domain, epochs=epochs)
     _emit(res, as_json)
@@ -366,7 +366,7 @@ def search(
             _fail(f"HTTP {r.status_code}: {r.text}", as_json)
         res = r.json()
     else:
-        from serving.core import SearchService
+        from sidestep.serving.core import SearchService
 
         with _quiet_stdout(as_json):
             try:
@@ -392,7 +392,7 @@ def serve(
     preset: Annotated[str, typer.Option(help="Deployment preset from serving/options.py.")] = "local",
 ) -> None:
     """Start the Ray Serve application (POST /search, GET /healthz, /docs) until Ctrl-C."""
-    from serving.run import ServeHandle
+    from sidestep.serving.run import ServeHandle
 
     s = _settings()
     with ServeHandle(_root(), host=host or s.serve.host, port=port or s.serve.port, preset=preset) as h:
@@ -407,7 +407,7 @@ def serve(
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
     """Published versions per domain, document counts and quarantine sizes."""
-    from storage.status import domain_status
+    from sidestep.storage.status import domain_status
 
     res = domain_status(_root())
     _emit(res, as_json)
@@ -440,7 +440,7 @@ def rollback(
 ) -> None:
     """Point a domain's CURRENT at an earlier complete version (checksums verified first); serving replicas
     pick it up on their next poll."""
-    from storage.artifacts import CorruptArtifact, IndexStore
+    from sidestep.storage.artifacts import CorruptArtifact, IndexStore
 
     try:
         if kind not in ("indexes", "tables"):
@@ -461,7 +461,7 @@ def gc(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete old published versions of a domain, never the one CURRENT names."""
-    from storage.artifacts import IndexStore
+    from sidestep.storage.artifacts import IndexStore
 
     try:
         if kind not in ("indexes", "tables"):
@@ -482,7 +482,7 @@ def deploy(
 ) -> None:
     """Start a local Prefect server (SQLite under the data root) with its UI, and a runner serving every
     deployment (the nightly one on its cron schedule) until Ctrl-C."""
-    from flows.ui import LocalPrefect
+    from sidestep.flows.ui import LocalPrefect
 
     root = _root()
     with LocalPrefect(root.prefect_home(), host=host, port=port, env={"SIDESTEP_HOME": str(root.root)}) as p:
@@ -500,7 +500,7 @@ def demo(
     port: Annotated[int, typer.Option(help="HTTP port for the demo server.")] = 8000,
 ) -> None:
     """The Quickstart: reindex the sample corpus, evaluate it, serve it, query it over HTTP, summarize."""
-    from flows.demo import run_demo
+    from sidestep.flows.demo import run_demo
 
     raise typer.Exit(run_demo(_settings(), _root(), port=port, console=out))
 

@@ -12,10 +12,10 @@ import time
 import httpx
 from rich.console import Console
 from rich.table import Table
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.warehouse import Warehouse
 
 from sidestep.config import SAMPLES_DIR, Settings
-from storage.paths import DataRoot
-from storage.warehouse import Warehouse
 
 
 def _free_port(preferred: int) -> int:
@@ -43,9 +43,9 @@ def sample_histories(settings: Settings) -> list[tuple[str, list[str]]]:
 
 
 def run_demo(settings: Settings, root: DataRoot, *, port: int = 8000, console: Console | None = None) -> int:
-    from flows.evaluate import evaluate_flow
-    from flows.reindex import nightly_reindex
-    from serving.run import ServeHandle
+    from sidestep.flows.evaluate import evaluate_flow
+    from sidestep.flows.reindex import nightly_reindex
+    from sidestep.serving.run import ServeHandle
 
     con = console or Console()
     con.rule("1. nightly reindex (Prefect flow)")

@@ -1,6 +1,6 @@
 """Every flow as a Prefect deployment with typed parameters; the nightly one on a cron schedule.
 
-`python -m flows.deployments` (or `prefect deploy` with deploy/prefect.yaml) registers them and
+`python -m sidestep.flows.deployments` (or `prefect deploy` with deploy/prefect.yaml) registers them and
 serves them from this process, so they can be run from the Prefect UI.
 """
 

@@ -4,17 +4,17 @@ runs in DuckDB; and the train_verifier flow on its own."""
 from __future__ import annotations
 
 from prefect import flow
+from sidestep.storage.verifiers import verifier_store
+from sidestep.tasks.common import root_from, settings_from
+from sidestep.tasks.embed import embed_task
+from sidestep.tasks.evaluate import evaluate_task
+from sidestep.tasks.index import publish_task
+from sidestep.tasks.ingest import ingest_task
+from sidestep.tasks.summarize import summarize_task
+from sidestep.tasks.verifier import check_training_split, train_verifier_task
 
-from sidestep.beir import available_splits
 from sidestep.config import SourceConfig
-from storage.verifiers import verifier_store
-from tasks.common import root_from, settings_from
-from tasks.embed import embed_task
-from tasks.evaluate import evaluate_task
-from tasks.index import publish_task
-from tasks.ingest import ingest_task
-from tasks.summarize import summarize_task
-from tasks.verifier import check_training_split, train_verifier_task
+from sidestep.eval.beir import available_splits
 
 
 def _index(root: str, settings, dataset_dir: str, domain: str) -> tuple[dict, dict, dict]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from prefect import flow
+from sidestep.tasks.common import root_from, settings_from
+from sidestep.tasks.ingest import ingest_task
 
 from sidestep.config import Format, SourceConfig
-from tasks.common import root_from, settings_from
-from tasks.ingest import ingest_task
 
 
 @flow(name="ingest", log_prints=True)

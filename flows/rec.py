@@ -7,13 +7,19 @@ the Prefect UI, the command line and the nightly schedule do the same thing.
 from __future__ import annotations
 
 from prefect import flow
+from sidestep.tasks.common import root_from, settings_from
+from sidestep.tasks.embed import embed_task
+from sidestep.tasks.evalrec import eval_rec_task
+from sidestep.tasks.ingest import ingest_task
+from sidestep.tasks.rec import (
+    finetune_task,
+    fit_codebooks_task,
+    pretrain_task,
+    rebuild_item_index_task,
+    rec_domains,
+)
 
 from sidestep.config import SourceConfig
-from tasks.common import root_from, settings_from
-from tasks.embed import embed_task
-from tasks.evalrec import eval_rec_task
-from tasks.ingest import ingest_task
-from tasks.rec import finetune_task, fit_codebooks_task, pretrain_task, rebuild_item_index_task, rec_domains
 
 
 @flow(name="fit-codebooks", log_prints=True)

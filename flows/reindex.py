@@ -7,16 +7,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-
-from storage.artifacts import IndexStore
-from storage.paths import DataRoot
-from storage.status import record_nightly
-from tasks.common import root_from, settings_from
-from tasks.embed import embed_task
-from tasks.index import publish_task
-from tasks.ingest import ingest_task
-from tasks.rec import fit_codebooks_task, rec_domains, refresh_tables_task
-from tasks.summarize import summarize_task
+from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.status import record_nightly
+from sidestep.tasks.common import root_from, settings_from
+from sidestep.tasks.embed import embed_task
+from sidestep.tasks.index import publish_task
+from sidestep.tasks.ingest import ingest_task
+from sidestep.tasks.rec import fit_codebooks_task, rec_domains, refresh_tables_task
+from sidestep.tasks.summarize import summarize_task
 
 
 class ReindexFailed(RuntimeError):

@@ -4,10 +4,9 @@ between embed and index)."""
 from __future__ import annotations
 
 from prefect import flow
-
-from tasks.common import root_from, settings_from
-from tasks.embed import embed_task
-from tasks.summarize import summarize_task
+from sidestep.tasks.common import root_from, settings_from
+from sidestep.tasks.embed import embed_task
+from sidestep.tasks.summarize import summarize_task
 
 
 @flow(name="summarize", log_prints=True)

@@ -50,8 +50,8 @@ class LocalPrefect:
         self._wait(lambda: httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200, timeout, "server")
         if not runner:
             return self
-        self.runner = self._spawn([sys.executable, "-m", "flows.deployments"], "runner")
-        from flows.deployments import deployments
+        self.runner = self._spawn([sys.executable, "-m", "sidestep.flows.deployments"], "runner")
+        from sidestep.flows.deployments import deployments
 
         self.wait_deployments(len(deployments()), timeout)
         return self

@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from sidestep.storage.paths import DataRoot
 
 from sidestep.config import load_settings
-from storage.paths import DataRoot
 
 from .core import SearchService
 from .options import preset
@@ -361,7 +361,7 @@ def app_from_env(args: dict | None = None):
     """Import path for `serve run` / serve config files: data root and config from the environment."""
     import os
 
-    from storage.paths import DataRoot as _DR
+    from sidestep.storage.paths import DataRoot as _DR
 
     args = args or {}
     root = _DR.from_settings(load_settings(args.get("config"))).root

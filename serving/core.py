@@ -9,13 +9,13 @@ import time
 from dataclasses import replace
 
 import numpy as np
+from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.indexes import load_version
+from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
-from sidestep.encoder import Encoder
-from sidestep.search import IndexedCorpus, MapParamsSearch, search_texts, search_vectors
-from storage.artifacts import IndexStore
-from storage.indexes import load_version
-from storage.paths import DataRoot
+from sidestep.retrieval.search import IndexedCorpus, MapParamsSearch, search_texts, search_vectors
+from sidestep.text.encoder import Encoder
 
 from .verify import VerifierService
 from .versions import VersionedDomains

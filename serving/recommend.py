@@ -4,7 +4,7 @@ Plain Python (no Ray), like SearchService. A history is encoded by the
 sequence model over the domain's lookup tables; items come from the FAISS index
 built at publish time over unit code vectors, unit text vectors and the item's
 log-count prior, so one inner product with [user / temperature, weight * text
-user, popularity weight] is the model's fused logit (`sidestep.lookup.TextFusion`). The history's own items then get the
+user, popularity weight] is the model's fused logit (`sidestep.rec.tables.TextFusion`). The history's own items then get the
 model's learned repeat bias, exactly as evaluation scores them, so `score` is the
 logit `eval-rec` ranks by. Tables published before text fusion have code vectors
 only and are served by cosine / temperature plus the repeat bias, the same scale;
@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.recstore import TableVersion, load_table_version, table_store
 
 from sidestep.config import Settings
-from sidestep.recdata import encode_history
-from storage.paths import DataRoot
-from storage.recstore import TableVersion, load_table_version, table_store
+from sidestep.rec.data import encode_history
 
 from .versions import VersionedDomains
 
@@ -29,7 +29,7 @@ from .versions import VersionedDomains
 @dataclass
 class LoadedTables:
     tables: TableVersion
-    model: object  # sidestep.lookup.SeqRec
+    model: object  # sidestep.rec.tables.SeqRec
     items: object  # torch (N+1, H) item matrix, row 0 = padding
     index: dict[str, int]
     vectors: np.ndarray  # (N, index dim): the index's rows, to score history items exactly
@@ -40,7 +40,7 @@ class LoadedTables:
 def _load(root: DataRoot, domain: str, version: str) -> LoadedTables:
     import torch
 
-    from sidestep.lookup import model_from_state
+    from sidestep.rec.tables import model_from_state
 
     tv = load_table_version(root, domain, version)
     model = model_from_state(tv.model_state, domain)
@@ -81,7 +81,7 @@ class RecommendService(VersionedDomains):
                   exclude_history: bool = False) -> dict:
         import torch
 
-        from sidestep.lookup import fused_query, text_user_vectors
+        from sidestep.rec.tables import fused_query, text_user_vectors
 
         t0 = time.perf_counter()
         if not 1 <= k <= self.settings.serve.max_k:

@@ -7,9 +7,8 @@ import socket
 import time
 
 import httpx
-
-from storage import runtime
-from storage.paths import DataRoot
+from sidestep.storage import runtime
+from sidestep.storage.paths import DataRoot
 
 APP_NAME = "sidestep"
 

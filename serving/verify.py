@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
+from sidestep.storage.indexes import load_token_view
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.verifiers import LoadedVerifier, load_verifier, verifier_store
 
 from sidestep.config import Settings
-from sidestep.search import TokenView, rerank
-from sidestep.verifier import warm_up
-from storage.indexes import load_token_view
-from storage.paths import DataRoot
-from storage.verifiers import LoadedVerifier, load_verifier, verifier_store
+from sidestep.retrieval.search import TokenView, rerank
+from sidestep.verify.model import warm_up
 
 from .versions import VersionedDomains
 

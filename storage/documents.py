@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sidestep.records import BadRecord, Document, Interaction
+from sidestep.ingest.records import BadRecord, Document, Interaction
 
 from . import schemas
 from .atomic import write_parquet

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sidestep.encoder import EncodedDoc
+from sidestep.text.encoder import EncodedDoc
 
 from . import schemas
 from .atomic import sha256_file, write_parquet, write_with

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sidestep.index import DocSearcher, configure_search
-from sidestep.search import IndexedCorpus, MapIndex, TokenView
+from sidestep.retrieval.index import DocSearcher, configure_search
+from sidestep.retrieval.search import IndexedCorpus, MapIndex, TokenView
 
 from . import schemas
 from .artifacts import CorruptArtifact, IndexStore

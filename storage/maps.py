@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sidestep.chunking import Chunk
-from sidestep.encoder import EncodedDoc
-from sidestep.maps import DocMap, MapVectors
+from sidestep.docmaps.maps import DocMap, MapVectors
+from sidestep.text.chunking import Chunk
+from sidestep.text.encoder import EncodedDoc
 
 from .atomic import write_parquet
 from .embeddings import EmbeddingStore

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sidestep.quantize import Codebook, CodebookSpec
+from sidestep.rec.quantize import Codebook, CodebookSpec
 
 from .artifacts import IndexStore
 from .atomic import write_bytes, write_parquet, write_with
@@ -100,7 +100,7 @@ class TableVersion:
 def write_table_files(staged: Path, codes: pa.Table, model_state: dict, item_vectors: np.ndarray) -> None:
     """codes.parquet, model.pt (config + encoder + this domain's table) and items.faiss (exact inner
     product over `item_vectors`: unit code vectors, unit text vectors and the log-count prior, see
-    sidestep.lookup.fused_item_vectors)."""
+    sidestep.rec.tables.fused_item_vectors)."""
     import torch
 
     write_parquet(staged / CODES_FILE, codes)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from sidestep.verifier import Verifier, VerifierConfig
+from sidestep.verify.model import Verifier, VerifierConfig
 
 from .artifacts import IndexStore
 from .atomic import write_bytes

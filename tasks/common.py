@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 
 from prefect.tasks import exponential_backoff
+from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings, load_settings
-from sidestep.encoder import Encoder
-from storage.paths import DataRoot
+from sidestep.text.encoder import Encoder
 
 # Tasks that touch files or models: transient failures (a busy disk, a file another process is replacing)
 # are retried twice, 2 s then 4 s later, with jitter so that parallel runs do not retry in step.

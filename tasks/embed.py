@@ -12,12 +12,12 @@ import pyarrow.compute as pc
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sidestep.storage.documents import DocumentStore
+from sidestep.storage.embeddings import EmbeddingStore
+from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
-from sidestep.encoder import encoder_key, model_dim
-from storage.documents import DocumentStore
-from storage.embeddings import EmbeddingStore
-from storage.paths import DataRoot
+from sidestep.text.encoder import encoder_key, model_dim
 
 from .common import RETRY, encoder_for
 

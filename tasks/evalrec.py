@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.warehouse import Warehouse
 
 from sidestep.config import Settings
 from sidestep.profiling import PeakRSS
-from sidestep.quantize import shuffled_codes
-from sidestep.recdata import RecData, popularity
-from storage.paths import DataRoot
-from storage.warehouse import Warehouse
+from sidestep.rec.data import RecData, popularity
+from sidestep.rec.quantize import shuffled_codes
 
 from .rec import (
     RecError,
@@ -108,8 +108,8 @@ def eval_rec(root: DataRoot, settings: Settings, dataset: str, domain: str, *, m
 def _fixed_baselines(text: np.ndarray, data: RecData, decay: float) -> dict[str, dict[str, np.ndarray]]:
     """Popularity, and the text-only zero-shot scorer (with the decay text fusion uses, so that this row
     is exactly the fused variants' text component)."""
-    from sidestep.lookup import unit_text
-    from sidestep.rectrain import popularity_ranks, text_ranks
+    from sidestep.rec.tables import unit_text
+    from sidestep.rec.training import popularity_ranks, text_ranks
 
     pop = popularity(data)
     emb = unit_text(text).numpy()  # the rows fusion reads, padding row 0 included
@@ -126,8 +126,8 @@ def _train_variant(root: DataRoot, settings: Settings, domain: str, mode: str, p
     fused (the variant's result) and with its codes alone (the ablation)."""
     import torch
 
-    from sidestep.lookup import TextFusion, count_parameters, trainable_parameters
-    from sidestep.rectrain import evaluate, fit_domain
+    from sidestep.rec.tables import TextFusion, count_parameters, trainable_parameters
+    from sidestep.rec.training import evaluate, fit_domain
 
     from .rec import fit_text_fusion
 

@@ -10,21 +10,21 @@ import numpy as np
 import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from sidestep.storage import schemas
+from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.atomic import write_parquet
+from sidestep.storage.documents import DocumentStore
+from sidestep.storage.indexes import load_current, load_token_view
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.verifiers import load_verifier
+from sidestep.storage.warehouse import Warehouse
 
-from sidestep.beir import load_qrels, load_queries
 from sidestep.config import Settings
-from sidestep.encoder import doc_text
-from sidestep.lexical import BM25, rrf
-from sidestep.search import maxsim_rerank, rerank, search_texts, verify_top_of
-from sidestep.verifier import warm_up
-from storage import schemas
-from storage.artifacts import IndexStore
-from storage.atomic import write_parquet
-from storage.documents import DocumentStore
-from storage.indexes import load_current, load_token_view
-from storage.paths import DataRoot
-from storage.verifiers import load_verifier
-from storage.warehouse import Warehouse
+from sidestep.eval.beir import load_qrels, load_queries
+from sidestep.retrieval.search import maxsim_rerank, rerank, search_texts, verify_top_of
+from sidestep.text.encoder import doc_text
+from sidestep.text.lexical import BM25, rrf
+from sidestep.verify.model import warm_up
 
 from .common import encoder_for
 

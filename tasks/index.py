@@ -13,27 +13,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from sidestep.storage.artifacts import CorruptArtifact, IndexStore, new_version_name
+from sidestep.storage.documents import DocumentStore
+from sidestep.storage.embeddings import EmbeddingStore
+from sidestep.storage.indexes import CHUNKS_FILE, validate_folder, write_version_files
+from sidestep.storage.maps import MapStore
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.schemas import index_maps_schema
+from sidestep.storage.tokens import TokenSource, write_pieces, write_pq_tokens
 
-from sidestep.chunking import Chunk
 from sidestep.config import Settings
-from sidestep.encoder import doc_text, encoder_key, load_tokenizer, model_dim
-from sidestep.index import build_index
-from sidestep.maps import chunk_sections
-from sidestep.verifier import idf_table
-from storage.artifacts import CorruptArtifact, IndexStore, new_version_name
-from storage.documents import DocumentStore
-from storage.embeddings import EmbeddingStore
-from storage.indexes import CHUNKS_FILE, validate_folder, write_version_files
-from storage.maps import MapStore
-from storage.paths import DataRoot
-from storage.schemas import index_maps_schema
-from storage.tokens import TokenSource, write_pieces, write_pq_tokens
+from sidestep.docmaps.maps import chunk_sections
+from sidestep.retrieval.index import build_index
+from sidestep.text.chunking import Chunk
+from sidestep.text.encoder import doc_text, encoder_key, load_tokenizer, model_dim
+from sidestep.verify.model import idf_table
 
 from .common import RETRY
 from .summarize import map_key
 
 SNIPPET_CHARS = 280
-log = logging.getLogger("sidestep.index")
+log = logging.getLogger("sidestep.retrieval.index")
 
 
 def fingerprint(settings: Settings, key: str, docs: pa.Table, mapped: set[str] | None = None) -> str:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from sidestep.storage.documents import DocumentStore, QuarantineStore
+from sidestep.storage.paths import DataRoot
 
 from sidestep.config import SourceConfig
-from sidestep.ingest import plan_ingest
-from sidestep.readers import SourceError, read_source
-from storage.documents import DocumentStore, QuarantineStore
-from storage.paths import DataRoot
+from sidestep.ingest.planning import plan_ingest
+from sidestep.ingest.readers import SourceError, read_source
 
 from .common import RETRY
 

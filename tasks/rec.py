@@ -18,18 +18,11 @@ from pathlib import Path
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-
-from sidestep.config import Settings
-from sidestep.encoder import encoder_key, model_dim
-from sidestep.lookup import fused_item_vectors, item_prior, model_from_state, model_state, unit_text
-from sidestep.quantize import Codebook, CodebookSpec, diagnostics, drift, fit_codebook
-from sidestep.recdata import RecData, build_splits, popularity
-from sidestep.records import Interaction
-from storage.artifacts import CorruptArtifact, new_version_name
-from storage.documents import DocumentStore
-from storage.embeddings import EmbeddingStore
-from storage.paths import SHARED, DataRoot
-from storage.recstore import (
+from sidestep.storage.artifacts import CorruptArtifact, new_version_name
+from sidestep.storage.documents import DocumentStore
+from sidestep.storage.embeddings import EmbeddingStore
+from sidestep.storage.paths import SHARED, DataRoot
+from sidestep.storage.recstore import (
     TableVersion,
     codebook_store,
     codes_table,
@@ -39,7 +32,14 @@ from storage.recstore import (
     write_codebook,
     write_table_files,
 )
-from storage.warehouse import Warehouse
+from sidestep.storage.warehouse import Warehouse
+
+from sidestep.config import Settings
+from sidestep.ingest.records import Interaction
+from sidestep.rec.data import RecData, build_splits, popularity
+from sidestep.rec.quantize import Codebook, CodebookSpec, diagnostics, drift, fit_codebook
+from sidestep.rec.tables import fused_item_vectors, item_prior, model_from_state, model_state, unit_text
+from sidestep.text.encoder import encoder_key, model_dim
 
 from .common import RETRY, TRAIN_RETRY
 
@@ -179,7 +179,7 @@ def domain_data(root: DataRoot, settings: Settings, domain: str) -> tuple[Items,
 
 
 def seq_config(settings: Settings):
-    from sidestep.lookup import SeqConfig
+    from sidestep.rec.tables import SeqConfig
 
     r = settings.rec
     return SeqConfig(hidden=r.hidden, layers=r.layers, heads=r.heads, inner=r.inner, dropout=r.dropout,
@@ -188,7 +188,7 @@ def seq_config(settings: Settings):
 
 def train_config(settings: Settings, mode: str | None = None, **overrides):
     """The training schedule of `mode`; table-only fine-tuning has its own (rec.table_epochs, table_lr)."""
-    from sidestep.rectrain import TrainConfig
+    from sidestep.rec.training import TrainConfig
 
     r = settings.rec
     table = mode == "table-only"
@@ -205,7 +205,7 @@ def start_model(root: DataRoot, settings: Settings, domain: str, mode: str, pret
     """A fresh model (scratch), or the pre-trained domain's encoder with a table for this domain:
     copied from the pre-trained table when both share the codebook (codes mean the same there),
     fresh otherwise."""
-    from sidestep.lookup import SeqRec
+    from sidestep.rec.tables import SeqRec
 
     if mode not in MODES:
         raise RecError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -244,7 +244,7 @@ def fit_text_fusion(model, settings: Settings, domain: str, codes: np.ndarray, i
     the early-stopping figure: the codes alone.)"""
     import torch
 
-    from sidestep.rectrain import choose_text_weight
+    from sidestep.rec.training import choose_text_weight
 
     r = settings.rec
     text, prior = fusion_inputs(items, data)
@@ -344,7 +344,7 @@ def finetune_tables(root: DataRoot, settings: Settings, domain: str, mode: str =
     something else there, so the table starts fresh)."""
     import torch
 
-    from sidestep.rectrain import evaluate, fit_domain
+    from sidestep.rec.training import evaluate, fit_domain
 
     book_version, book = require_codebook(root)
     items, data = domain_data(root, settings, domain)
@@ -374,7 +374,7 @@ def finetune_tables(root: DataRoot, settings: Settings, domain: str, mode: str =
 def warm_model(settings: Settings, domain: str, cur: TableVersion, book_version: str, codewords: int,
                positions: int):
     """(model, mode): the serving model itself ("warm"), or its encoder with a fresh table ("warm-encoder")."""
-    from sidestep.lookup import SeqRec
+    from sidestep.rec.tables import SeqRec
 
     state = cur.model_state
     if state["codebook_version"] == book_version:
@@ -434,8 +434,8 @@ def pretrain_tables(root: DataRoot, settings: Settings, domains: list[str], epoc
     domain's table is published with the one shared encoder, ready for table-only fine-tuning elsewhere."""
     import torch
 
-    from sidestep.lookup import SeqRec
-    from sidestep.rectrain import evaluate, pretrain
+    from sidestep.rec.tables import SeqRec
+    from sidestep.rec.training import evaluate, pretrain
 
     if len(set(domains)) != len(domains) or not domains:
         raise RecError("pretrain needs one or more distinct domains")

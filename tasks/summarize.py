@@ -13,15 +13,22 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from sidestep.storage.documents import DocumentStore, QuarantineStore
+from sidestep.storage.embeddings import EmbeddingStore
+from sidestep.storage.maps import MapStore, encoded_docs
+from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
-from sidestep.encoder import doc_text, encoder_key, model_dim
-from sidestep.maps import ExtractiveSummarizer, LLMSummarizer, MapError, MapParams, embed_maps, map_encoded
-from sidestep.records import BadRecord
-from storage.documents import DocumentStore, QuarantineStore
-from storage.embeddings import EmbeddingStore
-from storage.maps import MapStore, encoded_docs
-from storage.paths import DataRoot
+from sidestep.docmaps.maps import (
+    ExtractiveSummarizer,
+    LLMSummarizer,
+    MapError,
+    MapParams,
+    embed_maps,
+    map_encoded,
+)
+from sidestep.ingest.records import BadRecord
+from sidestep.text.encoder import doc_text, encoder_key, model_dim
 
 from .common import RETRY, encoder_for
 

@@ -14,15 +14,19 @@ import numpy as np
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from sidestep.storage.artifacts import IndexStore, new_version_name
+from sidestep.storage.documents import DocumentStore
+from sidestep.storage.indexes import load_current, load_token_view
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.verifiers import publish_verifier
+from sidestep.storage.warehouse import Warehouse
 
-from sidestep.adapter import TokenPool, fit_adapter
-from sidestep.beir import load_qrels, load_queries
 from sidestep.config import Settings
-from sidestep.encoder import Encoder, doc_text
-from sidestep.nearmiss import near_misses
-from sidestep.pseudo import pseudo_lists, title_docs
-from sidestep.search import IndexedCorpus, TokenView
-from sidestep.verifier import (
+from sidestep.eval.beir import load_qrels, load_queries
+from sidestep.retrieval.search import IndexedCorpus, TokenView
+from sidestep.text.encoder import Encoder, doc_text
+from sidestep.verify.adapter import TokenPool, fit_adapter
+from sidestep.verify.model import (
     VERIFY_TOP_CHOICES,
     Candidates,
     Example,
@@ -36,12 +40,8 @@ from sidestep.verifier import (
     query_tokens,
     served_rows,
 )
-from storage.artifacts import IndexStore, new_version_name
-from storage.documents import DocumentStore
-from storage.indexes import load_current, load_token_view
-from storage.paths import DataRoot
-from storage.verifiers import publish_verifier
-from storage.warehouse import Warehouse
+from sidestep.verify.nearmiss import near_misses
+from sidestep.verify.pseudo import pseudo_lists, title_docs
 
 from .common import TRAIN_RETRY, encoder_for
 
@@ -62,7 +62,7 @@ def _encode_texts(enc: Encoder, items: list[tuple[str, str]]) -> list[tuple[np.n
 
 def _pseudo_examples(enc: Encoder, docs, idf: np.ndarray, settings: Settings, seed: int, log,
                      adapter: torch.Tensor | None = None) -> list[Example]:
-    """Training lists from title pseudo-queries (sidestep.pseudo): up to `pseudo_docs` titled documents
+    """Training lists from title pseudo-queries (sidestep.verify.pseudo): up to `pseudo_docs` titled documents
     re-encoded without their titles, `pseudo_queries` of their titles as queries."""
     v = settings.verify
     if not v.pseudo_docs or not v.pseudo_queries:
@@ -114,7 +114,7 @@ class TrainingLists:
 
 def fit_query_adapter(qids: list[str], qtoks, hits, qrels: dict, val_set: set[int], view: TokenView,
                       settings: Settings, dim: int, *, seed: int = 0, log=print) -> tuple[torch.Tensor, list[dict]]:
-    """The query adapter (sidestep.adapter) from recall's top `adapter_top` of each query plus its positives,
+    """The query adapter (sidestep.verify.adapter) from recall's top `adapter_top` of each query plus its positives,
     chosen on the held-out queries; the identity when `adapter_epochs` is 0."""
     v = settings.verify
     if not v.adapter_epochs:

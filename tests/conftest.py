@@ -29,8 +29,7 @@ os.environ.update({
 os.environ.pop("SIDESTEP_CONFIG", None)
 
 import pytest  # noqa: E402
-
-from flows.ui import LocalPrefect  # noqa: E402
+from sidestep.flows.ui import LocalPrefect  # noqa: E402
 
 
 def _free_port() -> int:
@@ -42,8 +41,9 @@ def _free_port() -> int:
 _PREFECT = LocalPrefect(_BASE / "prefect", port=_free_port()).start(timeout=180, runner=False)
 os.environ["PREFECT_API_URL"] = _PREFECT.api_url
 
+from sidestep.storage.paths import DataRoot  # noqa: E402
+
 from sidestep.config import default_settings, load_settings  # noqa: E402
-from storage.paths import DataRoot  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -78,7 +78,7 @@ def settings():
 @pytest.fixture(scope="session")
 def encoder(settings):
     """The real all-MiniLM-L6-v2, loaded once; the same object the tasks use in this process."""
-    from tasks.common import encoder_for
+    from sidestep.tasks.common import encoder_for
 
     return encoder_for(settings)
 
@@ -91,7 +91,7 @@ def write_config(path: Path, body: str):
 @pytest.fixture(scope="session")
 def sample(encoder) -> SimpleNamespace:
     """A data root holding the sample corpus, reindexed once by the real nightly Prefect flow."""
-    from flows.reindex import nightly_reindex
+    from sidestep.flows.reindex import nightly_reindex
 
     root = DataRoot(Path(tempfile.mkdtemp(prefix="sample-", dir=_BASE)))
     with pytest.MonkeyPatch.context() as mp:

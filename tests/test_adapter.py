@@ -7,8 +7,8 @@ import io
 import numpy as np
 import torch
 
-from sidestep.adapter import TokenPool, evaluate, fit_adapter, list_maxsim, token_list
-from sidestep.verifier import Verifier, VerifierConfig, adapt, flat_maxsim, flatten_tokens, normalize
+from sidestep.verify.adapter import TokenPool, evaluate, fit_adapter, list_maxsim, token_list
+from sidestep.verify.model import Verifier, VerifierConfig, adapt, flat_maxsim, flatten_tokens, normalize
 
 
 def _lists(rng: np.random.Generator, rot: torch.Tensor, n: int, dim: int = 8) -> list:
@@ -96,8 +96,8 @@ def test_lists_over_a_shared_pool_score_and_train_like_lists_with_their_own_toke
 
 
 def test_the_adapter_travels_with_the_model_and_old_versions_load_as_the_identity(data_root):
-    from storage.atomic import write_bytes
-    from storage.verifiers import MODEL_FILE, load_verifier, publish_verifier, verifier_store
+    from sidestep.storage.atomic import write_bytes
+    from sidestep.storage.verifiers import MODEL_FILE, load_verifier, publish_verifier, verifier_store
 
     model = Verifier(VerifierConfig(), 8)
     a = torch.from_numpy(np.random.default_rng(3).normal(size=(8, 8)).astype(np.float32))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sidestep.align import (
+from sidestep.rec.align import (
     CodeAlignment,
     apply_permutation,
     fit_alignment,

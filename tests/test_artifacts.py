@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
+from sidestep.storage.artifacts import CorruptArtifact, IndexStore, PublishBusy
+from sidestep.storage.atomic import write_parquet
+from sidestep.storage.indexes import load_version, validate_folder, write_version_files
 
-from sidestep.index import build_index
-from storage.artifacts import CorruptArtifact, IndexStore, PublishBusy
-from storage.atomic import write_parquet
-from storage.indexes import load_version, validate_folder, write_version_files
+from sidestep.retrieval.index import build_index
 
 
 def _publish(store: IndexStore, domain: str, n: int, version: str) -> dict:
@@ -135,8 +135,8 @@ def test_publish_lock_admits_one_publisher(data_root):
     code = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from storage.artifacts import IndexStore
-        from storage.paths import DataRoot
+        from sidestep.storage.artifacts import IndexStore
+        from sidestep.storage.paths import DataRoot
         with IndexStore(DataRoot(Path({str(data_root.root)!r}))).lock("news"):
             print("locked", flush=True)
             time.sleep(30)
@@ -160,7 +160,7 @@ def test_atomic_parquet_write_survives_a_crash_mid_write(data_root, tmp_path):
     code = textwrap.dedent(f"""
         import os, pyarrow as pa, pyarrow.parquet as pq
         from pathlib import Path
-        import storage.atomic as a
+        import sidestep.storage.atomic as a
         real = pq.write_table
         def slow(table, where, **kw):
             real(table.slice(0, 5), where, **kw)
@@ -205,7 +205,7 @@ def test_gc_keeps_the_newest_versions_and_never_the_current_one(data_root):
 
 
 def test_tables_and_codebooks_live_in_their_own_folders(data_root):
-    from storage.paths import SHARED
+    from sidestep.storage.paths import SHARED
 
     assert IndexStore(data_root, "tables").base("shop") == data_root.root / "tables" / "shop"
     assert IndexStore(data_root, "codebooks").base(SHARED) == data_root.root / "codebooks"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidestep.chunking import chunk_offsets, windows
+from sidestep.text.chunking import chunk_offsets, windows
 
 
 @pytest.mark.parametrize("n,size,overlap", [(1, 10, 2), (10, 10, 2), (11, 10, 2), (95, 10, 3), (1000, 254, 32)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sidestep.docvec import (
+from sidestep.rec.doctables import (
     DocTableConfig,
     DocTables,
     max_chunk_scores,
@@ -14,7 +14,7 @@ from sidestep.docvec import (
     train_doc_tables,
     tune_weight,
 )
-from sidestep.quantize import CodebookSpec, fit_codebook
+from sidestep.rec.quantize import CodebookSpec, fit_codebook
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

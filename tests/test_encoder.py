@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sidestep.encoder import encoder_key, model_dim
+from sidestep.text.encoder import encoder_key, model_dim
 
 REPO = Path(__file__).resolve().parents[1]
 

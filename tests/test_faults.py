@@ -18,10 +18,10 @@ SCRIPT = textwrap.dedent("""
     import json, shutil, subprocess, sys, tempfile
     from pathlib import Path
     from sidestep.config import default_settings
-    from storage.artifacts import IndexStore
-    from storage.indexes import load_version
-    from storage.paths import DataRoot
-    from tasks.index import publish_domain
+    from sidestep.storage.artifacts import IndexStore
+    from sidestep.storage.indexes import load_version
+    from sidestep.storage.paths import DataRoot
+    from sidestep.tasks.index import publish_domain
 
     src, room_fraction = Path(sys.argv[1]), float(sys.argv[2])
     mnt = Path(tempfile.mkdtemp(prefix="full-", dir="/tmp"))

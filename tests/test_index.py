@@ -4,7 +4,7 @@ import faiss
 import numpy as np
 import pytest
 
-from sidestep.index import DocSearcher, build_index
+from sidestep.retrieval.index import DocSearcher, build_index
 
 
 def _unit(rng, n, d=16):

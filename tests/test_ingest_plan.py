@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidestep.ingest import plan_ingest
-from sidestep.records import Document
+from sidestep.ingest.planning import plan_ingest
+from sidestep.ingest.records import Document
 
 
 def doc(doc_id: str, text: str, title: str = "") -> Document:

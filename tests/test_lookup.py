@@ -6,10 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from sidestep.lookup import SeqConfig, SeqRec, history_mask, rank_metrics, target_ranks, trainable_parameters
-from sidestep.recdata import build_splits, encode_history, popularity
-from sidestep.records import Interaction
-from sidestep.rectrain import (
+from sidestep.ingest.records import Interaction
+from sidestep.rec.data import build_splits, encode_history, popularity
+from sidestep.rec.tables import (
+    SeqConfig,
+    SeqRec,
+    history_mask,
+    rank_metrics,
+    target_ranks,
+    trainable_parameters,
+)
+from sidestep.rec.training import (
     TrainConfig,
     _semi_synthetic,
     evaluate,
@@ -183,8 +190,8 @@ def test_text_zero_shot_ranks_by_cosine_to_the_history():
 
 
 def test_code_alignment_through_the_recommendation_loss_recovers_a_planted_permutation():
-    from sidestep.align import apply_permutation, random_permutation, recovery, used_codewords
-    from sidestep.rectrain import fit_code_alignment
+    from sidestep.rec.align import apply_permutation, random_permutation, recovery, used_codewords
+    from sidestep.rec.training import fit_code_alignment
 
     ids, data = _cycle_data(seed=5)
     codes = _codes(len(ids), seed=5)
@@ -221,8 +228,8 @@ def _next_item_text(n_items: int) -> np.ndarray:
 
 
 def test_text_fusion_weight_is_chosen_on_valid_where_the_text_helps():
-    from sidestep.lookup import unit_text
-    from sidestep.rectrain import choose_text_weight
+    from sidestep.rec.tables import unit_text
+    from sidestep.rec.training import choose_text_weight
 
     ids, data = _cycle_data()
     codes = _codes(len(ids))
@@ -240,8 +247,8 @@ def test_text_fusion_weight_is_chosen_on_valid_where_the_text_helps():
 
 
 def test_text_fusion_stays_off_when_the_text_only_hurts_and_one_inner_product_serves_the_fused_logit():
-    from sidestep.lookup import TextFusion, fused_item_vectors, fused_query, text_user_vectors, unit_text
-    from sidestep.rectrain import choose_text_weight
+    from sidestep.rec.tables import TextFusion, fused_item_vectors, fused_query, text_user_vectors, unit_text
+    from sidestep.rec.training import choose_text_weight
 
     ids, data = _cycle_data()
     codes = _codes(len(ids))
@@ -272,8 +279,8 @@ def test_text_fusion_stays_off_when_the_text_only_hurts_and_one_inner_product_se
 
 
 def test_the_popularity_prior_is_chosen_on_valid_where_what_users_buy_next_is_skewed():
-    from sidestep.lookup import item_prior, unit_text
-    from sidestep.rectrain import choose_text_weight
+    from sidestep.rec.tables import item_prior, unit_text
+    from sidestep.rec.training import choose_text_weight
 
     rng = np.random.default_rng(5)
     ids = [f"i{i}" for i in range(24)]

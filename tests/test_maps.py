@@ -15,8 +15,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import numpy as np
 import pytest
 
-from sidestep.chunking import Chunk
-from sidestep.maps import (
+from sidestep.docmaps.maps import (
     DocMap,
     ExtractiveSummarizer,
     LLMSummarizer,
@@ -39,6 +38,7 @@ from sidestep.maps import (
     split_sentences,
     token_view,
 )
+from sidestep.text.chunking import Chunk
 
 COOKING = [
     "Fresh pasta dough needs flour, eggs and a pinch of salt.",
@@ -309,7 +309,7 @@ def test_heading_term_adds_a_fixed_bonus_per_section():
 
 
 def test_cross_fitting_holds_every_question_out_once_per_repeat_and_tunes_on_the_other_half(monkeypatch):
-    from sidestep import longdoc as L
+    from sidestep.eval import longdoc as L
 
     rng = np.random.default_rng(0)
     n_docs, dim = 8, 6
@@ -387,7 +387,7 @@ def test_routing_picks_the_document_whose_map_matches(encoder):
 
 
 def test_longdoc_evidence_is_the_chunk_holding_the_answer():
-    from sidestep.longdoc import answer_spans, evidence_chunks, normalize
+    from sidestep.eval.longdoc import answer_spans, evidence_chunks, normalize
 
     text = "In 2010 the  team won\n10 games. Later , it won the Title again ."
     spans = answer_spans(*normalize(text), "10 GAMES.")
@@ -401,9 +401,10 @@ def test_longdoc_evidence_is_the_chunk_holding_the_answer():
 
 
 def test_map_store_round_trips_heading_vectors(tmp_path):
-    from sidestep.maps import MapVectors
-    from storage.maps import MapStore
-    from storage.paths import DataRoot
+    from sidestep.storage.maps import MapStore
+    from sidestep.storage.paths import DataRoot
+
+    from sidestep.docmaps.maps import MapVectors
 
     store = MapStore(DataRoot(tmp_path.resolve()), "extractive-test", 3)
     maps = [DocMap("h1", "T", [Section(0, "T > A", 0, 5, "a"), Section(1, "", 5, 9, "b")], "g", "extractive"),

@@ -8,10 +8,9 @@ import os
 from urllib.parse import urlsplit
 
 import pytest
-
-from flows.ui import LocalPrefect
-from storage.artifacts import IndexStore
-from storage.recstore import table_store
+from sidestep.flows.ui import LocalPrefect
+from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.recstore import table_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -21,7 +20,7 @@ def test_deployments_are_listed_and_a_triggered_nightly_run_publishes(data_root,
     p = LocalPrefect(data_root.root / "prefect-runner", host=api.hostname, port=api.port,
                      env={"SIDESTEP_HOME": str(data_root.root), "PREFECT_RUNNER_POLL_FREQUENCY": "2"})
     with p.start(server=False):
-        from flows.deployments import deployments
+        from sidestep.flows.deployments import deployments
 
         listed = p.deployments()
         assert len(listed) == len(deployments()) == 11  # every flow is a deployment

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sidestep.docvec import max_chunk_scores
-from sidestep.pseudo import pseudo_lists, title_docs
-from sidestep.verifier import prescore, served_rows
+from sidestep.rec.doctables import max_chunk_scores
+from sidestep.verify.model import prescore, served_rows
+from sidestep.verify.pseudo import pseudo_lists, title_docs
 
 
 def unit(rng, n, d=16):

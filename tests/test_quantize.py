@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sidestep.quantize import Codebook, CodebookSpec, diagnostics, drift, fit_codebook, shuffled_codes
+from sidestep.rec.quantize import Codebook, CodebookSpec, diagnostics, drift, fit_codebook, shuffled_codes
 
 
 def _clustered(rng: np.random.Generator, n: int, dim: int = 64, centers: int = 20, noise: float = 0.15) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sidestep.readers import ReadResult, SourceError, detect_format, read_source
+from sidestep.ingest.readers import ReadResult, SourceError, detect_format, read_source
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BAD = FIXTURES / "bad_input"

@@ -8,15 +8,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from sidestep.flows.cli import app
+from sidestep.storage.paths import SHARED
+from sidestep.storage.recstore import codebook_store, load_codebook, load_table_version, table_store
+from sidestep.storage.warehouse import Warehouse
+from sidestep.tasks.common import settings_from
+from sidestep.tasks.rec import load_items
 from typer.testing import CliRunner
 
-from flows.cli import app
 from sidestep.config import SAMPLES_DIR
-from storage.paths import SHARED
-from storage.recstore import codebook_store, load_codebook, load_table_version, table_store
-from storage.warehouse import Warehouse
-from tasks.common import settings_from
-from tasks.rec import load_items
 
 from .conftest import write_config
 
@@ -108,16 +108,17 @@ def test_a_new_item_gets_codes_from_the_existing_codebook_and_is_recommendable_w
     for part in ("encoder", "table"):  # the model is bit-identical: only codes and the item index changed
         for k, v in old.model_state[part].items():
             assert torch.equal(v, new.model_state[part][k]), k
-    from serving.recommend import RecommendService
+    from sidestep.serving.recommend import RecommendService
 
     svc = RecommendService(settings_from(str(cfg)), data_root)
     res = svc.recommend(["1", "5"], k=41, domain="shop")
     assert "new-1" in [i["item_id"] for i in res["items"]] and res["index_version"] == new.version
     # served scores are the model's fused logits (codes cosine / T + weight x text cosine + popularity x
     # log(1 + training count)), computed apart; the new item has no interactions, so no prior
-    from sidestep.lookup import TextFusion, item_prior, model_from_state, text_user_vectors, unit_text
-    from sidestep.recdata import popularity
-    from tasks.rec import domain_data
+    from sidestep.tasks.rec import domain_data
+
+    from sidestep.rec.data import popularity
+    from sidestep.rec.tables import TextFusion, item_prior, model_from_state, text_user_vectors, unit_text
 
     model = model_from_state(new.model_state, "shop")
     fusion = model.fusion["shop"]
@@ -144,8 +145,9 @@ def test_a_new_item_gets_codes_from_the_existing_codebook_and_is_recommendable_w
     assert third["tables"]["shop"]["published"] is False  # unchanged items: nothing to publish
 
     # tables published before text fusion (code vectors only, no fusion in the state) still serve, same scale
-    from sidestep.lookup import item_vectors
-    from storage.recstore import codes_table, table_store, write_table_files
+    from sidestep.storage.recstore import codes_table, table_store, write_table_files
+
+    from sidestep.rec.tables import item_vectors
 
     state = {k: v for k, v in new.model_state.items() if k != "text_fusion"}
     store = table_store(data_root)
@@ -163,7 +165,7 @@ def test_a_new_item_gets_codes_from_the_existing_codebook_and_is_recommendable_w
         {new.item_ids[j]: float(codes_only[0, j]) for j in range(41)}, abs=1e-3)
 
     # tables published with text fusion but before the prior (code and text parts, no popularity) serve too
-    from sidestep.lookup import fused_item_vectors
+    from sidestep.rec.tables import fused_item_vectors
 
     state = {**new.model_state, "text_fusion": {"weight": 3.0, "decay": fusion.decay}}
     with store.lock("shop"), store.staging("shop") as staged:
@@ -191,8 +193,9 @@ def test_new_interactions_warm_start_the_serving_tables_for_a_few_epochs(data_ro
     new = load_table_version(data_root, "shop")
     assert new.manifest["warm_from"] == old.version and new.version != old.version
     # it started from the serving weights: two epochs move them less than any fresh start is away
-    from sidestep.lookup import SeqRec
-    from tasks.rec import seq_config
+    from sidestep.tasks.rec import seq_config
+
+    from sidestep.rec.tables import SeqRec
 
     fresh = SeqRec(seq_config(settings_from(str(cfg))), old.model_state["positions"],
                    old.model_state["codewords"], ["shop"]).tables["shop"].state_dict()
@@ -272,8 +275,9 @@ def test_eval_rec_refuses_bad_arguments_with_a_message(data_root, tmp_path):
 
 
 def test_table_only_fine_tuning_has_its_own_schedule():
+    from sidestep.tasks.rec import train_config
+
     from sidestep.config import Settings
-    from tasks.rec import train_config
 
     s = Settings.model_validate({"rec": {"epochs": 30, "lr": 1e-3, "table_epochs": 5, "table_lr": 1e-2}})
     table, full, scratch = (train_config(s, m) for m in ("table-only", "full", "scratch"))

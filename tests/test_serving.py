@@ -21,8 +21,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
-from storage.artifacts import IndexStore
+from sidestep.storage.artifacts import IndexStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 TOKEN = "s3cret-token-for-tests"
@@ -63,7 +62,7 @@ def served(sample, tmp_path_factory):
     log = tmp_path_factory.mktemp("net") / "connect.log"
     env = {**os.environ, "SIDESTEP_API_TOKEN": TOKEN}
     env.pop("HOME", None)  # the command must set up its own Ray HOME
-    cmd = [sys.executable, "-c", "from flows.cli import app; app()", "serve", "--port", str(port),
+    cmd = [sys.executable, "-c", "from sidestep.flows.cli import app; app()", "serve", "--port", str(port),
            "--preset", "test"]
     if STRACE:
         cmd = [STRACE, "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect", "-e", "signal=none", "-o", str(log),
@@ -181,8 +180,8 @@ def test_openapi_docs_are_served(server):
 def _publish_in_subprocess(root, fault: str | None, marker) -> subprocess.Popen:
     code = textwrap.dedent("""
         from sidestep.config import default_settings
-        from storage.paths import DataRoot
-        from tasks.index import publish_domain
+        from sidestep.storage.paths import DataRoot
+        from sidestep.tasks.index import publish_domain
         print(publish_domain(DataRoot.from_settings(default_settings()), default_settings(), "handbook", force=True))
     """)
     env = {**os.environ, "SIDESTEP_HOME": str(root.root)}
@@ -239,7 +238,7 @@ def test_a_new_version_is_hot_swapped_without_failed_requests(server, sample):
 
 
 def test_recommend_answers_with_the_tables_version_and_reports_unknown_items(server, sample):
-    from storage.recstore import table_store
+    from sidestep.storage.recstore import table_store
 
     r = server.post("/recommend", json={"history": ["0", "2", "no-such-item"], "k": 5, "domain": "shop"})
     assert r.status_code == 200, r.text
@@ -306,9 +305,10 @@ def test_a_published_verifier_is_hot_loaded_and_reranks_through_the_verifier_dep
     applies it (scores reordered, stages timed), verify=false still answers recall only."""
     import shutil
 
+    from sidestep.storage.verifiers import verifier_store
+    from sidestep.tasks.verifier import train_verifier_domain
+
     from sidestep.config import SAMPLES_DIR
-    from storage.verifiers import verifier_store
-    from tasks.verifier import train_verifier_domain
 
     folder = tmp_path / "handbook"
     shutil.copytree(SAMPLES_DIR / "handbook", folder)
@@ -339,8 +339,8 @@ def test_an_unreachable_verifier_leaves_the_search_recall_only_with_the_reason(s
     response says why the verify stage did not apply."""
     import asyncio
 
-    from serving.app import _verified
-    from serving.core import SearchService
+    from sidestep.serving.app import _verified
+    from sidestep.serving.core import SearchService
 
     async def down():
         raise RuntimeError("the verifier replica is restarting")
@@ -360,9 +360,8 @@ def test_a_taken_port_is_a_clear_error_and_starts_nothing(tmp_path):
     """The public port is checked before Ray starts; the failed start leaves no Ray behind (stopping
     must not start a default Ray, whose node-IP and cloud probes would leave loopback)."""
     import ray
-
-    from serving.run import ServeHandle
-    from storage.paths import DataRoot
+    from sidestep.serving.run import ServeHandle
+    from sidestep.storage.paths import DataRoot
 
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))

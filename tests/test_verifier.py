@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sidestep.lexical import BM25, rrf
-from sidestep.nearmiss import KINDS, content_words, near_misses
-from sidestep.verifier import (
+from sidestep.text.lexical import BM25, rrf
+from sidestep.verify.model import (
     N_TOKEN_FEATURES,
     Example,
     FlatTokens,
@@ -36,6 +35,7 @@ from sidestep.verifier import (
     token_features,
     token_maps,
 )
+from sidestep.verify.nearmiss import KINDS, content_words, near_misses
 
 
 def pad_docs(docs, max_tokens):

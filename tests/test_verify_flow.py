@@ -9,16 +9,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from sidestep.flows.evaluate import evaluate_flow, train_verifier_flow
+from sidestep.serving.core import SearchService
+from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.indexes import load_token_view
+from sidestep.storage.verifiers import load_verifier, verifier_store
+from sidestep.storage.warehouse import Warehouse
+from sidestep.tasks.verifier import training_lists
 
-from flows.evaluate import evaluate_flow, train_verifier_flow
-from serving.core import SearchService
-from sidestep.beir import load_queries
 from sidestep.config import SAMPLES_DIR
-from storage.artifacts import IndexStore
-from storage.indexes import load_token_view
-from storage.verifiers import load_verifier, verifier_store
-from storage.warehouse import Warehouse
-from tasks.verifier import training_lists
+from sidestep.eval.beir import load_queries
 
 from .conftest import write_config
 

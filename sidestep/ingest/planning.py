@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sidestep.records import Document
+from sidestep.ingest.records import Document
 
 
 @dataclass

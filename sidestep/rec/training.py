@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .lookup import (
+from sidestep.rec.data import RecData, Split
+from sidestep.rec.tables import (
     SeqRec,
     TextFusion,
     cosine_schedule,
@@ -28,7 +29,6 @@ from .lookup import (
     text_user_vectors,
     trainable_parameters,
 )
-from .recdata import RecData, Split
 
 Log = Callable[[str], None]
 
@@ -338,7 +338,7 @@ def fit_code_alignment(model: SeqRec, domain: str, codes: torch.Tensor, data: Re
                        batch_size: int = 256, lr: float = 0.05, seed: int = 0, init: str = "identity"):
     """Learn, per code position, which pre-trained codeword each of this domain's codewords should read
     (straight-through Gumbel-Sinkhorn, Hungarian rounding). Returns the alignment module and its curve."""
-    from .align import CodeAlignment, fit_alignment
+    from sidestep.rec.align import CodeAlignment, fit_alignment
 
     table = model.tables[domain]
     for p in model.parameters():

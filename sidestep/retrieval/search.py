@@ -13,10 +13,18 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .encoder import Encoder
-from .index import DocSearcher
-from .maps import condition_queries, encode_in_context, section_aware_chunks
-from .verifier import FlatTokens, Verifier, flat_maxsim, prepare, query_piece_ids, query_tokens, score
+from sidestep.docmaps.maps import condition_queries, encode_in_context, section_aware_chunks
+from sidestep.retrieval.index import DocSearcher
+from sidestep.text.encoder import Encoder
+from sidestep.verify.model import (
+    FlatTokens,
+    Verifier,
+    flat_maxsim,
+    prepare,
+    query_piece_ids,
+    query_tokens,
+    score,
+)
 
 MODES = ("chunks", "map")
 

@@ -12,7 +12,7 @@ scores, is the final score.
 
 The map reduction is fixed (not learned), so training precomputes features once;
 the token embeddings are the frozen encoder's, never fine-tuned. The maps are built
-from the query's tokens through a learned linear query adapter (sidestep.adapter),
+from the query's tokens through a learned linear query adapter (sidestep.verify.adapter),
 trained before the model; the document side is the stored tokens as they are.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import mapstats
+from sidestep.verify import kernels
 
 KERNEL_MUS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, -0.1)
 KERNEL_SIGMAS = (1e-3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1)
@@ -67,7 +67,7 @@ def normalize(x: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def adapt(adapter: torch.Tensor | None, qtok: torch.Tensor) -> torch.Tensor:
-    """Unit query tokens (nq, d) through a query adapter (d, d) (sidestep.adapter), unit again; None is the
+    """Unit query tokens (nq, d) through a query adapter (d, d) (sidestep.verify.adapter), unit again; None is the
     identity."""
     return qtok if adapter is None else normalize(qtok @ adapter.T)
 
@@ -165,7 +165,7 @@ class FlatTokens:
         table[..., :nq] = torch.einsum("qmd,mkd->mkq", q.reshape(nq, m, dsub).float(), cent)
         table[..., nq] = cent.square().sum(-1)
         out = np.empty((len(self.codes), nq), np.float32)
-        mapstats.pq_cosines(np.ascontiguousarray(self.codes), table.reshape(m * ksub, width).numpy(), nq, out)
+        kernels.pq_cosines(np.ascontiguousarray(self.codes), table.reshape(m * ksub, width).numpy(), nq, out)
         return torch.from_numpy(out)
 
 
@@ -177,14 +177,14 @@ def flatten_tokens(docs: Sequence[np.ndarray], max_tokens: int) -> FlatTokens:
     return FlatTokens(vecs, lengths)
 
 
-_TABLE = mapstats.kernel_table(KERNEL_MUS[1:], KERNEL_SIGMAS[1:])
+_TABLE = kernels.kernel_table(KERNEL_MUS[1:], KERNEL_SIGMAS[1:])
 
 
 def best_matches(q: torch.Tensor, flat: FlatTokens) -> tuple[np.ndarray, np.ndarray]:
     """The (N, nq) cosines and each document's best cosine per query token (C, nq), in one pass."""
     st = flat.cosines(q).numpy()
     best = np.empty((len(flat.lengths), q.shape[0]), np.float32)
-    mapstats.segment_max(st, np.asarray(flat.lengths, dtype=np.int64), best)
+    kernels.segment_max(st, np.asarray(flat.lengths, dtype=np.int64), best)
     return st, best
 
 
@@ -196,7 +196,7 @@ def flat_maxsim(q: torch.Tensor, flat: FlatTokens) -> torch.Tensor:
 
 def token_features(q: torch.Tensor, flat: FlatTokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """map_features + maxsim of unit query tokens (nq, d) against flat document tokens, from one pass
-    over the (N, nq) cosines (sidestep.mapstats); no padded map is built. Equal to
+    over the (N, nq) cosines (sidestep.verify.kernels); no padded map is built. Equal to
     map_features(token_maps(...)) up to float rounding and the kernel table's interpolation (a test
     holds them together).
 
@@ -206,7 +206,7 @@ def token_features(q: torch.Tensor, flat: FlatTokens) -> tuple[torch.Tensor, tor
     st = flat.cosines(q).numpy()
     width = max(int(lengths.max()) if n_docs else 1, 1)
     feats = np.empty((n_docs, nq, N_MAP_FEATURES), np.float32)
-    mapstats.map_stats(st, lengths, min(TOPK, width), _TABLE, KERNEL_SIGMAS[0], feats)
+    kernels.map_stats(st, lengths, min(TOPK, width), _TABLE, KERNEL_SIGMAS[0], feats)
     return torch.from_numpy(feats), torch.from_numpy(feats[..., 0].sum(-1)), torch.from_numpy(lengths)
 
 
@@ -237,7 +237,7 @@ def lexical_features_flat(query_ids: Sequence[int], doc_ids: Sequence[np.ndarray
     if not np.issubdtype(flat.dtype, np.integer):
         flat = flat.astype(np.int64)
     out = np.empty((len(doc_ids), len(q), 3), np.float32)
-    mapstats.lexical(q, idf, flat, lens, out)
+    kernels.lexical(q, idf, flat, lens, out)
     return torch.from_numpy(out)
 
 
@@ -279,7 +279,7 @@ class Verifier(nn.Module):
         self.norm = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, 1)
         self.skip = nn.Linear(g, 1)  # the learned combination with the recall scores
-        # the query adapter (sidestep.adapter), trained before the model; the identity until then
+        # the query adapter (sidestep.verify.adapter), trained before the model; the identity until then
         self.register_buffer("adapter", torch.eye(dim))
 
     def adapt(self, qtok: torch.Tensor) -> torch.Tensor:
@@ -491,7 +491,7 @@ def prepare(qtok: torch.Tensor, qids: Sequence[int], docs: Sequence[np.ndarray] 
     sub = np.repeat(starts[rows] - (np.cumsum(kept) - kept), kept) + np.arange(int(kept.sum()))
     feats = np.empty((len(rows), qtok.shape[0], N_MAP_FEATURES), np.float32)
     # top-k width from the whole list's longest document, as token_features takes it, so the rows are equal
-    mapstats.map_stats(st[sub], kept, min(TOPK, max(int(lengths.max()), 1)), _TABLE, KERNEL_SIGMAS[0], feats)
+    kernels.map_stats(st[sub], kept, min(TOPK, max(int(lengths.max()), 1)), _TABLE, KERNEL_SIGMAS[0], feats)
     r = torch.from_numpy(rows)
     return Candidates(torch.cat([torch.from_numpy(feats), lex[r]], -1), qtok, glob[r], best_t[r].sum(-1),
                       rows=rows, prior=prior)

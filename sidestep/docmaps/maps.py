@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from .chunking import Chunk
-    from .encoder import EncodedDoc, Encoder
+    from sidestep.text.chunking import Chunk
+    from sidestep.text.encoder import EncodedDoc, Encoder
 
 
 class MapError(Exception):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunking import Chunk, chunk_offsets
+from sidestep.text.chunking import Chunk, chunk_offsets
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

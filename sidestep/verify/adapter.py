@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .verifier import FlatTokens, adapt, ndcg_at
+from sidestep.verify.model import FlatTokens, adapt, ndcg_at
 
 
 @dataclass

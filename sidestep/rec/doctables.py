@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .lookup import CodeTable
+from sidestep.rec.tables import CodeTable
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .records import Interaction
+from sidestep.ingest.records import Interaction
 
 MAX_HISTORY = 50
 

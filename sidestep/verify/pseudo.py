@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .docvec import max_chunk_scores
-from .verifier import Example, adapt, prepare, query_piece_ids, query_tokens, served_rows
+from sidestep.rec.doctables import max_chunk_scores
+from sidestep.verify.model import Example, adapt, prepare, query_piece_ids, query_tokens, served_rows
 
 
 def title_docs(titles: Sequence[str | None], texts: Sequence[str | None], n: int, seed: int) -> list[int]:
@@ -43,7 +43,7 @@ def pseudo_lists(q_pooled: np.ndarray, q_tokens: Sequence[np.ndarray], q_pieces:
     docs: every document as (token vectors, word pieces, pooled chunk vectors), title-free;
     positives[j]: the document pseudo-query j was taken from. Lists are cut to what serving
     shows the model (`served_rows(train_top)`) when train_top is set, as for real queries. Query tokens
-    go through `adapter` (sidestep.adapter) where one is given, as the verify stage's do."""
+    go through `adapter` (sidestep.verify.adapter) where one is given, as the verify stage's do."""
     chunk_vecs = np.concatenate([p for _, _, p in docs]).astype(np.float32)
     sizes = np.asarray([len(p) for _, _, p in docs], dtype=np.int64)
     if (sizes < 1).any():

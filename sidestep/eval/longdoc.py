@@ -32,8 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .encoder import EncodedDoc, Encoder
-from .maps import (
+from sidestep.docmaps.maps import (
     DocMap,
     MapError,
     MapParams,
@@ -47,6 +46,7 @@ from .maps import (
     map_encoded,
     section_aware_chunks,
 )
+from sidestep.text.encoder import EncodedDoc, Encoder
 
 KS = (1, 3, 5)
 ALPHAS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sidestep.config import FORMATS
-from sidestep.records import BadRecord, Document, Interaction
+from sidestep.ingest.records import BadRecord, Document, Interaction
 
 ACCEPTED_FORMATS = ", ".join(FORMATS)
 TEXT_SUFFIXES = (".txt", ".md")

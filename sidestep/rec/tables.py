@@ -148,7 +148,7 @@ class TextFusion:
 
 
 def item_prior(counts: np.ndarray) -> torch.Tensor:
-    """(N,) log(1 + count) of items 1..N from per-index counts (N+1,) (`sidestep.recdata.popularity`)."""
+    """(N,) log(1 + count) of items 1..N from per-index counts (N+1,) (`sidestep.rec.data.popularity`)."""
     return torch.from_numpy(np.log1p(np.asarray(counts, dtype=np.float64)[1:]).astype(np.float32))
 
 

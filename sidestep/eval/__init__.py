@@ -1,0 +1,1 @@
+"""Evaluation: metrics, BEIR readers and the long-document evidence benchmark."""

@@ -1,0 +1,1 @@
+"""Text: the frozen sentence encoder, token-window chunking, and the lexical (BM25) ranker."""
