@@ -1,0 +1,127 @@
+"""Typed results of the pipeline's steps: what crosses a layer (core -> tasks -> flows -> API / CLI).
+
+Each is a plain dataclass. ``as_dict()`` gives the JSON shape the command line's ``--json`` prints
+(the shapes documented in the README; optional fields left unset are omitted, as before), and
+``from_dict()`` reads that shape back, so a caller over HTTP or a flow's stored result gets the same type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+
+class _Report:
+    """Shared conversion to and from the ``--json`` shape."""
+
+    # fields that are left out of as_dict() while None (they exist only on one branch of a step)
+    _optional: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if v is None and f.name in self._optional:
+                continue
+            out[f.name] = _plain(v)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def __getitem__(self, key: str) -> Any:
+        """Read access by key, as the dicts these replace allowed (``report["encoded"]``)."""
+        if key not in {f.name for f in dataclasses.fields(self)}:  # type: ignore[arg-type]
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            v = self[key]
+        except KeyError:
+            return default
+        return default if v is None else v
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, _Report):
+        return v.as_dict()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+@dataclass
+class IngestReport(_Report):
+    """One source read into one domain: counts of what the incremental upsert did."""
+
+    domain: str
+    source: str
+    format: str
+    run_id: str
+    read: int
+    new: int
+    updated: int
+    unchanged: int
+    tombstoned: int
+    quarantined: int
+    duplicates: int
+    interactions: int
+    live_documents: int
+
+
+@dataclass
+class EmbedReport(_Report):
+    """Chunks encoded for a domain's live documents; unchanged content is reused by hash."""
+
+    domain: str
+    encoder: str
+    documents: int
+    encoded: int
+    reused: int
+    chunks_encoded: int
+    seconds: float
+    docs_per_s: float | None = None
+
+
+@dataclass
+class PublishResult(_Report):
+    """A domain's index version: published, or why not (``reason``), and what serves now (``version``)."""
+
+    domain: str
+    published: bool
+    version: str | None
+    reason: str | None = None
+    parent: str | None = None
+    gc: list[str] | None = None
+    documents: int | None = None
+    chunks: int | None = None
+    index: str | None = None
+    tokens: dict | None = None
+    seconds: float | None = None
+
+    _optional = ("reason", "parent", "gc", "documents", "chunks", "index", "tokens", "seconds")
+
+
+@dataclass
+class ReindexReport(_Report):
+    """The nightly run over its domains: totals, what was published, what failed (domain -> reason)."""
+
+    domains: dict[str, dict] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    encoded: int = 0
+    reused: int = 0
+    summarized: int = 0
+    maps_failed: int = 0
+    published: list[dict] = field(default_factory=list)
+    quarantined: int = 0
+    staging_swept: int = 0
+    tables: dict[str, dict] | None = None
+    codebook: dict | None = None
+
+    _optional = ("tables", "codebook")
