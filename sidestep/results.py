@@ -125,3 +125,19 @@ class ReindexReport(_Report):
     codebook: dict | None = None
 
     _optional = ("tables", "codebook")
+
+
+@dataclass
+class Hit:
+    """One search result: the document, its final score (the verifier's where it ran), recall's score,
+    and where in the document the best chunk is."""
+
+    doc_id: str
+    score: float
+    recall_score: float
+    title: str
+    snippet: str
+    chunk: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

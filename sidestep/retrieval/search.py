@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from sidestep.docmaps.maps import condition_queries, encode_in_context, section_aware_chunks
+from sidestep.results import Hit
 from sidestep.retrieval.index import DocSearcher
 from sidestep.text.encoder import Encoder
 from sidestep.verify.model import (
@@ -127,30 +128,17 @@ def maxsim_rerank(view: TokenView, qtok: np.ndarray, doc_ids: Sequence[str], max
     return s, (time.perf_counter() - t0) * 1e3
 
 
-@dataclass
-class SearchHit:
-    doc_id: str
-    score: float
-    recall_score: float
-    title: str
-    snippet: str
-    chunk: int
-
-    def as_dict(self) -> dict:
-        return self.__dict__.copy()
-
-
-def search_vectors(corpus: IndexedCorpus, qvecs: np.ndarray, k: int) -> list[list[SearchHit]]:
+def search_vectors(corpus: IndexedCorpus, qvecs: np.ndarray, k: int) -> list[list[Hit]]:
     out = []
     for hits in corpus.searcher.search(qvecs, k):
-        out.append([SearchHit(h.doc_id, h.score, h.score, corpus.titles[h.row], corpus.snippets[h.row],
+        out.append([Hit(h.doc_id, h.score, h.score, corpus.titles[h.row], corpus.snippets[h.row],
                               int(corpus.chunk_idx[h.row])) for h in hits])
     return out
 
 
 def search_texts(encoder: Encoder, corpus: IndexedCorpus, texts: Sequence[str], k: int, *, mode: str = "chunks",
                  doc_id: str | None = None, params: MapParamsSearch | None = None
-                 ) -> tuple[list[list[SearchHit]], dict[str, float]]:
+                 ) -> tuple[list[list[Hit]], dict[str, float]]:
     """Encode queries, recall from the index; returns hits and per-stage timings in ms.
 
     mode "chunks": bag of chunks (a document scores as its best chunk).
@@ -176,8 +164,8 @@ def search_texts(encoder: Encoder, corpus: IndexedCorpus, texts: Sequence[str], 
     return hits, {"encode": (t1 - t0) * 1e3, ("recall" if mode == "chunks" else "map_search"): (t2 - t1) * 1e3}
 
 
-def _hit(corpus: IndexedCorpus, doc: str, score: float, recall: float, row: int) -> SearchHit:
-    return SearchHit(doc, float(score), float(recall), corpus.titles[row], corpus.snippets[row],
+def _hit(corpus: IndexedCorpus, doc: str, score: float, recall: float, row: int) -> Hit:
+    return Hit(doc, float(score), float(recall), corpus.titles[row], corpus.snippets[row],
                      int(corpus.chunk_idx[row]))
 
 
@@ -206,7 +194,7 @@ def _best_rows(corpus: IndexedCorpus, encoder: Encoder, text: str, qvec: np.ndar
 
 
 def _map_search(encoder: Encoder, corpus: IndexedCorpus, text: str, qvec: np.ndarray, k: int,
-                p: MapParamsSearch, doc_id: str | None) -> list[SearchHit]:
+                p: MapParamsSearch, doc_id: str | None) -> list[Hit]:
     m = corpus.maps
     assert m is not None
     plain = m.chunk_vecs @ qvec
