@@ -1,14 +1,52 @@
-"""sidestep: pure logic (encoder, chunking, readers, indexes, search, metrics).
+"""sidestep: batch indexing and serving for retrieval and recommendation.
 
-Importable in a notebook; imports neither prefect nor ray.
+The public Python API (the command line is a thin layer over it)::
+
+    import sidestep
+
+    eng = sidestep.open("./var")                        # a data root; config="my.toml" names the sources
+    eng.reindex(domains=["recipes"])                     # -> ReindexReport
+    hits = eng.search("query", domain="recipes", k=10)   # -> a list of Hit
+    client = sidestep.Client("http://127.0.0.1:8000")    # the same search / recommend over HTTP
+
+The package holds the core logic grouped by subject (ingest, text, retrieval, verify, docmaps, rec,
+eval), which imports neither Prefect nor Ray, and the layers over it: sidestep.storage (paths, Parquet,
+versioned artifacts, the DuckDB warehouse), sidestep.tasks and sidestep.flows (Prefect),
+sidestep.serving (Ray Serve) and sidestep.cli. Importing sidestep loads none of the heavy ones.
 """
 
 from __future__ import annotations
 
-import os
+from .api import APIError, Client, Engine, open
+from .results import (
+    EmbedReport,
+    EvalReport,
+    Hit,
+    IngestReport,
+    PublishResult,
+    Recommendations,
+    RecommendedItem,
+    ReindexReport,
+    SearchResults,
+    StatusReport,
+)
 
 __version__ = "0.1.0"
 
-# ONNX Runtime (the search replica's query encoder) uploads telemetry from Linux builds too, and writes a
-# device id under HOME, unless this is set before it is first imported; nothing here may leave loopback.
-os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+__all__ = [
+    "APIError",
+    "Client",
+    "EmbedReport",
+    "Engine",
+    "EvalReport",
+    "Hit",
+    "IngestReport",
+    "PublishResult",
+    "Recommendations",
+    "RecommendedItem",
+    "ReindexReport",
+    "SearchResults",
+    "StatusReport",
+    "__version__",
+    "open",
+]

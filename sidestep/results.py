@@ -19,6 +19,10 @@ class _Report:
     _optional: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
+        keys = getattr(self, "_keys", None)
+        if keys is not None:  # read by from_dict: give back exactly the keys it was given, in their order
+            extra = getattr(self, "_extra", {})
+            return {k: _plain(extra[k] if k in extra else getattr(self, k)) for k in keys}
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
@@ -29,12 +33,25 @@ class _Report:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Keys the class does not name are kept beside the fields (``extra``), so ``as_dict()`` of what
+        ``from_dict`` read is the same dict: a step may report more than its type names."""
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in data.items() if k in names})
+        obj = cls(**{k: v for k, v in data.items() if k in names})
+        obj._extra = {k: v for k, v in data.items() if k not in names}
+        obj._keys = list(data)
+        return obj
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """What the step reported beyond the named fields (empty for a report built in Python)."""
+        return dict(getattr(self, "_extra", {}))
 
     def __getitem__(self, key: str) -> Any:
         """Read access by key, as the dicts these replace allowed (``report["encoded"]``)."""
         if key not in {f.name for f in dataclasses.fields(self)}:  # type: ignore[arg-type]
+            extra = getattr(self, "_extra", {})
+            if key in extra:
+                return extra[key]
             raise KeyError(key)
         return getattr(self, key)
 
@@ -141,3 +158,114 @@ class Hit:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Hit:
+        """One entry of a /search response's ``results`` (title, snippet and chunk may be absent)."""
+        return cls(doc_id=data["doc_id"], score=float(data["score"]), recall_score=float(data["recall_score"]),
+                   title=data.get("title") or "", snippet=data.get("snippet") or "", chunk=int(data.get("chunk", 0)))
+
+
+class SearchResults(list):
+    """A search's hits, best first (a ``list[Hit]``), with what the response says about them: the index
+    version that answered, the domain, the mode, whether the verifier applied (or why not) and timings.
+    ``as_dict()`` is the /search response body (the shape ``sidestep search --json`` prints)."""
+
+    def __init__(self, hits: list[Hit], *, index_version: str, domain: str, mode: str = "chunks",
+                 verify: dict | None = None, timings_ms: dict | None = None):
+        super().__init__(hits)
+        self.index_version = index_version
+        self.domain = domain
+        self.mode = mode
+        self.verify = verify or {}
+        self.timings_ms = timings_ms or {}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchResults:
+        return cls([Hit.from_dict(h) for h in data["results"]], index_version=data["index_version"],
+                   domain=data["domain"], mode=data.get("mode", "chunks"), verify=data.get("verify"),
+                   timings_ms=data.get("timings_ms"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index_version": self.index_version, "domain": self.domain, "mode": self.mode,
+                "results": [h.as_dict() for h in self], "verify": self.verify, "timings_ms": self.timings_ms}
+
+    def __repr__(self) -> str:
+        return f"SearchResults({list.__repr__(self)}, index_version={self.index_version!r})"
+
+
+@dataclass
+class RecommendedItem:
+    """One recommended item: its id and the model's score (a logit)."""
+
+    item_id: str
+    score: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RecommendedItem:
+        return cls(item_id=str(data["item_id"]), score=float(data["score"]))
+
+
+class Recommendations(list):
+    """A recommendation, best first (a ``list[RecommendedItem]``), with the tables version that answered,
+    the history's ids the domain does not know, and a note when nothing could be recommended.
+    ``as_dict()`` is the /recommend response body."""
+
+    def __init__(self, items: list[RecommendedItem], *, index_version: str, domain: str,
+                 unknown_items: list[str] | None = None, note: str | None = None, timings_ms: dict | None = None):
+        super().__init__(items)
+        self.index_version = index_version
+        self.domain = domain
+        self.unknown_items = list(unknown_items or [])
+        self.note = note
+        self.timings_ms = timings_ms or {}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recommendations:
+        return cls([RecommendedItem.from_dict(i) for i in data["items"]], index_version=data["index_version"],
+                   domain=data["domain"], unknown_items=data.get("unknown_items"), note=data.get("note"),
+                   timings_ms=data.get("timings_ms"))
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"index_version": self.index_version, "domain": self.domain, "items": [i.as_dict() for i in self],
+               "unknown_items": self.unknown_items}
+        if self.note is not None:
+            out["note"] = self.note
+        out["timings_ms"] = self.timings_ms
+        return out
+
+    def __repr__(self) -> str:
+        return f"Recommendations({list.__repr__(self)}, index_version={self.index_version!r})"
+
+
+@dataclass
+class EvalReport(_Report):
+    """An evaluation of a BEIR folder: the configuration that ran (``metrics``: ndcg@10, mrr@10, recall@100),
+    the baselines beside it, the index version, and where the run is stored (DuckDB ``run_id``)."""
+
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    index_version: str | None = None
+    run_id: str | None = None
+    run_group: str | None = None
+    domain: str | None = None
+    split: str | None = None
+    queries: int | None = None
+    verify: dict | None = None
+
+    _optional = ("index_version", "run_id", "run_group", "domain", "split", "queries", "verify")
+
+
+@dataclass
+class StatusReport(_Report):
+    """The data root's state: per domain the serving version (``serving_version``), counts, quarantine,
+    tables and verifier versions; the shared codebook; the last nightly run."""
+
+    data_root: str
+    domains: dict[str, dict] = field(default_factory=dict)
+    quarantined: int = 0
+    codebook_version: str | None = None
+    last_nightly: dict | None = None

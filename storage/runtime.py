@@ -46,7 +46,7 @@ def configure(root: DataRoot, *, ray: bool = False) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
-        "ORT_DISABLE_TELEMETRY": "1",  # ONNX Runtime's telemetry upload and device id (see sidestep/__init__.py)
+        "ORT_DISABLE_TELEMETRY": "1",  # ONNX Runtime's telemetry upload and device id (see sidestep/text/encoder.py)
     }
     if ray:
         tmp = ray_tmpdir(root)

@@ -23,6 +23,10 @@ from sidestep.text.chunking import Chunk, chunk_offsets
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# ONNX Runtime (the search replica's query encoder, Encoder(fast_single=True)) uploads telemetry from Linux
+# builds too, and writes a device id under HOME, unless this is set before it is first imported. This is
+# the module that imports it, so it is set here, on import: nothing may leave loopback.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 
 @dataclass
@@ -129,7 +133,7 @@ class Encoder:
         import torch
         from transformers.utils import logging as hf_logging
 
-        ort.disable_telemetry_events()  # and ORT_DISABLE_TELEMETRY, set when sidestep is imported
+        ort.disable_telemetry_events()  # and ORT_DISABLE_TELEMETRY, set when this module is imported
 
         class Hidden(torch.nn.Module):
             def __init__(self, model):
