@@ -8,8 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sidestep.flows.cli import app
 from typer.testing import CliRunner
+
+from sidestep.cli import app
 
 runner = CliRunner()
 COMMANDS = ["ingest", "reindex", "serve", "search", "eval", "train-verifier", "eval-longdoc", "eval-rec", "pretrain", "rollback", "gc", "deploy", "status", "demo"]

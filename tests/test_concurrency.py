@@ -18,7 +18,7 @@ def test_two_concurrent_reindex_runs_publish_exactly_once(data_root, tmp_path):
     for i in range(2):
         env = {**os.environ, "SIDESTEP_HOME": str(data_root.root), "PREFECT_HOME": str(tmp_path / f"prefect{i}")}
         env.pop("SIDESTEP_CONFIG", None)
-        procs.append(subprocess.Popen([sys.executable, "-m", "sidestep.flows.cli", "reindex", "--domain", "handbook",
+        procs.append(subprocess.Popen([sys.executable, "-m", "sidestep", "reindex", "--domain", "handbook",
                                        "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
     for p in procs:

@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from sidestep.flows.cli import app
 from sidestep.storage.paths import SHARED
 from sidestep.storage.recstore import codebook_store, load_codebook, load_table_version, table_store
 from sidestep.storage.warehouse import Warehouse
@@ -16,6 +15,7 @@ from sidestep.tasks.common import settings_from
 from sidestep.tasks.rec import load_items
 from typer.testing import CliRunner
 
+from sidestep.cli import app
 from sidestep.config import SAMPLES_DIR
 
 from .conftest import write_config

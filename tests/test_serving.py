@@ -62,7 +62,7 @@ def served(sample, tmp_path_factory):
     log = tmp_path_factory.mktemp("net") / "connect.log"
     env = {**os.environ, "SIDESTEP_API_TOKEN": TOKEN}
     env.pop("HOME", None)  # the command must set up its own Ray HOME
-    cmd = [sys.executable, "-c", "from sidestep.flows.cli import app; app()", "serve", "--port", str(port),
+    cmd = [sys.executable, "-c", "from sidestep.cli import app; app()", "serve", "--port", str(port),
            "--preset", "test"]
     if STRACE:
         cmd = [STRACE, "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect", "-e", "signal=none", "-o", str(log),

@@ -1,0 +1,185 @@
+"""Commands over a data root: ingest, reindex, search, status, rollback, gc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .common import (
+    DomainOpt,
+    JsonOpt,
+    _age,
+    _emit,
+    _engine,
+    _fail,
+    _quiet_stdout,
+    _root,
+    _run,
+    _table,
+    err,
+    out,
+)
+
+
+def ingest(
+    path: Annotated[str, typer.Argument(help="File or folder to read.")],
+    domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to ingest into.")],
+    format: Annotated[str | None, typer.Option("--format", "-f", help="beir|jsonl|csv|parquet|textdir|recbole|"
+                                               "lcrec (detected when omitted).")] = None,
+    id_field: Annotated[str, typer.Option(help="Id column/key (jsonl, csv, parquet).")] = "id",
+    title_field: Annotated[str, typer.Option(help="Title column/key; '' for none.")] = "title",
+    text_field: Annotated[str, typer.Option(help="Text column/key.")] = "text",
+    snapshot: Annotated[bool, typer.Option(help="The source is the whole corpus: tombstone documents it "
+                                           "no longer has.")] = False,
+    max_text_bytes: Annotated[int | None, typer.Option(help="Quarantine texts longer than this.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Read a source into a domain: incremental by content hash; bad records go to quarantine."""
+    from sidestep.config import check_name
+    from sidestep.ingest.readers import SourceError, detect_format
+
+    try:  # refuse an unreadable source before starting anything
+        check_name(domain)
+        if format is None:
+            detect_format(path)
+        elif not Path(path).exists():
+            raise SourceError(f"source not found: {path}")
+    except (SourceError, ValueError) as e:
+        _fail(str(e), as_json, 2)
+    res = _run(_engine().ingest, as_json, path, domain, format, id_field=id_field,
+               title_field=title_field or None, text_field=text_field, snapshot=snapshot,
+               max_text_bytes=max_text_bytes).as_dict()
+    _emit(res, as_json)
+    if not as_json:
+        _table("ingest " + domain, {k: res[k] for k in ("read", "new", "updated", "unchanged", "tombstoned",
+                                                         "quarantined", "duplicates", "interactions",
+                                                         "live_documents")})
+        if res["quarantined"]:
+            err.print(f"[yellow]{res['quarantined']} record(s) quarantined[/yellow]: see `sidestep status`")
+
+
+def reindex(
+    domain: Annotated[list[str] | None, typer.Option("--domain", "-d", help="Domain(s) to reindex; all "
+                                                     "configured domains when omitted.")] = None,
+    force: Annotated[bool, typer.Option(help="Publish a new version even if nothing changed.")] = False,
+    skip_ingest: Annotated[bool, typer.Option(help="Reuse the stored documents; do not read sources.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the nightly reindex now: ingest → embed → index → publish, per configured domain."""
+    res = _run(_engine().reindex, as_json, domain or None, force=force, skip_ingest=skip_ingest).as_dict()
+    _emit(res, as_json)
+    if not as_json:
+        t = Table("domain", "documents", "encoded", "reused", "version", "published")
+        for d, r in res["domains"].items():
+            t.add_row(d, str(r["embed"]["documents"]), str(r["embed"]["encoded"]), str(r["embed"]["reused"]),
+                      str(r["index"]["version"]), "yes" if r["index"]["published"] else "no")
+        out.print(t)
+
+
+def search(
+    query: Annotated[str, typer.Argument(help="Query text.")],
+    domain: DomainOpt = None,
+    k: Annotated[int, typer.Option(min=1, max=1000)] = 10,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Rerank recall's candidates with the "
+                                         "domain's verifier (when one is published).")] = True,
+    mode: Annotated[str, typer.Option(help="chunks (bag of chunks) or map (route by document maps, then "
+                                      "map-conditioned chunk choice).")] = "chunks",
+    doc_id: Annotated[str | None, typer.Option(help="With --mode map: rank the chunks of this document.")] = None,
+    url: Annotated[str | None, typer.Option(help="Ask a running server (e.g. http://127.0.0.1:8000) instead "
+                                            "of searching in-process.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search a domain's published index (in-process, or through a running server with --url)."""
+    body = {"query": query, "k": k, "domain": domain, "verify": verify, "mode": mode, "doc_id": doc_id}
+    if url:
+        from sidestep.api import APIError, Client
+
+        try:
+            with Client(url) as client:
+                res = client.search(**body).as_dict()
+        except APIError as e:
+            _fail(f"HTTP {e.status}: {e.body}", as_json)
+    else:
+        with _quiet_stdout(as_json):
+            try:
+                res = _engine().search(**body).as_dict()
+            except LookupError as e:
+                _fail(str(e), as_json)
+            except ValueError as e:
+                _fail(str(e), as_json, 2)
+    _emit(res, as_json)
+    if not as_json:
+        t = Table("#", "doc_id", "chunk", "score", "title / snippet",
+                  title=f"{res['domain']} @ {res['index_version']} ({res['mode']})")
+        for i, h in enumerate(res["results"], 1):
+            t.add_row(str(i), h["doc_id"], str(h.get("chunk", 0)), f"{h['score']:.4f}",
+                      (h.get("snippet", "") if doc_id else h.get("title") or h.get("snippet", ""))[:80])
+        out.print(t)
+
+
+def status(as_json: JsonOpt = False) -> None:
+    """Published versions per domain, document counts and quarantine sizes."""
+    res = _engine().status().as_dict()
+    _emit(res, as_json)
+    if not as_json:
+        t = Table("domain", "serving_version", "age", "documents", "tombstoned", "chunks", "versions",
+                  "quarantined", "tables_version", "verifier_version", title=f"data root {res['data_root']}")
+        for d, r in res["domains"].items():
+            t.add_row(d, str(r["serving_version"]), _age(r["serving_age_s"]), str(r["documents"]),
+                      str(r["tombstoned"]), str(r["chunks"]), str(len(r["versions"])), str(r["quarantined"]),
+                      str(r["tables_version"] or "-"), str(r["verifier_version"] or "-"))
+        out.print(t)
+        if res.get("codebook_version"):
+            out.print(f"codebook {res['codebook_version']}")
+        n = res.get("last_nightly")
+        out.print("last nightly: " + (f"{n['outcome']} at {n['started_at']} in {n['seconds']:.0f} s, encoded "
+                                      f"{n['encoded']}, published {len(n['published'])}, run {n['run']}"
+                                      + (f", failed: {n['failed']}" if n["failed"] else "") if n else "never"))
+
+
+KindOpt = Annotated[str, typer.Option("--kind", help="indexes (search) or tables (recommendation).")]
+
+
+def rollback(
+    domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to roll back.")],
+    to: Annotated[str | None, typer.Option("--to", help="Version to serve; default: the one before the current.")]
+    = None,
+    kind: KindOpt = "indexes",
+    as_json: JsonOpt = False,
+) -> None:
+    """Point a domain's CURRENT at an earlier complete version (checksums verified first); serving replicas
+    pick it up on their next poll."""
+    from sidestep.storage.artifacts import CorruptArtifact, IndexStore
+
+    try:
+        if kind not in ("indexes", "tables"):
+            raise ValueError(f"unknown kind {kind!r}: indexes or tables")
+        old, new = IndexStore(_root(), kind).rollback(domain, to)
+    except (ValueError, CorruptArtifact) as e:
+        _fail(str(e), as_json, 2)
+    _emit({"domain": domain, "kind": kind, "previous_version": old, "current_version": new}, as_json)
+    if not as_json:
+        out.print(f"{kind} {domain}: CURRENT {old} → {new}")
+
+
+def gc(
+    domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to clean.")],
+    keep: Annotated[int, typer.Option(help="Newest versions to keep (the current one is always kept).", min=1)] = 5,
+    kind: KindOpt = "indexes",
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete old published versions of a domain, never the one CURRENT names."""
+    from sidestep.storage.artifacts import IndexStore
+
+    try:
+        if kind not in ("indexes", "tables"):
+            raise ValueError(f"unknown kind {kind!r}: indexes or tables")
+        removed = IndexStore(_root(), kind).gc(domain, keep)
+    except ValueError as e:
+        _fail(str(e), as_json, 2)
+    _emit({"domain": domain, "kind": kind, "removed": removed}, as_json)
+    if not as_json:
+        out.print(f"{kind} {domain}: removed {len(removed)} version(s)")

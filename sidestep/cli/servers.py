@@ -1,0 +1,57 @@
+"""Commands that run until Ctrl-C: serve (Ray Serve), deploy (Prefect server and runner), demo."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from .common import _root, _settings, err, out
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default from config: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8000).")] = None,
+    preset: Annotated[str, typer.Option(help="Deployment preset from serving/options.py.")] = "local",
+) -> None:
+    """Start the Ray Serve application (POST /search, GET /healthz, /docs) until Ctrl-C."""
+    from sidestep.serving.run import ServeHandle
+
+    s = _settings()
+    with ServeHandle(_root(), host=host or s.serve.host, port=port or s.serve.port, preset=preset) as h:
+        err.print(f"serving on {h.url}  (docs: {h.url}/docs)  Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            err.print("stopping")
+
+
+def deploy(
+    port: Annotated[int, typer.Option(help="Port of the Prefect server and UI.")] = 4200,
+    host: Annotated[str, typer.Option(help="Bind address; keep loopback unless behind an authenticating "
+                                      "proxy.")] = "127.0.0.1",
+) -> None:
+    """Start a local Prefect server (SQLite under the data root) with its UI, and a runner serving every
+    deployment (the nightly one on its cron schedule) until Ctrl-C."""
+    from sidestep.flows.ui import LocalPrefect
+
+    root = _root()
+    with LocalPrefect(root.prefect_home(), host=host, port=port, env={"SIDESTEP_HOME": str(root.root)}) as p:
+        names = sorted(f"{d['name']}" for d in p.deployments())
+        err.print(f"Prefect UI on {p.ui_url}  ·  {len(names)} deployments  ·  Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            err.print("stopping the runner, then the server")
+
+
+def demo(
+    port: Annotated[int, typer.Option(help="HTTP port for the demo server.")] = 8000,
+) -> None:
+    """The Quickstart: reindex the sample corpus, evaluate it, serve it, query it over HTTP, summarize."""
+    from sidestep.flows.demo import run_demo
+
+    raise typer.Exit(run_demo(_settings(), _root(), port=port, console=out))
