@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install run test lint bench bench-rec bench-verify bench-verify-routes bench-ops bench-incremental bench-longdoc chaos ui clean
+.PHONY: install run test lint lint-imports bench bench-rec bench-verify bench-verify-routes bench-ops bench-incremental bench-longdoc chaos ui clean
 
 install: $(STAMP)
 
@@ -25,11 +25,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/sidestep demo
 
-test: $(STAMP)
+# the layer contracts first (a few seconds), then the suite
+test: lint-imports
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: lint-imports
 	$(BIN)/ruff check sidestep storage tasks flows serving tests benchmarks
+
+# pyproject.toml [tool.importlinter]: which layer may import which (import-linter, on a staged copy of the
+# installed layout: see tests/import_contracts.py)
+lint-imports: $(STAMP)
+	$(BIN)/python tests/import_contracts.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
