@@ -14,7 +14,7 @@ from sidestep.cli import app
 
 runner = CliRunner()
 COMMANDS = ["ingest", "reindex", "serve", "search", "eval", "train-verifier", "eval-longdoc", "eval-rec", "pretrain", "rollback", "gc", "deploy", "status", "demo"]
-VENV_BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
+VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)

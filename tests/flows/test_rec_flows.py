@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from sidestep.cli import app
 from sidestep.config import SAMPLES_DIR
 
-from .conftest import write_config
+from ..conftest import write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 runner = CliRunner()

@@ -25,7 +25,7 @@ from sidestep.eval.beir import load_qrels
 from sidestep.ingest.readers import SourceError
 from sidestep.retrieval.search import search_texts
 
-from .conftest import FIXTURES, write_config
+from ..conftest import FIXTURES, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

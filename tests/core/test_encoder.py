@@ -9,7 +9,7 @@ import pytest
 
 from sidestep.text.encoder import encoder_key, model_dim
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 

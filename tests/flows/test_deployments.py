@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from sidestep.flows.deployments import deployments
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_flow_is_a_deployment_and_the_nightly_one_is_scheduled(settings):

@@ -15,7 +15,7 @@ import pytest
 
 import sidestep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _readme_block(section: str) -> str:

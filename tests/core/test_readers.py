@@ -11,12 +11,12 @@ import pytest
 
 from sidestep.ingest.readers import ReadResult, SourceError, detect_format, read_source
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BAD = FIXTURES / "bad_input"
 EXPECTED = json.loads((BAD / "expected.json").read_text(encoding="utf-8"))
 RECBOLE = FIXTURES / "recbole_tiny"
 LCREC = FIXTURES / "lcrec_tiny"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 SCIENTIFIC = SHARED / "amazon-scientific"
 OFFICE = SHARED / "amazon-office"
 REASON = re.compile(r"^[a-z][a-z0-9_]*(: .+)?$", re.DOTALL)

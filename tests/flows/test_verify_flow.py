@@ -20,7 +20,7 @@ from sidestep.tasks.verifier import training_lists
 from sidestep.config import SAMPLES_DIR
 from sidestep.eval.beir import load_queries
 
-from .conftest import write_config
+from ..conftest import write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
