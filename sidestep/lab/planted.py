@@ -47,7 +47,7 @@ class PlantedConfig:
     tau: float = 0.5
     sigma: float = 0.5
     samples: int = 8  # samples per estimate (judge calls per step) for the stochastic estimators
-    draws: int = 1000  # independent estimates per cell for bias and variance
+    draws: int = 4000  # independent estimates per cell for bias and variance
     grid_k: tuple[int, ...] = (1, 2, 3)
     grid_temperature: tuple[float, ...] = (0.1, 0.5, 1.0)  # tau, or sigma for the perturbed optimizer
     grid_samples: tuple[int, ...] = (1, 8, 32)
