@@ -116,6 +116,25 @@ CREATE TABLE IF NOT EXISTS longdoc_metrics (
     metric VARCHAR NOT NULL,  -- dotted path into the report, e.g. within_document.map_conditioned.recall@3
     value  DOUBLE NOT NULL
 );
+CREATE TABLE IF NOT EXISTS lab_runs (
+    run_id     VARCHAR PRIMARY KEY,
+    task       VARCHAR NOT NULL,  -- planted, retrieval, rec
+    started_at TIMESTAMP NOT NULL,
+    seconds    DOUBLE,
+    config     VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lab_results (
+    run_id      VARCHAR NOT NULL,
+    section     VARCHAR NOT NULL,  -- headline, grid, optimisation, curve
+    estimator   VARCHAR NOT NULL,  -- sidestep, reinforce, gumbel_softmax, ...
+    k           INTEGER,
+    temperature DOUBLE,            -- tau of a relaxation, sigma of the perturbed optimizer
+    samples     INTEGER,           -- samples per gradient estimate
+    seed        INTEGER,
+    step        INTEGER,
+    metric      VARCHAR NOT NULL,  -- bias, cosine, variance, expected_loss_mean, ...
+    value       DOUBLE NOT NULL
+);
 """
 
 _REC_METRICS = """
@@ -405,6 +424,31 @@ class Warehouse:
         except Exception:
             self._con.execute("ROLLBACK")
             raise
+        return len(rows)
+
+    def record_lab(self, *, run_id: str, task: str, rows: Iterable[Mapping[str, Any]], config: Mapping[str, Any],
+                   seconds: float | None = None) -> int:
+        """One gradient-lab run and its long rows (``sidestep.lab.planted.report_rows``), replacing run_id."""
+        types = {"section": pa.string(), "estimator": pa.string(), "k": pa.int32(), "temperature": pa.float64(),
+                 "samples": pa.int32(), "seed": pa.int32(), "step": pa.int32(), "metric": pa.string(),
+                 "value": pa.float64()}
+        rows = list(rows)
+        staged = pa.table({c: pa.array([r.get(c) for r in rows], t) for c, t in types.items()})
+        con = self._con
+        con.register("_stage_lab", staged)
+        con.execute("BEGIN")
+        try:
+            con.execute("DELETE FROM lab_results WHERE run_id = ?", [run_id])
+            con.execute("DELETE FROM lab_runs WHERE run_id = ?", [run_id])
+            con.execute("INSERT INTO lab_runs VALUES (?, ?, now()::TIMESTAMP, ?, ?)",
+                        [run_id, task, seconds, json.dumps(dict(config), sort_keys=True, default=str)])
+            con.execute(f"INSERT INTO lab_results SELECT ?, {', '.join(types)} FROM _stage_lab", [run_id])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.unregister("_stage_lab")
         return len(rows)
 
     def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
