@@ -15,29 +15,20 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import numpy as np
 import pytest
 
+from sidestep.docmaps.docmap import DocMap, MapError, MapParams, Section
 from sidestep.docmaps.maps import (
-    DocMap,
-    ExtractiveSummarizer,
-    LLMSummarizer,
-    MapError,
-    MapParams,
-    Passage,
-    Section,
-    Summary,
-    TokenView,
     build_map,
     chunk_section_weights,
     chunk_sections,
     condition_queries,
     embed_maps,
-    find_headings,
-    find_sections,
     map_encoded,
     route_documents,
     section_aware_chunks,
-    split_sentences,
-    token_view,
 )
+from sidestep.docmaps.sections import find_headings, find_sections
+from sidestep.docmaps.sentences import TokenView, split_sentences, token_view
+from sidestep.docmaps.summarizers import ExtractiveSummarizer, LLMSummarizer, Passage, Summary
 from sidestep.text.chunking import Chunk
 
 COOKING = [

@@ -32,12 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from sidestep.docmaps.docmap import DocMap, MapError, MapParams
 from sidestep.docmaps.maps import (
-    DocMap,
-    MapError,
-    MapParams,
     MapVectors,
-    Summarizer,
     chunk_section_weights,
     condition_queries,
     doc_max_scores,
@@ -46,6 +43,7 @@ from sidestep.docmaps.maps import (
     map_encoded,
     section_aware_chunks,
 )
+from sidestep.docmaps.summarizers import Summarizer
 from sidestep.text.encoder import EncodedDoc, Encoder
 
 KS = (1, 3, 5)
