@@ -62,7 +62,8 @@ def query_lists(lists, settings, qids: list[str], texts: dict[str, str], bm25, e
     """Dense recall's top `candidates` (plus BM25's top extra_k it missed) with their token-map Candidates."""
     import numpy as np
 
-    from sidestep.verify.model import VerifierConfig, prepare, query_piece_ids, query_tokens
+    from sidestep.verify.candidates import prepare, query_piece_ids, query_tokens
+    from sidestep.verify.model import VerifierConfig
 
     corpus, view, enc = lists.corpus, lists.view, lists.encoder
     cap = VerifierConfig().max_query_tokens
@@ -98,15 +99,8 @@ def measure(root: Path, data: Path, seeds: list[int], log=print) -> dict:
     from sidestep.rec.quantize import CodebookSpec, fit_codebook, shuffled_codes
     from sidestep.text.encoder import doc_text
     from sidestep.text.lexical import BM25
-    from sidestep.verify.model import (
-        VERIFY_TOP_CHOICES,
-        VerifierConfig,
-        cascade,
-        choose_verify_top,
-        fit,
-        prescore,
-        score,
-    )
+    from sidestep.verify.candidates import VERIFY_TOP_CHOICES, cascade, prescore
+    from sidestep.verify.model import VerifierConfig, choose_verify_top, fit, score
 
     scifact = str(data / "scifact")
     settings = load_settings(None)

@@ -8,32 +8,31 @@ import pytest
 import torch
 
 from sidestep.text.lexical import BM25, rrf
-from sidestep.verify.model import (
+from sidestep.verify.candidates import cascade, idf_table, prepare, prescore
+from sidestep.verify.features import (
     N_TOKEN_FEATURES,
-    Example,
     FlatTokens,
+    flat_maxsim,
+    flatten_tokens,
+    lexical_features,
+    lexical_features_flat,
+    map_features,
+    maxsim,
+    token_features,
+    token_maps,
+)
+from sidestep.verify.model import (
+    Example,
     Verifier,
     VerifierConfig,
-    cascade,
     choose_verify_top,
     collate,
     fit,
-    flat_maxsim,
-    flatten_tokens,
-    idf_table,
-    lexical_features,
-    lexical_features_flat,
     listwise_loss,
-    map_features,
-    maxsim,
     n_parameters,
     ndcg_at,
-    prepare,
-    prescore,
     score,
     served_rows,
-    token_features,
-    token_maps,
 )
 from sidestep.verify.nearmiss import KINDS, content_words, near_misses
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sidestep.verify.model import FlatTokens, adapt, ndcg_at
+from sidestep.verify.features import FlatTokens, adapt
+from sidestep.verify.model import ndcg_at
 
 
 @dataclass
