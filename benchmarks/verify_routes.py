@@ -49,13 +49,13 @@ def _z(x):
 
 
 def ndcg10(lists: dict[str, list[str]], scores: dict[str, object], qrels: dict[str, dict[str, int]]) -> float:
-    """Mean nDCG@10 of each query's candidates ranked by its scores (ir_measures; ideal from all of qrels)."""
-    import ir_measures
-    from ir_measures import nDCG
+    """Mean nDCG@10 of each query's candidates ranked by its scores (trec_eval's, as ir_measures computes it;
+    ideal from all of qrels), over every query with a list, to 4 decimals."""
+    from sidestep.eval.metrics import mean_ndcg
 
     run = {q: {d: float(s) for d, s in zip(lists[q], scores[q], strict=True)} for q in lists}
     judged = {q: {d: int(g) for d, g in qrels.get(q, {}).items()} for q in lists}
-    return round(float(ir_measures.calc_aggregate([nDCG @ 10], judged, run)[nDCG @ 10]), 4)
+    return round(mean_ndcg(run, judged, 10), 4)
 
 
 def query_lists(lists, settings, qids: list[str], texts: dict[str, str], bm25, extra_k: int) -> dict:

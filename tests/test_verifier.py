@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from sidestep.eval.metrics import ndcg_of_scores
 from sidestep.text.lexical import BM25, rrf
 from sidestep.verify.candidates import cascade, idf_table, prepare, prescore
 from sidestep.verify.features import (
@@ -30,7 +31,6 @@ from sidestep.verify.model import (
     fit,
     listwise_loss,
     n_parameters,
-    ndcg_at,
     score,
     served_rows,
 )
@@ -188,9 +188,9 @@ def test_the_verifier_learns_a_planted_problem_that_recall_misses():
         gains = np.zeros(6, np.float32)
         gains[p] = 1
         val.append((c, gains))
-        recall_ndcg.append(ndcg_at(c.glob[:, 0].numpy(), gains))
+        recall_ndcg.append(ndcg_of_scores(c.glob[:, 0].numpy(), gains))
     model, curve = fit(train, val, VerifierConfig(width=32, ff=64), 16, epochs=15, lr=3e-3, patience=15)
-    learned = np.mean([ndcg_at(s, g) for s, (_, g) in zip(score(model, [c for c, _ in val]), val, strict=True)])
+    learned = np.mean([ndcg_of_scores(s, g) for s, (_, g) in zip(score(model, [c for c, _ in val]), val, strict=True)])
     assert learned > 0.95 > np.mean(recall_ndcg) + 0.2
     assert curve[0]["loss"] > curve[-1]["loss"]
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sidestep.eval.metrics import ndcg_of_scores
 from sidestep.verify.candidates import VERIFY_TOP_CHOICES, Candidates, cascade, prescore, prescore_top
 from sidestep.verify.features import N_TOKEN_FEATURES, adapt
 
@@ -148,9 +149,9 @@ def choose_verify_top(model: Verifier, val: Sequence[tuple[Candidates, np.ndarra
     if not val:
         return 0, {}
     full = score(model, [c for c, _ in val])
-    ndcg = {0: float(np.mean([ndcg_at(s, g) for s, (_, g) in zip(full, val, strict=True)]))}
+    ndcg = {0: float(np.mean([ndcg_of_scores(s, g) for s, (_, g) in zip(full, val, strict=True)]))}
     for k in choices:
-        ndcg[k] = float(np.mean([ndcg_at(cascade(prescore(c.glob), s, k), g)
+        ndcg[k] = float(np.mean([ndcg_of_scores(cascade(prescore(c.glob), s, k), g)
                                  for s, (c, g) in zip(full, val, strict=True)]))
     return next((k for k in choices if ndcg[k] >= ndcg[0] - tolerance), 0), ndcg
 
@@ -224,15 +225,6 @@ def listwise_loss(logits: torch.Tensor, labels: torch.Tensor, sizes: list[int]) 
         if lb.any() and (~lb).any():
             losses.append(torch.logsumexp(lg, 0) - torch.logsumexp(lg[lb], 0))
     return torch.stack(losses).mean() if losses else logits.sum() * 0
-
-
-def ndcg_at(scores: np.ndarray, gains: np.ndarray, k: int = 10) -> float:
-    """nDCG@k of one ranked list against graded gains (ideal from the same list's gains plus missing ones)."""
-    order = np.argsort(-scores, kind="stable")[:k]
-    dcg = float(sum(gains[i] / math.log2(r + 2) for r, i in enumerate(order)))
-    ideal = np.sort(gains)[::-1][:k]
-    idcg = float(sum(g / math.log2(r + 2) for r, g in enumerate(ideal)))
-    return dcg / idcg if idcg > 0 else 0.0
 
 
 @dataclass
@@ -328,7 +320,7 @@ def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]
             total += float(loss.detach())
             nb += 1
         scores = score(model, [c for c, _ in val])
-        v = float(np.mean([ndcg_at(s, g) for s, (_, g) in zip(scores, val, strict=True)])) if val else 0.0
+        v = float(np.mean([ndcg_of_scores(s, g) for s, (_, g) in zip(scores, val, strict=True)])) if val else 0.0
         curve.append({"epoch": epoch, "loss": total / max(nb, 1), "val_ndcg10": v})
         if log:
             log(f"epoch {epoch}: loss {total / max(nb, 1):.4f} val nDCG@10 {v:.4f}")
