@@ -19,25 +19,18 @@ benchmark needs no data root:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import BENCHMARKS_MD, splice, write_last_run
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from run import splice  # noqa: E402
-
-from sidestep.verify import candidates as C  # noqa: E402
-from sidestep.verify import features as F  # noqa: E402
-from sidestep.verify import model as V  # noqa: E402
+from sidestep.verify import candidates as C
+from sidestep.verify import features as F
+from sidestep.verify import model as V
 
 START, END = "<!-- verify-stage:start -->", "<!-- verify-stage:end -->"
 
@@ -103,7 +96,7 @@ def pair(fast, slow, repeats: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    ap.add_argument("--out", default=str(BENCHMARKS_MD))
     args = ap.parse_args()
     torch.manual_seed(0)
     d = inputs()
@@ -132,7 +125,7 @@ def main() -> None:
                                                         lambda: full_encoder_scores(model, c), args.repeats)
     meta = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "tokens": int(flat.lengths.sum()), "repeats": args.repeats,
             "threads": torch.get_num_threads()}
-    (REPO / "benchmarks" / "verify_stage_last_run.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_last_run("verify_stage", {"meta": meta, "rows": rows})
     lines = [START, "## The verify stage's compiled parts (in-process, against their reference forms)", "",
              f"Measured {meta['date']} by `benchmarks/verify_stage.py`: 100 random candidates of SciFact's shape "
              f"({meta['tokens']} tokens, 20 query tokens, PQ 32 x 256), medians of {args.repeats} alternating calls "
