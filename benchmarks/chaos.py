@@ -35,14 +35,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import numpy as np
+import psutil
+from common import BENCHMARKS_MD, BIN, bench_env, last_run_path, read_last_run, splice, write_last_run
+from ops import hot_swap_under_load
+from sidestep.storage.artifacts import IndexStore, new_version_name
+from sidestep.storage.atomic import write_text
+from sidestep.storage.indexes import load_version, read_chunks
+from sidestep.storage.paths import SHARED, DataRoot
+from sidestep.storage.recstore import load_codebook, load_table_version
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from run import splice  # noqa: E402
+from sidestep.config import SAMPLES_DIR
 
 START, END = "<!-- chaos:start -->", "<!-- chaos:end -->"
 PORT = 8768
@@ -56,18 +60,14 @@ QUERIES = ["database backups", "who gets paged for a sev2", "lemon roast chicken
 
 def make_root(prefix: str) -> Path:
     """A fresh data root whose config points at a private copy of the sample corpus (trials edit it)."""
-    from sidestep.config import SAMPLES_DIR
-
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     shutil.copytree(SAMPLES_DIR, root / "src")
     return root
 
 
 def env_for(root: Path) -> dict:
-    return {**os.environ, "SIDESTEP_HOME": str(root / "data"), "SIDESTEP_CONFIG": str(root / "src" / "sidestep.toml"),
-            "PREFECT_HOME": str(root / "prefect"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0",
-            "PREFECT_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+    return bench_env(root / "data", prefect_home=root / "prefect", config=root / "src" / "sidestep.toml", quiet=True,
+                     TOKENIZERS_PARALLELISM="false")
 
 
 def use_root(root: Path) -> None:
@@ -100,11 +100,6 @@ def reindex(root: Path, *extra: str, kill_after: float | None = None) -> dict:
 
 def check_stores(data: Path) -> dict:
     """Every CURRENT of every store must name a complete version that verifies and loads."""
-    from sidestep.storage.artifacts import IndexStore
-    from sidestep.storage.indexes import load_version
-    from sidestep.storage.paths import SHARED, DataRoot
-    from sidestep.storage.recstore import load_codebook, load_table_version
-
     root = DataRoot(data)
     bad, valid, staging = [], set(), 0
     for kind in ("indexes", "tables", "codebooks", "verifiers"):
@@ -165,8 +160,6 @@ class Load:
         return c.post("/search", json={"query": QUERIES[n % len(QUERIES)], "domain": d, "k": 5}), d
 
     def _run(self, i: int) -> None:
-        import httpx
-
         with httpx.Client(base_url=self.url, timeout=30) as c:
             n = i
             while not self._stop.is_set():
@@ -200,8 +193,6 @@ class Load:
 
 
 def serving_rss_mb() -> float:
-    import psutil
-
     total = 0
     for p in psutil.process_iter(["cmdline", "name"]):
         try:
@@ -231,17 +222,12 @@ def mutate(src: Path, i: int, rng: np.random.Generator) -> dict:
 
 
 def current_doc_ids(data: Path, domain: str) -> set[str]:
-    from sidestep.storage.artifacts import IndexStore
-    from sidestep.storage.indexes import read_chunks
-    from sidestep.storage.paths import DataRoot
-
     store = IndexStore(DataRoot(data))
     return set(read_chunks(store, domain, store.current(domain))["doc_id"].to_pylist())
 
 
 def kill_nightly(trials: int, seed: int) -> dict:
     from sidestep.serving.run import ServeHandle
-    from sidestep.storage.paths import DataRoot
 
     rng = np.random.default_rng(seed)
     root = make_root("ssb-chaos-a-")
@@ -298,8 +284,6 @@ def kill_nightly(trials: int, seed: int) -> dict:
 
 
 def replica_pids(deployment: str) -> set[int]:
-    import psutil
-
     tag = f"ServeReplica:sidestep:{deployment}"
     out = set()
     for p in psutil.process_iter(["cmdline"]):
@@ -313,7 +297,6 @@ def replica_pids(deployment: str) -> set[int]:
 
 def replica_kill(root: Path, seconds: float = 40, kill_at: float = 12) -> dict:
     from sidestep.serving.run import ServeHandle
-    from sidestep.storage.paths import DataRoot
 
     use_root(root)
     with ServeHandle(DataRoot(root / "data"), port=PORT, preset="replicated") as h:
@@ -334,8 +317,6 @@ def replica_kill(root: Path, seconds: float = 40, kill_at: float = 12) -> dict:
                     break
                 time.sleep(0.5)
         restarted = restart_s is not None
-        import httpx
-
         ok_after = httpx.post(h.url + "/search", json={"query": "backups", "domain": "handbook"},
                               timeout=30).status_code
     return {"seconds": seconds, "clients": 4, "killed_pid": victim, "replicas_before": len(before),
@@ -347,9 +328,7 @@ def replica_kill(root: Path, seconds: float = 40, kill_at: float = 12) -> dict:
 
 
 def overload(root: Path, seconds: float = 20, factor: float = 2.0) -> dict:
-    import httpx
     from sidestep.serving.run import ServeHandle
-    from sidestep.storage.paths import DataRoot
 
     use_root(root)
     with ServeHandle(DataRoot(root / "data"), port=PORT, preset="local") as h:
@@ -407,11 +386,7 @@ def overload(root: Path, seconds: float = 20, factor: float = 2.0) -> dict:
 
 
 def corrupt_index(root: Path, seconds: float = 20) -> dict:
-    import httpx
     from sidestep.serving.run import ServeHandle
-    from sidestep.storage.artifacts import IndexStore, new_version_name
-    from sidestep.storage.atomic import write_text
-    from sidestep.storage.paths import DataRoot
 
     use_root(root)
     store = IndexStore(DataRoot(root / "data"))
@@ -468,9 +443,6 @@ def disk_full(root: Path, levels: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.
 
 
 def disk_full_inner(root: Path, levels: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)) -> dict:
-    from sidestep.storage.artifacts import IndexStore
-    from sidestep.storage.paths import DataRoot
-
     src_data = root / "data"
     used = sum(f.stat().st_size for f in src_data.rglob("*") if f.is_file())
     store0 = IndexStore(DataRoot(src_data))
@@ -525,8 +497,6 @@ def disk_full_inner(root: Path, levels: tuple[float, ...] = (0.05, 0.25, 0.5, 0.
 
 
 def hot_swap(root: Path) -> dict:
-    from ops import hot_swap_under_load
-
     use_root(root)
     return hot_swap_under_load(root / "data", 60, 4, 15)
 
@@ -605,19 +575,19 @@ def main() -> None:
     ap.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated scenario letters")
     ap.add_argument("--trials", type=int, default=20, help="kill -9 trials of scenario a")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    ap.add_argument("--out", default=str(BENCHMARKS_MD))
     ap.add_argument("--disk-full-inner", help=argparse.SUPPRESS)
     ap.add_argument("--render-only", action="store_true", help="re-render the section from the last run's JSON")
     args = ap.parse_args()
     if args.render_only:
-        splice(Path(args.out), render(json.loads((REPO / "benchmarks" / "chaos_last_run.json").read_text())),
+        splice(Path(args.out), render(read_last_run("chaos")),
                START, END)
         return
     if args.disk_full_inner:
         print(json.dumps(disk_full_inner(Path(args.disk_full_inner))))
         return
     only = set(args.only.split(","))
-    last = REPO / "benchmarks" / "chaos_last_run.json"
+    last = last_run_path("chaos")
     res = json.loads(last.read_text()) if last.is_file() else {}
     res.update({"date": datetime.now(UTC).strftime("%Y-%m-%d"), "cpus": os.cpu_count()})
     shared = None
@@ -637,7 +607,7 @@ def main() -> None:
                            "f": hot_swap}[letter](shared)
         res[letter]["wall_s"] = round(time.monotonic() - t0, 1)
         print(letter, json.dumps({k: v for k, v in res[letter].items() if k != "rows"}), flush=True)
-        last.write_text(json.dumps(res, indent=2, default=str))
+        write_last_run("chaos", res, default=str)
     section = render(res)
     splice(Path(args.out), section, START, END)
     print(section)

@@ -16,21 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from run import sh, splice  # noqa: E402
+from common import BENCHMARKS_MD, DATA, bench_env, read_last_run, sh, splice, write_last_run
 
 START, END = "<!-- incremental:start -->", "<!-- incremental:end -->"
-LAST = REPO / "benchmarks" / "incremental_last_run.json"
 CONFIG = """default_domain = "scifact"
 [[sources]]
 domain = "scifact"
@@ -94,23 +87,20 @@ def render(res: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--fraction", type=float, default=0.01)
-    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    ap.add_argument("--out", default=str(BENCHMARKS_MD))
     ap.add_argument("--render-only", action="store_true", help="re-render the section from the last run's JSON")
     args = ap.parse_args()
     if args.render_only:
-        splice(Path(args.out), render(json.loads(LAST.read_text())), START, END)
+        splice(Path(args.out), render(read_last_run("incremental")), START, END)
         return
     root = Path(tempfile.mkdtemp(prefix="ssb-inc-", dir="/tmp"))
     corpus = root / "src" / "corpus.jsonl"
     corpus.parent.mkdir()
     corpus.write_text((Path(args.data) / "scifact" / "corpus.jsonl").read_text())
     (root / "sidestep.toml").write_text(CONFIG.format(path=corpus))
-    env = {**os.environ, "SIDESTEP_HOME": str(root / "data"), "SIDESTEP_CONFIG": str(root / "sidestep.toml"),
-           "PREFECT_HOME": str(root / "prefect"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0",
-           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env = bench_env(root / "data", prefect_home=root / "prefect", config=root / "sidestep.toml", quiet=True)
     runs = {}
     for name in ("full", "incremental", "unchanged", "force"):
         changed = edit(corpus, args.fraction) if name == "incremental" else []
@@ -122,7 +112,7 @@ def main() -> None:
     res = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "root": str(root),
            "documents": full["encoded"], "fraction": args.fraction, "runs": runs,
            "ratio_wall": inc["wall_s"] / full["wall_s"], "ratio_cpu": inc["cpu_s"] / full["cpu_s"]}
-    LAST.write_text(json.dumps(res, indent=2))
+    write_last_run("incremental", res)
     section = render(res)
     splice(Path(args.out), section, START, END)
     print(section)

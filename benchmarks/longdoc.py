@@ -16,19 +16,15 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from run import sh, splice  # noqa: E402
+from common import BENCHMARKS_MD, DATA, bench_env, read_last_run, sh, splice, write_last_run
 
 START, END = "<!-- longdoc:start -->", "<!-- longdoc:end -->"
-LAST = REPO / "benchmarks" / "longdoc_last_run.json"
 FILES = ("natural_question", "scientific_qa")
 CONFIG = """default_domain = "leval"
 [maps]
@@ -41,8 +37,7 @@ format = "jsonl"
 
 
 def env_for(root: Path) -> dict:
-    env = {**os.environ, "SIDESTEP_HOME": str(root), "PREFECT_HOME": str(root / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = bench_env(root, prefect_home=root / "prefect")
     env.pop("SIDESTEP_CONFIG", None)
     return env
 
@@ -70,15 +65,13 @@ def reindex_once(corpus: Path, maps_on: bool) -> dict:
            "embed_s": d["embed"].get("seconds"), "summarize_s": d["summarize"].get("seconds", 0.0),
            "summarized": d["summarize"].get("summarized", 0), "maps_failed": d["summarize"].get("failed", 0),
            "documents": d["embed"]["documents"], "published": d["index"]["published"]}
-    import shutil
-
     shutil.rmtree(root, ignore_errors=True)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--reindex-repeats", type=int, default=1, help="Pairs of reindex runs (maps off, maps on).")
     ap.add_argument("--render-only", action="store_true", help="Rewrite the section from the last run's JSON.")
     ap.add_argument("--eval-only", action="store_true", help="Rerun eval-longdoc only; keep the last run's reindex "
@@ -86,7 +79,7 @@ def main() -> None:
     ap.add_argument("--note", default="", help="Conditions of this run.")
     args = ap.parse_args()
     if args.render_only:
-        splice(REPO / "BENCHMARKS.md", render(json.loads(LAST.read_text())), START, END)
+        splice(BENCHMARKS_MD, render(read_last_run("longdoc")), START, END)
         return
     leval = Path(args.data).resolve() / "leval"
     files = [leval / f"{n}.jsonl" for n in FILES if (leval / f"{n}.jsonl").is_file()]
@@ -102,16 +95,16 @@ def main() -> None:
         res["documents"] = leval_corpus(files, corpus)
         res["reindex"] = []
         if args.eval_only:
-            last = json.loads(LAST.read_text())
+            last = read_last_run("longdoc")
             res["reindex"], res["reindex_date"] = last["reindex"], last.get("reindex_date", last["date"])
         for r in range(0 if args.eval_only else args.reindex_repeats):
             for on in (False, True):
                 print(f"[bench-longdoc] reindex {r + 1}, maps {'on' if on else 'off'} ...", file=sys.stderr,
                       flush=True)
                 res["reindex"].append(reindex_once(corpus, on))
-    LAST.write_text(json.dumps(res, indent=2))
-    splice(REPO / "BENCHMARKS.md", render(res), START, END)
-    print(f"wrote {LAST} and the longdoc section of BENCHMARKS.md", file=sys.stderr)
+    last = write_last_run("longdoc", res)
+    splice(BENCHMARKS_MD, render(res), START, END)
+    print(f"wrote {last} and the longdoc section of BENCHMARKS.md", file=sys.stderr)
 
 
 def _mean(xs: list[float]) -> float:

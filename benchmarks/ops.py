@@ -12,7 +12,6 @@ Usage: .venv/bin/python benchmarks/ops.py [--seconds 60] [--clients 4] [--every 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -24,11 +23,10 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from run import splice  # noqa: E402
+import httpx
+from common import BENCHMARKS_MD, BIN, bench_env, splice, write_last_run
+from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.paths import DataRoot
 
 START, END = "<!-- ops:start -->", "<!-- ops:end -->"
 DOMAIN = "handbook"
@@ -42,10 +40,7 @@ PUBLISH = textwrap.dedent("""
 
 
 def hot_swap_under_load(root: Path, seconds: float, clients: int, every: float) -> dict:
-    import httpx
     from sidestep.serving.run import ServeHandle
-    from sidestep.storage.artifacts import IndexStore
-    from sidestep.storage.paths import DataRoot
 
     store = IndexStore(DataRoot(root))
     first = store.current(DOMAIN)
@@ -105,21 +100,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--every", type=float, default=15, help="seconds between publishes")
-    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    ap.add_argument("--out", default=str(BENCHMARKS_MD))
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ssb-ops-", dir="/tmp"))
-    env = {"SIDESTEP_HOME": str(root), "PREFECT_HOME": str(root / "prefect"), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "RAY_USAGE_STATS_ENABLED": "0", "PREFECT_LOGGING_LEVEL": "WARNING"}
-    os.environ.update(env)
+    os.environ.update(bench_env(root, prefect_home=root / "prefect", quiet=True))
     os.environ.pop("SIDESTEP_CONFIG", None)
-    r = subprocess.run([str(Path(sys.executable).parent / "sidestep"), "reindex", "--json"], capture_output=True,
+    r = subprocess.run([str(BIN / "sidestep"), "reindex", "--json"], capture_output=True,
                        text=True)
     if r.returncode != 0:
         raise SystemExit(r.stderr[-2000:])
     res = {"hot_swap": hot_swap_under_load(root, args.seconds, args.clients, args.every),
            "date": datetime.now(UTC).strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "root": str(root)}
-    (REPO / "benchmarks" / "ops_last_run.json").write_text(json.dumps(res, indent=2))
+    write_last_run("ops", res)
     hs = res["hot_swap"]
     section = "\n".join([
         START, "## Operations: hot swap under load (issue 6)", "",

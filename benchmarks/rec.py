@@ -20,18 +20,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+import ir_measures
+import numpy as np
+import torch
+from common import BENCHMARKS_MD, DATA, bench_env, machine, sh, splice, write_last_run
+from ir_measures import R, ScoredDoc, nDCG
+from sidestep.storage.embeddings import EmbeddingStore
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.recstore import load_table_version
 
-from run import sh, splice  # noqa: E402
+from sidestep.eval.beir import load_qrels, load_queries
+from sidestep.rec.align import apply_permutation, random_permutation, recovery, used_codewords
+from sidestep.rec.doctables import (
+    DocTableConfig,
+    DocTables,
+    max_chunk_scores,
+    table_scores,
+    train_doc_tables,
+    tune_weight,
+)
+from sidestep.rec.quantize import CodebookSpec, fit_codebook, shuffled_codes
+from sidestep.rec.tables import model_from_state
+from sidestep.rec.training import evaluate, fit_code_alignment
+from sidestep.text.encoder import encoder_key, model_dim
 
 START, END = "<!-- rec:start -->", "<!-- rec:end -->"
 BUDGET_S = 1140  # per trained variant: the issue allows 20 minutes on this machine
@@ -39,7 +56,7 @@ BUDGET_S = 1140  # per trained variant: the issue allows 20 minutes on this mach
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--resume", default=None, help="Data root of an interrupted run to continue.")
     ap.add_argument("--skip-reverse", action="store_true", help="Leave out the Scientific -> Office transfer.")
     ap.add_argument("--render-only", action="store_true",
@@ -48,8 +65,7 @@ def main() -> None:
     args = ap.parse_args()
     data = Path(args.data).resolve()
     root = Path(args.resume) if args.resume else Path(tempfile.mkdtemp(prefix="ssb-rec-", dir="/tmp"))
-    env = {**os.environ, "SIDESTEP_HOME": str(root), "PREFECT_HOME": str(root / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = bench_env(root, prefect_home=root / "prefect")
     env.pop("SIDESTEP_CONFIG", None)
     part = root / "bench_rec_partial.json"
     state: dict = json.loads(part.read_text()) if part.is_file() else {}
@@ -98,23 +114,15 @@ def main() -> None:
 def write_report(state: dict, note: str, root: Path) -> None:
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "note": note,
               "root": str(root), **state}
-    (REPO / "benchmarks" / "rec_last_run.json").write_text(json.dumps(report, indent=2, default=str))
-    splice(REPO / "BENCHMARKS.md", render(report), START, END)
+    write_last_run("rec", report, default=str)
+    splice(BENCHMARKS_MD, render(report), START, END)
 
 
 def planted_alignment(root: Path, steps: int = 200, seed: int = 0) -> dict:
     """Scientific's codes with every position's codewords permuted on purpose; the frozen Scientific model
     must find, per position, which pre-trained codeword each permuted codeword stands for."""
-    import numpy as np
-    import torch
-    from sidestep.storage.paths import DataRoot
-    from sidestep.storage.recstore import load_table_version
     from sidestep.tasks.common import settings_from
     from sidestep.tasks.rec import domain_data
-
-    from sidestep.rec.align import apply_permutation, random_permutation, recovery, used_codewords
-    from sidestep.rec.tables import model_from_state
-    from sidestep.rec.training import evaluate, fit_code_alignment
 
     torch.set_num_threads(os.cpu_count() or 1)
     dr = DataRoot(root)
@@ -153,25 +161,8 @@ def retrieval_tables(root: Path, scifact: str, seed: int = 0) -> dict:
     """SciFact documents as lookup-table vectors, fine-tuned on qrels/train.tsv against the frozen query
     encoder + a residual adapter; fused with pooled cosine (weight tuned on held-out train queries).
     Control: the same training on codes shuffled across documents."""
-    import ir_measures
-    import numpy as np
-    import torch
-    from ir_measures import R, ScoredDoc, nDCG
-    from sidestep.storage.embeddings import EmbeddingStore
-    from sidestep.storage.paths import DataRoot
     from sidestep.tasks.common import encoder_for, settings_from
     from sidestep.tasks.rec import load_items
-
-    from sidestep.eval.beir import load_qrels, load_queries
-    from sidestep.rec.doctables import (
-        DocTableConfig,
-        DocTables,
-        max_chunk_scores,
-        table_scores,
-        train_doc_tables,
-        tune_weight,
-    )
-    from sidestep.rec.quantize import CodebookSpec, fit_codebook, shuffled_codes
 
     settings = settings_from(None)
     dr = DataRoot(root)
@@ -236,13 +227,7 @@ def retrieval_tables(root: Path, scifact: str, seed: int = 0) -> dict:
 
 
 def _emb_key(settings) -> tuple[str, int]:
-    from sidestep.text.encoder import encoder_key, model_dim
-
     return encoder_key(settings.encoder.model_path), model_dim(settings.encoder.model_path)
-
-
-def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def _row(name: str, m: dict, train: dict | None = None) -> str:

@@ -19,54 +19,28 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-sys.path.insert(0, str(REPO))
+import httpx
+import pyarrow.parquet as pq
+from common import BENCH_DIR, BENCHMARKS_MD, DATA, bench_env, ray_rss_mb, sh
+from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.documents import DocumentStore
+from sidestep.storage.paths import DataRoot
 
-
-def sh(args: list[str], env: dict) -> tuple[dict, float, float, float]:
-    """Run a sidestep command; returns its JSON, wall seconds, its peak RSS in MB and its CPU seconds.
-
-    CPU seconds make throughput comparable when something else shares the machine."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t0 = time.perf_counter()
-        p = subprocess.Popen([str(BIN / "sidestep"), *args], env=env, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage: its peak RSS
-        wall = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if p.returncode != 0:
-            sys.stderr.write(err.read()[-4000:])
-            raise SystemExit(f"command failed: sidestep {' '.join(args)}")
-        return json.loads(out.read()), wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
-
-
-def splice(path: Path, section: str, start: str, end: str) -> None:
-    """Replace the text between the start and end markers of `path` with `section` (which carries
-    the markers), or append it; the other benchmarks' sections stay as they are."""
-    text = path.read_text() if path.is_file() else ""
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+from sidestep.config import default_settings
+from sidestep.eval.beir import load_queries
+from sidestep.text.encoder import doc_text
 
 
 def bare_encoder(texts: list[str], batch_size: int) -> tuple[float, float]:
     """Wall and CPU seconds for SentenceTransformer.encode on texts (model already loaded)."""
     from sidestep.tasks.common import encoder_for
-
-    from sidestep.config import default_settings
 
     st = encoder_for(default_settings()).st
     st.encode(texts[:64], batch_size=batch_size)  # warm-up
@@ -77,11 +51,6 @@ def bare_encoder(texts: list[str], batch_size: int) -> tuple[float, float]:
 
 def chunk_texts(root: Path, domain: str) -> list[str]:
     """The exact windows the pipeline encoded, as text (from the published chunk table)."""
-    import pyarrow.parquet as pq
-    from sidestep.storage.artifacts import IndexStore
-    from sidestep.storage.documents import DocumentStore
-    from sidestep.storage.paths import DataRoot
-
     dr = DataRoot(root)
     store = IndexStore(dr)
     chunks = pq.read_table(store.path(domain, store.current(domain)) / "chunks.parquet",
@@ -92,10 +61,7 @@ def chunk_texts(root: Path, domain: str) -> list[str]:
 
 
 def http_latency(root: Path, domain: str, queries: list[str], ks: tuple[int, ...]) -> dict:
-    import httpx
-    import psutil
     from sidestep.serving.run import ServeHandle
-    from sidestep.storage.paths import DataRoot
 
     out = {}
     with ServeHandle(DataRoot(root), port=8765, preset="local") as h, httpx.Client(base_url=h.url, timeout=60) as c:
@@ -110,7 +76,7 @@ def http_latency(root: Path, domain: str, queries: list[str], ks: tuple[int, ...
                 lat.append((time.perf_counter() - s) * 1e3)
                 errors += r.status_code != 200
             wall = time.perf_counter() - t0
-            rss = sum(p.memory_info().rss for p in psutil.process_iter() if _is_ray(p)) / 2**20
+            rss = ray_rss_mb()
             lat.sort()
             out[f"k{k}"] = {"requests": len(lat), "errors": errors, "p50_ms": statistics.median(lat),
                             "p99_ms": lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))],
@@ -118,18 +84,10 @@ def http_latency(root: Path, domain: str, queries: list[str], ks: tuple[int, ...
     return out
 
 
-def _is_ray(p) -> bool:
-    try:
-        cmd = " ".join(p.cmdline())
-    except Exception:
-        return False
-    return "ray" in cmd and ("raylet" in cmd or "default_worker" in cmd or "gcs_server" in cmd or "ray::" in cmd)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--out", default=str(BENCHMARKS_MD))
     ap.add_argument("--keep", action="store_true", help="keep the temporary data root")
     ap.add_argument("--resume", help="data root of an interrupted run: finished phases are not rerun")
     ap.add_argument("--note", default="", help="a sentence on the run's conditions, printed under the title")
@@ -148,8 +106,7 @@ def main() -> None:
             partial.write_text(json.dumps(done, indent=2))
         return done[name]
 
-    env = {**os.environ, "SIDESTEP_HOME": str(root), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = bench_env(root)
     os.environ.update({k: env[k] for k in ("SIDESTEP_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")})
     cfg = root / "bench.toml"
     cfg.write_text(f'[[sources]]\ndomain = "scifact"\npath = "{data / "scifact"}"\nformat = "beir"\n')
@@ -167,10 +124,6 @@ def main() -> None:
     res["rerun"] = {"wall_s": wall2, "encoded": again["encoded"], "published": len(again["published"])}
 
     print("3/6 bare encoder on the same texts ...", flush=True)
-    import pyarrow.parquet as pq  # noqa: F401
-
-    from sidestep.text.encoder import doc_text
-
     docs = [json.loads(line) for line in (data / "scifact" / "corpus.jsonl").open()]
     texts = [doc_text(d.get("title", ""), d["text"]) for d in docs]
     t_docs = phase("bare_docs", lambda: bare_encoder(texts, 32))
@@ -192,17 +145,13 @@ def main() -> None:
                       "documents": mm["embed"]["documents"], "embed_s": mm["embed"]["seconds"]}
 
     print("6/6 HTTP latency through Ray Serve ...", flush=True)
-    from sidestep.eval.beir import load_queries
-
     qs = list(load_queries(data / "scifact", split="test").values())
     http = phase("http", lambda: http_latency(root, "scifact", qs, (10, 100)))
     res["http_k10"], res["http_k100"] = http["k10"], http["k100"]
-    (REPO / "benchmarks" / "last_run.json").write_text(json.dumps(res, indent=2))
+    (BENCH_DIR / "last_run.json").write_text(json.dumps(res, indent=2))
     Path(args.out).write_text(keep_sections(render(res), Path(args.out)))
     print(f"wrote {args.out}")
     if not args.keep:
-        import shutil
-
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -18,33 +18,33 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+import duckdb
+import httpx
+import ir_measures
+import numpy as np
+from common import BENCHMARKS_MD, DATA, bench_env, ray_rss_mb, sh, splice, write_last_run
+from ir_measures import nDCG
+from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.indexes import load_current, load_token_view
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.verifiers import load_verifier, verifier_store
 
-from run import _is_ray, sh, splice  # noqa: E402
+from sidestep.config import load_settings
+from sidestep.eval.beir import load_qrels, load_queries
+from sidestep.retrieval.search import maxsim_rerank, rerank
 
 START, END = "<!-- verify:start -->", "<!-- verify:end -->"
 
 
 def antonym_probe(root: Path, data: Path, env: dict) -> dict:
     """Ingest the probe corpus, then rank recall's top candidates for each probe query three ways."""
-    import numpy as np
-    from sidestep.storage.artifacts import IndexStore
-    from sidestep.storage.indexes import load_current, load_token_view
-    from sidestep.storage.paths import DataRoot
-    from sidestep.storage.verifiers import load_verifier
     from sidestep.tasks.common import encoder_for
-
-    from sidestep.config import load_settings
-    from sidestep.retrieval.search import maxsim_rerank, rerank
 
     folder = data / "scifact-antonym"
     cfg = root / "antonym.toml"
@@ -115,13 +115,8 @@ def one_client(c, body: dict, queries: list[str]) -> dict:
 
 
 def http_bench(root: Path, domain: str, queries: list[str], clients: int = 8, seconds: float = 30) -> dict:
-    import httpx
-    import psutil
     from sidestep.serving.core import SearchService
     from sidestep.serving.run import ServeHandle
-    from sidestep.storage.paths import DataRoot
-
-    from sidestep.config import load_settings
 
     body = {"domain": domain, "k": 10, "verify": True}
     out = {}
@@ -165,7 +160,7 @@ def http_bench(root: Path, domain: str, queries: list[str], clients: int = 8, se
         for t in ts:
             t.join()
         wall = time.perf_counter() - t0
-        rss = sum(p.memory_info().rss for p in psutil.process_iter() if _is_ray(p)) / 2**20
+        rss = ray_rss_mb()
         out["concurrent"] = {"clients": clients, "seconds": wall, **counts, "qps": counts["ok"] / wall,
                              "serving_rss_mb": rss}
     return out
@@ -176,11 +171,6 @@ def seen_split(root: Path, data: Path, group: str) -> dict:
     queries by knowing which abstracts get cited, not by verifying: so every SciFact ranking of the run is
     scored again (ir_measures, ideal from all of qrels/test.tsv) on the test queries with a relevant abstract
     some training claim cites ("seen") and on the rest ("unseen"), where only generalization can help."""
-    import duckdb
-    import ir_measures
-    from ir_measures import nDCG
-
-    from sidestep.eval.beir import load_qrels
 
     cited = {d for rels in load_qrels(data / "scifact", "train").values() for d, g in rels.items() if g > 0}
     test = load_qrels(data / "scifact", "test")
@@ -204,8 +194,6 @@ def seen_split(root: Path, data: Path, group: str) -> dict:
 
 
 def _curve(root: Path, version: str) -> list[tuple]:
-    import duckdb
-
     con = duckdb.connect(str(root / "eval.duckdb"), read_only=True)
     try:
         return con.execute("SELECT epoch, max(value) FILTER (WHERE metric = 'loss'), "
@@ -217,8 +205,8 @@ def _curve(root: Path, version: str) -> list[tuple]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--out", default=str(BENCHMARKS_MD))
     ap.add_argument("--resume", help="data root of an interrupted run: finished phases are not rerun")
     ap.add_argument("--render-only", help="data root of a finished run: only rewrite BENCHMARKS.md")
     ap.add_argument("--note", default="", help="a sentence on the run's conditions")
@@ -227,9 +215,7 @@ def main() -> None:
     root = Path(args.resume or args.render_only or tempfile.mkdtemp(prefix="ssb-verify-", dir="/tmp"))
     partial = root / "bench_verify_partial.json"
     done: dict = json.loads(partial.read_text()) if partial.is_file() else {}
-    env = {**os.environ, "SIDESTEP_HOME": str(root), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PREFECT_HOME": str(root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "RAY_USAGE_STATS_ENABLED": "0", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env = bench_env(root, prefect_home=root / "prefect", quiet=True)
     env.pop("SIDESTEP_CONFIG", None)
     os.environ.update({k: v for k, v in env.items() if k != "SIDESTEP_CONFIG"})
     os.environ.pop("SIDESTEP_CONFIG", None)
@@ -252,9 +238,6 @@ def main() -> None:
     phase("scifact", lambda: eval_cmd([str(data / "scifact"), "--domain", "scifact"], f16_env))
 
     def verifier_phase() -> dict:
-        from sidestep.storage.paths import DataRoot
-        from sidestep.storage.verifiers import verifier_store
-
         store = verifier_store(DataRoot(root))
         m = store.manifest("scifact", store.current("scifact"))
         curve = [{"epoch": e, "loss": lo, "val": va} for e, lo, va in _curve(root, m["version"])]
@@ -277,16 +260,12 @@ def main() -> None:
     phase("pq", lambda: eval_cmd([str(data / "scifact"), "--domain", "scifact", "--no-train-verifier"]))
 
     def http_phase() -> dict:
-        from sidestep.eval.beir import load_queries
-
         return http_bench(root, "scifact", list(load_queries(data / "scifact", split="test").values()))
 
     phase("http", http_phase)
-    from sidestep.config import load_settings
-
     done["meta"] = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "root": str(root), "note": args.note,
                     "cpus": os.cpu_count(), "pq_bytes": load_settings(None).verify.pq_bytes}
-    (REPO / "benchmarks" / "verify_last_run.json").write_text(json.dumps(done, indent=2, default=str))
+    write_last_run("verify", done, default=str)
     section = render(done)
     splice(Path(args.out), section, START, END)
     print(section)

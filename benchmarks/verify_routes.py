@@ -23,17 +23,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+import numpy as np
+import torch
+from common import BENCHMARKS_MD, DATA, bench_env, machine, sh, splice, write_last_run
+from sidestep.storage.documents import DocumentStore
+from sidestep.storage.paths import DataRoot
 
-from run import sh, splice  # noqa: E402
+from sidestep.config import load_settings
+from sidestep.eval.beir import load_qrels, load_queries
+from sidestep.eval.metrics import mean_ndcg
+from sidestep.rec.doctables import DocTableConfig, DocTables, table_scores, train_doc_tables
+from sidestep.rec.quantize import CodebookSpec, fit_codebook, shuffled_codes
+from sidestep.text.encoder import doc_text
+from sidestep.text.lexical import BM25
+from sidestep.verify.candidates import (
+    VERIFY_TOP_CHOICES,
+    cascade,
+    prepare,
+    prescore,
+    query_piece_ids,
+    query_tokens,
+)
+from sidestep.verify.model import VerifierConfig, choose_verify_top, fit, score
 
 START, END = "<!-- verify-routes:start -->", "<!-- verify-routes:end -->"
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
@@ -41,28 +57,21 @@ HYBRID_K = 20
 
 
 def _z(x):
-    import numpy as np
-
     x = np.asarray(x, np.float64)
     s = x.std()
     return (x - x.mean()) / (s if s > 0 else 1.0)
 
 
 def ndcg10(lists: dict[str, list[str]], scores: dict[str, object], qrels: dict[str, dict[str, int]]) -> float:
-    """Mean nDCG@10 of each query's candidates ranked by its scores (ir_measures; ideal from all of qrels)."""
-    import ir_measures
-    from ir_measures import nDCG
-
+    """Mean nDCG@10 of each query's candidates ranked by its scores (trec_eval's, as ir_measures computes it;
+    ideal from all of qrels), over every query with a list, to 4 decimals."""
     run = {q: {d: float(s) for d, s in zip(lists[q], scores[q], strict=True)} for q in lists}
     judged = {q: {d: int(g) for d, g in qrels.get(q, {}).items()} for q in lists}
-    return round(float(ir_measures.calc_aggregate([nDCG @ 10], judged, run)[nDCG @ 10]), 4)
+    return round(mean_ndcg(run, judged, 10), 4)
 
 
 def query_lists(lists, settings, qids: list[str], texts: dict[str, str], bm25, extra_k: int) -> dict:
     """Dense recall's top `candidates` (plus BM25's top extra_k it missed) with their token-map Candidates."""
-    import numpy as np
-
-    from sidestep.verify.model import VerifierConfig, prepare, query_piece_ids, query_tokens
 
     corpus, view, enc = lists.corpus, lists.view, lists.encoder
     cap = VerifierConfig().max_query_tokens
@@ -85,28 +94,8 @@ def query_lists(lists, settings, qids: list[str], texts: dict[str, str], bm25, e
 
 
 def measure(root: Path, data: Path, seeds: list[int], log=print) -> dict:
-    import numpy as np
-    import torch
-    from sidestep.storage.documents import DocumentStore
-    from sidestep.storage.paths import DataRoot
     from sidestep.tasks.rec import load_items
     from sidestep.tasks.verifier import training_lists
-
-    from sidestep.config import load_settings
-    from sidestep.eval.beir import load_qrels, load_queries
-    from sidestep.rec.doctables import DocTableConfig, DocTables, table_scores, train_doc_tables
-    from sidestep.rec.quantize import CodebookSpec, fit_codebook, shuffled_codes
-    from sidestep.text.encoder import doc_text
-    from sidestep.text.lexical import BM25
-    from sidestep.verify.model import (
-        VERIFY_TOP_CHOICES,
-        VerifierConfig,
-        cascade,
-        choose_verify_top,
-        fit,
-        prescore,
-        score,
-    )
 
     scifact = str(data / "scifact")
     settings = load_settings(None)
@@ -234,33 +223,29 @@ def render(r: dict, note: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--root", help="a data root whose SciFact index `sidestep eval` has published (else built)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    ap.add_argument("--out", default=str(BENCHMARKS_MD))
     ap.add_argument("--render-only", help="a finished run's JSON: only rewrite the BENCHMARKS.md section")
     ap.add_argument("--note", default="", help="a sentence on the run's conditions")
     args = ap.parse_args()
-    last = REPO / "benchmarks" / "verify_routes_last_run.json"
     if args.render_only:
         r = json.loads(Path(args.render_only).read_text())
     else:
         data = Path(args.data).resolve()
         root = Path(args.root or tempfile.mkdtemp(prefix="ssb-routes-", dir="/tmp")).resolve()
-        env = {**os.environ, "SIDESTEP_HOME": str(root), "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(root / "prefect"),
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+        env = bench_env(root, prefect_home=root / "prefect")
         env.pop("SIDESTEP_CONFIG", None)
         os.environ.update(env)
         os.environ.pop("SIDESTEP_CONFIG", None)
         if not (root / "indexes" / "scifact").is_dir():
             sh(["eval", str(data / "scifact"), "--domain", "scifact", "--no-verify", "--json"], env)
-        from rec import machine
-
         t0 = time.perf_counter()
         r = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "root": str(root),
              **measure(root, data, args.seeds, log=lambda m: print(f"[{datetime.now(UTC):%H:%M:%S}] {m}", flush=True))}
         r["seconds"] = round(time.perf_counter() - t0)
-        last.write_text(json.dumps(r, indent=2))
+        write_last_run("verify_routes", r)
     splice(Path(args.out), render(r, args.note), START, END)
 
 

@@ -19,23 +19,18 @@ benchmark needs no data root:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import BENCHMARKS_MD, splice, write_last_run
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from run import splice  # noqa: E402
-
-from sidestep.verify import model as V  # noqa: E402
+from sidestep.verify import candidates as C
+from sidestep.verify import features as F
+from sidestep.verify import model as V
 
 START, END = "<!-- verify-stage:start -->", "<!-- verify-stage:end -->"
 
@@ -46,11 +41,11 @@ def inputs(seed: int = 0) -> dict:
     n, m, ksub, dim = int(lengths.sum()), 32, 256, 384
     cent = (rng.normal(size=(m, ksub, dim // m)) / np.sqrt(dim)).astype(np.float32)
     codes = rng.integers(0, ksub, (n, m)).astype(np.uint8)
-    q = V.normalize(rng.normal(size=(20, dim)).astype(np.float32))
-    return {"flat": V.FlatTokens(None, lengths, codes, cent), "q": q, "rng": rng}
+    q = F.normalize(rng.normal(size=(20, dim)).astype(np.float32))
+    return {"flat": F.FlatTokens(None, lengths, codes, cent), "q": q, "rng": rng}
 
 
-def embedding_bag_cosines(flat: V.FlatTokens, q: torch.Tensor) -> torch.Tensor:
+def embedding_bag_cosines(flat: F.FlatTokens, q: torch.Tensor) -> torch.Tensor:
     """The form the compiled pass replaced: torch's embedding bag over the same lookup tables."""
     nq = q.shape[0]
     m, ksub, dsub = flat.centroids.shape
@@ -62,20 +57,20 @@ def embedding_bag_cosines(flat: V.FlatTokens, q: torch.Tensor) -> torch.Tensor:
     return dots[:, :nq] / dots[:, nq:].sqrt().clamp(min=1e-12)
 
 
-def decoded_cosines(flat: V.FlatTokens, q: torch.Tensor) -> torch.Tensor:
+def decoded_cosines(flat: F.FlatTokens, q: torch.Tensor) -> torch.Tensor:
     vecs = torch.from_numpy(flat.vectors())
     return (vecs @ q.T) / vecs.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
-def padded_features(flat: V.FlatTokens, q: torch.Tensor) -> torch.Tensor:
+def padded_features(flat: F.FlatTokens, q: torch.Tensor) -> torch.Tensor:
     vecs = flat.vectors()
     starts = np.concatenate([[0], np.cumsum(flat.lengths)[:-1]])
     docs = [vecs[a:a + n] for a, n in zip(starts, flat.lengths, strict=True)]
-    sim, mask = V.token_maps(q, docs, 512)
-    return V.map_features(sim, mask)
+    sim, mask = F.token_maps(q, docs, 512)
+    return F.map_features(sim, mask)
 
 
-def full_encoder_scores(model: V.Verifier, c: V.Candidates) -> torch.Tensor:
+def full_encoder_scores(model: V.Verifier, c: C.Candidates) -> torch.Tensor:
     feats, qtok, qmask, glob, _ = V.collate([c])
     nq = feats.shape[1]
     x = model.tok_in(torch.cat([feats, model.qproj(qtok)], -1)) + model.pos(torch.arange(nq))[None]
@@ -101,12 +96,12 @@ def pair(fast, slow, repeats: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    ap.add_argument("--out", default=str(BENCHMARKS_MD))
     args = ap.parse_args()
     torch.manual_seed(0)
     d = inputs()
     flat, q = d["flat"], d["q"]
-    V.warm_up()
+    F.warm_up()
     rows: dict[str, dict] = {}
     with torch.inference_mode():
         fast = flat.cosines(q)
@@ -116,21 +111,21 @@ def main() -> None:
                                                    args.repeats)
         rows["PQ cosines vs decode + matmul"] = pair(lambda: flat.cosines(q), lambda: decoded_cosines(flat, q),
                                                      args.repeats)
-        torch.testing.assert_close(V.token_features(q, flat)[0], padded_features(flat, q), atol=2e-5, rtol=1e-4)
-        rows["map features vs padded tensor form"] = pair(lambda: V.token_features(q, flat),
+        torch.testing.assert_close(F.token_features(q, flat)[0], padded_features(flat, q), atol=2e-5, rtol=1e-4)
+        rows["map features vs padded tensor form"] = pair(lambda: F.token_features(q, flat),
                                                           lambda: padded_features(flat, q), args.repeats)
         model = V.Verifier(V.VerifierConfig(), 384).eval()
-        feats, _, lengths = V.token_features(q, flat)
+        feats, _, lengths = F.token_features(q, flat)
         lex = torch.zeros((len(lengths), q.shape[0], 3))
         allf = torch.cat([feats, lex], -1)
-        glob = V.global_features(d["rng"].normal(size=len(lengths)).astype(np.float32), feats[..., 0], lex, lengths)
-        c = V.Candidates(allf, q, glob, feats[..., 0].sum(-1))
+        glob = C.global_features(d["rng"].normal(size=len(lengths)).astype(np.float32), feats[..., 0], lex, lengths)
+        c = C.Candidates(allf, q, glob, feats[..., 0].sum(-1))
         np.testing.assert_allclose(V.score(model, [c])[0], full_encoder_scores(model, c).numpy(), atol=1e-4)
         rows["verifier forward vs full encoder"] = pair(lambda: V.score(model, [c]),
                                                         lambda: full_encoder_scores(model, c), args.repeats)
     meta = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "tokens": int(flat.lengths.sum()), "repeats": args.repeats,
             "threads": torch.get_num_threads()}
-    (REPO / "benchmarks" / "verify_stage_last_run.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_last_run("verify_stage", {"meta": meta, "rows": rows})
     lines = [START, "## The verify stage's compiled parts (in-process, against their reference forms)", "",
              f"Measured {meta['date']} by `benchmarks/verify_stage.py`: 100 random candidates of SciFact's shape "
              f"({meta['tokens']} tokens, 20 query tokens, PQ 32 x 256), medians of {args.repeats} alternating calls "

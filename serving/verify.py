@@ -16,7 +16,7 @@ from sidestep.storage.verifiers import LoadedVerifier, load_verifier, verifier_s
 
 from sidestep.config import Settings
 from sidestep.retrieval.search import TokenView, rerank
-from sidestep.verify.model import warm_up
+from sidestep.verify.features import warm_up
 
 from .versions import VersionedDomains
 

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sidestep.docmaps.maps import DocMap, MapVectors
+from sidestep.docmaps.docmap import DocMap
+from sidestep.docmaps.maps import MapVectors
 from sidestep.text.chunking import Chunk
 from sidestep.text.encoder import EncodedDoc
 

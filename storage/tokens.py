@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sidestep.verify.model import FlatTokens, flatten_tokens
+from sidestep.verify.features import FlatTokens, flatten_tokens
 
 from .atomic import write_parquet, write_with
 

@@ -24,7 +24,7 @@ from sidestep.eval.beir import load_qrels, load_queries
 from sidestep.retrieval.search import maxsim_rerank, rerank, search_texts, verify_top_of
 from sidestep.text.encoder import doc_text
 from sidestep.text.lexical import BM25, rrf
-from sidestep.verify.model import warm_up
+from sidestep.verify.features import warm_up
 
 from .common import encoder_for
 

@@ -27,7 +27,7 @@ from sidestep.docmaps.maps import chunk_sections
 from sidestep.retrieval.index import build_index
 from sidestep.text.chunking import Chunk
 from sidestep.text.encoder import doc_text, encoder_key, load_tokenizer, model_dim
-from sidestep.verify.model import idf_table
+from sidestep.verify.candidates import idf_table
 
 from .common import RETRY
 from .summarize import map_key

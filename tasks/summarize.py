@@ -19,14 +19,9 @@ from sidestep.storage.maps import MapStore, encoded_docs
 from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
-from sidestep.docmaps.maps import (
-    ExtractiveSummarizer,
-    LLMSummarizer,
-    MapError,
-    MapParams,
-    embed_maps,
-    map_encoded,
-)
+from sidestep.docmaps.docmap import MapError, MapParams
+from sidestep.docmaps.maps import embed_maps, map_encoded
+from sidestep.docmaps.summarizers import ExtractiveSummarizer, LLMSummarizer
 from sidestep.ingest.records import BadRecord
 from sidestep.text.encoder import doc_text, encoder_key, model_dim
 

@@ -26,20 +26,9 @@ from sidestep.eval.beir import load_qrels, load_queries
 from sidestep.retrieval.search import IndexedCorpus, TokenView
 from sidestep.text.encoder import Encoder, doc_text
 from sidestep.verify.adapter import TokenPool, fit_adapter
-from sidestep.verify.model import (
-    VERIFY_TOP_CHOICES,
-    Candidates,
-    Example,
-    VerifierConfig,
-    adapt,
-    choose_verify_top,
-    fit,
-    n_parameters,
-    prepare,
-    query_piece_ids,
-    query_tokens,
-    served_rows,
-)
+from sidestep.verify.candidates import VERIFY_TOP_CHOICES, Candidates, prepare, query_piece_ids, query_tokens
+from sidestep.verify.features import adapt
+from sidestep.verify.model import Example, VerifierConfig, choose_verify_top, fit, n_parameters, served_rows
 from sidestep.verify.nearmiss import near_misses
 from sidestep.verify.pseudo import pseudo_lists, title_docs
 

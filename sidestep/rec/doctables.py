@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sidestep.eval.metrics import mean_ndcg_rows
 from sidestep.rec.tables import CodeTable
 
 
@@ -97,16 +98,5 @@ def max_chunk_scores(queries: np.ndarray, chunks: np.ndarray, chunk_doc: np.ndar
 def tune_weight(pooled: np.ndarray, table: np.ndarray, qrels: dict[int, set[int]],
                 grid: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)) -> tuple[float, dict]:
     """The fusion weight with the best nDCG@10 on the given (held-out training) queries."""
-    scores = {w: ndcg_at(pooled + w * table, qrels, 10) for w in grid}
+    scores = {w: mean_ndcg_rows(pooled + w * table, qrels, 10) for w in grid}
     return max(scores, key=lambda w: (scores[w], -w)), scores
-
-
-def ndcg_at(scores: np.ndarray, qrels: dict[int, set[int]], k: int = 10) -> float:
-    """Binary-relevance nDCG@k over the rows of `scores` named in qrels (row -> relevant columns)."""
-    vals = []
-    for row, rel in qrels.items():
-        top = np.argsort(-scores[row], kind="stable")[:k]
-        dcg = sum(1.0 / np.log2(i + 2) for i, d in enumerate(top) if d in rel)
-        idcg = sum(1.0 / np.log2(i + 2) for i in range(min(len(rel), k)))
-        vals.append(dcg / idcg if idcg else 0.0)
-    return float(np.mean(vals)) if vals else 0.0

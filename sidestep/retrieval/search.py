@@ -17,15 +17,9 @@ from sidestep.docmaps.maps import condition_queries, encode_in_context, section_
 from sidestep.results import Hit
 from sidestep.retrieval.index import DocSearcher
 from sidestep.text.encoder import Encoder
-from sidestep.verify.model import (
-    FlatTokens,
-    Verifier,
-    flat_maxsim,
-    prepare,
-    query_piece_ids,
-    query_tokens,
-    score,
-)
+from sidestep.verify.candidates import prepare, query_piece_ids, query_tokens
+from sidestep.verify.features import FlatTokens, flat_maxsim
+from sidestep.verify.model import Verifier, score
 
 MODES = ("chunks", "map")
 

@@ -10,10 +10,11 @@ and runs a Transformer across the query tokens with a [CLS] slot that also holds
 the recall scores. Its output logit, plus a learned linear term on the recall
 scores, is the final score.
 
-The map reduction is fixed (not learned), so training precomputes features once;
-the token embeddings are the frozen encoder's, never fine-tuned. The maps are built
-from the query's tokens through a learned linear query adapter (sidestep.verify.adapter),
-trained before the model; the document side is the stored tokens as they are.
+The map reduction is fixed (not learned; sidestep.verify.features), so training
+precomputes features once (sidestep.verify.candidates); the token embeddings are the
+frozen encoder's, never fine-tuned. The maps are built from the query's tokens through
+a learned linear query adapter (sidestep.verify.adapter), trained before the model;
+the document side is the stored tokens as they are.
 """
 
 from __future__ import annotations
@@ -26,15 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sidestep.verify import kernels
-
-KERNEL_MUS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, -0.1)
-KERNEL_SIGMAS = (1e-3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1)
-TOPK = 3
-# per query token: max, mean top-k, kernels, best-match position, adjacency to the next token's match,
-# then lexical: the token's idf in the corpus, log(1 + its count in the document), whether it occurs
-N_MAP_FEATURES = 2 + len(KERNEL_MUS) + 2
-N_TOKEN_FEATURES = N_MAP_FEATURES + 3
+from sidestep.eval.metrics import ndcg_of_scores
+from sidestep.verify.candidates import VERIFY_TOP_CHOICES, Candidates, cascade, prescore, prescore_top
+from sidestep.verify.features import N_TOKEN_FEATURES, adapt
 
 
 @dataclass
@@ -59,208 +54,6 @@ class VerifierConfig:
     @classmethod
     def from_dict(cls, d: dict) -> VerifierConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
-def normalize(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x.float()
-    return torch.nn.functional.normalize(t, dim=-1)
-
-
-def adapt(adapter: torch.Tensor | None, qtok: torch.Tensor) -> torch.Tensor:
-    """Unit query tokens (nq, d) through a query adapter (d, d) (sidestep.verify.adapter), unit again; None is the
-    identity."""
-    return qtok if adapter is None else normalize(qtok @ adapter.T)
-
-
-def token_maps(q: torch.Tensor, docs: Sequence[np.ndarray], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine maps of unit query tokens (nq, d) against each document's tokens: (C, nq, L) + (C, L) mask.
-
-    The document tokens are converted and multiplied once as one flat matrix, and only the small maps
-    are padded: padding 100 x 512 x 384 token tensors was most of the verify stage's time."""
-    lengths = [min(len(d), max_tokens) for d in docs]
-    width = max(max(lengths, default=1), 1)
-    sim = torch.zeros((len(docs), q.shape[0], width), dtype=torch.float32)
-    mask = torch.zeros((len(docs), width), dtype=torch.bool)
-    if not sum(lengths):
-        return sim, mask
-    flat = torch.from_numpy(np.concatenate([d[:n] for d, n in zip(docs, lengths, strict=True) if n])).float()
-    s = (q @ flat.T) / flat.norm(dim=-1).clamp(min=1e-12)  # (nq, N); dividing the map is cheaper than
-    # normalizing every token vector
-    doc = torch.repeat_interleave(torch.arange(len(docs)), torch.tensor(lengths))
-    pos = torch.cat([torch.arange(n) for n in lengths])
-    sim.permute(0, 2, 1)[doc, pos] = s.T
-    mask[doc, pos] = True
-    return sim, mask
-
-
-def maxsim(sim: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """ColBERT-style late interaction: sum over query tokens of the best document match."""
-    return sim.masked_fill(~mask[:, None, :], -2.0).amax(-1).sum(-1)
-
-
-def lexical_features(query_ids: Sequence[int], doc_ids: Sequence[np.ndarray], idf: np.ndarray) -> torch.Tensor:
-    """(C, nq, 3): idf of each query word piece, log(1 + its count in each document), present or not."""
-    q = np.asarray(query_ids, dtype=np.int64)
-    out = np.zeros((len(doc_ids), len(q), 3), np.float32)
-    out[:, :, 0] = idf[q] / 10.0
-    for c, ids in enumerate(doc_ids):
-        if len(ids):
-            counts = (np.asarray(ids)[:, None] == q[None, :]).sum(0)
-            out[c, :, 1] = np.log1p(counts)
-            out[c, :, 2] = counts > 0
-    return torch.from_numpy(out)
-
-
-@dataclass
-class FlatTokens:
-    """Several documents' token vectors as one (N, d) matrix and each document's length: what the
-    verify stage multiplies, without padding 100 x 512 x 384 tensors or copying per document.
-
-    A product-quantized store hands out its codes instead (`codes` (N, M) uint8 with the codec's
-    `centroids` (M, 256, dsub)): `cosines` then scores them against lookup tables, so the 400 x 384
-    floats per document are never decoded. Where M does not divide d, the codec's vectors are d
-    padded with zeros to M * dsub, and `dim` is d."""
-
-    vecs: np.ndarray | None  # (N, d), float16 or float32; None when codes are given
-    lengths: np.ndarray  # (C,) int64, sum = N
-    codes: np.ndarray | None = None
-    centroids: np.ndarray | None = None
-    dim: int | None = None  # the token dimension, where the codes are of zero-padded vectors
-
-    def capped(self, max_tokens: int) -> FlatTokens:
-        """The first max_tokens tokens of each document (a copy only when some document is longer)."""
-        if not len(self.lengths) or int(self.lengths.max()) <= max_tokens:
-            return self
-        starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
-        keep = np.minimum(self.lengths, max_tokens)
-        rows = np.concatenate([np.arange(a, a + k) for a, k in zip(starts, keep, strict=True)])
-        if self.codes is not None:
-            return FlatTokens(None, keep.astype(np.int64), self.codes[rows], self.centroids, self.dim)
-        return FlatTokens(self.vecs[rows], keep.astype(np.int64))
-
-    def vectors(self) -> np.ndarray:
-        """The token vectors, decoded from the codes where the store is quantized."""
-        if self.codes is None:
-            return self.vecs
-        m, _, dsub = self.centroids.shape
-        out = self.centroids[np.arange(m), self.codes.astype(np.int64)].reshape(len(self.codes), m * dsub)
-        return out[:, :self.dim] if self.dim else out
-
-    def cosines(self, q: torch.Tensor) -> torch.Tensor:
-        """(N, nq) cosines of unit query tokens (nq, d) against every token; rows are contiguous."""
-        nq = q.shape[0]
-        if not int(np.sum(self.lengths)):
-            return torch.zeros((0, nq))
-        if self.codes is None:
-            vecs = torch.from_numpy(np.ascontiguousarray(self.vecs)).float()  # torch casts float16 faster
-            return (vecs @ q.T) / vecs.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        m, ksub, dsub = self.centroids.shape
-        cent = torch.from_numpy(self.centroids)
-        # per sub-space and codeword: its dot product with every query token, and its squared norm;
-        # each token sums the M entries its codes pick (asymmetric distance computation), compiled
-        width = -(-(nq + 1) // 8) * 8
-        table = torch.zeros((m, ksub, width))
-        if m * dsub > q.shape[1]:  # the codes are of zero-padded vectors: pad the query alike
-            q = torch.nn.functional.pad(q, (0, m * dsub - q.shape[1]))
-        table[..., :nq] = torch.einsum("qmd,mkd->mkq", q.reshape(nq, m, dsub).float(), cent)
-        table[..., nq] = cent.square().sum(-1)
-        out = np.empty((len(self.codes), nq), np.float32)
-        kernels.pq_cosines(np.ascontiguousarray(self.codes), table.reshape(m * ksub, width).numpy(), nq, out)
-        return torch.from_numpy(out)
-
-
-def flatten_tokens(docs: Sequence[np.ndarray], max_tokens: int) -> FlatTokens:
-    lengths = np.asarray([min(len(d), max_tokens) for d in docs], dtype=np.int64)
-    kept = [d[:n] for d, n in zip(docs, lengths, strict=True) if n]
-    dim = docs[0].shape[1] if len(docs) and np.ndim(docs[0]) == 2 else 0
-    vecs = np.concatenate(kept) if kept else np.zeros((0, dim), np.float32)
-    return FlatTokens(vecs, lengths)
-
-
-_TABLE = kernels.kernel_table(KERNEL_MUS[1:], KERNEL_SIGMAS[1:])
-
-
-def best_matches(q: torch.Tensor, flat: FlatTokens) -> tuple[np.ndarray, np.ndarray]:
-    """The (N, nq) cosines and each document's best cosine per query token (C, nq), in one pass."""
-    st = flat.cosines(q).numpy()
-    best = np.empty((len(flat.lengths), q.shape[0]), np.float32)
-    kernels.segment_max(st, np.asarray(flat.lengths, dtype=np.int64), best)
-    return st, best
-
-
-def flat_maxsim(q: torch.Tensor, flat: FlatTokens) -> torch.Tensor:
-    """maxsim(token_maps(...)) from flat tokens: the MaxSim baseline on the same fast path as the verifier
-    (the same cosines, then one pass for each document's best match per query token)."""
-    return torch.from_numpy(best_matches(q, flat)[1]).sum(-1)
-
-
-def token_features(q: torch.Tensor, flat: FlatTokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """map_features + maxsim of unit query tokens (nq, d) against flat document tokens, from one pass
-    over the (N, nq) cosines (sidestep.verify.kernels); no padded map is built. Equal to
-    map_features(token_maps(...)) up to float rounding and the kernel table's interpolation (a test
-    holds them together).
-
-    Returns (C, nq, N_MAP_FEATURES) features, (C,) MaxSim and (C,) document lengths."""
-    lengths = np.asarray(flat.lengths, dtype=np.int64)
-    n_docs, nq = len(lengths), q.shape[0]
-    st = flat.cosines(q).numpy()
-    width = max(int(lengths.max()) if n_docs else 1, 1)
-    feats = np.empty((n_docs, nq, N_MAP_FEATURES), np.float32)
-    kernels.map_stats(st, lengths, min(TOPK, width), _TABLE, KERNEL_SIGMAS[0], feats)
-    return torch.from_numpy(feats), torch.from_numpy(feats[..., 0].sum(-1)), torch.from_numpy(lengths)
-
-
-def warm_up() -> None:
-    """Compile (or load from numba's cache) the map reductions now, so that a serving replica's first
-    query does not pay for it."""
-    rng = np.random.default_rng(0)
-    q = normalize(rng.normal(size=(2, 8)).astype(np.float32))
-    flat = flatten_tokens([rng.normal(size=(3, 8)).astype(np.float32)], 4)
-    coded = FlatTokens(None, np.array([3], np.int64), rng.integers(0, 4, (3, 2)).astype(np.uint8),
-                       rng.normal(size=(2, 4, 4)).astype(np.float32))
-    for f in (flat, coded):
-        token_features(q, f)
-        flat_maxsim(q, f)
-    for dtype in (np.int32, np.int64):  # stored pieces are int32; near-misses and tests pass int64
-        lexical_features_flat([1, 2], [np.array([1, 3], dtype)], np.ones(4, np.float32))
-
-
-def lexical_features_flat(query_ids: Sequence[int], doc_ids: Sequence[np.ndarray], idf: np.ndarray
-                          ) -> torch.Tensor:
-    """lexical_features without a per-document loop: one pass over the concatenated word pieces."""
-    q = np.asarray(query_ids, dtype=np.int64)
-    if len(q) and (q.min() < 0 or q.max() >= len(idf)):  # the compiled pass does not check bounds
-        raise ValueError(f"query word-piece ids must lie in [0, {len(idf)}) (the idf table's vocabulary)")
-    lens = np.asarray([len(ids) for ids in doc_ids], dtype=np.int64)
-    # pieces keep their stored integer type (int32): converting 100 arrays costs more than the count
-    flat = np.concatenate([np.asarray(ids) for ids in doc_ids]) if len(doc_ids) else lens
-    if not np.issubdtype(flat.dtype, np.integer):
-        flat = flat.astype(np.int64)
-    out = np.empty((len(doc_ids), len(q), 3), np.float32)
-    kernels.lexical(q, idf, flat, lens, out)
-    return torch.from_numpy(out)
-
-
-def map_features(sim: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(C, nq, L) map + (C, L) mask -> (C, nq, N_MAP_FEATURES) per-query-token features.
-
-    The reference form, over the padded map; the verify stage runs token_features."""
-    masked = sim.masked_fill(~mask[:, None, :], -2.0)
-    k = min(TOPK, sim.shape[-1])
-    top = masked.topk(k, dim=-1).values
-    best, pos = top[..., 0], masked.argmax(-1)
-    valid = mask[:, None, :].float()
-    kernels = []
-    for mu, sigma in zip(KERNEL_MUS, KERNEL_SIGMAS, strict=True):
-        k_ = torch.exp(-((sim - mu) ** 2) / (2 * sigma ** 2)) * valid
-        kernels.append(torch.log1p(k_.sum(-1)))
-    lengths = mask.sum(-1, keepdim=True).clamp(min=1).float()
-    rel_pos = pos.float() / lengths
-    step = torch.zeros_like(rel_pos)
-    if sim.shape[1] > 1:  # does the next query token's best match sit right after this one's?
-        gap = (pos[:, 1:] - pos[:, :-1] - 1).abs().float()
-        step[:, :-1] = torch.exp(-gap / 2)
-    return torch.stack([best, top.mean(-1), *kernels, rel_pos, step], dim=-1)
 
 
 class Verifier(nn.Module):
@@ -349,89 +142,6 @@ def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@dataclass
-class Candidates:
-    """One query's candidate list, reduced to what the verifier reads (features precomputed)."""
-
-    feats: torch.Tensor  # (C, nq, F)
-    qtok: torch.Tensor  # (nq, d)
-    glob: torch.Tensor  # (C, G)
-    maxsim: torch.Tensor  # (C,)
-    # set when only some of the list is verified (prepare's verify_top): the list positions of these rows,
-    # and every position's prescore, which orders the rest
-    rows: np.ndarray | None = None
-    prior: torch.Tensor | None = None
-
-
-def _z(x: np.ndarray, n: int) -> np.ndarray:
-    """Standardize against the first n rows (the recall list), so rows added for training are
-    placed on the same scale as at serving time."""
-    ref = x[:n]
-    return (x - ref.mean()) / (ref.std() + np.float32(1e-6)) if len(ref) > 1 else np.zeros_like(x)
-
-
-def weighted_scores(best: torch.Tensor | np.ndarray, lex: torch.Tensor | np.ndarray,
-                    lengths: torch.Tensor | np.ndarray, n_list: int | None = None, k1: float = 1.2, b: float = 0.75
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """From each query token's best cosine (C, nq) and its lexical features (C, nq, 3): idf-weighted
-    MaxSim, and BM25 over word pieces (length normalized against the list's mean length).
-    In numpy: two dozen small operations cost a third as much as in torch."""
-    best, lex = np.asarray(best, np.float32), np.asarray(lex, np.float32)
-    length = np.asarray(lengths, np.float32)
-    idf = lex[..., 0] * np.float32(10)
-    tf = np.expm1(lex[..., 1])
-    w_maxsim = (idf * best).sum(-1) / np.maximum(idf.sum(-1), np.float32(1e-6))
-    avg = max(float(length[:n_list].mean()) if len(length) else 1.0, 1.0)
-    norm = np.float32(k1) * (np.float32(1 - b) + np.float32(b / avg) * length)
-    bm25 = (idf * tf * np.float32(k1 + 1) / (tf + norm[:, None])).sum(-1)
-    return w_maxsim, bm25
-
-
-def global_features(recall: np.ndarray, best: torch.Tensor | np.ndarray, lex: torch.Tensor | np.ndarray,
-                    lengths: torch.Tensor | np.ndarray, n_list: int | None = None) -> torch.Tensor:
-    """(C, n_global) list-level scores from each query token's best cosine (C, nq) and lexical features."""
-    r = np.asarray(recall, dtype=np.float32)
-    n = len(r) if n_list is None else n_list
-    best = np.asarray(best, np.float32)
-    ms = best.sum(-1) / np.float32(max(best.shape[-1], 1))
-    wms, lex_score = weighted_scores(best, lex, lengths, n)
-    cols = [r, _z(r, n), ms, _z(ms, n), wms, _z(wms, n), lex_score / np.float32(10), _z(lex_score, n),
-            np.log1p(np.asarray(lengths, np.float32)) / np.float32(6)]
-    return torch.from_numpy(np.stack(cols, -1).astype(np.float32, copy=False))
-
-
-# the global columns that `prescore` sums: the list z-scores of recall cosine, MaxSim, idf-weighted MaxSim, BM25
-PRESCORE_COLUMNS = (1, 3, 5, 7)
-VERIFY_TOP_CHOICES = (10, 15, 20, 30, 40, 50)
-
-
-def prescore(glob: torch.Tensor) -> torch.Tensor:
-    """A cheap score of every candidate, from list statistics alone (no map features, no model): the sum
-    of four z-scores, an unweighted fusion of dense, late-interaction and lexical evidence. The verify
-    stage runs the model on its top only (`VerifierConfig.verify_top`)."""
-    return glob[:, list(PRESCORE_COLUMNS)].sum(-1)
-
-
-def prescore_top(prior: torch.Tensor | np.ndarray, top: int) -> np.ndarray:
-    """Positions (ascending) of the `top` highest pre-scores; ties keep list order. The verify stage,
-    the training lists and the choice of verify_top all select with this."""
-    return np.sort(np.argsort(-np.asarray(prior, dtype=np.float64), kind="stable")[:top])
-
-
-def cascade(prior: torch.Tensor | np.ndarray, scores: np.ndarray, top: int) -> np.ndarray:
-    """Scores of a whole list when only the `top` rows by `prior` are scored (`scores`, full length; other
-    rows are ignored): those keep their scores, the rest follow in prior order, below every scored row."""
-    p = np.asarray(prior, dtype=np.float64)
-    if not top or top >= len(p):
-        return np.asarray(scores, np.float32)
-    keep = prescore_top(p, top)
-    rest = np.ones(len(p), dtype=bool)
-    rest[keep] = False
-    out = np.asarray(scores, np.float64).copy()
-    out[rest] = out[keep].min() - 1.0 - (p[keep].min() - p[rest])
-    return out.astype(np.float32)
-
-
 def choose_verify_top(model: Verifier, val: Sequence[tuple[Candidates, np.ndarray]], tolerance: float = 1e-3,
                       choices: Sequence[int] = VERIFY_TOP_CHOICES) -> tuple[int, dict[int, float]]:
     """The smallest `verify_top` whose validation nDCG@10 is within `tolerance` of scoring the whole list
@@ -439,71 +149,11 @@ def choose_verify_top(model: Verifier, val: Sequence[tuple[Candidates, np.ndarra
     if not val:
         return 0, {}
     full = score(model, [c for c, _ in val])
-    ndcg = {0: float(np.mean([ndcg_at(s, g) for s, (_, g) in zip(full, val, strict=True)]))}
+    ndcg = {0: float(np.mean([ndcg_of_scores(s, g) for s, (_, g) in zip(full, val, strict=True)]))}
     for k in choices:
-        ndcg[k] = float(np.mean([ndcg_at(cascade(prescore(c.glob), s, k), g)
+        ndcg[k] = float(np.mean([ndcg_of_scores(cascade(prescore(c.glob), s, k), g)
                                  for s, (c, g) in zip(full, val, strict=True)]))
     return next((k for k in choices if ndcg[k] >= ndcg[0] - tolerance), 0), ndcg
-
-
-def query_tokens(tokens: np.ndarray, max_tokens: int) -> torch.Tensor:
-    """A query's token vectors without [CLS]/[SEP], unit norm, capped."""
-    inner = tokens[1:-1] if len(tokens) > 2 else tokens
-    return normalize(inner[:max_tokens])
-
-
-def query_piece_ids(ids: Sequence[int], max_tokens: int) -> list[int]:
-    """The word-piece ids matching `query_tokens` (specials dropped, same cap)."""
-    inner = list(ids[1:-1]) if len(ids) > 2 else list(ids)
-    return inner[:max_tokens]
-
-
-def prepare(qtok: torch.Tensor, qids: Sequence[int], docs: Sequence[np.ndarray] | FlatTokens,
-            doc_ids: Sequence[np.ndarray], idf: np.ndarray, recall: np.ndarray, max_doc_tokens: int,
-            n_list: int | None = None, verify_top: int = 0) -> Candidates:
-    """Build the token maps of one query against its candidates and reduce them to features.
-
-    `docs` is each candidate's token vectors, or already one flat matrix (FlatTokens, as the
-    token stores hand them out). The first n_list rows (all by default) are the recall list;
-    list statistics come from them.
-
-    With verify_top (0 < verify_top < candidates), every candidate gets its list statistics from one
-    pass over the cosines (best match per query token, word-piece counts), but only the top by
-    `prescore` get map features: the returned Candidates holds those rows (`rows`, `prior` set), and
-    `score` places the others below them. Their features equal the whole list's rows exactly."""
-    flat = (docs if isinstance(docs, FlatTokens) else flatten_tokens(docs, max_doc_tokens)).capped(max_doc_tokens)
-    lex = lexical_features_flat(qids, doc_ids, idf)
-    if not verify_top or verify_top >= len(flat.lengths):
-        map_feats, _, lengths = token_features(qtok, flat)
-        glob = global_features(recall, map_feats[..., 0], lex, lengths, n_list)
-        return Candidates(torch.cat([map_feats, lex], -1), qtok, glob, map_feats[..., 0].sum(-1))
-    if n_list is not None and n_list != len(flat.lengths):
-        raise ValueError("verify_top scores a recall list as served; training lists (n_list) take served_rows")
-    lengths = np.asarray(flat.lengths, dtype=np.int64)
-    st, best = best_matches(qtok, flat)
-    best_t = torch.from_numpy(best)
-    glob = global_features(recall, best_t, lex, torch.from_numpy(lengths), n_list)
-    prior = prescore(glob)
-    rows = prescore_top(prior, verify_top)
-    kept = lengths[rows]
-    starts = np.cumsum(lengths) - lengths
-    # the kept documents' token rows, in order: each run starts at its document's first row
-    sub = np.repeat(starts[rows] - (np.cumsum(kept) - kept), kept) + np.arange(int(kept.sum()))
-    feats = np.empty((len(rows), qtok.shape[0], N_MAP_FEATURES), np.float32)
-    # top-k width from the whole list's longest document, as token_features takes it, so the rows are equal
-    kernels.map_stats(st[sub], kept, min(TOPK, max(int(lengths.max()), 1)), _TABLE, KERNEL_SIGMAS[0], feats)
-    r = torch.from_numpy(rows)
-    return Candidates(torch.cat([torch.from_numpy(feats), lex[r]], -1), qtok, glob[r], best_t[r].sum(-1),
-                      rows=rows, prior=prior)
-
-
-def idf_table(doc_piece_ids: Sequence[Sequence[int]], vocab_size: int) -> np.ndarray:
-    """BM25-style idf of every word piece over a corpus (one entry per document)."""
-    df = np.zeros(vocab_size, np.int64)
-    for ids in doc_piece_ids:
-        df[np.unique(np.asarray(ids, dtype=np.int64))] += 1
-    n = max(len(doc_piece_ids), 1)
-    return np.log((n - df + 0.5) / (df + 0.5) + 1.0).astype(np.float32)
 
 
 def collate(items: Sequence[Candidates], model: Verifier | None = None
@@ -575,15 +225,6 @@ def listwise_loss(logits: torch.Tensor, labels: torch.Tensor, sizes: list[int]) 
         if lb.any() and (~lb).any():
             losses.append(torch.logsumexp(lg, 0) - torch.logsumexp(lg[lb], 0))
     return torch.stack(losses).mean() if losses else logits.sum() * 0
-
-
-def ndcg_at(scores: np.ndarray, gains: np.ndarray, k: int = 10) -> float:
-    """nDCG@k of one ranked list against graded gains (ideal from the same list's gains plus missing ones)."""
-    order = np.argsort(-scores, kind="stable")[:k]
-    dcg = float(sum(gains[i] / math.log2(r + 2) for r, i in enumerate(order)))
-    ideal = np.sort(gains)[::-1][:k]
-    idcg = float(sum(g / math.log2(r + 2) for r, g in enumerate(ideal)))
-    return dcg / idcg if idcg > 0 else 0.0
 
 
 @dataclass
@@ -679,7 +320,7 @@ def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]
             total += float(loss.detach())
             nb += 1
         scores = score(model, [c for c, _ in val])
-        v = float(np.mean([ndcg_at(s, g) for s, (_, g) in zip(scores, val, strict=True)])) if val else 0.0
+        v = float(np.mean([ndcg_of_scores(s, g) for s, (_, g) in zip(scores, val, strict=True)])) if val else 0.0
         curve.append({"epoch": epoch, "loss": total / max(nb, 1), "val_ndcg10": v})
         if log:
             log(f"epoch {epoch}: loss {total / max(nb, 1):.4f} val nDCG@10 {v:.4f}")

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from sidestep.rec.doctables import max_chunk_scores
-from sidestep.verify.model import Example, adapt, prepare, query_piece_ids, query_tokens, served_rows
+from sidestep.verify.candidates import prepare, query_piece_ids, query_tokens
+from sidestep.verify.features import adapt
+from sidestep.verify.model import Example, served_rows
 
 
 def title_docs(titles: Sequence[str | None], texts: Sequence[str | None], n: int, seed: int) -> list[int]:

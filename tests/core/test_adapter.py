@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from sidestep.verify.adapter import TokenPool, evaluate, fit_adapter, list_maxsim, token_list
-from sidestep.verify.model import Verifier, VerifierConfig, adapt, flat_maxsim, flatten_tokens, normalize
+from sidestep.verify.features import adapt, flat_maxsim, flatten_tokens, normalize
+from sidestep.verify.model import Verifier, VerifierConfig
 
 
 def _lists(rng: np.random.Generator, rot: torch.Tensor, n: int, dim: int = 8) -> list:

@@ -15,29 +15,20 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import numpy as np
 import pytest
 
+from sidestep.docmaps.docmap import DocMap, MapError, MapParams, Section
 from sidestep.docmaps.maps import (
-    DocMap,
-    ExtractiveSummarizer,
-    LLMSummarizer,
-    MapError,
-    MapParams,
-    Passage,
-    Section,
-    Summary,
-    TokenView,
     build_map,
     chunk_section_weights,
     chunk_sections,
     condition_queries,
     embed_maps,
-    find_headings,
-    find_sections,
     map_encoded,
     route_documents,
     section_aware_chunks,
-    split_sentences,
-    token_view,
 )
+from sidestep.docmaps.sections import find_headings, find_sections
+from sidestep.docmaps.sentences import TokenView, split_sentences, token_view
+from sidestep.docmaps.summarizers import ExtractiveSummarizer, LLMSummarizer, Passage, Summary
 from sidestep.text.chunking import Chunk
 
 COOKING = [
@@ -310,6 +301,7 @@ def test_heading_term_adds_a_fixed_bonus_per_section():
 
 def test_cross_fitting_holds_every_question_out_once_per_repeat_and_tunes_on_the_other_half(monkeypatch):
     from sidestep.eval import longdoc as L
+    from sidestep.eval import longdoc_prep as P
 
     rng = np.random.default_rng(0)
     n_docs, dim = 8, 6
@@ -324,12 +316,12 @@ def test_cross_fitting_holds_every_question_out_once_per_repeat_and_tunes_on_the
             evidence.append([j])
             q_doc.append(d)
     n_q = len(q_doc)
-    ds = L.LongDocSet("toy", ["x"] * n_docs, ["q"] * n_q, ["a"] * n_q, q_doc)
+    ds = P.LongDocSet("toy", ["x"] * n_docs, ["q"] * n_q, ["a"] * n_q, q_doc)
     q_vecs = np.stack([encoded[d].pooled[e[0]] for d, e in zip(q_doc, evidence, strict=True)])  # each question = its evidence
-    prep = L.Prepared(ds, encoded, maps, vecs, [np.ones((5, 1), np.float32)] * n_docs, evidence,
+    prep = P.Prepared(ds, encoded, maps, vecs, [np.ones((5, 1), np.float32)] * n_docs, evidence,
                       np.arange(n_q), {}, q_vecs, {})
-    for pool in L.POOLS:  # no maps: the "context" of a question is the question (no encoder needed)
-        L.fill_context(prep, None, pool, {(i, d) for i, d in enumerate(q_doc)})
+    for pool in P.POOLS:  # no maps: the "context" of a question is the question (no encoder needed)
+        P.fill_context(prep, None, pool, {(i, d) for i, d in enumerate(q_doc)})
     tuned_on: list[set[int]] = []
     real_tune = L.tune
 
@@ -387,7 +379,7 @@ def test_routing_picks_the_document_whose_map_matches(encoder):
 
 
 def test_longdoc_evidence_is_the_chunk_holding_the_answer():
-    from sidestep.eval.longdoc import answer_spans, evidence_chunks, normalize
+    from sidestep.eval.longdoc_prep import answer_spans, evidence_chunks, normalize
 
     text = "In 2010 the  team won\n10 games. Later , it won the Title again ."
     spans = answer_spans(*normalize(text), "10 GAMES.")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from sidestep.rec.doctables import max_chunk_scores
-from sidestep.verify.model import prescore, served_rows
+from sidestep.verify.candidates import prescore
+from sidestep.verify.model import served_rows
 from sidestep.verify.pseudo import pseudo_lists, title_docs
 
 

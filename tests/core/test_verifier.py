@@ -7,33 +7,32 @@ import numpy as np
 import pytest
 import torch
 
+from sidestep.eval.metrics import ndcg_of_scores
 from sidestep.text.lexical import BM25, rrf
-from sidestep.verify.model import (
+from sidestep.verify.candidates import cascade, idf_table, prepare, prescore
+from sidestep.verify.features import (
     N_TOKEN_FEATURES,
-    Example,
     FlatTokens,
+    flat_maxsim,
+    flatten_tokens,
+    lexical_features,
+    lexical_features_flat,
+    map_features,
+    maxsim,
+    token_features,
+    token_maps,
+)
+from sidestep.verify.model import (
+    Example,
     Verifier,
     VerifierConfig,
-    cascade,
     choose_verify_top,
     collate,
     fit,
-    flat_maxsim,
-    flatten_tokens,
-    idf_table,
-    lexical_features,
-    lexical_features_flat,
     listwise_loss,
-    map_features,
-    maxsim,
     n_parameters,
-    ndcg_at,
-    prepare,
-    prescore,
     score,
     served_rows,
-    token_features,
-    token_maps,
 )
 from sidestep.verify.nearmiss import KINDS, content_words, near_misses
 
@@ -189,9 +188,9 @@ def test_the_verifier_learns_a_planted_problem_that_recall_misses():
         gains = np.zeros(6, np.float32)
         gains[p] = 1
         val.append((c, gains))
-        recall_ndcg.append(ndcg_at(c.glob[:, 0].numpy(), gains))
+        recall_ndcg.append(ndcg_of_scores(c.glob[:, 0].numpy(), gains))
     model, curve = fit(train, val, VerifierConfig(width=32, ff=64), 16, epochs=15, lr=3e-3, patience=15)
-    learned = np.mean([ndcg_at(s, g) for s, (_, g) in zip(score(model, [c for c, _ in val]), val, strict=True)])
+    learned = np.mean([ndcg_of_scores(s, g) for s, (_, g) in zip(score(model, [c for c, _ in val]), val, strict=True)])
     assert learned > 0.95 > np.mean(recall_ndcg) + 0.2
     assert curve[0]["loss"] > curve[-1]["loss"]
 

@@ -136,7 +136,7 @@ def test_a_pq_size_that_does_not_divide_the_dimension_pads_it_and_scores_like_th
     import torch
     from sidestep.storage.tokens import PQTokenSource, padded_dim, write_pq_tokens
 
-    from sidestep.verify.model import flat_maxsim
+    from sidestep.verify.features import flat_maxsim
 
     assert padded_dim(32, 7) == 35 and padded_dim(384, 43) == 387 and padded_dim(384, 48) == 384
     with pytest.raises(ValueError, match="padding only"):

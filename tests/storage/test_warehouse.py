@@ -128,6 +128,23 @@ def test_random_runs_match_ir_measures(wh: Warehouse, min_rel: int) -> None:
     assert_matches(wh, "rand", run, qrels, min_rel)
 
 
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rec_metrics_view_matches_ir_measures(wh: Warehouse, seed: int) -> None:
+    """The rec_metrics view (one held-out item per user, 0-based rank) against ir_measures on the same
+    rankings written out: `rank` other items above the target."""
+    rng = random.Random(seed)
+    ranks = [rng.choice([0, 1, 2, 9, 10, 11, 49, 50, 200, rng.randint(0, 300)]) for _ in range(150)]
+    got = wh.record_rec_run(run_id="rec", group_id="g", variant="v", protocol="full", split="test",
+                            dataset="toy", domain="d", ranks=ranks, config={})
+    run = {f"u{u}": {f"other{i}": float(-i) for i in range(r)} | {"target": float(-r)} for u, r in enumerate(ranks)}
+    qrels = {f"u{u}": {"target": 1} for u in range(len(ranks))}
+    names = {"recall@10": R @ 10, "ndcg@10": nDCG @ 10, "recall@50": R @ 50, "ndcg@50": nDCG @ 50}
+    ref = ir_measures.calc_aggregate(list(names.values()), qrels, run)
+    for key, measure in names.items():
+        assert got[key] == pytest.approx(ref[measure], abs=1e-9), key
+
+
 def test_rerecord_replaces_and_runs_coexist(wh: Warehouse) -> None:
     record(wh, "a", RUN, QRELS, label="main", group_id="eval1")
     record(wh, "b", {"q1": ["d2"]}, QRELS, label="baseline:bm25", group_id="eval1")

@@ -1,0 +1,245 @@
+"""Long-document benchmark, the data side: an L-Eval file (documents, questions, answers), each
+question's evidence chunk (the chunk that contains its answer string, case-insensitive,
+whitespace-normalized, on word boundaries; questions without one are counted by reason), and the
+preparation done once per file (chunk, encode and map every document, encode the questions).
+Scoring and tuning are in sidestep.eval.longdoc_scoring, the protocol in sidestep.eval.longdoc.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sidestep.docmaps.docmap import DocMap, MapError, MapParams
+from sidestep.docmaps.maps import (
+    MapVectors,
+    chunk_section_weights,
+    embed_maps,
+    encode_in_context,
+    map_encoded,
+)
+from sidestep.docmaps.summarizers import Summarizer
+from sidestep.text.encoder import EncodedDoc, Encoder
+
+POOLS = ("all", "query")  # how e(global ⊕ query) is pooled, see maps.encode_in_context
+_YES_NO = {"yes", "no", "unanswerable", "none"}
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class LongDocSet:
+    """Unique documents and their questions (duplicated documents are merged, and counted)."""
+
+    name: str
+    texts: list[str]
+    questions: list[str]
+    answers: list[str]
+    q_doc: list[int]
+    n_records: int = 0
+    n_duplicate_docs: int = 0
+    n_duplicate_questions: int = 0
+
+    @property
+    def hashes(self) -> list[str]:
+        return [hashlib.sha256(t.encode()).hexdigest()[:16] for t in self.texts]
+
+
+def load_leval(path: str | Path) -> LongDocSet:
+    """Read an L-Eval JSONL file: `input` = document, `instructions` = questions, `outputs` = answers."""
+    path = Path(path)
+    ds = LongDocSet(path.stem, [], [], [], [])
+    index: dict[str, int] = {}
+    seen: set[tuple[int, str, str]] = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        ds.n_records += 1
+        text = rec["input"]
+        if text in index:
+            ds.n_duplicate_docs += 1
+        d = index.setdefault(text, len(ds.texts))
+        if d == len(ds.texts):
+            ds.texts.append(text)
+        for q, a in zip(rec["instructions"], rec["outputs"], strict=True):
+            if (d, q, a) in seen:
+                ds.n_duplicate_questions += 1
+                continue
+            seen.add((d, q, a))
+            ds.questions.append(q)
+            ds.answers.append(a)
+            ds.q_doc.append(d)
+    return ds
+
+
+def normalize(text: str) -> tuple[str, np.ndarray]:
+    """Lower-cased, whitespace-collapsed text and, per character, its index in the original."""
+    parts: list[str] = []
+    idx: list[np.ndarray] = []
+    for m in re.finditer(r"\S+", text):
+        w = m.group().lower()
+        if len(w) != m.end() - m.start():
+            w = m.group()
+        if parts:
+            parts.append(" ")
+            idx.append(np.asarray([m.start() - 1]))
+        parts.append(w)
+        idx.append(np.arange(m.start(), m.end()))
+    return "".join(parts), (np.concatenate(idx) if idx else np.zeros(0, np.int64))
+
+
+def answer_spans(norm: str, index: np.ndarray, answer: str) -> list[tuple[int, int]]:
+    """Char spans in the original text where the answer occurs on word boundaries."""
+    a, _ = normalize(answer)
+    if not a:
+        return []
+    pat = re.compile(r"(?<!\w)" + re.escape(a) + r"(?!\w)")
+    return [(int(index[m.start()]), int(index[m.end() - 1]) + 1) for m in pat.finditer(norm)]
+
+
+def evidence_chunks(spans: Sequence[tuple[int, int]], chunks: Sequence[Any]) -> tuple[list[int], str | None]:
+    """Chunks that wholly contain an occurrence; otherwise the reason the question is left out."""
+    ev = sorted({c.chunk_idx for a, b in spans for c in chunks if c.char_start <= a and b <= c.char_end})
+    if ev:
+        return ev, None
+    if not spans:
+        return [], "answer_not_in_document"
+    covered = chunks[-1].char_end if chunks else 0
+    if all(a >= covered for a, _ in spans):
+        return [], "answer_beyond_indexed_chunks"
+    return [], "answer_across_chunk_boundary"
+
+
+# ----------------------------------------------------------------------------- preparation
+@dataclass
+class Prepared:
+    """Everything computed once per file: chunks, maps, vectors, evidence, timings."""
+
+    ds: LongDocSet
+    encoded: list[EncodedDoc]
+    maps: list[DocMap | None]
+    map_vecs: list[MapVectors | None]
+    chunk_w: list[np.ndarray]  # per document (n_chunks, n_sections) overlap weights
+    evidence: list[list[int]]
+    used: np.ndarray  # question indices with evidence
+    left_out: dict[str, int]
+    q_vecs: np.ndarray
+    timing: dict[str, float]
+    map_errors: dict[str, str] = field(default_factory=dict)
+    _ctx: dict[tuple[str, int, int], np.ndarray] = field(default_factory=dict)  # (pool, question, doc)
+    _chunks: dict[tuple[int, float, float], np.ndarray] = field(default_factory=dict)  # (doc, gamma, tau)
+    _ranks: dict[Any, dict[int, int]] = field(default_factory=dict)  # setting -> question -> rank
+
+
+def encode_and_map(encoder: Encoder, ds: LongDocSet, *, encoded: Sequence[EncodedDoc] | None = None,
+                   summarizer: Summarizer | None = None, params: MapParams | None = None,
+                   window_tokens: int = 256, overlap_tokens: int = 32, max_chunks: int = 256, block: int = 4,
+                   repeats: int = 1) -> tuple[list[EncodedDoc], list[DocMap | None], list[MapVectors | None], dict[str, str],
+                              dict[str, float]]:
+    """Chunk + encode (the reindex cost) and map (the summarize cost), alternating by blocks of
+    documents, so that their time ratio is robust to load on a shared machine while each step
+    still batches like the pipeline does. With repeats > 1 each block is timed several times
+    and the fastest run counts for each step (timeit's rule: slower runs measure interference
+    from other processes, not the work). A failed map is recorded; its document stays
+    searchable without it.
+    """
+    out_enc: list[EncodedDoc] = []
+    maps: list[DocMap | None] = []
+    vecs: list[MapVectors | None] = []
+    errors: dict[str, str] = {}
+    wall = np.zeros(2)  # chunk+encode, summarize
+    cpu = np.zeros(2)
+    for lo in range(0, len(ds.texts), block):
+        texts, hashes = ds.texts[lo:lo + block], ds.hashes[lo:lo + block]
+        b_wall, b_cpu = np.full(2, np.inf), np.full(2, np.inf)
+        for _ in range(max(1, repeats)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            part = list(encoded[lo:lo + block]) if encoded is not None else encoder.encode_documents(
+                [(h, "", t) for h, t in zip(hashes, texts, strict=True)], window_tokens=window_tokens,
+                overlap_tokens=overlap_tokens, max_chunks=max_chunks)
+            t1, c1 = time.perf_counter(), time.process_time()
+            m, v = _map_block(encoder, texts, part, summarizer, params, errors)
+            b_wall = np.minimum(b_wall, (t1 - t0, time.perf_counter() - t1))
+            b_cpu = np.minimum(b_cpu, (c1 - c0, time.process_time() - c1))
+        wall += b_wall
+        cpu += b_cpu
+        out_enc += part
+        maps += m
+        vecs += v
+    n = max(1, len(ds.texts))
+    timing = {"summarize_s": float(wall[1]), "summarize_s_per_doc": float(wall[1]) / n,
+              "summarize_cpu_s": float(cpu[1]), "timing_repeats": repeats}
+    if encoded is None:
+        timing |= {"chunk_encode_s": float(wall[0]), "chunk_encode_cpu_s": float(cpu[0]),
+                   "summarize_share_of_reindex": float(wall[1] / max(wall[0], 1e-9)),
+                   "summarize_cpu_share_of_reindex": float(cpu[1] / max(cpu[0], 1e-9))}
+    return out_enc, maps, vecs, errors, timing
+
+
+def _map_block(encoder: Encoder, texts: Sequence[str], encoded: Sequence[EncodedDoc],
+               summarizer: Summarizer | None, params: MapParams | None, errors: dict[str, str]
+               ) -> tuple[list[DocMap | None], list[MapVectors | None]]:
+    maps: list[DocMap | None] = []
+    for text, e in zip(texts, encoded, strict=True):
+        try:
+            maps.append(map_encoded(encoder, e, text, summarizer=summarizer, params=params))
+        except MapError as err:
+            maps.append(None)
+            errors[e.content_hash] = err.reason
+    vecs = iter(embed_maps(encoder, [m for m in maps if m is not None]))
+    return maps, [next(vecs) if m is not None else None for m in maps]
+
+
+def prepare(encoder: Encoder, ds: LongDocSet, *, encoded: Sequence[EncodedDoc] | None = None,
+            summarizer: Summarizer | None = None, params: MapParams | None = None,
+            max_chunks: int = 256, timing_repeats: int = 1) -> Prepared:
+    """Encode (unless given), map, find evidence, encode the questions."""
+    encoded, maps, map_vecs, errors, timing = encode_and_map(
+        encoder, ds, encoded=encoded, summarizer=summarizer, params=params, max_chunks=max_chunks,
+        repeats=timing_repeats)
+    chunk_w = [chunk_section_weights(m, e.chunks) if m else np.ones((len(e.chunks), 1), np.float32)
+               for m, e in zip(maps, encoded, strict=True)]
+    evidence, used, left = _evidence(ds, encoded)
+    timing["encoded_chunk_tokens"] = sum(c.tok_end - c.tok_start for e in encoded for c in e.chunks)
+    prep = Prepared(ds, encoded, maps, map_vecs, chunk_w, evidence, used, left,
+                    encoder.encode_queries(ds.questions), timing, errors)
+    for pool in POOLS:
+        fill_context(prep, encoder, pool, {(i, d) for i, d in enumerate(ds.q_doc)})
+    return prep
+
+
+def _evidence(ds: LongDocSet, encoded: Sequence[EncodedDoc]) -> tuple[list[list[int]], np.ndarray, dict[str, int]]:
+    norms = [normalize(t) for t in ds.texts]
+    evidence, used = [], []
+    left: dict[str, int] = {}
+    for i, (a, d) in enumerate(zip(ds.answers, ds.q_doc, strict=True)):
+        if a.strip().lower().rstrip(".") in _YES_NO:
+            ev, why = [], "yes_no_answer"
+        else:
+            ev, why = evidence_chunks(answer_spans(*norms[d], a), encoded[d].chunks)
+        evidence.append(ev)
+        if why:
+            left[why] = left.get(why, 0) + 1
+        else:
+            used.append(i)
+    return evidence, np.asarray(used, dtype=np.int64), left
+
+
+def fill_context(prep: Prepared, encoder: Encoder, pool: str, pairs: set[tuple[int, int]]) -> None:
+    """Encode e(global text of document d ⊕ question i) for pairs not seen yet (the plain
+    query where d has no map, so a failed map falls back to bag-of-chunks)."""
+    todo = sorted(p for p in pairs if (pool, *p) not in prep._ctx)
+    with_map = [(i, d) for i, d in todo if prep.maps[d] is not None]
+    if with_map:
+        ctx = [prep.maps[d].global_text() for _, d in with_map]
+        vecs = encode_in_context(encoder, ctx, [prep.ds.questions[i] for i, _ in with_map], pool=pool)
+        prep._ctx.update({(pool, i, d): v for (i, d), v in zip(with_map, vecs, strict=True)})
+    prep._ctx.update({(pool, i, d): prep.q_vecs[i] for i, d in todo if prep.maps[d] is None})
