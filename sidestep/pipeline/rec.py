@@ -1,8 +1,7 @@
 """Recommendation stages: fit_codebooks, finetune_tables, rebuild the item index.
 
 Each stage is a plain function over (root, settings) so that flows, the command
-line and tests share it; the Prefect tasks at the bottom are thin wrappers
-carrying retries and tags.
+line and tests share it; sidestep.tasks.rec wraps them in Prefect tasks (retries, tags).
 """
 
 from __future__ import annotations
@@ -13,11 +12,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+
+from sidestep.config import Settings
+from sidestep.ingest.records import Interaction
+from sidestep.rec.data import RecData, build_splits, popularity
+from sidestep.rec.quantize import Codebook, CodebookSpec, diagnostics, drift, fit_codebook
+from sidestep.rec.tables import fused_item_vectors, item_prior, model_from_state, model_state, unit_text
 from sidestep.storage.artifacts import CorruptArtifact, new_version_name
 from sidestep.storage.documents import DocumentStore
 from sidestep.storage.embeddings import EmbeddingStore
@@ -33,15 +35,7 @@ from sidestep.storage.recstore import (
     write_table_files,
 )
 from sidestep.storage.warehouse import Warehouse
-
-from sidestep.config import Settings
-from sidestep.ingest.records import Interaction
-from sidestep.rec.data import RecData, build_splits, popularity
-from sidestep.rec.quantize import Codebook, CodebookSpec, diagnostics, drift, fit_codebook
-from sidestep.rec.tables import fused_item_vectors, item_prior, model_from_state, model_state, unit_text
 from sidestep.text.encoder import encoder_key, model_dim
-
-from .common import RETRY, TRAIN_RETRY
 
 Log = Callable[[str], None]
 MODES = ("scratch", "table-only", "full")
@@ -316,23 +310,6 @@ def carried_prior(cur: TableVersion, item_ids: list[str]) -> np.ndarray:
     return np.array([old[at[i] - 1] if i in at else 0.0 for i in item_ids], dtype=np.float32)
 
 
-# ----------------------------------------------------------------------------- Prefect tasks
-
-
-@task(name="fit-codebooks", **RETRY, cache_policy=NO_CACHE, tags=["rec"])
-def fit_codebooks_task(root: str, settings: Settings, domains: list[str] | None = None, refit: bool = False) -> dict:
-    log = get_run_logger()
-    out = fit_codebooks(DataRoot(Path(root)), settings, domains, refit=refit, log=log.info)
-    log.info("codebook %(version)s: refit=%(refit)s", out)
-    return out
-
-
-@task(name="rebuild-item-index", **RETRY, cache_policy=NO_CACHE, tags=["rec", "index"])
-def rebuild_item_index_task(root: str, settings: Settings, domain: str) -> dict:
-    out = rebuild_item_index(DataRoot(Path(root)), settings, domain)
-    get_run_logger().info("item index %s: %s", domain, out)
-    return out
-
 
 def finetune_tables(root: DataRoot, settings: Settings, domain: str, mode: str = "scratch",
                     pretrained_from: str | None = None, epochs: int | None = None, log: Log | None = None,
@@ -386,15 +363,6 @@ def warm_model(settings: Settings, domain: str, cur: TableVersion, book_version:
     return model, "scratch"  # another code shape or model size: nothing can carry over
 
 
-@task(name="finetune-tables", **TRAIN_RETRY, cache_policy=NO_CACHE, tags=["rec", "train"])
-def finetune_task(root: str, settings: Settings, domain: str, mode: str = "scratch",
-                  pretrained_from: str | None = None, epochs: int | None = None) -> dict:
-    log = get_run_logger()
-    out = finetune_tables(DataRoot(Path(root)), settings, domain, mode, pretrained_from, epochs, log=log.info)
-    log.info("tables %(domain)s: published %(version)s (%(mode)s, %(seconds).0f s)", out)
-    return out
-
-
 def refresh_tables(root: DataRoot, settings: Settings, domain: str, log: Log | None = None) -> dict:
     """The nightly step for one domain:
     - no tables yet: train from scratch;
@@ -418,14 +386,6 @@ def refresh_tables(root: DataRoot, settings: Settings, domain: str, log: Log | N
         out = finetune_tables(root, settings, domain, epochs=settings.rec.warm_epochs, log=log, warm=cur)
         return {**out, "trained": True, "published": True}
     return {**rebuild_item_index(root, settings, domain), "trained": False}
-
-
-@task(name="refresh-tables", **TRAIN_RETRY, cache_policy=NO_CACHE, tags=["rec"])
-def refresh_tables_task(root: str, settings: Settings, domain: str) -> dict:
-    log = get_run_logger()
-    out = refresh_tables(DataRoot(Path(root)), settings, domain, log=log.info)
-    log.info("tables %s: %s", domain, {k: v for k, v in out.items() if k in ("version", "trained", "published")})
-    return out
 
 
 def pretrain_tables(root: DataRoot, settings: Settings, domains: list[str], epochs: int | None = None,
@@ -457,12 +417,4 @@ def pretrain_tables(root: DataRoot, settings: Settings, domains: list[str], epoc
             "metrics": {"test": test}, "training": {"seconds": round(res.seconds, 2), "epochs_run": res.epochs_run}},
             prior=prior.numpy(), keep_versions=settings.index.keep_versions)
         out["domains"][d] = {"version": version, "test": test}
-    return out
-
-
-@task(name="pretrain-tables", retries=0, cache_policy=NO_CACHE, tags=["rec", "train"])
-def pretrain_task(root: str, settings: Settings, domains: list[str], epochs: int | None = None) -> dict:
-    log = get_run_logger()
-    out = pretrain_tables(DataRoot(Path(root)), settings, domains, epochs, log=log.info)
-    log.info("pretrain %s: %.0f s, %d epochs", ",".join(domains), out["seconds"], out["epochs_run"])
     return out

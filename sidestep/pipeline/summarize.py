@@ -9,14 +9,6 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
-
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from sidestep.storage.documents import DocumentStore, QuarantineStore
-from sidestep.storage.embeddings import EmbeddingStore
-from sidestep.storage.maps import MapStore, encoded_docs
-from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
 from sidestep.docmaps.maps import (
@@ -28,9 +20,13 @@ from sidestep.docmaps.maps import (
     map_encoded,
 )
 from sidestep.ingest.records import BadRecord
+from sidestep.storage.documents import DocumentStore, QuarantineStore
+from sidestep.storage.embeddings import EmbeddingStore
+from sidestep.storage.maps import MapStore, encoded_docs
+from sidestep.storage.paths import DataRoot
 from sidestep.text.encoder import doc_text, encoder_key, model_dim
 
-from .common import RETRY, encoder_for
+from .common import encoder_for
 
 BATCH = 256
 
@@ -98,12 +94,3 @@ def summarize_domain(root: DataRoot, settings: Settings, domain: str,
     seconds = time.perf_counter() - t0
     return {"domain": domain, "enabled": True, "summarizer": store.dir.name, "summarized": done,
             "reused": docs.num_rows - len(rows), "failed": len(failed), "seconds": round(seconds, 3)}
-
-
-@task(name="summarize-domain", **RETRY, cache_policy=NO_CACHE, tags=["summarize"])
-def summarize_task(root: str, settings: Settings, domain: str) -> dict:
-    logger = get_run_logger()
-    out = summarize_domain(DataRoot(Path(root)), settings, domain, log=logger.info)
-    logger.info("summarize %(domain)s: summarized=%(summarized)d reused=%(reused)d failed=%(failed)d "
-                "seconds=%(seconds).1f", out)
-    return out

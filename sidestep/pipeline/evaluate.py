@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+
+from sidestep.config import Settings
+from sidestep.eval.beir import load_qrels, load_queries
+from sidestep.retrieval.search import maxsim_rerank, rerank, search_texts, verify_top_of
 from sidestep.storage import schemas
 from sidestep.storage.artifacts import IndexStore
 from sidestep.storage.atomic import write_parquet
@@ -18,10 +20,6 @@ from sidestep.storage.indexes import load_current, load_token_view
 from sidestep.storage.paths import DataRoot
 from sidestep.storage.verifiers import load_verifier
 from sidestep.storage.warehouse import Warehouse
-
-from sidestep.config import Settings
-from sidestep.eval.beir import load_qrels, load_queries
-from sidestep.retrieval.search import maxsim_rerank, rerank, search_texts, verify_top_of
 from sidestep.text.encoder import doc_text
 from sidestep.text.lexical import BM25, rrf
 from sidestep.verify.model import warm_up
@@ -189,15 +187,3 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
             "split": split, "queries": len(qids), "k": k, "min_rel": min_rel, "metrics": metrics,
             "baselines": results, "verify": verify_info, "cost": cost, "run_parquet": str(run_path), "out": out,
             "query_seconds": round(seconds, 3), "queries_per_s": round(len(qids) / seconds, 1) if seconds else None}
-
-
-@task(name="evaluate", cache_policy=NO_CACHE, tags=["eval"])
-def evaluate_task(root: str, settings: Settings, dataset_dir: str, domain: str, k: int, split: str, min_rel: int,
-                  out: str | None, verify: bool = False, verifier_from: str | None = None,
-                  baselines: bool = True) -> dict:
-    res = evaluate_domain(DataRoot(Path(root)), settings, dataset_dir, domain, k=k, split=split, min_rel=min_rel,
-                          out=out, verify=verify, verifier_from=verifier_from, baselines=baselines)
-    m = res["metrics"]
-    get_run_logger().info("eval %s on %d queries: nDCG@10=%.4f MRR@10=%.4f Recall@100=%.4f (%s)", domain,
-                          res["queries"], m["ndcg@10"], m["mrr@10"], m["recall@100"], res["run_id"])
-    return res

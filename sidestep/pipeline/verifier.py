@@ -12,18 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+
+from sidestep.config import Settings
+from sidestep.eval.beir import load_qrels, load_queries
+from sidestep.retrieval.search import IndexedCorpus, TokenView
 from sidestep.storage.artifacts import IndexStore, new_version_name
 from sidestep.storage.documents import DocumentStore
 from sidestep.storage.indexes import load_current, load_token_view
 from sidestep.storage.paths import DataRoot
 from sidestep.storage.verifiers import publish_verifier
 from sidestep.storage.warehouse import Warehouse
-
-from sidestep.config import Settings
-from sidestep.eval.beir import load_qrels, load_queries
-from sidestep.retrieval.search import IndexedCorpus, TokenView
 from sidestep.text.encoder import Encoder, doc_text
 from sidestep.verify.adapter import TokenPool, fit_adapter
 from sidestep.verify.model import (
@@ -43,7 +41,7 @@ from sidestep.verify.model import (
 from sidestep.verify.nearmiss import near_misses
 from sidestep.verify.pseudo import pseudo_lists, title_docs
 
-from .common import TRAIN_RETRY, encoder_for
+from .common import encoder_for
 
 
 def _encode_texts(enc: Encoder, items: list[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -284,14 +282,3 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
             for c in lists.adapter_curve])
     seconds = time.perf_counter() - t0
     return {"domain": domain, "version": version, "seconds": round(seconds, 1), **manifest}
-
-
-@task(name="train-verifier", **TRAIN_RETRY, cache_policy=NO_CACHE, tags=["verifier"])
-def train_verifier_task(root: str, settings: Settings, dataset_dir: str, domain: str, split: str = "train",
-                        seed: int = 0) -> dict:
-    log = get_run_logger()
-    out = train_verifier_domain(DataRoot(Path(root)), settings, dataset_dir, domain, split=split, seed=seed,
-                                log=log.info)
-    log.info("verifier %s/%s: %d parameters, best validation nDCG@10 %.4f at epoch %s, %.0f s", domain,
-             out["version"], out["parameters"], out["val_ndcg10"] or 0.0, out["best_epoch"], out["seconds"])
-    return out

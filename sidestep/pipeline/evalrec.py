@@ -15,21 +15,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from sidestep.storage.paths import DataRoot
-from sidestep.storage.warehouse import Warehouse
 
 from sidestep.config import Settings
 from sidestep.profiling import PeakRSS
 from sidestep.rec.data import RecData, popularity
 from sidestep.rec.quantize import shuffled_codes
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.warehouse import Warehouse
 
 from .rec import (
-    RecError,
     domain_data,
     fusion_inputs,
     publish_tables,
@@ -156,16 +152,3 @@ def _train_variant(root: DataRoot, settings: Settings, domain: str, mode: str, p
                    "curve": res.curve, "text_fusion": fusion,
                    "trainable_parameters": count_parameters(trainable_parameters(model, domain, mode)),
                    "test": test, "ranks": ranks["fused"], "ranks_codes": ranks["codes"]}
-
-
-@task(name="eval-rec", retries=0, cache_policy=NO_CACHE, tags=["rec", "eval"])
-def eval_rec_task(root: str, settings: Settings, dataset: str, domain: str, mode: str | None = None,
-                  pretrained_from: str | None = None, controls: bool = True, epochs: int | None = None,
-                  max_seconds: float | None = None, seed: int = 0) -> dict:
-    log = get_run_logger()
-    try:
-        return eval_rec(DataRoot(Path(root)), settings, dataset, domain, mode=mode, pretrained_from=pretrained_from,
-                        controls=controls, epochs=epochs, max_seconds=max_seconds, seed=seed, log=log.info)
-    except RecError as e:
-        log.error("eval-rec %s: %s", domain, e)
-        raise

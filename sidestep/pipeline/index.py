@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+
+from sidestep.config import Settings
+from sidestep.docmaps.maps import chunk_sections
+from sidestep.retrieval.index import build_index
 from sidestep.storage.artifacts import CorruptArtifact, IndexStore, new_version_name
 from sidestep.storage.documents import DocumentStore
 from sidestep.storage.embeddings import EmbeddingStore
@@ -21,15 +23,10 @@ from sidestep.storage.maps import MapStore
 from sidestep.storage.paths import DataRoot
 from sidestep.storage.schemas import index_maps_schema
 from sidestep.storage.tokens import TokenSource, write_pieces, write_pq_tokens
-
-from sidestep.config import Settings
-from sidestep.docmaps.maps import chunk_sections
-from sidestep.retrieval.index import build_index
 from sidestep.text.chunking import Chunk
 from sidestep.text.encoder import doc_text, encoder_key, load_tokenizer, model_dim
 from sidestep.verify.model import idf_table
 
-from .common import RETRY
 from .summarize import map_key
 
 SNIPPET_CHARS = 280
@@ -189,14 +186,3 @@ def _add_map(doc_maps: dict[str, list], doc_id: str, entry) -> None:
     doc_maps["section_vecs"].append(v.section_vecs.tolist())
     doc_maps["title_vecs"].append((v.title_vecs if v.title_vecs is not None else np.zeros_like(v.section_vecs))
                                   .tolist())
-
-
-@task(name="publish-index", **RETRY, cache_policy=NO_CACHE, tags=["index"])
-def publish_task(root: str, settings: Settings, domain: str, force: bool = False) -> dict:
-    out = publish_domain(DataRoot(Path(root)), settings, domain, force=force)
-    log = get_run_logger()
-    if out["published"]:
-        log.info("index %(domain)s: published %(version)s (%(documents)d documents, %(chunks)d chunks, %(index)s)", out)
-    else:
-        log.info("index %(domain)s: nothing published (%(reason)s); serving %(version)s", out)
-    return out

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
-
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from sidestep.storage.documents import DocumentStore, QuarantineStore
-from sidestep.storage.paths import DataRoot
 
 from sidestep.config import SourceConfig
 from sidestep.ingest.planning import plan_ingest
-from sidestep.ingest.readers import SourceError, read_source
-
-from .common import RETRY
+from sidestep.ingest.readers import read_source
+from sidestep.storage.documents import DocumentStore, QuarantineStore
+from sidestep.storage.paths import DataRoot
 
 
 def ingest_source(root: DataRoot, source: SourceConfig, *, max_text_bytes: int, run_id: str | None = None) -> dict:
@@ -41,15 +35,3 @@ def ingest_source(root: DataRoot, source: SourceConfig, *, max_text_bytes: int, 
         "read": result.n_read, **counts, "quarantined": len(result.bad), "duplicates": result.n_duplicates,
         "interactions": n_inter, "live_documents": live,
     }
-
-
-@task(name="ingest-source", **RETRY, cache_policy=NO_CACHE,
-      retry_condition_fn=lambda task, run, state: not isinstance(state.result(raise_on_failure=False), SourceError),
-      tags=["ingest"])
-def ingest_task(root: str, source: SourceConfig, max_text_bytes: int, run_id: str | None = None) -> dict:
-    out = ingest_source(DataRoot(Path(root)), source, max_text_bytes=max_text_bytes,
-                        run_id=run_id)
-    get_run_logger().info(
-        "ingest %(domain)s: read=%(read)d new=%(new)d updated=%(updated)d unchanged=%(unchanged)d "
-        "tombstoned=%(tombstoned)d quarantined=%(quarantined)d interactions=%(interactions)d", out)
-    return out

@@ -5,21 +5,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from sidestep.config import Settings
 from sidestep.storage.documents import DocumentStore
 from sidestep.storage.embeddings import EmbeddingStore
 from sidestep.storage.paths import DataRoot
-
-from sidestep.config import Settings
 from sidestep.text.encoder import encoder_key, model_dim
 
-from .common import RETRY, encoder_for
+from .common import encoder_for
 
 SHARD_DOCS = 512
 NO_PROGRESS_ENV = "SIDESTEP_NO_PROGRESS"
@@ -71,12 +68,3 @@ def _progress(enabled: bool) -> Progress:
     enabled = enabled and not os.environ.get(NO_PROGRESS_ENV)
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     disable=not enabled, transient=False)
-
-
-@task(name="embed-domain", **RETRY, cache_policy=NO_CACHE, tags=["embed"])
-def embed_task(root: str, settings: Settings, domain: str) -> dict:
-    logger = get_run_logger()
-    out = embed_domain(DataRoot(Path(root)), settings, domain, log=logger.info)
-    logger.info("embed %(domain)s: documents=%(documents)d encoded=%(encoded)d reused=%(reused)d "
-                          "chunks_encoded=%(chunks_encoded)d seconds=%(seconds).1f", out)
-    return out
