@@ -110,8 +110,8 @@ def planted_alignment(root: Path, steps: int = 200, seed: int = 0) -> dict:
     from sidestep.storage.paths import DataRoot
     from sidestep.storage.recstore import load_table_version
     from sidestep.tasks.common import settings_from
-    from sidestep.tasks.rec import domain_data
 
+    from sidestep.pipeline.rec import domain_data
     from sidestep.rec.align import apply_permutation, random_permutation, recovery, used_codewords
     from sidestep.rec.tables import model_from_state
     from sidestep.rec.training import evaluate, fit_code_alignment
@@ -160,9 +160,9 @@ def retrieval_tables(root: Path, scifact: str, seed: int = 0) -> dict:
     from sidestep.storage.embeddings import EmbeddingStore
     from sidestep.storage.paths import DataRoot
     from sidestep.tasks.common import encoder_for, settings_from
-    from sidestep.tasks.rec import load_items
 
     from sidestep.eval.beir import load_qrels, load_queries
+    from sidestep.pipeline.rec import load_items
     from sidestep.rec.doctables import (
         DocTableConfig,
         DocTables,

@@ -89,11 +89,11 @@ def measure(root: Path, data: Path, seeds: list[int], log=print) -> dict:
     import torch
     from sidestep.storage.documents import DocumentStore
     from sidestep.storage.paths import DataRoot
-    from sidestep.tasks.rec import load_items
-    from sidestep.tasks.verifier import training_lists
 
     from sidestep.config import load_settings
     from sidestep.eval.beir import load_qrels, load_queries
+    from sidestep.pipeline.rec import load_items
+    from sidestep.pipeline.verifier import training_lists
     from sidestep.rec.doctables import DocTableConfig, DocTables, table_scores, train_doc_tables
     from sidestep.rec.quantize import CodebookSpec, fit_codebook, shuffled_codes
     from sidestep.text.encoder import doc_text

@@ -11,10 +11,11 @@ from sidestep.tasks.evaluate import evaluate_task
 from sidestep.tasks.index import publish_task
 from sidestep.tasks.ingest import ingest_task
 from sidestep.tasks.summarize import summarize_task
-from sidestep.tasks.verifier import check_training_split, train_verifier_task
+from sidestep.tasks.verifier import train_verifier_task
 
 from sidestep.config import SourceConfig
 from sidestep.eval.beir import available_splits
+from sidestep.pipeline.verifier import check_training_split
 
 
 def _index(root: str, settings, dataset_dir: str, domain: str) -> tuple[dict, dict, dict]:

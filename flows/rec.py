@@ -16,10 +16,10 @@ from sidestep.tasks.rec import (
     fit_codebooks_task,
     pretrain_task,
     rebuild_item_index_task,
-    rec_domains,
 )
 
 from sidestep.config import SourceConfig
+from sidestep.pipeline.rec import rec_domains
 
 
 @flow(name="fit-codebooks", log_prints=True)

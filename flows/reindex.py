@@ -14,8 +14,10 @@ from sidestep.tasks.common import root_from, settings_from
 from sidestep.tasks.embed import embed_task
 from sidestep.tasks.index import publish_task
 from sidestep.tasks.ingest import ingest_task
-from sidestep.tasks.rec import fit_codebooks_task, rec_domains, refresh_tables_task
+from sidestep.tasks.rec import fit_codebooks_task, refresh_tables_task
 from sidestep.tasks.summarize import summarize_task
+
+from sidestep.pipeline.rec import rec_domains
 
 
 class ReindexFailed(RuntimeError):

@@ -181,7 +181,7 @@ def _publish_in_subprocess(root, fault: str | None, marker) -> subprocess.Popen:
     code = textwrap.dedent("""
         from sidestep.config import default_settings
         from sidestep.storage.paths import DataRoot
-        from sidestep.tasks.index import publish_domain
+        from sidestep.pipeline.index import publish_domain
         print(publish_domain(DataRoot.from_settings(default_settings()), default_settings(), "handbook", force=True))
     """)
     env = {**os.environ, "SIDESTEP_HOME": str(root.root)}
@@ -306,9 +306,9 @@ def test_a_published_verifier_is_hot_loaded_and_reranks_through_the_verifier_dep
     import shutil
 
     from sidestep.storage.verifiers import verifier_store
-    from sidestep.tasks.verifier import train_verifier_domain
 
     from sidestep.config import SAMPLES_DIR
+    from sidestep.pipeline.verifier import train_verifier_domain
 
     folder = tmp_path / "handbook"
     shutil.copytree(SAMPLES_DIR / "handbook", folder)

@@ -1,0 +1,23 @@
+"""Embed task: encode a domain's new content (sidestep.pipeline.embed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from sidestep.storage.paths import DataRoot
+
+from sidestep.config import Settings
+from sidestep.pipeline.embed import embed_domain
+
+from .common import RETRY
+
+
+@task(name="embed-domain", **RETRY, cache_policy=NO_CACHE, tags=["embed"])
+def embed_task(root: str, settings: Settings, domain: str) -> dict:
+    logger = get_run_logger()
+    out = embed_domain(DataRoot(Path(root)), settings, domain, log=logger.info)
+    logger.info("embed %(domain)s: documents=%(documents)d encoded=%(encoded)d reused=%(reused)d "
+                "chunks_encoded=%(chunks_encoded)d seconds=%(seconds).1f", out)
+    return out

@@ -1,0 +1,25 @@
+"""Publish task: rebuild a domain's index and publish it atomically (sidestep.pipeline.index)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from sidestep.storage.paths import DataRoot
+
+from sidestep.config import Settings
+from sidestep.pipeline.index import publish_domain
+
+from .common import RETRY
+
+
+@task(name="publish-index", **RETRY, cache_policy=NO_CACHE, tags=["index"])
+def publish_task(root: str, settings: Settings, domain: str, force: bool = False) -> dict:
+    out = publish_domain(DataRoot(Path(root)), settings, domain, force=force)
+    log = get_run_logger()
+    if out["published"]:
+        log.info("index %(domain)s: published %(version)s (%(documents)d documents, %(chunks)d chunks, %(index)s)", out)
+    else:
+        log.info("index %(domain)s: nothing published (%(reason)s); serving %(version)s", out)
+    return out

@@ -1,0 +1,27 @@
+"""Ingest task: one source into one domain (sidestep.pipeline.ingest); a bad source is not retried."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from sidestep.storage.paths import DataRoot
+
+from sidestep.config import SourceConfig
+from sidestep.ingest.readers import SourceError
+from sidestep.pipeline.ingest import ingest_source
+
+from .common import RETRY
+
+
+@task(name="ingest-source", **RETRY, cache_policy=NO_CACHE,
+      retry_condition_fn=lambda task, run, state: not isinstance(state.result(raise_on_failure=False), SourceError),
+      tags=["ingest"])
+def ingest_task(root: str, source: SourceConfig, max_text_bytes: int, run_id: str | None = None) -> dict:
+    out = ingest_source(DataRoot(Path(root)), source, max_text_bytes=max_text_bytes,
+                        run_id=run_id)
+    get_run_logger().info(
+        "ingest %(domain)s: read=%(read)d new=%(new)d updated=%(updated)d unchanged=%(unchanged)d "
+        "tombstoned=%(tombstoned)d quarantined=%(quarantined)d interactions=%(interactions)d", out)
+    return out

@@ -1,0 +1,23 @@
+"""Summarize task: a domain's document maps (sidestep.pipeline.summarize)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from sidestep.storage.paths import DataRoot
+
+from sidestep.config import Settings
+from sidestep.pipeline.summarize import summarize_domain
+
+from .common import RETRY
+
+
+@task(name="summarize-domain", **RETRY, cache_policy=NO_CACHE, tags=["summarize"])
+def summarize_task(root: str, settings: Settings, domain: str) -> dict:
+    logger = get_run_logger()
+    out = summarize_domain(DataRoot(Path(root)), settings, domain, log=logger.info)
+    logger.info("summarize %(domain)s: summarized=%(summarized)d reused=%(reused)d failed=%(failed)d "
+                "seconds=%(seconds).1f", out)
+    return out
