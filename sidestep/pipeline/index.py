@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -14,6 +12,7 @@ import pyarrow.parquet as pq
 
 from sidestep.config import Settings
 from sidestep.docmaps.maps import chunk_sections
+from sidestep.fingerprint import digest
 from sidestep.retrieval.index import build_index
 from sidestep.storage.artifacts import CorruptArtifact, IndexStore, new_version_name
 from sidestep.storage.documents import DocumentStore
@@ -35,16 +34,13 @@ log = logging.getLogger("sidestep.retrieval.index")
 
 def fingerprint(settings: Settings, key: str, docs: pa.Table, mapped: set[str] | None = None) -> str:
     """Everything the index content depends on; equal fingerprints → nothing to publish."""
-    h = hashlib.sha256()
     params = {"encoder": key, "chunking": settings.chunking.model_dump(), "index": settings.index.model_dump(
         include={"exact_max_vectors", "hnsw_m", "hnsw_ef_construction"}),
         "maps": sorted(mapped) if mapped is not None else None}
     params["tokens"] = settings.verify.token_store + (f"{settings.verify.pq_bytes}" if
                                                       settings.verify.token_store == "pq" else "")
-    h.update(json.dumps(params, sort_keys=True).encode())
-    for d, c in sorted(zip(docs["doc_id"].to_pylist(), docs["content_hash"].to_pylist(), strict=True)):
-        h.update(f"{d}\x1f{c}\n".encode())
-    return h.hexdigest()
+    return digest(params, (f"{d}\x1f{c}\n" for d, c in sorted(zip(docs["doc_id"].to_pylist(),
+                                                                  docs["content_hash"].to_pylist(), strict=True))))
 
 
 def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bool = False) -> dict:

@@ -6,7 +6,6 @@ line and tests share it; sidestep.tasks.rec wraps them in Prefect tasks (retries
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sidestep.config import Settings
+from sidestep.fingerprint import digest
 from sidestep.ingest.records import Interaction
 from sidestep.rec.data import RecData, build_splits, popularity
 from sidestep.rec.quantize import Codebook, CodebookSpec, diagnostics, drift, fit_codebook
@@ -83,10 +83,8 @@ def load_interactions(root: DataRoot, domain: str) -> list[Interaction]:
 def interactions_fingerprint(root: DataRoot, domain: str) -> str:
     """What a domain's tables were trained on: changes when interactions are added, removed or edited."""
     t = DocumentStore(root).read_interactions(domain).select(["user_id", "history", "target", "split"])
-    h = hashlib.sha256()
-    for row in sorted(zip(*(t[c].to_pylist() for c in t.column_names), strict=True), key=str):
-        h.update(json.dumps(row).encode())
-    return h.hexdigest()
+    rows = sorted(zip(*(t[c].to_pylist() for c in t.column_names), strict=True), key=str)
+    return digest(None, (json.dumps(row) for row in rows))
 
 
 def rec_domains(root: DataRoot) -> list[str]:
@@ -132,8 +130,7 @@ def fit_codebooks(root: DataRoot, settings: Settings, domains: list[str] | None 
     if log:
         log(f"codebook: fitted {spec.factory(book.dim)} on {len(x)} items in {seconds:.1f} s ({reason}); "
             f"fit error {book.fit_error:.4f}")
-    fp = hashlib.sha256(json.dumps({"domains": sorted(domains), "n": len(x), "spec": spec.__dict__},
-                                   sort_keys=True).encode()).hexdigest()
+    fp = digest({"domains": sorted(domains), "n": len(x), "spec": spec.__dict__})
     version = new_version_name(fp)
     store = codebook_store(root)
     with store.lock(SHARED):
@@ -259,9 +256,7 @@ def publish_tables(root: DataRoot, domain: str, items: Items, codes: np.ndarray,
     """Write and publish a version: codes, the model's state, the fused item index (`prior`: (N,)
     log counts, `item_prior`)."""
     store = table_store(root)
-    fp = hashlib.sha256(json.dumps({k: manifest.get(k) for k in ("mode", "pretrained_from", "config")},
-                                   sort_keys=True, default=str).encode() + b"".join(
-                                       h.encode() for h in items.hashes)).hexdigest()
+    fp = digest({k: manifest.get(k) for k in ("mode", "pretrained_from", "config")}, items.hashes)
     version = new_version_name(fp)
     with store.lock(domain):
         store.clean_staging(domain)

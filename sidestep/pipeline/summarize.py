@@ -4,8 +4,6 @@ document stays searchable without it."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +17,7 @@ from sidestep.docmaps.maps import (
     embed_maps,
     map_encoded,
 )
+from sidestep.fingerprint import digest
 from sidestep.ingest.records import BadRecord
 from sidestep.storage.documents import DocumentStore, QuarantineStore
 from sidestep.storage.embeddings import EmbeddingStore
@@ -49,10 +48,9 @@ def map_key(settings: Settings) -> str:
     """Maps depend on the encoder (token vectors), the summarizer, the map sizes and which map
     vectors are stored (2: heading paths have their own)."""
     s = summarizer_for(settings)
-    blob = json.dumps({"encoder": encoder_key(settings.encoder.model_path), "summarizer": s.params(), "vectors": 2,
-                       "name": s.name, "params": map_params(settings).__dict__,
-                       "chunking": settings.chunking.model_dump()}, sort_keys=True, default=str)
-    return f"{s.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    return s.name + "-" + digest({"encoder": encoder_key(settings.encoder.model_path), "summarizer": s.params(),
+                                  "vectors": 2, "name": s.name, "params": map_params(settings).__dict__,
+                                  "chunking": settings.chunking.model_dump()}, length=10)
 
 
 def summarize_domain(root: DataRoot, settings: Settings, domain: str,

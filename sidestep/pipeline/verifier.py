@@ -3,8 +3,6 @@ publish a verifier version, log its curves into DuckDB."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -15,6 +13,7 @@ import torch
 
 from sidestep.config import Settings
 from sidestep.eval.beir import load_qrels, load_queries
+from sidestep.fingerprint import digest
 from sidestep.retrieval.search import IndexedCorpus, TokenView
 from sidestep.storage.artifacts import IndexStore, new_version_name
 from sidestep.storage.documents import DocumentStore
@@ -259,12 +258,11 @@ def train_verifier_domain(root: DataRoot, settings: Settings, dataset_dir: str, 
     cfg = model.cfg
     log(f"verify_top {top or 'all'}: validation nDCG@10 by candidates the model reads "
         + ", ".join(f"{k or 'all'} {nd:.4f}" for k, nd in top_ndcg.items()))
-    fp = hashlib.sha256(json.dumps({"index": corpus.version, "dataset": str(Path(dataset_dir).resolve()),
-                                    "split": split, "seed": seed, "cfg": cfg.as_dict(),
-                                    "train_top": v.train_top, "pseudo_docs": v.pseudo_docs,
-                                    "pseudo_queries": v.pseudo_queries, "adapter_epochs": v.adapter_epochs,
-                                    "adapter_top": v.adapter_top}, sort_keys=True).encode())
-    version = new_version_name(fp.hexdigest())
+    fp = digest({"index": corpus.version, "dataset": str(Path(dataset_dir).resolve()), "split": split, "seed": seed,
+                 "cfg": cfg.as_dict(), "train_top": v.train_top, "pseudo_docs": v.pseudo_docs,
+                 "pseudo_queries": v.pseudo_queries, "adapter_epochs": v.adapter_epochs,
+                 "adapter_top": v.adapter_top})
+    version = new_version_name(fp)
     manifest = {"index_version": corpus.version, "dataset": str(Path(dataset_dir).resolve()), "split": split,
                 "config": cfg.as_dict(), "parameters": n_parameters(model), "seed": seed,
                 "train_queries": len(examples), "pseudo_lists": len(pseudo), "train_top": v.train_top,
