@@ -114,4 +114,4 @@ def eval_rec_flow(dataset_dir: str, domain: str, mode: str | None = None, pretra
     book = fit_codebooks_task(root, settings, None, refit)
     res = eval_rec_task(root, settings, dataset_dir, domain, mode, pretrained_from, controls, epochs,
                         max_seconds, seed)
-    return {**res, "ingest": ingest, "embed": emb, "codebook": book}
+    return {**res, "ingest": ingest.as_dict(), "embed": emb.as_dict(), "codebook": book}

@@ -10,14 +10,15 @@ from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
 from sidestep.pipeline.embed import embed_domain
+from sidestep.results import EmbedReport
 
 from .common import RETRY
 
 
 @task(name="embed-domain", **RETRY, cache_policy=NO_CACHE, tags=["embed"])
-def embed_task(root: str, settings: Settings, domain: str) -> dict:
+def embed_task(root: str, settings: Settings, domain: str) -> EmbedReport:
     logger = get_run_logger()
     out = embed_domain(DataRoot(Path(root)), settings, domain, log=logger.info)
-    logger.info("embed %(domain)s: documents=%(documents)d encoded=%(encoded)d reused=%(reused)d "
-                "chunks_encoded=%(chunks_encoded)d seconds=%(seconds).1f", out)
+    logger.info("embed %s: documents=%d encoded=%d reused=%d chunks_encoded=%d seconds=%.1f", out.domain,
+                out.documents, out.encoded, out.reused, out.chunks_encoded, out.seconds)
     return out

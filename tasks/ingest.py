@@ -11,6 +11,7 @@ from sidestep.storage.paths import DataRoot
 from sidestep.config import SourceConfig
 from sidestep.ingest.readers import SourceError
 from sidestep.pipeline.ingest import ingest_source
+from sidestep.results import IngestReport
 
 from .common import RETRY
 
@@ -18,10 +19,10 @@ from .common import RETRY
 @task(name="ingest-source", **RETRY, cache_policy=NO_CACHE,
       retry_condition_fn=lambda task, run, state: not isinstance(state.result(raise_on_failure=False), SourceError),
       tags=["ingest"])
-def ingest_task(root: str, source: SourceConfig, max_text_bytes: int, run_id: str | None = None) -> dict:
+def ingest_task(root: str, source: SourceConfig, max_text_bytes: int, run_id: str | None = None) -> IngestReport:
     out = ingest_source(DataRoot(Path(root)), source, max_text_bytes=max_text_bytes,
                         run_id=run_id)
     get_run_logger().info(
-        "ingest %(domain)s: read=%(read)d new=%(new)d updated=%(updated)d unchanged=%(unchanged)d "
-        "tombstoned=%(tombstoned)d quarantined=%(quarantined)d interactions=%(interactions)d", out)
+        "ingest %s: read=%d new=%d updated=%d unchanged=%d tombstoned=%d quarantined=%d interactions=%d",
+        out.domain, out.read, out.new, out.updated, out.unchanged, out.tombstoned, out.quarantined, out.interactions)
     return out

@@ -10,14 +10,15 @@ from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
 from sidestep.pipeline.summarize import summarize_domain
+from sidestep.results import SummarizeReport
 
 from .common import RETRY
 
 
 @task(name="summarize-domain", **RETRY, cache_policy=NO_CACHE, tags=["summarize"])
-def summarize_task(root: str, settings: Settings, domain: str) -> dict:
+def summarize_task(root: str, settings: Settings, domain: str) -> SummarizeReport:
     logger = get_run_logger()
     out = summarize_domain(DataRoot(Path(root)), settings, domain, log=logger.info)
-    logger.info("summarize %(domain)s: summarized=%(summarized)d reused=%(reused)d failed=%(failed)d "
-                "seconds=%(seconds).1f", out)
+    logger.info("summarize %s: summarized=%d reused=%d failed=%d seconds=%.1f", out.domain, out.summarized,
+                out.reused, out.failed, out.seconds)
     return out

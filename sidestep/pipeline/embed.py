@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sidestep.config import Settings
+from sidestep.results import EmbedReport
 from sidestep.storage.documents import DocumentStore
 from sidestep.storage.embeddings import EmbeddingStore
 from sidestep.storage.paths import DataRoot
@@ -23,7 +24,7 @@ NO_PROGRESS_ENV = "SIDESTEP_NO_PROGRESS"
 
 
 def embed_domain(root: DataRoot, settings: Settings, domain: str, *, show_progress: bool = True,
-                 log: Callable[[str], None] | None = None) -> dict:
+                 log: Callable[[str], None] | None = None) -> EmbedReport:
     docs = DocumentStore(root).read(domain, include_deleted=False)
     key = encoder_key(settings.encoder.model_path)
     store = EmbeddingStore(root, key, model_dim(settings.encoder.model_path))
@@ -54,9 +55,9 @@ def embed_domain(root: DataRoot, settings: Settings, domain: str, *, show_progre
                     log(f"embed {domain}: {done}/{len(pending)} documents, {chunks} chunks, "
                         f"{done / el:.1f} docs/s, shard {info.shard}")
     seconds = time.perf_counter() - t0
-    return {"domain": domain, "encoder": key, "documents": docs.num_rows, "encoded": len(pending), "reused": docs.num_rows - todo.num_rows,
-        "chunks_encoded": chunks, "seconds": round(seconds, 3),
-        "docs_per_s": round(len(pending) / seconds, 2) if pending and seconds > 0 else None}
+    return EmbedReport(domain=domain, encoder=key, documents=docs.num_rows, encoded=len(pending),
+                       reused=docs.num_rows - todo.num_rows, chunks_encoded=chunks, seconds=round(seconds, 3),
+                       docs_per_s=round(len(pending) / seconds, 2) if pending and seconds > 0 else None)
 
 
 def _arr(values: set[str]) -> pa.Array:

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from sidestep.config import Settings
 from sidestep.docmaps.maps import chunk_sections
 from sidestep.fingerprint import digest
+from sidestep.results import PublishResult
 from sidestep.retrieval.index import build_index
 from sidestep.storage.artifacts import CorruptArtifact, IndexStore, new_version_name
 from sidestep.storage.documents import DocumentStore
@@ -43,7 +44,7 @@ def fingerprint(settings: Settings, key: str, docs: pa.Table, mapped: set[str] |
                                                                   docs["content_hash"].to_pylist(), strict=True))))
 
 
-def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bool = False) -> dict:
+def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bool = False) -> PublishResult:
     docs = DocumentStore(root).read(domain, include_deleted=False).sort_by("doc_id")
     key = encoder_key(settings.encoder.model_path)
     dim = model_dim(settings.encoder.model_path)
@@ -54,11 +55,9 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
     store = IndexStore(root)
     current = store.current_manifest(domain)
     if current and current.get("fingerprint") == fp and not force:
-        return {"domain": domain, "published": False, "version": current["version"],
-                "reason": "unchanged corpus and parameters"}
+        return PublishResult(domain, False, current["version"], reason="unchanged corpus and parameters")
     if docs.num_rows == 0:
-        return {"domain": domain, "published": False, "version": store.current(domain),
-                "reason": "no live documents"}
+        return PublishResult(domain, False, store.current(domain), reason="no live documents")
     t0 = time.perf_counter()
     maps = map_store.gather(hashes) if map_store else {}
     emb = EmbeddingStore(root, key, dim)
@@ -114,8 +113,7 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
     with store.lock(domain):
         now = store.current_manifest(domain)
         if now and now.get("fingerprint") == fp and not force:  # another run published it meanwhile
-            return {"domain": domain, "published": False, "version": now["version"],
-                    "reason": "published concurrently by another run"}
+            return PublishResult(domain, False, now["version"], reason="published concurrently by another run")
         store.clean_staging(domain)
         with store.staging(domain) as staged:
             chunk_table = pa.table(out)
@@ -136,9 +134,9 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
                                                      parent_stats=stats)
             manifest = store.publish(domain, staged, version, manifest, validate=validate_folder)
     removed = store.gc(domain, settings.index.keep_versions)
-    return {"domain": domain, "published": True, "version": version, "parent": manifest["parent"], "gc": removed,
-            "documents": docs.num_rows, "chunks": len(order), "index": params.kind,
-            "tokens": manifest.get("tokens"), "seconds": round(time.perf_counter() - t0, 3)}
+    return PublishResult(domain, True, version, parent=manifest["parent"], gc=removed, documents=docs.num_rows,
+                         chunks=len(order), index=params.kind, tokens=manifest.get("tokens"),
+                         seconds=round(time.perf_counter() - t0, 3))
 
 
 def _unchanged_docs(store: IndexStore, domain: str, docs: pa.Table, encoder: str

@@ -7,11 +7,12 @@ import uuid
 from sidestep.config import SourceConfig
 from sidestep.ingest.planning import plan_ingest
 from sidestep.ingest.readers import read_source
+from sidestep.results import IngestReport
 from sidestep.storage.documents import DocumentStore, QuarantineStore
 from sidestep.storage.paths import DataRoot
 
 
-def ingest_source(root: DataRoot, source: SourceConfig, *, max_text_bytes: int, run_id: str | None = None) -> dict:
+def ingest_source(root: DataRoot, source: SourceConfig, *, max_text_bytes: int, run_id: str | None = None) -> IngestReport:
     """Plain function (also used outside Prefect); raises SourceError before writing anything."""
     run_id = run_id or uuid.uuid4().hex[:12]
     result = read_source(source.path, source.format, id_field=source.id_field, title_field=source.title_field,
@@ -29,9 +30,7 @@ def ingest_source(root: DataRoot, source: SourceConfig, *, max_text_bytes: int, 
     n_inter = docs.replace_interactions(source.domain, source.path, result.interactions) \
         if result.interactions else 0
     counts = plan.counts()
-    counts["tombstoned"] = len(tombstoned)
-    return {
-        "domain": source.domain, "source": source.path, "format": result.format, "run_id": run_id,
-        "read": result.n_read, **counts, "quarantined": len(result.bad), "duplicates": result.n_duplicates,
-        "interactions": n_inter, "live_documents": live,
-    }
+    return IngestReport(domain=source.domain, source=source.path, format=result.format, run_id=run_id,
+                        read=result.n_read, new=counts["new"], updated=counts["updated"],
+                        unchanged=counts["unchanged"], tombstoned=len(tombstoned), quarantined=len(result.bad),
+                        duplicates=result.n_duplicates, interactions=n_inter, live_documents=live)

@@ -19,6 +19,7 @@ from sidestep.docmaps.maps import (
 )
 from sidestep.fingerprint import digest
 from sidestep.ingest.records import BadRecord
+from sidestep.results import SummarizeReport
 from sidestep.storage.documents import DocumentStore, QuarantineStore
 from sidestep.storage.embeddings import EmbeddingStore
 from sidestep.storage.maps import MapStore, encoded_docs
@@ -54,10 +55,10 @@ def map_key(settings: Settings) -> str:
 
 
 def summarize_domain(root: DataRoot, settings: Settings, domain: str,
-                     log: Callable[[str], None] | None = None) -> dict:
+                     log: Callable[[str], None] | None = None) -> SummarizeReport:
     docs = DocumentStore(root).read(domain, include_deleted=False)
     if not settings.maps.enabled:
-        return {"domain": domain, "enabled": False, "summarized": 0, "reused": 0, "failed": 0, "seconds": 0.0}
+        return SummarizeReport(domain=domain, enabled=False)
     dim = model_dim(settings.encoder.model_path)
     store = MapStore(root, map_key(settings), dim)
     known = store.known()
@@ -90,5 +91,5 @@ def summarize_domain(root: DataRoot, settings: Settings, domain: str,
     if failed:
         QuarantineStore(root).write(domain, f"maps-{uuid.uuid4().hex[:8]}", "summarize", failed)
     seconds = time.perf_counter() - t0
-    return {"domain": domain, "enabled": True, "summarizer": store.dir.name, "summarized": done,
-            "reused": docs.num_rows - len(rows), "failed": len(failed), "seconds": round(seconds, 3)}
+    return SummarizeReport(domain=domain, enabled=True, summarizer=store.dir.name, summarized=done,
+                           reused=docs.num_rows - len(rows), failed=len(failed), seconds=round(seconds, 3))
