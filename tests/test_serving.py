@@ -349,7 +349,7 @@ def test_an_unreachable_verifier_leaves_the_search_recall_only_with_the_reason(s
     assert got["applied"] is False and "RuntimeError" in got["reason"] and "restarting" in got["reason"]
     svc = SearchService(settings, sample.root, verifier=None)  # the Ray app's search replica
     stage = svc.recall_stage("database backups", 3, "handbook", True)
-    assert stage["request"] is not None  # the verify stage was asked for
+    assert stage.request is not None  # the verify stage was asked for
     out = svc.finish(stage, got)
     assert out["verify"] == {"requested": True, "applied": False, "reason": got["reason"]}
     assert len(out["results"]) == 3
