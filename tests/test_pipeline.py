@@ -38,7 +38,7 @@ def test_ingest_embed_publish_without_prefect_and_an_unchanged_corpus_publishes_
     corpus.write_text("".join(json.dumps(d) + "\n" for d in DOCS) + "{not json\n")
     source = SourceConfig(domain="tiny", path=str(corpus), format="jsonl")
     ing, emb, maps, pub = _build(data_root, settings, source)
-    assert isinstance(ing, IngestReport) and (ing.read, ing.new, ing.quarantined, ing.live_documents) == (3, 3, 1, 3)
+    assert isinstance(ing, IngestReport) and (ing.read, ing.new, ing.quarantined, ing.live_documents) == (4, 3, 1, 3)
     assert isinstance(emb, EmbedReport) and (emb.documents, emb.encoded, emb.reused) == (3, 3, 0)
     assert emb.chunks_encoded >= 3
     assert isinstance(maps, SummarizeReport) and maps.enabled and (maps.summarized, maps.failed) == (3, 0)
