@@ -418,7 +418,7 @@ DISK_FULL_SCRIPT = """
 import json, sys
 from sidestep.config import default_settings
 from sidestep.storage.paths import DataRoot
-from sidestep.tasks.index import publish_domain
+from sidestep.pipeline.index import publish_domain
 s = default_settings()
 try:
     out = publish_domain(DataRoot.from_settings(s), s, "handbook", force=True)

@@ -33,7 +33,7 @@ DOMAIN = "handbook"
 PUBLISH = textwrap.dedent("""
     from sidestep.config import default_settings
     from sidestep.storage.paths import DataRoot
-    from sidestep.tasks.index import publish_domain
+    from sidestep.pipeline.index import publish_domain
     s = default_settings()
     print(publish_domain(DataRoot.from_settings(s), s, "handbook", force=True)["version"])
 """)

@@ -122,7 +122,8 @@ def planted_alignment(root: Path, steps: int = 200, seed: int = 0) -> dict:
     """Scientific's codes with every position's codewords permuted on purpose; the frozen Scientific model
     must find, per position, which pre-trained codeword each permuted codeword stands for."""
     from sidestep.tasks.common import settings_from
-    from sidestep.tasks.rec import domain_data
+
+    from sidestep.pipeline.rec import domain_data
 
     torch.set_num_threads(os.cpu_count() or 1)
     dr = DataRoot(root)
@@ -162,7 +163,8 @@ def retrieval_tables(root: Path, scifact: str, seed: int = 0) -> dict:
     encoder + a residual adapter; fused with pooled cosine (weight tuned on held-out train queries).
     Control: the same training on codes shuffled across documents."""
     from sidestep.tasks.common import encoder_for, settings_from
-    from sidestep.tasks.rec import load_items
+
+    from sidestep.pipeline.rec import load_items
 
     settings = settings_from(None)
     dr = DataRoot(root)

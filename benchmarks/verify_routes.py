@@ -94,8 +94,8 @@ def query_lists(lists, settings, qids: list[str], texts: dict[str, str], bm25, e
 
 
 def measure(root: Path, data: Path, seeds: list[int], log=print) -> dict:
-    from sidestep.tasks.rec import load_items
-    from sidestep.tasks.verifier import training_lists
+    from sidestep.pipeline.rec import load_items
+    from sidestep.pipeline.verifier import training_lists
 
     scifact = str(data / "scifact")
     settings = load_settings(None)

@@ -6,23 +6,21 @@ from __future__ import annotations
 from prefect import flow
 from sidestep.storage.verifiers import verifier_store
 from sidestep.tasks.common import root_from, settings_from
-from sidestep.tasks.embed import embed_task
 from sidestep.tasks.evaluate import evaluate_task
-from sidestep.tasks.index import publish_task
-from sidestep.tasks.ingest import ingest_task
-from sidestep.tasks.summarize import summarize_task
-from sidestep.tasks.verifier import check_training_split, train_verifier_task
+from sidestep.tasks.verifier import train_verifier_task
 
 from sidestep.config import SourceConfig
 from sidestep.eval.beir import available_splits
+from sidestep.pipeline.verifier import check_training_split
+from sidestep.results import DomainReport
+
+from .common import index_domain
 
 
-def _index(root: str, settings, dataset_dir: str, domain: str) -> tuple[dict, dict, dict]:
-    ingest = ingest_task(root, SourceConfig(domain=domain, path=dataset_dir, format="beir", snapshot=True),
-                         settings.ingest.max_text_bytes)
-    emb = embed_task(root, settings, domain)
-    summarize_task(root, settings, domain)
-    return ingest, emb, publish_task(root, settings, domain)
+def _index(root: str, settings, dataset_dir: str, domain: str) -> DomainReport:
+    """The BEIR folder's corpus as DOMAIN's whole content (a snapshot), indexed and published."""
+    return index_domain(root, settings, domain,
+                        [SourceConfig(domain=domain, path=dataset_dir, format="beir", snapshot=True)])
 
 
 @flow(name="train-verifier", log_prints=True)
@@ -70,13 +68,14 @@ def evaluate_flow(dataset_dir: str, domain: str, k: int = 100, split: str = "tes
     settings = settings_from(config_path)
     root_dir = root_from(settings)
     root = str(root_dir.root)
-    ingest, emb, pub = _index(root, settings, dataset_dir, domain)
+    built = _index(root, settings, dataset_dir, domain)
     trained = None
     if (verify and train_verifier and verifier_from is None and verifier_store(root_dir).current(domain) is None
             and "train" in available_splits(dataset_dir) and split != "train"):
         trained = train_verifier_task(root, settings, dataset_dir, domain, "train", 0)
     res = evaluate_task(root, settings, dataset_dir, domain, k, split, min_rel, out, verify, verifier_from)
-    res["ingest"], res["embed"], res["index"] = ingest, emb, pub
+    res["ingest"], res["embed"], res["index"] = (built.ingest[0].as_dict(), built.embed.as_dict(),
+                                                  built.index.as_dict())
     if trained:
         res["verifier_training"] = {k2: trained.get(k2) for k2 in ("version", "seconds", "parameters", "val_ndcg10",
                                                                    "best_epoch", "train_queries", "near_misses")}

@@ -30,4 +30,5 @@ def ingest_flow(path: str, domain: str, format: Format | None = None, id_field: 
     settings = settings_from(config_path)
     source = SourceConfig(domain=domain, path=path, format=format, id_field=id_field, title_field=title_field,
                           text_field=text_field, snapshot=snapshot)
-    return ingest_task(str(root_from(settings).root), source, max_text_bytes or settings.ingest.max_text_bytes)
+    return ingest_task(str(root_from(settings).root), source,
+                       max_text_bytes or settings.ingest.max_text_bytes).as_dict()

@@ -16,10 +16,10 @@ from sidestep.tasks.rec import (
     fit_codebooks_task,
     pretrain_task,
     rebuild_item_index_task,
-    rec_domains,
 )
 
 from sidestep.config import SourceConfig
+from sidestep.pipeline.rec import rec_domains
 
 
 @flow(name="fit-codebooks", log_prints=True)
@@ -114,4 +114,4 @@ def eval_rec_flow(dataset_dir: str, domain: str, mode: str | None = None, pretra
     book = fit_codebooks_task(root, settings, None, refit)
     res = eval_rec_task(root, settings, dataset_dir, domain, mode, pretrained_from, controls, epochs,
                         max_seconds, seed)
-    return {**res, "ingest": ingest, "embed": emb, "codebook": book}
+    return {**res, "ingest": ingest.as_dict(), "embed": emb.as_dict(), "codebook": book}

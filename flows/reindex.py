@@ -11,11 +11,12 @@ from sidestep.storage.artifacts import IndexStore
 from sidestep.storage.paths import DataRoot
 from sidestep.storage.status import record_nightly
 from sidestep.tasks.common import root_from, settings_from
-from sidestep.tasks.embed import embed_task
-from sidestep.tasks.index import publish_task
-from sidestep.tasks.ingest import ingest_task
-from sidestep.tasks.rec import fit_codebooks_task, rec_domains, refresh_tables_task
-from sidestep.tasks.summarize import summarize_task
+from sidestep.tasks.rec import fit_codebooks_task, refresh_tables_task
+
+from sidestep.pipeline.rec import rec_domains
+from sidestep.results import ReindexReport
+
+from .common import index_domain
 
 
 class ReindexFailed(RuntimeError):
@@ -49,34 +50,24 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
     if unknown:
         raise ValueError(f"unknown domain(s) {unknown}; configured: {known}")
     log = get_run_logger()
-    summary: dict = {"domains": {}, "failed": {}, "encoded": 0, "reused": 0, "summarized": 0, "maps_failed": 0,
-                     "published": [], "quarantined": 0, "staging_swept": sweep_staging(DataRoot(Path(root)))}
+    report = ReindexReport(staging_swept=sweep_staging(DataRoot(Path(root))))
     for domain in chosen:
         try:
-            ingests = [] if skip_ingest else [
-                ingest_task(root, s, settings.ingest.max_text_bytes) for s in settings.sources_for(domain)]
-            emb = embed_task(root, settings, domain)
-            maps = summarize_task(root, settings, domain)
-            pub = publish_task(root, settings, domain, force=force)
+            built = index_domain(root, settings, domain, [] if skip_ingest else settings.sources_for(domain),
+                                 force=force)
         except Exception as e:  # one domain's failure must not stop the others
             log.error("domain %s failed: %s", domain, e)
-            summary["failed"][domain] = f"{type(e).__name__}: {e}"
+            report.failed[domain] = f"{type(e).__name__}: {e}"
             continue
-        summary["domains"][domain] = {"ingest": ingests, "embed": emb, "summarize": maps, "index": pub}
-        summary["summarized"] += maps["summarized"]
-        summary["maps_failed"] += maps["failed"]
-        summary["encoded"] += emb["encoded"]
-        summary["reused"] += emb["reused"]
-        summary["quarantined"] += sum(i["quarantined"] for i in ingests)
-        if pub["published"]:
-            summary["published"].append({"domain": domain, "version": pub["version"]})
-    _recommendation_stages(root, settings, [d for d in chosen if d not in summary["failed"]], force, summary)
+        report.add(domain, built)
+    _recommendation_stages(root, settings, [d for d in chosen if d not in report.failed], force, report)
     log.info("reindex: %d domains, encoded=%d reused=%d summarized=%d maps_failed=%d published=%d "
-             "quarantined=%d failed=%d", len(chosen), summary["encoded"], summary["reused"], summary["summarized"],
-             summary["maps_failed"], len(summary["published"]), summary["quarantined"], len(summary["failed"]))
+             "quarantined=%d failed=%d", len(chosen), report.encoded, report.reused, report.summarized,
+             report.maps_failed, len(report.published), report.quarantined, len(report.failed))
+    summary = report.as_dict()
     record_nightly(DataRoot(Path(root)), summary, run_name=_run_name(), started_at=started,
                    seconds=time.perf_counter() - t0)
-    if summary["failed"]:
+    if report.failed:
         raise ReindexFailed(summary)
     return summary
 
@@ -92,17 +83,17 @@ def _run_name() -> str | None:
     return f"{flow_run.name} ({flow_run.id})" if flow_run.id else None
 
 
-def _recommendation_stages(root: str, settings, domains: list[str], force: bool, summary: dict) -> None:
+def _recommendation_stages(root: str, settings, domains: list[str], force: bool, report: ReindexReport) -> None:
     """fit_codebooks once over every domain with interactions, then per domain: tables trained on an older
     codebook (or none) are trained, current ones only re-encode new items (rebuild_index)."""
     rec = [d for d in rec_domains(DataRoot(Path(root))) if d in domains]
-    summary["tables"] = {}
+    report.tables = {}
     if not rec:
         return
     try:
-        summary["codebook"] = fit_codebooks_task(root, settings, rec, force)
+        report.codebook = fit_codebooks_task(root, settings, rec, force)
         for domain in rec:
-            summary["tables"][domain] = refresh_tables_task(root, settings, domain)
+            report.tables[domain] = refresh_tables_task(root, settings, domain)
     except Exception as e:
         get_run_logger().error("recommendation stages failed: %s", e)
-        summary["failed"]["recommendation"] = f"{type(e).__name__}: {e}"
+        report.failed["recommendation"] = f"{type(e).__name__}: {e}"

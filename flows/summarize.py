@@ -29,5 +29,5 @@ def summarize_flow(domains: list[str] | None = None, config_path: str | None = N
     out = {}
     for d in domains or known:
         embed_task(root, settings, d)
-        out[d] = summarize_task(root, settings, d)
+        out[d] = summarize_task(root, settings, d).as_dict()
     return out

@@ -29,6 +29,7 @@ from ray.serve.handle import DeploymentHandle
 from sidestep.storage.paths import DataRoot
 
 from sidestep.config import load_settings
+from sidestep.retrieval.search import VerifyRequest
 
 from .core import SearchService
 from .options import preset
@@ -186,8 +187,9 @@ class _PollingReplica:
         return self.service.health()
 
     @staticmethod
-    def _answer(fn, *args) -> dict:
-        """Expected request errors travel back as data, so the ingress can turn them into a 4xx."""
+    def _answer(fn, *args):
+        """fn's answer; expected request errors travel back as data ({"error", "status"}), so the ingress
+        can turn them into a 4xx."""
         try:
             return fn(*args)
         except LookupError as e:
@@ -214,7 +216,7 @@ class VerifierDeployment(_PollingReplica):
         self.verify.set_batch_wait_timeout_s(settings.verify.batch_wait_s)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
-    async def verify(self, requests: list[dict]) -> list[dict]:
+    async def verify(self, requests: list[VerifyRequest]) -> list[dict]:
         try:
             return await asyncio.to_thread(self.service.verify_batch, requests)
         except Exception as e:  # one bad batch answers recall-only, it never fails the searches
@@ -314,11 +316,11 @@ class SearchDeployment(_PollingReplica):
     async def search(self, req: SearchRequest) -> dict:
         stage = await asyncio.to_thread(self._answer, self.service.recall_stage, req.query, req.k, req.domain,
                                         req.verify and self.verifier is not None, req.mode, req.doc_id)
-        if "error" in stage:
+        if isinstance(stage, dict):  # a request error, as _answer returns it
             raise HTTPException(status_code=stage["status"], detail=stage["error"])
         verified = None
-        if stage["request"] is not None:
-            verified = await _verified(self.verifier.verify.remote(stage["request"]))
+        if stage.request is not None:
+            verified = await _verified(self.verifier.verify.remote(stage.request))
         out = self.service.finish(stage, verified)
         out["verify"]["requested"] = req.verify
         return out

@@ -14,7 +14,14 @@ from sidestep.storage.indexes import load_version
 from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
-from sidestep.retrieval.search import IndexedCorpus, MapParamsSearch, search_texts, search_vectors
+from sidestep.retrieval.search import (
+    IndexedCorpus,
+    MapParamsSearch,
+    RecallStage,
+    VerifyRequest,
+    search_texts,
+    search_vectors,
+)
 from sidestep.text.encoder import Encoder
 
 from .verify import VerifierService
@@ -81,14 +88,13 @@ class SearchService(VersionedDomains):
     def search(self, query: str, k: int = 10, domain: str | None = None, verify: bool = True,
                mode: str = "chunks", doc_id: str | None = None) -> dict:
         stage = self.recall_stage(query, k, domain, verify, mode, doc_id)
-        req = stage["request"]
         verified = None
-        if req is not None and self.verifier is not None:
-            verified = self.verifier.verify_batch([req])[0]
+        if stage.request is not None and self.verifier is not None:
+            verified = self.verifier.verify_batch([stage.request])[0]
         return self.finish(stage, verified)
 
     def recall_stage(self, query: str, k: int = 10, domain: str | None = None, verify: bool = True,
-                     mode: str = "chunks", doc_id: str | None = None) -> dict:
+                     mode: str = "chunks", doc_id: str | None = None) -> RecallStage:
         """Validate, encode, recall. With verify (chunks mode, whole corpus), recall goes to the verify
         depth and `request` holds what the verify stage needs; `finish` composes the answer."""
         t0 = time.perf_counter()
@@ -102,38 +108,38 @@ class SearchService(VersionedDomains):
         name = self.resolve_domain(domain)
         corpus = self.get(name)
         v = self.settings.verify
-        stage = {"t0": t0, "corpus": corpus, "domain": name, "mode": mode, "k": k, "requested": verify,
-                 "request": None, "reason": None}
+        stage = RecallStage(t0=t0, corpus=corpus, domain=name, mode=mode, k=k, requested=verify)
         if verify and not v.enabled:
-            stage["reason"] = "verification is disabled in this configuration (verify.enabled = false)"
+            stage.reason = "verification is disabled in this configuration (verify.enabled = false)"
         elif verify and (mode != "chunks" or doc_id is not None):
-            stage["reason"] = "the verifier reranks whole-corpus chunk search only (mode 'chunks', no doc_id)"
+            stage.reason = "the verifier reranks whole-corpus chunk search only (mode 'chunks', no doc_id)"
         elif verify and self.verifier is not None and not self.verifier.has(name):
-            stage["reason"] = f"no verifier is published for domain {name!r}: results are recall only"
-        if verify and stage["reason"] is None:
+            stage.reason = f"no verifier is published for domain {name!r}: results are recall only"
+        if verify and stage.reason is None:
             t1 = time.perf_counter()
             qpieces = self.encoder.query_ids([query])[0]  # tokenized once: the encoder and the lexical features
             qvec, qtok = self.encoder.encode_ids([qpieces], want_tokens=True)
             t2 = time.perf_counter()
             hits = search_vectors(corpus, qvec, max(k, v.candidates))[0]
-            stage["timings"] = {"encode": (t2 - t1) * 1e3, "recall": (time.perf_counter() - t2) * 1e3}
-            stage["hits"] = hits
-            stage["request"] = {"domain": name, "index_version": corpus.version, "qtok": qtok[0].astype(np.float32),
-                                "qpieces": list(qpieces), "doc_ids": [h.doc_id for h in hits],
-                                "recall": np.asarray([h.recall_score for h in hits], np.float32)}
+            stage.timings = {"encode": (t2 - t1) * 1e3, "recall": (time.perf_counter() - t2) * 1e3}
+            stage.hits = hits
+            stage.request = VerifyRequest(domain=name, index_version=corpus.version,
+                                          qtok=qtok[0].astype(np.float32), qpieces=list(qpieces),
+                                          doc_ids=[h.doc_id for h in hits],
+                                          recall=np.asarray([h.recall_score for h in hits], np.float32))
             return stage
         m = self.settings.maps
         params = MapParamsSearch(top_r=m.route_top_r, map_weight=m.map_weight, alpha=m.alpha, gamma=m.gamma,
                                  tau=m.tau)
         hits, timings = search_texts(self.encoder, corpus, [query], k, mode=mode, doc_id=doc_id, params=params)
-        stage["hits"], stage["timings"] = hits[0], timings
+        stage.hits, stage.timings = hits[0], timings
         return stage
 
-    def finish(self, stage: dict, verified: dict | None) -> dict:
+    def finish(self, stage: RecallStage, verified: dict | None) -> dict:
         """The response: verified order when the verify stage applied, recall order otherwise."""
-        hits, timings, k = stage["hits"], dict(stage["timings"]), stage["k"]
-        info = {"requested": stage["requested"], "applied": False}
-        if stage["request"] is not None and verified and verified.get("applied"):
+        hits, timings, k = stage.hits, dict(stage.timings), stage.k
+        info = {"requested": stage.requested, "applied": False}
+        if stage.request is not None and verified and verified.get("applied"):
             scores = verified["scores"]
             order = np.argsort(-np.asarray(scores), kind="stable")[:k]
             hits = [replace(hits[i], score=float(scores[i])) for i in order]
@@ -142,15 +148,14 @@ class SearchService(VersionedDomains):
                         verified=verified.get("verified", len(scores)))
         else:
             hits = hits[:k]
-            reason = (verified or {}).get("reason") or stage["reason"]
-            if stage["requested"] and reason:
+            reason = (verified or {}).get("reason") or stage.reason
+            if stage.requested and reason:
                 info["reason"] = reason
-        timings["total"] = (time.perf_counter() - stage["t0"]) * 1e3
-        corpus = stage["corpus"]
+        timings["total"] = (time.perf_counter() - stage.t0) * 1e3
         return {
-            "index_version": corpus.version,
-            "domain": stage["domain"],
-            "mode": stage["mode"],
+            "index_version": stage.corpus.version,
+            "domain": stage.domain,
+            "mode": stage.mode,
             "results": [h.as_dict() for h in hits],
             "verify": info,
             "timings_ms": {k2: round(v, 3) for k2, v in timings.items()},

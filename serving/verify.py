@@ -15,7 +15,7 @@ from sidestep.storage.paths import DataRoot
 from sidestep.storage.verifiers import LoadedVerifier, load_verifier, verifier_store
 
 from sidestep.config import Settings
-from sidestep.retrieval.search import TokenView, rerank
+from sidestep.retrieval.search import TokenView, VerifyRequest, rerank
 from sidestep.verify.features import warm_up
 
 from .versions import VersionedDomains
@@ -64,22 +64,21 @@ class VerifierService(VersionedDomains):
                 self._views.popitem(last=False)
         return v
 
-    def verify_batch(self, requests: list[dict]) -> list[dict]:
-        """Score each request's candidates. A request: domain, index_version, qtok (nq, d) with specials,
-        qpieces (its word-piece ids, specials included), doc_ids, recall (scores)."""
+    def verify_batch(self, requests: list[VerifyRequest]) -> list[dict]:
+        """Score each request's candidates (recall's, in a search's RecallStage.request)."""
         out: list[dict] = []
         groups: dict[str, list[int]] = {}  # maps are per query; one model forward per verifier version
         for i, r in enumerate(requests):
-            ver = self.loaded.get(r["domain"])
-            out.append({"applied": False, "reason": f"no verifier is published for domain {r['domain']!r}"})
+            ver = self.loaded.get(r.domain)
+            out.append({"applied": False, "reason": f"no verifier is published for domain {r.domain!r}"})
             if ver is not None:
-                groups.setdefault(f"{r['domain']}/{ver.version}", []).append(i)
+                groups.setdefault(f"{r.domain}/{ver.version}", []).append(i)
         for idx in groups.values():
-            ver = self.loaded[requests[idx[0]]["domain"]]
+            ver = self.loaded[requests[idx[0]].domain]
             batch = [requests[i] for i in idx]
-            scored = rerank(ver.model, [self.view(r["domain"], r["index_version"]) for r in batch],
-                            [np.asarray(r["qtok"], np.float32) for r in batch], [r["qpieces"] for r in batch],
-                            [r["doc_ids"] for r in batch], [np.asarray(r["recall"], np.float32) for r in batch],
+            scored = rerank(ver.model, [self.view(r.domain, r.index_version) for r in batch],
+                            [np.asarray(r.qtok, np.float32) for r in batch], [r.qpieces for r in batch],
+                            [r.doc_ids for r in batch], [np.asarray(r.recall, np.float32) for r in batch],
                             self.settings.verify.max_doc_tokens, self.settings.verify.verify_top)
             for i, (scores, timings, verified) in zip(idx, scored, strict=True):
                 out[i] = {"applied": True, "verifier_version": ver.version, "scores": scores.tolist(),

@@ -18,15 +18,20 @@ class _Report:
     # fields that are left out of as_dict() while None (they exist only on one branch of a step)
     _optional: tuple[str, ...] = ()
 
+    def _omitted(self) -> tuple[str, ...]:
+        """The optional fields of this instance's branch (a report whose branch decides overrides it)."""
+        return self._optional
+
     def as_dict(self) -> dict[str, Any]:
         keys = getattr(self, "_keys", None)
         if keys is not None:  # read by from_dict: give back exactly the keys it was given, in their order
             extra = getattr(self, "_extra", {})
             return {k: _plain(extra[k] if k in extra else getattr(self, k)) for k in keys}
         out: dict[str, Any] = {}
+        omitted = self._omitted()
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
-            if v is None and f.name in self._optional:
+            if v is None and f.name in omitted:
                 continue
             out[f.name] = _plain(v)
         return out
@@ -107,6 +112,23 @@ class EmbedReport(_Report):
 
 
 @dataclass
+class SummarizeReport(_Report):
+    """Document maps built for a domain's live documents (cached by content hash), and how many failed
+    (quarantined; those documents stay searchable without a map). ``summarizer`` names the map store;
+    it is absent when maps are disabled."""
+
+    domain: str
+    enabled: bool
+    summarizer: str | None = None
+    summarized: int = 0
+    reused: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    _optional = ("summarizer",)
+
+
+@dataclass
 class PublishResult(_Report):
     """A domain's index version: published, or why not (``reason``), and what serves now (``version``)."""
 
@@ -124,12 +146,33 @@ class PublishResult(_Report):
 
     _optional = ("reason", "parent", "gc", "documents", "chunks", "index", "tokens", "seconds")
 
+    def _omitted(self) -> tuple[str, ...]:
+        # a published version reports all its fields (parent and tokens may be None: first version, no PQ
+        # codes); a step that published nothing reports only why
+        return ("reason",) if self.published else self._optional
+
+
+@dataclass
+class DomainReport(_Report):
+    """One domain's index built: its sources ingested (none when ingest was skipped), then embed,
+    summarize (document maps) and publish."""
+
+    ingest: list[IngestReport]
+    embed: EmbedReport
+    summarize: SummarizeReport
+    index: PublishResult
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        return cls([IngestReport.from_dict(i) for i in data["ingest"]], EmbedReport.from_dict(data["embed"]),
+                   SummarizeReport.from_dict(data["summarize"]), PublishResult.from_dict(data["index"]))
+
 
 @dataclass
 class ReindexReport(_Report):
     """The nightly run over its domains: totals, what was published, what failed (domain -> reason)."""
 
-    domains: dict[str, dict] = field(default_factory=dict)
+    domains: dict[str, DomainReport] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     encoded: int = 0
     reused: int = 0
@@ -142,6 +185,23 @@ class ReindexReport(_Report):
     codebook: dict | None = None
 
     _optional = ("tables", "codebook")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        out = super().from_dict(data)
+        out.domains = {d: DomainReport.from_dict(r) for d, r in out.domains.items()}
+        return out
+
+    def add(self, domain: str, built: DomainReport) -> None:
+        """Count one domain's built index into the totals."""
+        self.domains[domain] = built
+        self.summarized += built.summarize.summarized
+        self.maps_failed += built.summarize.failed
+        self.encoded += built.embed.encoded
+        self.reused += built.embed.reused
+        self.quarantined += sum(i.quarantined for i in built.ingest)
+        if built.index.published:
+            self.published.append({"domain": domain, "version": built.index.version})
 
 
 @dataclass

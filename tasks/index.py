@@ -1,202 +1,27 @@
-"""Rebuild a domain's FAISS index from cached embeddings and publish it atomically."""
+"""Publish task: rebuild a domain's index and publish it atomically (sidestep.pipeline.index)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sidestep.storage.artifacts import CorruptArtifact, IndexStore, new_version_name
-from sidestep.storage.documents import DocumentStore
-from sidestep.storage.embeddings import EmbeddingStore
-from sidestep.storage.indexes import CHUNKS_FILE, validate_folder, write_version_files
-from sidestep.storage.maps import MapStore
 from sidestep.storage.paths import DataRoot
-from sidestep.storage.schemas import index_maps_schema
-from sidestep.storage.tokens import TokenSource, write_pieces, write_pq_tokens
 
 from sidestep.config import Settings
-from sidestep.docmaps.maps import chunk_sections
-from sidestep.retrieval.index import build_index
-from sidestep.text.chunking import Chunk
-from sidestep.text.encoder import doc_text, encoder_key, load_tokenizer, model_dim
-from sidestep.verify.candidates import idf_table
+from sidestep.pipeline.index import publish_domain
+from sidestep.results import PublishResult
 
 from .common import RETRY
-from .summarize import map_key
-
-SNIPPET_CHARS = 280
-log = logging.getLogger("sidestep.retrieval.index")
-
-
-def fingerprint(settings: Settings, key: str, docs: pa.Table, mapped: set[str] | None = None) -> str:
-    """Everything the index content depends on; equal fingerprints → nothing to publish."""
-    h = hashlib.sha256()
-    params = {"encoder": key, "chunking": settings.chunking.model_dump(), "index": settings.index.model_dump(
-        include={"exact_max_vectors", "hnsw_m", "hnsw_ef_construction"}),
-        "maps": sorted(mapped) if mapped is not None else None}
-    params["tokens"] = settings.verify.token_store + (f"{settings.verify.pq_bytes}" if
-                                                      settings.verify.token_store == "pq" else "")
-    h.update(json.dumps(params, sort_keys=True).encode())
-    for d, c in sorted(zip(docs["doc_id"].to_pylist(), docs["content_hash"].to_pylist(), strict=True)):
-        h.update(f"{d}\x1f{c}\n".encode())
-    return h.hexdigest()
-
-
-def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bool = False) -> dict:
-    docs = DocumentStore(root).read(domain, include_deleted=False).sort_by("doc_id")
-    key = encoder_key(settings.encoder.model_path)
-    dim = model_dim(settings.encoder.model_path)
-    map_store = MapStore(root, map_key(settings), dim) if settings.maps.enabled else None
-    hashes = set(docs["content_hash"].to_pylist())
-    # the fingerprint needs only which documents have maps; the maps themselves are read to publish
-    fp = fingerprint(settings, key, docs, map_store.known() & hashes if map_store else None)
-    store = IndexStore(root)
-    current = store.current_manifest(domain)
-    if current and current.get("fingerprint") == fp and not force:
-        return {"domain": domain, "published": False, "version": current["version"],
-                "reason": "unchanged corpus and parameters"}
-    if docs.num_rows == 0:
-        return {"domain": domain, "published": False, "version": store.current(domain),
-                "reason": "no live documents"}
-    t0 = time.perf_counter()
-    maps = map_store.gather(hashes) if map_store else {}
-    emb = EmbeddingStore(root, key, dim)
-    rows, pooled = emb.gather(docs["content_hash"].to_pylist())
-    by_hash: dict[str, list[int]] = {}
-    for i, h in enumerate(rows["content_hash"].to_pylist()):
-        by_hash.setdefault(h, []).append(i)
-    missing = [h for h in set(docs["content_hash"].to_pylist()) if h not in by_hash]
-    if missing:
-        raise RuntimeError(f"{len(missing)} documents of {domain} have no embeddings; run the embed step first")
-    cidx, cs, ce = (rows[c].to_pylist() for c in ("chunk_idx", "char_start", "char_end"))
-    ts, te = rows["tok_start"].to_pylist(), rows["tok_end"].to_pylist()
-    shard, toff, ntok = (rows[c].to_pylist() for c in ("shard", "token_offset", "n_tokens"))
-    out: dict[str, list] = {k: [] for k in ("doc_id", "title", "content_hash", "chunk_idx", "char_start", "char_end",
-                                            "shard", "token_offset", "n_tokens", "snippet", "section")}
-    order: list[int] = []
-    doc_maps: dict[str, list] = {k: [] for k in ("doc_id", "global_summary", "section_titles", "global_vec",
-                                                 "section_vecs", "title_vecs")}
-    pieces_of: list[np.ndarray] = []
-    texts = [doc_text(t or "", x) for t, x in zip(docs["title"].to_pylist(), docs["text"].to_pylist(), strict=True)]
-    doc_pieces = load_tokenizer(settings.encoder.model_path)(texts, add_special_tokens=False)["input_ids"]
-    for n, (d, t, h) in enumerate(zip(*(docs[c].to_pylist() for c in ("doc_id", "title", "content_hash")),
-                                      strict=True)):
-        full = texts[n]
-        rows_of_doc = sorted(by_hash[h], key=lambda i: cidx[i])
-        pieces_of.append(np.asarray([p for i in rows_of_doc for p in doc_pieces[n][ts[i]:te[i]]], np.int32))
-        sections = _sections(maps.get(h), rows_of_doc, cs, ce)
-        _add_map(doc_maps, d, maps.get(h))
-        for i, sec in zip(rows_of_doc, sections, strict=True):
-            order.append(i)
-            out["section"].append(sec)
-            for k, v in (("doc_id", d), ("title", t), ("content_hash", h), ("chunk_idx", cidx[i]),
-                         ("char_start", cs[i]), ("char_end", ce[i]), ("shard", shard[i]),
-                         ("token_offset", toff[i]), ("n_tokens", ntok[i]),
-                         ("snippet", full[cs[i]:ce[i]][:SNIPPET_CHARS])):
-                out[k].append(v)
-    vectors = pooled[np.asarray(order, dtype=np.int64)]
-    ix = settings.index
-    index, params = build_index(vectors, exact_max_vectors=ix.exact_max_vectors, hnsw_m=ix.hnsw_m,
-                                ef_construction=ix.hnsw_ef_construction, ef_search=ix.hnsw_ef_search)
-    version = new_version_name(fp)
-    manifest = {
-        "fingerprint": fp,
-        "counts": {"documents": docs.num_rows, "chunks": len(order)},
-        "index": params.as_dict(),
-        "encoder": key,
-        "chunking": settings.chunking.model_dump(),
-        "embeddings": {"encoder": key, "shards": sorted(set(out["shard"]))},
-    }
-    if settings.maps.enabled:
-        manifest["maps"] = {"key": map_key(settings), "documents_with_map": sum(
-            v is not None for v in doc_maps["global_vec"])}
-    with store.lock(domain):
-        now = store.current_manifest(domain)
-        if now and now.get("fingerprint") == fp and not force:  # another run published it meanwhile
-            return {"domain": domain, "published": False, "version": now["version"],
-                    "reason": "published concurrently by another run"}
-        store.clean_staging(domain)
-        with store.staging(domain) as staged:
-            chunk_table = pa.table(out)
-            # golden queries come from the embedding store by (document, chunk), not from the index itself
-            key_row = {(h, c): i for i, (h, c) in enumerate(zip(rows["content_hash"].to_pylist(), cidx, strict=True))}
-            write_version_files(staged, index, chunk_table,
-                                pa.table(doc_maps, schema=index_maps_schema(dim)) if settings.maps.enabled
-                                else None,
-                                golden_vector=lambda r: pooled[key_row[(out["content_hash"][r], out["chunk_idx"][r])]])
-            doc_list = docs["doc_id"].to_pylist()
-            write_pieces(staged, doc_list, pieces_of, idf_table(pieces_of, len(load_tokenizer(
-                settings.encoder.model_path))))
-            if settings.verify.token_store == "pq":
-                # --force refits the token codec too; otherwise unchanged documents keep their codes
-                parent, unchanged, stats = (None, set(), None) if force else _unchanged_docs(store, domain, docs, key)
-                manifest["tokens"] = write_pq_tokens(staged, TokenSource(emb.dir, chunk_table),
-                                                     m=settings.verify.pq_bytes, parent=parent, unchanged=unchanged,
-                                                     parent_stats=stats)
-            manifest = store.publish(domain, staged, version, manifest, validate=validate_folder)
-    removed = store.gc(domain, settings.index.keep_versions)
-    return {"domain": domain, "published": True, "version": version, "parent": manifest["parent"], "gc": removed,
-            "documents": docs.num_rows, "chunks": len(order), "index": params.kind,
-            "tokens": manifest.get("tokens"), "seconds": round(time.perf_counter() - t0, 3)}
-
-
-def _unchanged_docs(store: IndexStore, domain: str, docs: pa.Table, encoder: str
-                    ) -> tuple[Path | None, set[str], dict | None]:
-    """The serving version's folder, the documents whose content it already holds unchanged, and its token
-    statistics; nothing to reuse when it was built by another encoder or fails verification."""
-    now = store.current(domain)
-    if now is None:
-        return None, set(), None
-    try:
-        manifest = store.verify(domain, now)  # never copy codes out of a damaged version
-    except CorruptArtifact as e:
-        log.warning("token codes of %s/%s not reused: %s", domain, now, e)
-        return None, set(), None
-    if manifest.get("encoder") != encoder:
-        return None, set(), None
-    folder = store.path(domain, now)
-    old = pq.read_table(folder / CHUNKS_FILE, columns=["doc_id", "content_hash"]).to_pydict()
-    had = dict(zip(old["doc_id"], old["content_hash"], strict=True))
-    same = {d for d, h in zip(docs["doc_id"].to_pylist(), docs["content_hash"].to_pylist(), strict=True)
-            if had.get(d) == h}
-    return folder, same, manifest.get("tokens")
-
-
-def _sections(entry, rows: list[int], cs: list[int], ce: list[int]) -> list[int]:
-    if entry is None:
-        return [-1] * len(rows)
-    return chunk_sections(entry[0], [Chunk(k, 0, 0, cs[i], ce[i]) for k, i in enumerate(rows)])
-
-
-def _add_map(doc_maps: dict[str, list], doc_id: str, entry) -> None:
-    doc_maps["doc_id"].append(doc_id)
-    if entry is None:
-        for k in ("global_summary", "section_titles", "global_vec", "section_vecs", "title_vecs"):
-            doc_maps[k].append(None)
-        return
-    m, v = entry
-    doc_maps["global_summary"].append(m.global_summary)
-    doc_maps["section_titles"].append([s.title for s in m.sections])
-    doc_maps["global_vec"].append(v.global_vec.tolist())
-    doc_maps["section_vecs"].append(v.section_vecs.tolist())
-    doc_maps["title_vecs"].append((v.title_vecs if v.title_vecs is not None else np.zeros_like(v.section_vecs))
-                                  .tolist())
 
 
 @task(name="publish-index", **RETRY, cache_policy=NO_CACHE, tags=["index"])
-def publish_task(root: str, settings: Settings, domain: str, force: bool = False) -> dict:
+def publish_task(root: str, settings: Settings, domain: str, force: bool = False) -> PublishResult:
     out = publish_domain(DataRoot(Path(root)), settings, domain, force=force)
     log = get_run_logger()
-    if out["published"]:
-        log.info("index %(domain)s: published %(version)s (%(documents)d documents, %(chunks)d chunks, %(index)s)", out)
+    if out.published:
+        log.info("index %s: published %s (%d documents, %d chunks, %s)", out.domain, out.version, out.documents,
+                 out.chunks, out.index)
     else:
-        log.info("index %(domain)s: nothing published (%(reason)s); serving %(version)s", out)
+        log.info("index %s: nothing published (%s); serving %s", out.domain, out.reason, out.version)
     return out

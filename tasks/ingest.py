@@ -1,55 +1,28 @@
-"""Ingest: read a source, quarantine bad records, apply an incremental upsert by content hash."""
+"""Ingest task: one source into one domain (sidestep.pipeline.ingest); a bad source is not retried."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sidestep.storage.documents import DocumentStore, QuarantineStore
 from sidestep.storage.paths import DataRoot
 
 from sidestep.config import SourceConfig
-from sidestep.ingest.planning import plan_ingest
-from sidestep.ingest.readers import SourceError, read_source
+from sidestep.ingest.readers import SourceError
+from sidestep.pipeline.ingest import ingest_source
+from sidestep.results import IngestReport
 
 from .common import RETRY
-
-
-def ingest_source(root: DataRoot, source: SourceConfig, *, max_text_bytes: int, run_id: str | None = None) -> dict:
-    """Plain function (also used outside Prefect); raises SourceError before writing anything."""
-    run_id = run_id or uuid.uuid4().hex[:12]
-    result = read_source(source.path, source.format, id_field=source.id_field, title_field=source.title_field,
-                         text_field=source.text_field, max_text_bytes=max_text_bytes)
-    docs, quarantine = DocumentStore(root), QuarantineStore(root)
-    existing = docs.state(source.domain)
-    plan = plan_ingest(existing, result.documents, snapshot=source.snapshot)
-    # A snapshot tombstones only what this source ingested before, never another source's documents.
-    own = docs.ids_from_source(source.domain, source.path)
-    tombstoned = [d for d in plan.tombstoned_ids if d in own]
-    quarantine.write(source.domain, run_id, source.path, result.bad)
-    upserts = [*plan.new, *plan.updated, *plan.revived]
-    live = docs.apply(source.domain, source.path, upserts, tombstoned) if (upserts or tombstoned) else \
-        docs.live_count(source.domain)
-    n_inter = docs.replace_interactions(source.domain, source.path, result.interactions) \
-        if result.interactions else 0
-    counts = plan.counts()
-    counts["tombstoned"] = len(tombstoned)
-    return {
-        "domain": source.domain, "source": source.path, "format": result.format, "run_id": run_id,
-        "read": result.n_read, **counts, "quarantined": len(result.bad), "duplicates": result.n_duplicates,
-        "interactions": n_inter, "live_documents": live,
-    }
 
 
 @task(name="ingest-source", **RETRY, cache_policy=NO_CACHE,
       retry_condition_fn=lambda task, run, state: not isinstance(state.result(raise_on_failure=False), SourceError),
       tags=["ingest"])
-def ingest_task(root: str, source: SourceConfig, max_text_bytes: int, run_id: str | None = None) -> dict:
+def ingest_task(root: str, source: SourceConfig, max_text_bytes: int, run_id: str | None = None) -> IngestReport:
     out = ingest_source(DataRoot(Path(root)), source, max_text_bytes=max_text_bytes,
                         run_id=run_id)
     get_run_logger().info(
-        "ingest %(domain)s: read=%(read)d new=%(new)d updated=%(updated)d unchanged=%(unchanged)d "
-        "tombstoned=%(tombstoned)d quarantined=%(quarantined)d interactions=%(interactions)d", out)
+        "ingest %s: read=%d new=%d updated=%d unchanged=%d tombstoned=%d quarantined=%d interactions=%d",
+        out.domain, out.read, out.new, out.updated, out.unchanged, out.tombstoned, out.quarantined, out.interactions)
     return out

@@ -1,104 +1,24 @@
-"""Summarize: build each document's map (sections → summaries → global summary) from the token
-vectors the embed step stored, cached by content hash; a failed map is quarantined, and the
-document stays searchable without it."""
+"""Summarize task: a domain's document maps (sidestep.pipeline.summarize)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sidestep.storage.documents import DocumentStore, QuarantineStore
-from sidestep.storage.embeddings import EmbeddingStore
-from sidestep.storage.maps import MapStore, encoded_docs
 from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
-from sidestep.docmaps.docmap import MapError, MapParams
-from sidestep.docmaps.maps import embed_maps, map_encoded
-from sidestep.docmaps.summarizers import ExtractiveSummarizer, LLMSummarizer
-from sidestep.ingest.records import BadRecord
-from sidestep.text.encoder import doc_text, encoder_key, model_dim
+from sidestep.pipeline.summarize import summarize_domain
+from sidestep.results import SummarizeReport
 
-from .common import RETRY, encoder_for
-
-BATCH = 256
-
-
-def summarizer_for(settings: Settings):
-    m = settings.maps
-    if m.summarizer == "llm":
-        if not m.llm_endpoint or not m.llm_model:
-            raise ValueError("maps.summarizer = 'llm' needs maps.llm_endpoint and maps.llm_model")
-        return LLMSummarizer(m.llm_endpoint, m.llm_model, api_key_env=m.llm_api_key_env)
-    return ExtractiveSummarizer()
-
-
-def map_params(settings: Settings) -> MapParams:
-    m = settings.maps
-    return MapParams(section_budget_chars=m.section_budget_chars, global_budget_chars=m.global_budget_chars)
-
-
-def map_key(settings: Settings) -> str:
-    """Maps depend on the encoder (token vectors), the summarizer, the map sizes and which map
-    vectors are stored (2: heading paths have their own)."""
-    s = summarizer_for(settings)
-    blob = json.dumps({"encoder": encoder_key(settings.encoder.model_path), "summarizer": s.params(), "vectors": 2,
-                       "name": s.name, "params": map_params(settings).__dict__,
-                       "chunking": settings.chunking.model_dump()}, sort_keys=True, default=str)
-    return f"{s.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
-
-
-def summarize_domain(root: DataRoot, settings: Settings, domain: str,
-                     log: Callable[[str], None] | None = None) -> dict:
-    docs = DocumentStore(root).read(domain, include_deleted=False)
-    if not settings.maps.enabled:
-        return {"domain": domain, "enabled": False, "summarized": 0, "reused": 0, "failed": 0, "seconds": 0.0}
-    dim = model_dim(settings.encoder.model_path)
-    store = MapStore(root, map_key(settings), dim)
-    known = store.known()
-    rows = [r for r in docs.select(["doc_id", "title", "text", "content_hash"]).to_pylist()
-            if r["content_hash"] not in known]
-    pending = list({r["content_hash"]: r for r in rows}.values())
-    t0 = time.perf_counter()
-    done, failed = 0, []
-    if pending:
-        enc = encoder_for(settings)
-        emb = EmbeddingStore(root, enc.key, dim)
-        summ, params = summarizer_for(settings), map_params(settings)
-        for s in range(0, len(pending), BATCH):
-            batch = pending[s:s + BATCH]
-            encoded = encoded_docs(emb, [r["content_hash"] for r in batch])
-            maps = []
-            for r in batch:
-                try:
-                    if r["content_hash"] not in encoded:
-                        raise MapError("no stored embeddings for this document")
-                    maps.append(map_encoded(enc, encoded[r["content_hash"]], doc_text(r["title"], r["text"]),
-                                            title=r["title"], summarizer=summ, params=params))
-                except MapError as e:
-                    failed.append(BadRecord(r["doc_id"], f"map_failed: {e.reason}", r["doc_id"],
-                                            r["content_hash"]))
-            store.write(maps, embed_maps(enc, maps))
-            done += len(maps)
-            if log:
-                log(f"summarize {domain}: {s + len(batch)}/{len(pending)} documents, {len(failed)} failed")
-    if failed:
-        QuarantineStore(root).write(domain, f"maps-{uuid.uuid4().hex[:8]}", "summarize", failed)
-    seconds = time.perf_counter() - t0
-    return {"domain": domain, "enabled": True, "summarizer": store.dir.name, "summarized": done,
-            "reused": docs.num_rows - len(rows), "failed": len(failed), "seconds": round(seconds, 3)}
+from .common import RETRY
 
 
 @task(name="summarize-domain", **RETRY, cache_policy=NO_CACHE, tags=["summarize"])
-def summarize_task(root: str, settings: Settings, domain: str) -> dict:
+def summarize_task(root: str, settings: Settings, domain: str) -> SummarizeReport:
     logger = get_run_logger()
     out = summarize_domain(DataRoot(Path(root)), settings, domain, log=logger.info)
-    logger.info("summarize %(domain)s: summarized=%(summarized)d reused=%(reused)d failed=%(failed)d "
-                "seconds=%(seconds).1f", out)
+    logger.info("summarize %s: summarized=%d reused=%d failed=%d seconds=%.1f", out.domain, out.summarized,
+                out.reused, out.failed, out.seconds)
     return out

@@ -77,8 +77,8 @@ def settings():
 
 @pytest.fixture(scope="session")
 def encoder(settings):
-    """The real all-MiniLM-L6-v2, loaded once; the same object the tasks use in this process."""
-    from sidestep.tasks.common import encoder_for
+    """The real all-MiniLM-L6-v2, loaded once; the same object the pipeline's steps use in this process."""
+    from sidestep.pipeline.common import encoder_for
 
     return encoder_for(settings)
 

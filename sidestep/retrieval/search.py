@@ -85,6 +85,36 @@ class TokenView:
     idf: np.ndarray
 
 
+@dataclass
+class VerifyRequest:
+    """What the verify stage needs of one query: plain data (it crosses the actor call from a search
+    replica to the verifier deployment, so it pickles)."""
+
+    domain: str
+    index_version: str
+    qtok: np.ndarray  # (nq, d) float32 query token vectors, [CLS]/[SEP] included
+    qpieces: list[int]  # the query's word-piece ids, specials included
+    doc_ids: list[str]  # recall's candidates, best first
+    recall: np.ndarray  # (n,) float32 recall scores of doc_ids
+
+
+@dataclass
+class RecallStage:
+    """A search after recall, before verify: recall's hits and timings, and either what the verify stage
+    needs (`request`, recall went to the verify depth) or why it does not apply (`reason`)."""
+
+    t0: float  # perf_counter at the request's arrival: the total time counts from here
+    corpus: IndexedCorpus
+    domain: str
+    mode: str
+    k: int
+    requested: bool  # the caller asked for verification
+    hits: list[Hit] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    request: VerifyRequest | None = None
+    reason: str | None = None
+
+
 def verify_top_of(model: Verifier, override: int | None) -> int:
     """How many candidates the model reads: the setting where one is given, else the verifier's own choice."""
     return model.cfg.verify_top if override is None else override

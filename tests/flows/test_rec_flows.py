@@ -12,11 +12,11 @@ from sidestep.storage.paths import SHARED
 from sidestep.storage.recstore import codebook_store, load_codebook, load_table_version, table_store
 from sidestep.storage.warehouse import Warehouse
 from sidestep.tasks.common import settings_from
-from sidestep.tasks.rec import load_items
 from typer.testing import CliRunner
 
 from sidestep.cli import app
 from sidestep.config import SAMPLES_DIR
+from sidestep.pipeline.rec import load_items
 
 from ..conftest import write_config
 
@@ -115,8 +115,7 @@ def test_a_new_item_gets_codes_from_the_existing_codebook_and_is_recommendable_w
     assert "new-1" in [i["item_id"] for i in res["items"]] and res["index_version"] == new.version
     # served scores are the model's fused logits (codes cosine / T + weight x text cosine + popularity x
     # log(1 + training count)), computed apart; the new item has no interactions, so no prior
-    from sidestep.tasks.rec import domain_data
-
+    from sidestep.pipeline.rec import domain_data
     from sidestep.rec.data import popularity
     from sidestep.rec.tables import TextFusion, item_prior, model_from_state, text_user_vectors, unit_text
 
@@ -193,8 +192,7 @@ def test_new_interactions_warm_start_the_serving_tables_for_a_few_epochs(data_ro
     new = load_table_version(data_root, "shop")
     assert new.manifest["warm_from"] == old.version and new.version != old.version
     # it started from the serving weights: two epochs move them less than any fresh start is away
-    from sidestep.tasks.rec import seq_config
-
+    from sidestep.pipeline.rec import seq_config
     from sidestep.rec.tables import SeqRec
 
     fresh = SeqRec(seq_config(settings_from(str(cfg))), old.model_state["positions"],
@@ -275,9 +273,8 @@ def test_eval_rec_refuses_bad_arguments_with_a_message(data_root, tmp_path):
 
 
 def test_table_only_fine_tuning_has_its_own_schedule():
-    from sidestep.tasks.rec import train_config
-
     from sidestep.config import Settings
+    from sidestep.pipeline.rec import train_config
 
     s = Settings.model_validate({"rec": {"epochs": 30, "lr": 1e-3, "table_epochs": 5, "table_lr": 1e-2}})
     table, full, scratch = (train_config(s, m) for m in ("table-only", "full", "scratch"))

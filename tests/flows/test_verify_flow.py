@@ -15,10 +15,10 @@ from sidestep.storage.artifacts import IndexStore
 from sidestep.storage.indexes import load_token_view
 from sidestep.storage.verifiers import load_verifier, verifier_store
 from sidestep.storage.warehouse import Warehouse
-from sidestep.tasks.verifier import training_lists
 
 from sidestep.config import SAMPLES_DIR
 from sidestep.eval.beir import load_queries
+from sidestep.pipeline.verifier import training_lists
 
 from ..conftest import write_config
 

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     from sidestep.storage.artifacts import IndexStore
     from sidestep.storage.indexes import load_version
     from sidestep.storage.paths import DataRoot
-    from sidestep.tasks.index import publish_domain
+    from sidestep.pipeline.index import publish_domain
 
     src, room_fraction = Path(sys.argv[1]), float(sys.argv[2])
     mnt = Path(tempfile.mkdtemp(prefix="full-", dir="/tmp"))

@@ -181,7 +181,7 @@ def _publish_in_subprocess(root, fault: str | None, marker) -> subprocess.Popen:
     code = textwrap.dedent("""
         from sidestep.config import default_settings
         from sidestep.storage.paths import DataRoot
-        from sidestep.tasks.index import publish_domain
+        from sidestep.pipeline.index import publish_domain
         print(publish_domain(DataRoot.from_settings(default_settings()), default_settings(), "handbook", force=True))
     """)
     env = {**os.environ, "SIDESTEP_HOME": str(root.root)}
@@ -306,9 +306,9 @@ def test_a_published_verifier_is_hot_loaded_and_reranks_through_the_verifier_dep
     import shutil
 
     from sidestep.storage.verifiers import verifier_store
-    from sidestep.tasks.verifier import train_verifier_domain
 
     from sidestep.config import SAMPLES_DIR
+    from sidestep.pipeline.verifier import train_verifier_domain
 
     folder = tmp_path / "handbook"
     shutil.copytree(SAMPLES_DIR / "handbook", folder)
@@ -349,7 +349,7 @@ def test_an_unreachable_verifier_leaves_the_search_recall_only_with_the_reason(s
     assert got["applied"] is False and "RuntimeError" in got["reason"] and "restarting" in got["reason"]
     svc = SearchService(settings, sample.root, verifier=None)  # the Ray app's search replica
     stage = svc.recall_stage("database backups", 3, "handbook", True)
-    assert stage["request"] is not None  # the verify stage was asked for
+    assert stage.request is not None  # the verify stage was asked for
     out = svc.finish(stage, got)
     assert out["verify"] == {"requested": True, "applied": False, "reason": got["reason"]}
     assert len(out["results"]) == 3

@@ -1,0 +1,25 @@
+"""What several flows compose the same way: building one domain's index from its sources."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sidestep.tasks.embed import embed_task
+from sidestep.tasks.index import publish_task
+from sidestep.tasks.ingest import ingest_task
+from sidestep.tasks.summarize import summarize_task
+
+from sidestep.config import Settings, SourceConfig
+from sidestep.results import DomainReport
+
+
+def index_domain(root: str, settings: Settings, domain: str, sources: Sequence[SourceConfig], *,
+                 force: bool = False) -> DomainReport:
+    """Ingest each source, embed what changed, summarize (document maps), then build and publish the
+    domain's index: each step a task of the calling flow (its own retries, its own row in the UI).
+    An unchanged corpus encodes nothing and publishes nothing; `force` publishes a new version anyway."""
+    ingests = [ingest_task(root, s, settings.ingest.max_text_bytes) for s in sources]
+    emb = embed_task(root, settings, domain)
+    maps = summarize_task(root, settings, domain)
+    pub = publish_task(root, settings, domain, force=force)
+    return DomainReport(ingest=ingests, embed=emb, summarize=maps, index=pub)

@@ -1,0 +1,21 @@
+"""What every pipeline step needs: the encoder, loaded once per process for given settings."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from sidestep.config import Settings
+from sidestep.text.encoder import Encoder
+
+Log = Callable[[str], None]
+
+
+@functools.lru_cache(maxsize=2)
+def _encoder(model_path: str | None, batch_size: int, num_threads: int | None, max_query_tokens: int) -> Encoder:
+    return Encoder(model_path, batch_size=batch_size, num_threads=num_threads, max_query_tokens=max_query_tokens)
+
+
+def encoder_for(settings: Settings) -> Encoder:
+    e = settings.encoder
+    return _encoder(e.model_path, e.batch_size, e.num_threads, e.max_query_tokens)

@@ -1,0 +1,189 @@
+"""Evaluate: run a BEIR split's queries through the serving search path, store the run."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from sidestep.config import Settings
+from sidestep.eval.beir import load_qrels, load_queries
+from sidestep.retrieval.search import maxsim_rerank, rerank, search_texts, verify_top_of
+from sidestep.storage import schemas
+from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.atomic import write_parquet
+from sidestep.storage.documents import DocumentStore
+from sidestep.storage.indexes import load_current, load_token_view
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.verifiers import load_verifier
+from sidestep.storage.warehouse import Warehouse
+from sidestep.text.encoder import doc_text
+from sidestep.text.lexical import BM25, rrf
+from sidestep.verify.features import warm_up
+
+from .common import encoder_for
+
+QUERY_BATCH = 64
+
+
+def _run_table(rankings: dict[str, list[tuple[str, float]]]) -> pa.Table:
+    cols: dict[str, list] = {"query_id": [], "doc_id": [], "rank": [], "score": []}
+    for q, ranked in rankings.items():
+        for r, (d, sc) in enumerate(ranked, 1):
+            cols["query_id"].append(q)
+            cols["doc_id"].append(d)
+            cols["rank"].append(r)
+            cols["score"].append(float(sc))
+    return pa.table(cols, schema=schemas.RUN)
+
+
+def _recall_only(enc, corpus, qids: list[str], queries: dict[str, str], k: int) -> dict[str, list]:
+    """The served recall path (search_texts), batch by batch."""
+    out = {}
+    for s in range(0, len(qids), QUERY_BATCH):
+        batch = qids[s:s + QUERY_BATCH]
+        hits, _ = search_texts(enc, corpus, [queries[q] for q in batch], k)
+        for q, hs in zip(batch, hits, strict=True):
+            out[q] = [(h.doc_id, h.score) for h in hs]
+    return out
+
+
+def _verified(enc, corpus, view, verifier, qids: list[str], queries: dict[str, str], k: int, depth: int,
+              max_doc_tokens: int, verify_top: int | None = None
+              ) -> tuple[dict[str, dict[str, list]], dict[str, list[float]]]:
+    """Recall to `depth`, then rerank the same candidates two ways: MaxSim (untrained late interaction)
+    and the verifier, one query at a time as serving does; times each stage."""
+    runs: dict[str, dict[str, list]] = {"pooled_cosine": {}, "maxsim": {}, "verifier": {}}
+    spent: dict[str, list[float]] = {"maxsim_ms": [], "token_maps_ms": [], "verify_ms": []}
+    warm_up()  # compile the map reductions before the clock runs, as a serving replica does at start
+    for s in range(0, len(qids), QUERY_BATCH):
+        batch = qids[s:s + QUERY_BATCH]
+        texts = [queries[q] for q in batch]
+        pooled, toks = enc.encode_queries_with_tokens(texts)
+        pieces = enc.query_ids(texts)
+        hits = corpus.searcher.search(pooled, depth)
+        for j, q in enumerate(batch):
+            ids = [h.doc_id for h in hits[j]]
+            rec = np.asarray([h.score for h in hits[j]], np.float32)
+            runs["pooled_cosine"][q] = list(zip(ids, rec.tolist(), strict=True))[:k]
+            # the two rerankers take turns going first, so that neither is timed on the other's warm caches
+            for which in (("verifier", "maxsim") if (s + j) % 2 else ("maxsim", "verifier")):
+                if which == "maxsim":
+                    ms, ms_time = maxsim_rerank(view, toks[j], ids, max_doc_tokens)
+                    spent["maxsim_ms"].append(ms_time)
+                    runs["maxsim"][q] = _top(ids, ms, k)
+                elif verifier is not None:
+                    (sc, t, _), = rerank(verifier.model, [view], [toks[j]], [pieces[j]], [ids], [rec], max_doc_tokens,
+                                      verify_top)
+                    spent["token_maps_ms"].append(t["token_maps"])
+                    spent["verify_ms"].append(t["verify"])
+                    runs["verifier"][q] = _top(ids, sc, k)
+    if verifier is None:
+        del runs["verifier"]
+    return runs, spent
+
+
+def _mean(xs: list[float]) -> float:
+    return float(np.mean(xs)) if xs else 0.0
+
+
+def _top(ids: list[str], scores: np.ndarray, k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-np.asarray(scores), kind="stable")[:k]
+    return [(ids[i], float(scores[i])) for i in order]
+
+
+def _lexical(root: DataRoot, domain: str, qids: list[str], queries: dict[str, str], k: int,
+             dense: dict[str, list] | None) -> dict[str, dict[str, list]]:
+    """BM25 over the domain's live documents, and its reciprocal-rank fusion with dense recall."""
+    docs = DocumentStore(root).read(domain, include_deleted=False)
+    bm = BM25(docs["doc_id"].to_pylist(), [doc_text(t or "", x) for t, x in zip(
+        docs["title"].to_pylist(), docs["text"].to_pylist(), strict=True)])
+    lex = dict(zip(qids, bm.search([queries[q] for q in qids], max(k, 100)), strict=True))
+    out = {"bm25": {q: r[:k] for q, r in lex.items()}}
+    if dense is not None:
+        out["rrf_bm25_dense"] = {q: rrf([[d for d, _ in lex[q][:100]], [d for d, _ in dense[q][:100]]], k)
+                                 for q in qids}
+    return out
+
+
+def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *, k: int = 100,
+                    split: str = "test", min_rel: int = 1, out: str | None = None, label: str = "main",
+                    group_id: str | None = None, verify: bool = False, verifier_from: str | None = None,
+                    baselines: bool = True) -> dict:
+    """Run SPLIT's queries through the serving path and store every configuration as a run in DuckDB.
+
+    With verify (and a published verifier: the domain's own, or VERIFIER_FROM's), `metrics` is recall ->
+    verify and the baselines beside it come from the same run: pooled cosine (recall only), MaxSim
+    reranking the same candidates, BM25 and its reciprocal-rank fusion with dense recall."""
+    queries = load_queries(dataset_dir, split=split)
+    qrels = load_qrels(dataset_dir, split)
+    store = IndexStore(root)
+    ix = settings.index
+    corpus = load_current(store, domain, overfetch=ix.chunk_overfetch, doc_score=ix.doc_score,
+                          ef_search=ix.hnsw_ef_search)
+    if corpus is None:
+        raise RuntimeError(f"domain {domain!r} has no published index; run `sidestep reindex --domain {domain}`")
+    enc = encoder_for(settings)
+    qids = list(queries)
+    loaded = load_verifier(root, verifier_from or domain) if verify else None
+    verify_info: dict = {"requested": verify, "applied": False}
+    if verify and loaded is None:
+        verify_info["reason"] = f"no verifier is published for domain {verifier_from or domain!r}"
+    t0 = time.perf_counter()
+    runs: dict[str, dict[str, list]] = {}
+    cost: dict[str, float] = {}
+    if verify or baselines:
+        view = load_token_view(root, settings, domain, corpus.version)
+        runs, spent = _verified(enc, corpus, view, loaded, qids, queries, k, max(k, settings.verify.candidates),
+                                settings.verify.max_doc_tokens, settings.verify.verify_top)
+        cost = {"per_query_maxsim_ms": _mean(spent["maxsim_ms"]), "per_query_token_maps_ms": _mean(spent["token_maps_ms"]),
+                "per_query_verifier_ms": _mean(spent["verify_ms"]), "bytes_per_doc": view.source.bytes_per_doc(),
+                "token_store": view.source.kind}
+        if loaded is not None:
+            stage = np.add(spent["token_maps_ms"], spent["verify_ms"])
+            cost["verify_over_maxsim"] = (float(stage.mean()) / cost["per_query_maxsim_ms"]
+                                          if cost["per_query_maxsim_ms"] else None)
+            # medians too: one pause of the machine moves a mean over a few dozen queries (not a median)
+            cost["p50_verify_stage_ms"] = float(np.median(stage)) if len(stage) else None
+            cost["p50_maxsim_ms"] = float(np.median(spent["maxsim_ms"])) if spent["maxsim_ms"] else None
+            cost["p50_verify_over_maxsim"] = (cost["p50_verify_stage_ms"] / cost["p50_maxsim_ms"]
+                                              if cost["p50_maxsim_ms"] else None)
+            verify_info.update(applied=True, verifier_version=loaded.version, verifier_domain=loaded.domain,
+                               candidates=max(k, settings.verify.candidates),
+                               verify_top=verify_top_of(loaded.model, settings.verify.verify_top))
+    else:
+        runs["pooled_cosine"] = _recall_only(enc, corpus, qids, queries, k)
+    if baselines:
+        runs.update(_lexical(root, domain, qids, queries, k, runs.get("pooled_cosine")))
+    seconds = time.perf_counter() - t0
+    main_name = "verifier" if verify_info["applied"] else "pooled_cosine"
+    group_id = group_id or f"{domain}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    base_cfg = {"k": k, "split": split, "index": corpus.manifest.get("index"),
+                "encoder": corpus.manifest.get("encoder"), "chunking": corpus.manifest.get("chunking")}
+    results: dict[str, dict] = {}
+    main_run_id, run_path = None, None
+    with Warehouse(root.eval_db()) as wh:
+        for name, ranking in runs.items():
+            run = _run_table(ranking)
+            run_id = f"{group_id}-{name}"
+            config = {**base_cfg, "variant": name, "verify": name == "verifier",
+                      "stage": {"pooled_cosine": "recall", "verifier": "recall+verify"}.get(name, name),
+                      **({"verifier_version": verify_info.get("verifier_version")} if name == "verifier" else {})}
+            wh.record_run(run_id=run_id, dataset=str(Path(dataset_dir).resolve()), domain=domain,
+                          index_version=corpus.version, config=config, results=run, qrels=qrels, queries=qids,
+                          min_rel=min_rel, label=label if name == main_name else name, group_id=group_id)
+            results[name] = wh.metrics(run_id)
+            if name == main_name:
+                main_run_id = run_id
+                run_path = root.runs() / f"{run_id}.parquet"
+                write_parquet(run_path, run)
+                if out:
+                    write_parquet(Path(out).resolve(), run)
+    metrics = results.pop(main_name)
+    return {"run_id": main_run_id, "run_group": group_id, "domain": domain, "index_version": corpus.version,
+            "split": split, "queries": len(qids), "k": k, "min_rel": min_rel, "metrics": metrics,
+            "baselines": results, "verify": verify_info, "cost": cost, "run_parquet": str(run_path), "out": out,
+            "query_seconds": round(seconds, 3), "queries_per_s": round(len(qids) / seconds, 1) if seconds else None}

@@ -1,0 +1,113 @@
+"""The pipeline's steps called directly, without Prefect: ingest -> embed -> summarize -> publish on a
+tiny corpus; the search request's recall stage through the functions the Ray app runs; the one
+fingerprint helper."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import subprocess
+import sys
+
+from sidestep.config import SourceConfig
+from sidestep.fingerprint import digest
+from sidestep.pipeline.embed import embed_domain
+from sidestep.pipeline.index import publish_domain
+from sidestep.pipeline.ingest import ingest_source
+from sidestep.pipeline.summarize import summarize_domain
+from sidestep.results import EmbedReport, IngestReport, PublishResult, SummarizeReport
+
+DOCS = [
+    {"id": "a", "title": "Backups", "text": "Database backups run nightly at two and are kept for thirty days."},
+    {"id": "b", "title": "Paging", "text": "A sev2 incident pages the on-call engineer of the owning team."},
+    {"id": "c", "title": "Leave", "text": "Annual leave is requested in the HR portal two weeks ahead."},
+]
+
+
+def _build(root, settings, source):
+    ing = ingest_source(root, source, max_text_bytes=settings.ingest.max_text_bytes)
+    emb = embed_domain(root, settings, "tiny", show_progress=False)
+    maps = summarize_domain(root, settings, "tiny")
+    return ing, emb, maps, publish_domain(root, settings, "tiny")
+
+
+def test_ingest_embed_publish_without_prefect_and_an_unchanged_corpus_publishes_nothing(data_root, settings,
+                                                                                         encoder, tmp_path):
+    corpus = tmp_path / "tiny.jsonl"
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in DOCS) + "{not json\n")
+    source = SourceConfig(domain="tiny", path=str(corpus), format="jsonl")
+    ing, emb, maps, pub = _build(data_root, settings, source)
+    assert isinstance(ing, IngestReport) and (ing.read, ing.new, ing.quarantined, ing.live_documents) == (4, 3, 1, 3)
+    assert isinstance(emb, EmbedReport) and (emb.documents, emb.encoded, emb.reused) == (3, 3, 0)
+    assert emb.chunks_encoded >= 3
+    assert isinstance(maps, SummarizeReport) and maps.enabled and (maps.summarized, maps.failed) == (3, 0)
+    assert isinstance(pub, PublishResult) and pub.published and (pub.documents, pub.chunks) == (3, emb.chunks_encoded)
+    assert set(pub.as_dict()) == {"domain", "published", "version", "parent", "gc", "documents", "chunks", "index",
+                                  "tokens", "seconds"}
+
+    ing2, emb2, maps2, pub2 = _build(data_root, settings, source)
+    assert (ing2.new, ing2.updated, ing2.unchanged, ing2.tombstoned) == (0, 0, 3, 0)
+    assert (emb2.encoded, emb2.reused) == (0, 3)
+    assert (maps2.summarized, maps2.reused, maps2.failed) == (0, 3, 0)
+    assert not pub2.published and pub2.version == pub.version
+    assert pub2.as_dict() == {"domain": "tiny", "published": False, "version": pub.version,
+                              "reason": "unchanged corpus and parameters"}
+
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in DOCS[:2]))  # one document gone: a new version
+    ing3, emb3, _, pub3 = _build(data_root, settings, source)
+    assert (ing3.tombstoned, ing3.live_documents, emb3.encoded) == (1, 2, 0)
+    assert pub3.published and pub3.parent == pub.version and pub3.documents == 2
+
+
+def test_the_pipeline_layer_imports_no_prefect_no_ray_and_no_layer_above():
+    code = ("import sys\n"
+            "import sidestep.pipeline.embed, sidestep.pipeline.evalrec, sidestep.pipeline.evaluate\n"
+            "import sidestep.pipeline.index, sidestep.pipeline.ingest, sidestep.pipeline.rec\n"
+            "import sidestep.pipeline.summarize, sidestep.pipeline.verifier\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'ray') or\n"
+            "      m.startswith(('sidestep.tasks', 'sidestep.flows', 'sidestep.serving'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_recall_stage_pickles_and_runs_through_the_verify_stage_the_ray_app_calls(sample, settings):
+    """The search replica's recall stage, its verify request across a pickle (the actor call to the
+    verifier deployment), the verifier service's batch, and the replica's answer."""
+    import asyncio
+
+    from sidestep.serving.app import _verified
+    from sidestep.serving.core import SearchService
+    from sidestep.serving.verify import VerifierService
+
+    from sidestep.retrieval.search import RecallStage, VerifyRequest
+
+    svc = SearchService(settings, sample.root, verifier=None)  # the Ray app's search replica
+    stage = svc.recall_stage("database backups", 3, "handbook", True)
+    assert isinstance(stage, RecallStage) and isinstance(stage.request, VerifyRequest)
+    req = pickle.loads(pickle.dumps(stage.request))
+    assert (req.domain, req.index_version, req.doc_ids, req.qpieces) == (
+        "handbook", stage.corpus.version, [h.doc_id for h in stage.hits], stage.request.qpieces)
+    assert req.qtok.shape == stage.request.qtok.shape and len(req.recall) == len(req.doc_ids) >= 3
+
+    async def verify_remote():  # what VerifierDeployment.verify answers for a batch of one
+        return VerifierService(settings, sample.root).verify_batch([req])[0]
+
+    verified = asyncio.run(_verified(verify_remote()))
+    assert verified == {"applied": False, "reason": "no verifier is published for domain 'handbook'"}
+    out = svc.finish(stage, verified)
+    assert set(out) == {"index_version", "domain", "mode", "results", "verify", "timings_ms"}
+    assert out["verify"] == {"requested": True, "applied": False, "reason": verified["reason"]}
+    assert [h["doc_id"] for h in out["results"]] == req.doc_ids[:3]
+    assert {"encode", "recall", "total"} <= set(out["timings_ms"])
+    off = svc.finish(svc.recall_stage("database backups", 3, "handbook", False), None)
+    assert off["verify"] == {"requested": False, "applied": False} and len(off["results"]) == 3
+
+
+def test_digest_is_sha256_over_sorted_json_then_the_streams():
+    params = {"b": [1, 2], "a": "x"}
+    want = hashlib.sha256(json.dumps(params, sort_keys=True).encode() + b"h1h2").hexdigest()
+    assert digest(params, ["h1"], [b"h2"]) == want
+    assert digest(params, ["h1", "h2"], length=10) == want[:10]
+    assert digest(None, ["h1"]) == hashlib.sha256(b"h1").hexdigest()
+    assert digest({"a": 1}) != digest({"a": 2})
