@@ -105,3 +105,33 @@ def test_a_wrong_import_breaks_the_contract_that_forbids_it(tmp_path, wrong, con
     assert "1 broken" in res.stdout, res.stdout
     importer = f"{FAKE}.{wrong[0]}"
     assert importer in res.stdout, res.stdout
+
+
+def _installed_names() -> set[str]:
+    """Every sub-package and top-level module of the installed namespace (sidestep.X), from the files."""
+    from tests.import_contracts import package_dirs
+
+    names = set()
+    for name, folder in package_dirs().items():
+        if name != ROOT:
+            names.add(name)
+            continue
+        for p in folder.iterdir():
+            if p.suffix == ".py" and p.stem not in ("__init__", "__main__"):
+                names.add(f"{ROOT}.{p.stem}")
+            elif (p / "__init__.py").exists():
+                names.add(f"{ROOT}.{p.name}")
+    return names
+
+
+def test_every_module_of_the_namespace_sits_in_a_layer_and_is_installed():
+    """A new sub-package or module outside the layers would escape the contracts; one missing from
+    setuptools' package list would be missing from a normal (non-editable) install."""
+    layered = {m.strip().strip("()") for c in _contracts()["contracts"] if c["type"] == "layers"
+               for layer in c["layers"] for m in re.split(r"[:|]", layer)}
+    names = _installed_names()
+    assert names - layered == set(), "not in any layer of [tool.importlinter]"
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {n for n in names if (REPO / n.removeprefix(f"{ROOT}.")).is_dir()
+                or (REPO / ROOT / n.removeprefix(f"{ROOT}.") / "__init__.py").exists()}
+    assert packages - listed == set(), "not in [tool.setuptools] packages"
