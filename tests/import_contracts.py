@@ -45,10 +45,11 @@ def stage(dest: Path, pyproject: Path = REPO / "pyproject.toml") -> Path:
 
 def lint_imports(config: Path, pythonpath: Path, *extra: str) -> subprocess.CompletedProcess:
     """Run lint-imports with CONFIG on the packages found under PYTHONPATH (ahead of any installed copy)."""
-    exe = Path(sys.executable).parent / "lint-imports"
+    # the console script's own code, through this interpreter (its script may sit in another venv's bin/)
+    cmd = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; "
+           "sys.exit(c())", "--no-cache", *extra, str(config)]
     env = {**os.environ, "PYTHONPATH": str(pythonpath)}
-    return subprocess.run([str(exe), "--no-cache", *extra, str(config)], cwd=pythonpath, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=pythonpath, env=env, capture_output=True, text=True, timeout=300)
 
 
 def check_project() -> subprocess.CompletedProcess:
