@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prefect import flow
+from sidestep.storage.sources import SourceRegistry
 from sidestep.tasks.common import root_from, settings_from
 from sidestep.tasks.ingest import ingest_task
 
@@ -15,6 +16,7 @@ def ingest_flow(path: str, domain: str, format: Format | None = None, id_field: 
                 max_text_bytes: int | None = None, config_path: str | None = None) -> dict:
     """Read PATH into DOMAIN: new and changed documents are upserted by content hash, bad records
     quarantined with their reason; with snapshot, documents this source no longer has are tombstoned.
+    The source is recorded in the data root, so the nightly run re-reads it and knows DOMAIN without a config.
 
     Args:
         path: File or folder to read.
@@ -30,5 +32,8 @@ def ingest_flow(path: str, domain: str, format: Format | None = None, id_field: 
     settings = settings_from(config_path)
     source = SourceConfig(domain=domain, path=path, format=format, id_field=id_field, title_field=title_field,
                           text_field=text_field, snapshot=snapshot)
-    return ingest_task(str(root_from(settings).root), source,
-                       max_text_bytes or settings.ingest.max_text_bytes).as_dict()
+    root = root_from(settings)
+    report = ingest_task(str(root.root), source, max_text_bytes or settings.ingest.max_text_bytes)
+    # remembered in the data root, so the nightly run, `reindex --domain` and `status` know this domain
+    SourceRegistry(root).record(source.model_copy(update={"format": report.format}))
+    return report.as_dict()

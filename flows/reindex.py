@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from sidestep.storage.artifacts import IndexStore
 from sidestep.storage.paths import DataRoot
+from sidestep.storage.sources import domains_in, sources_to_read
 from sidestep.storage.status import record_nightly
 from sidestep.tasks.common import root_from, settings_from
 from sidestep.tasks.rec import fit_codebooks_task, refresh_tables_task
@@ -36,7 +37,7 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
     the others; the run fails at the end, naming them.
 
     Args:
-        domains: Domains to process; all configured domains when empty.
+        domains: Domains to process; when empty, every domain the config names or the data root holds.
         force: Publish new versions even if nothing changed, and refit the codebook and token codec (the full refit).
         skip_ingest: Reuse the stored documents instead of reading the sources again.
         config_path: TOML config file; default: $SIDESTEP_CONFIG, else the embedded sample configuration.
@@ -44,17 +45,22 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
     started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
     settings = settings_from(config_path)
     root = str(root_from(settings).root)
-    known = settings.domains()
+    known = domains_in(settings, DataRoot(Path(root)))
     chosen = domains or known
     unknown = sorted(set(chosen) - set(known))
     if unknown:
-        raise ValueError(f"unknown domain(s) {unknown}; configured: {known}")
+        raise ValueError(f"unknown domain(s) {unknown}: no config names them and nothing was ingested into them "
+                         f"in {root}; ingest first (`sidestep ingest PATH --domain D`, or `sidestep index PATH "
+                         f"--domain D` for both steps); known here: {known}")
     log = get_run_logger()
     report = ReindexReport(staging_swept=sweep_staging(DataRoot(Path(root))))
     for domain in chosen:
         try:
-            built = index_domain(root, settings, domain, [] if skip_ingest else settings.sources_for(domain),
-                                 force=force)
+            sources, gone = sources_to_read(settings, DataRoot(Path(root)), domain)
+            for path in gone:
+                log.warning("domain %s: recorded source %s no longer exists; its stored documents are kept",
+                            domain, path)
+            built = index_domain(root, settings, domain, [] if skip_ingest else sources, force=force)
         except Exception as e:  # one domain's failure must not stop the others
             log.error("domain %s failed: %s", domain, e)
             report.failed[domain] = f"{type(e).__name__}: {e}"

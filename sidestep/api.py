@@ -25,6 +25,7 @@ from typing import Any
 
 from .results import (
     EvalReport,
+    IndexReport,
     IngestReport,
     Recommendations,
     ReindexReport,
@@ -117,6 +118,17 @@ class Engine:
             res = nightly_reindex(domains=list(domains) if domains else None, force=force, skip_ingest=skip_ingest,
                                   config_path=self.config)
         return ReindexReport.from_dict(_plain(res))
+
+    def index(self, path: str | os.PathLike, domain: str, format: str | None = None, **ingest_options: Any
+              ) -> IndexReport:
+        """Ingest PATH into DOMAIN, then reindex DOMAIN from what is stored: a corpus of your own made
+        searchable in one call, under any domain name (no config needed: the data root records the source).
+        ``ingest_options`` are `ingest`'s (id_field, title_field, text_field, snapshot, max_text_bytes)."""
+        ingested = self.ingest(path, domain, format, **ingest_options)
+        built = self.reindex([domain], skip_ingest=True)
+        serving = built.domains[domain].index.version if domain in built.domains else None
+        return IndexReport(domain=domain, quarantined=ingested.quarantined, encoded=built.encoded,
+                           published=built.published, version=serving, ingest=ingested, reindex=built)
 
     def evaluate(self, dataset_dir: str | os.PathLike, domain: str, *, k: int = 100, verify: bool = True,
                  train_verifier: bool = True, verifier_from: str | None = None, out: str | os.PathLike | None = None,

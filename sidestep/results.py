@@ -205,6 +205,28 @@ class ReindexReport(_Report):
 
 
 @dataclass
+class IndexReport(_Report):
+    """`index PATH --domain D`: the source ingested, then the domain reindexed from what is stored.
+
+    ``quarantined`` is the ingest's count, ``encoded`` the reindex's, ``published`` the versions published
+    (a list of {domain, version}, empty when nothing changed) and ``version`` what the domain serves now."""
+
+    domain: str
+    quarantined: int
+    encoded: int
+    published: list[dict]
+    version: str | None
+    ingest: IngestReport
+    reindex: ReindexReport
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        out = super().from_dict(data)
+        out.ingest, out.reindex = IngestReport.from_dict(data["ingest"]), ReindexReport.from_dict(data["reindex"])
+        return out
+
+
+@dataclass
 class Hit:
     """One search result: the document, its final score (the verifier's where it ran), recall's score,
     and where in the document the best chunk is."""

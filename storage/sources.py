@@ -92,3 +92,27 @@ def known_sources(settings: Settings, root: DataRoot) -> list[SourceConfig]:
 
 def known_domains(settings: Settings, root: DataRoot) -> list[str]:
     return list(dict.fromkeys(s.domain for s in known_sources(settings, root)))
+
+
+def domains_in(settings: Settings, root: DataRoot) -> list[str]:
+    """Every domain this data root knows: the config's, the recorded sources', and any with stored documents
+    (a domain `eval` ingested, say), in that order."""
+    return list(dict.fromkeys([*known_domains(settings, root), *root.domains_with_documents()]))
+
+
+def sources_to_read(settings: Settings, root: DataRoot, domain: str) -> tuple[list[SourceConfig], list[str]]:
+    """DOMAIN's sources for a nightly run, and the recorded sources skipped because their path is gone.
+
+    A source the config names must be readable (a missing one fails the domain, as before); one that an
+    earlier `ingest` recorded but that no longer exists (a file since moved, say) is skipped: the data root
+    keeps its documents, and the run says which paths it skipped."""
+    configured = {(s.domain, _absolute(s.path)) for s in settings.sources}
+    read, gone = [], []
+    for s in known_sources(settings, root):
+        if s.domain != domain:
+            continue
+        if (s.domain, _absolute(s.path)) not in configured and "://" not in s.path and not Path(s.path).exists():
+            gone.append(s.path)
+        else:
+            read.append(s)
+    return read, gone

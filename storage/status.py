@@ -8,13 +8,17 @@ from datetime import datetime
 from .artifacts import IndexStore
 from .documents import DocumentStore, QuarantineStore
 from .paths import SHARED, DataRoot
+from .sources import SourceRegistry
 
 
 def domain_status(root: DataRoot) -> dict:
     store, docs, quarantine = IndexStore(root), DocumentStore(root), QuarantineStore(root)
     tables, books = IndexStore(root, "tables"), IndexStore(root, "codebooks")
     verifiers = IndexStore(root, "verifiers")
-    domains = sorted(set(root.domains_with_documents()) | set(root.domains_with_indexes()))
+    recorded: dict[str, list[str]] = {}
+    for s in SourceRegistry(root).sources():
+        recorded.setdefault(s.domain, []).append(s.path)
+    domains = sorted(set(root.domains_with_documents()) | set(root.domains_with_indexes()) | set(recorded))
     out: dict = {"data_root": str(root.root), "domains": {}}
     for d in domains:
         t = docs.read(d).select(["deleted"]).to_pydict()["deleted"]
@@ -36,6 +40,7 @@ def domain_status(root: DataRoot) -> dict:
             "tables_version": tables.current(d),
             "tables_versions": len(tables.versions(d)),
             "verifier_version": verifiers.current(d),
+            "sources": recorded.get(d, []),
         }
     out["quarantined"] = quarantine.count()
     out["codebook_version"] = books.current(SHARED)

@@ -1,14 +1,14 @@
 """The `sidestep` command line: every command has --help, and --json prints one JSON object on stdout.
 
 A thin layer over the Python API (sidestep.api) and the Prefect flows: the commands live in data.py
-(ingest, reindex, search, status, rollback, gc), evaluation.py (eval, train-verifier, eval-longdoc,
+(ingest, index, reindex, search, status, rollback, gc), evaluation.py (eval, train-verifier, eval-longdoc,
 eval-rec, pretrain) and servers.py (serve, deploy, demo); common.py holds the app and what they share.
 """
 
 from __future__ import annotations
 
 from .common import app
-from .data import gc, ingest, reindex, rollback, search, status
+from .data import gc, index, ingest, reindex, rollback, search, status
 from .evaluation import eval_, eval_longdoc, eval_rec, pretrain, train_verifier
 from .servers import demo, deploy, serve
 
@@ -16,6 +16,7 @@ __all__ = ["app"]
 
 # registered in this order, which is the order `sidestep --help` lists them in
 app.command()(ingest)
+app.command()(index)
 app.command()(reindex)
 app.command("eval")(eval_)
 app.command("train-verifier")(train_verifier)

@@ -61,6 +61,44 @@ def ingest(
             err.print(f"[yellow]{res['quarantined']} record(s) quarantined[/yellow]: see `sidestep status`")
 
 
+def index(
+    path: Annotated[str, typer.Argument(help="File or folder to read.")],
+    domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to index into (any name: a-z 0-9 . _ -; "
+                                        "no config needed).")],
+    format: Annotated[str | None, typer.Option("--format", "-f", help="beir|jsonl|csv|parquet|textdir|recbole|"
+                                               "lcrec (detected when omitted).")] = None,
+    id_field: Annotated[str, typer.Option(help="Id column/key (jsonl, csv, parquet).")] = "id",
+    title_field: Annotated[str, typer.Option(help="Title column/key; '' for none.")] = "title",
+    text_field: Annotated[str, typer.Option(help="Text column/key.")] = "text",
+    snapshot: Annotated[bool, typer.Option(help="The source is the whole corpus: tombstone documents it "
+                                           "no longer has.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest a source and reindex its domain in one step: your own corpus, searchable, under any domain.
+
+    The data root records the source, so later `reindex` and the nightly run re-read it."""
+    from sidestep.config import check_name
+    from sidestep.ingest.readers import SourceError, detect_format
+
+    try:  # refuse an unreadable source before starting anything
+        check_name(domain)
+        if format is None:
+            detect_format(path)
+        elif not Path(path).exists():
+            raise SourceError(f"source not found: {path}")
+    except (SourceError, ValueError) as e:
+        _fail(str(e), as_json, 2)
+    res = _run(_engine().index, as_json, path, domain, format, id_field=id_field, title_field=title_field or None,
+               text_field=text_field, snapshot=snapshot).as_dict()
+    _emit(res, as_json)
+    if not as_json:
+        _table("index " + domain, {"read": res["ingest"]["read"], "new": res["ingest"]["new"],
+                                   "quarantined": res["quarantined"], "encoded": res["encoded"],
+                                   "published": ", ".join(p["version"] for p in res["published"]) or "nothing new",
+                                   "serving": res["version"] or "-"})
+        err.print(f'next: sidestep search "..." --domain {domain}')
+
+
 def reindex(
     domain: Annotated[list[str] | None, typer.Option("--domain", "-d", help="Domain(s) to reindex; all "
                                                      "configured domains when omitted.")] = None,
