@@ -27,6 +27,7 @@ from .results import (
     EvalReport,
     IndexReport,
     IngestReport,
+    LabReport,
     Recommendations,
     ReindexReport,
     SearchResults,
@@ -143,6 +144,17 @@ class Engine:
                                 verifier_from=verifier_from, out=str(out) if out is not None else None,
                                 config_path=self.config)
         return EvalReport.from_dict(_plain(res))
+
+    def lab(self, task: str = "planted", *, estimators: list[str] | None = None, seeds: int = 3,
+            budget_seconds: float | None = None, options: dict | None = None) -> LabReport:
+        """The gradient lab (the `lab` flow): every estimator of a top-k selection measured on TASK, stored in
+        DuckDB. ``planted``: bias and variance against the exact gradient, computed by enumeration."""
+        from sidestep.flows.lab import lab_flow
+
+        with self._env():
+            res = lab_flow(task=task, estimators=estimators, seeds=seeds, budget_seconds=budget_seconds,
+                           config_path=self.config, options=options)
+        return LabReport.from_dict(_plain(res))
 
     def status(self) -> StatusReport:
         """Published versions per domain, document counts, quarantine sizes, the last nightly run."""

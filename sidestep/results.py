@@ -351,3 +351,16 @@ class StatusReport(_Report):
     quarantined: int = 0
     codebook_version: str | None = None
     last_nightly: dict | None = None
+
+
+@dataclass
+class LabReport(_Report):
+    """A gradient-lab run: per estimator its bias and variance against the exact gradient (``estimators``),
+    the optimisation runs, and where the rows are stored (DuckDB ``run_id``)."""
+
+    task: str
+    estimators: dict[str, dict]
+    run_id: str | None = None
+    seconds: float | None = None
+
+    _optional = ("run_id", "seconds")

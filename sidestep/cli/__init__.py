@@ -10,6 +10,7 @@ from __future__ import annotations
 from .common import app
 from .data import gc, index, ingest, reindex, rollback, search, status
 from .evaluation import eval_, eval_longdoc, eval_rec, pretrain, train_verifier
+from .lab import lab
 from .servers import demo, deploy, serve
 
 __all__ = ["app"]
@@ -23,6 +24,7 @@ app.command("train-verifier")(train_verifier)
 app.command("eval-longdoc")(eval_longdoc)
 app.command("eval-rec")(eval_rec)
 app.command()(pretrain)
+app.command()(lab)
 app.command()(search)
 app.command()(serve)
 app.command()(status)

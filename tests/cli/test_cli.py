@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from sidestep.cli import app
 
 runner = CliRunner()
-COMMANDS = ["ingest", "index", "reindex", "serve", "search", "eval", "train-verifier", "eval-longdoc", "eval-rec", "pretrain", "rollback", "gc", "deploy", "status", "demo"]
+COMMANDS = ["ingest", "index", "reindex", "serve", "search", "eval", "train-verifier", "eval-longdoc", "eval-rec", "pretrain", "lab", "rollback", "gc", "deploy", "status", "demo"]
 VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
 
@@ -89,3 +89,16 @@ def test_ingest_then_status_and_search_as_json(data_root, tmp_path, encoder):
     r = runner.invoke(app, ["--config", str(cfg), "status", "--json"])
     st = json.loads(r.stdout)["domains"]["notes"]
     assert st["serving_version"] == hits["index_version"] and st["documents"] == 3 and st["quarantined"] == 1
+
+
+@pytest.mark.slow
+def test_lab_planted_prints_every_estimators_bias_and_variance(data_root):
+    from sidestep.lab import ESTIMATORS
+
+    r = runner.invoke(app, ["lab", "planted", "--budget-seconds", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(res["estimators"]) == set(ESTIMATORS)
+    for name, row in res["estimators"].items():
+        assert row["bias"] >= 0 and row["variance"] >= 0, name
+    assert res["estimators"]["reinforce"]["targets_exact_gradient"] is True
