@@ -38,28 +38,27 @@ def test_importing_sidestep_loads_neither_prefect_ray_nor_torch():
 def test_the_readme_python_example_runs(tmp_path, monkeypatch, encoder, capsys):
     """The README's example, as written, against a fresh data root (./var in a temporary folder)."""
     monkeypatch.chdir(tmp_path)
-    rows = [{"id": "extra-1", "title": "Resting a roast", "text": "Rest a roast chicken for fifteen minutes "
-             "under loose foil before carving, so the juices settle."},
-            {"id": "extra-2", "title": "Quick flatbreads", "text": "Flour, yoghurt and salt, rolled thin and "
-             "cooked in a dry pan for two minutes a side."},
-            {"id": "extra-3", "title": "A record without text"}]  # quarantined, not fatal
-    (tmp_path / "more-recipes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = [{"id": "n1", "title": "Bike chain care", "text": "Clean the chain with a degreaser, dry it, then apply "
+             "one drop of lubricant per roller and wipe off the excess."},
+            {"id": "n2", "title": "Sourdough starter", "text": "Feed the starter twice a day with equal weights "
+             "of flour and water."},
+            {"id": "n3", "title": "A record without text"}]  # quarantined, not fatal
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ns: dict = {}
     exec(compile(_readme_block("Python API"), "README.md", "exec"), ns)  # noqa: S102
     assert isinstance(ns["eng"], sidestep.Engine)
     assert ns["eng"].root.root == (tmp_path / "var").resolve()
-    report = ns["report"]
-    assert isinstance(report, sidestep.ReindexReport)
-    assert report.encoded > 0 and not report.failed
-    assert {p["domain"] for p in report.published} == {"recipes", "shop"}
-    assert report.as_dict()["domains"].keys() == {"recipes", "shop"}
-    more = ns["more"]
-    assert isinstance(more, sidestep.IngestReport)
-    assert (more.new, more.quarantined) == (2, 1)
+    ingested = ns["ingested"]
+    assert isinstance(ingested, sidestep.IngestReport)
+    assert (ingested.new, ingested.quarantined) == (2, 1)
+    built = ns["built"]
+    assert isinstance(built, sidestep.ReindexReport)
+    assert built.encoded == 2 and not built.failed
+    assert [p["domain"] for p in built.published] == ["notes"] and built.as_dict()["domains"].keys() == {"notes"}
     hits = ns["hits"]
-    assert len(hits) == 3 and all(isinstance(h, sidestep.Hit) for h in hits)
-    assert "extra-1" in [h.doc_id for h in hits]  # the ingested document was published and is found
-    assert hits.index_version == ns["eng"].status().domains["recipes"]["serving_version"]
+    assert len(hits) == 2 and all(isinstance(h, sidestep.Hit) for h in hits)
+    assert hits[0].doc_id == "n1"
+    assert hits.index_version == ns["eng"].status().domains["notes"]["serving_version"]
     recs = ns["recs"]
     assert len(recs) == 3 and all(isinstance(r, sidestep.RecommendedItem) for r in recs)
     assert recs.unknown_items == []
