@@ -8,6 +8,8 @@ forms callers need are thin wrappers that only decide what the ranking and the j
   the query adapter's validation); ties keep list order, the ideal comes from the list's gains.
 - `mean_ndcg_rows`: a score matrix whose rows are queries and columns documents, with binary
   relevance per row (document tables).
+- `ndcg_of_target_ranks`: one relevant item per query, given only its 0-based rank among all items
+  (leave-one-out recommendation over a full ranking), vectorised: `ndcg` with one judged gain of 1.
 - `mean_ndcg`: a TREC-style run and graded qrels, with trec_eval's conventions (ties broken by
   document id, descending; the mean is over the judged queries, an unranked one counts 0), so it
   equals ``ir_measures.calc_aggregate([nDCG@10], qrels, run)`` (tests/test_metrics.py checks).
@@ -41,6 +43,13 @@ def ndcg_of_scores(scores: np.ndarray, gains: np.ndarray, k: int = 10) -> float:
     """nDCG@k of one candidate list ranked by `scores` (ties keep list order) against its own `gains`."""
     order = np.argsort(-scores, kind="stable")[:k]
     return ndcg(gains[order], gains, k)
+
+
+def ndcg_of_target_ranks(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per query, nDCG@k when exactly one item is relevant and it sits at 0-based rank `ranks[i]`: the
+    vectorised form of `ndcg([0] * r + [1], [1], k)` (the ideal DCG is 1)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return (ranks < k) / np.log2(ranks + 2.0)
 
 
 def mean_ndcg_rows(scores: np.ndarray, qrels: Mapping[int, set[int]], k: int = 10) -> float:

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sidestep.eval.metrics import ndcg_of_target_ranks
+
 
 @dataclass(frozen=True)
 class SeqConfig:
@@ -237,7 +239,7 @@ def rank_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (10, 50)) -> dict[str,
     for k in ks:
         hit = ranks < k
         out[f"recall@{k}"] = float(hit.mean()) if len(ranks) else 0.0
-        out[f"ndcg@{k}"] = float((hit / np.log2(ranks + 2.0)).mean()) if len(ranks) else 0.0
+        out[f"ndcg@{k}"] = float(ndcg_of_target_ranks(ranks, k).mean()) if len(ranks) else 0.0
     return out
 
 

@@ -115,3 +115,13 @@ def test_the_core_by_hand():
     assert ndcg([1, 0], [1]) == 1.0 and ndcg([0, 1], [1]) == pytest.approx(1 / np.log2(3))
     assert ndcg([0, 0], [0, 0]) == 0.0 and ndcg([], []) == 0.0 and mean_ndcg({}, {}) == 0.0
     assert ndcg([1], [1, 1]) == pytest.approx(1 / (1 + 1 / np.log2(3)))  # a relevant document left unranked
+
+
+def test_the_target_rank_form_is_ndcg_with_one_relevant_item():
+    from sidestep.eval.metrics import ndcg, ndcg_of_target_ranks
+
+    rng = np.random.default_rng(3)
+    ranks = rng.integers(0, 60, size=200)
+    for k in (1, 10, 50):
+        want = [ndcg([0.0] * int(r) + [1.0], [1.0], k) for r in ranks]
+        np.testing.assert_allclose(ndcg_of_target_ranks(ranks, k), want, rtol=0, atol=1e-12)
