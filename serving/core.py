@@ -40,7 +40,8 @@ class SearchService(VersionedDomains):
         self.root = root
         e = settings.encoder
         self.encoder = encoder or Encoder(e.model_path, batch_size=e.batch_size, num_threads=e.num_threads,
-                                          max_query_tokens=e.max_query_tokens, fast_single=fast_encoder)
+                                          max_query_tokens=e.max_query_tokens, fast_single=fast_encoder,
+                                          device=e.device)
         self.verifier = VerifierService(settings, root) if verifier is True else (verifier or None)
         self.refresh()
 
@@ -118,7 +119,7 @@ class SearchService(VersionedDomains):
         if verify and stage.reason is None:
             t1 = time.perf_counter()
             qpieces = self.encoder.query_ids([query])[0]  # tokenized once: the encoder and the lexical features
-            qvec, qtok = self.encoder.encode_ids([qpieces], want_tokens=True)
+            qvec, qtok = self.encoder.encode_ids([qpieces], want_tokens=True, role="query")
             t2 = time.perf_counter()
             hits = search_vectors(corpus, qvec, max(k, v.candidates))[0]
             stage.timings = {"encode": (t2 - t1) * 1e3, "recall": (time.perf_counter() - t2) * 1e3}

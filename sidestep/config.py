@@ -57,6 +57,10 @@ class EncoderConfig(_Strict):
     batch_size: int = Field(32, ge=1, le=1024)
     num_threads: int | None = Field(None, description="torch threads; None = all cores.")
     max_query_tokens: int = Field(128, ge=8, le=512)
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu", description="Where the encoder runs: cpu, cuda, or auto (cuda where torch sees a GPU, else cpu). "
+                           "On a GPU every batch runs on the eager model (the search replica's ONNX query "
+                           "session is CPU only).")
 
 
 class IndexConfig(_Strict):

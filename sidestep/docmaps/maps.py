@@ -195,8 +195,8 @@ def encode_texts(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
     if not texts:
         return np.zeros((0, encoder.dim), np.float32)
     ids = encoder.tokenizer(list(texts), add_special_tokens=False, truncation=True,
-                            max_length=encoder.max_seq - 2)["input_ids"]
-    return encoder.encode_ids([encoder.wrap_specials(x) for x in ids], want_tokens=False)[0]
+                            max_length=encoder.max_seq - 2 - len(encoder.prompt_ids["document"]))["input_ids"]
+    return encoder.encode_ids([encoder.wrap_specials(x) for x in ids], want_tokens=False, role="document")[0]
 
 
 def embed_maps(encoder: Encoder, maps: Sequence[DocMap]) -> list[MapVectors]:
@@ -236,9 +236,9 @@ def encode_in_context(encoder: Encoder, contexts: Sequence[str], queries: Sequen
     q_ids = tok(list(queries), add_special_tokens=False, truncation=True,
                 max_length=encoder.max_query_tokens - 2)["input_ids"]
     c_ids = tok(list(contexts), add_special_tokens=False)["input_ids"]
-    room = encoder.max_seq - 2
+    room = encoder.max_seq - 2 - len(encoder.prompt_ids["query"])
     seqs = [encoder.wrap_specials(c[:max(0, room - len(q))] + q) for c, q in zip(c_ids, q_ids, strict=True)]
-    pooled, tokens = encoder.encode_ids(seqs, want_tokens=pool == "query")
+    pooled, tokens = encoder.encode_ids(seqs, want_tokens=pool == "query", role="query")
     if pool == "all":
         return pooled
     out = np.stack([t[-1 - len(q):-1].astype(np.float32).mean(0) if q else t.astype(np.float32).mean(0)

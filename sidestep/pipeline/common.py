@@ -12,10 +12,12 @@ Log = Callable[[str], None]
 
 
 @functools.lru_cache(maxsize=2)
-def _encoder(model_path: str | None, batch_size: int, num_threads: int | None, max_query_tokens: int) -> Encoder:
-    return Encoder(model_path, batch_size=batch_size, num_threads=num_threads, max_query_tokens=max_query_tokens)
+def _encoder(model_path: str | None, batch_size: int, num_threads: int | None, max_query_tokens: int,
+             device: str = "cpu") -> Encoder:
+    return Encoder(model_path, batch_size=batch_size, num_threads=num_threads, max_query_tokens=max_query_tokens,
+                   device=device)
 
 
 def encoder_for(settings: Settings) -> Encoder:
     e = settings.encoder
-    return _encoder(e.model_path, e.batch_size, e.num_threads, e.max_query_tokens)
+    return _encoder(e.model_path, e.batch_size, e.num_threads, e.max_query_tokens, e.device)
