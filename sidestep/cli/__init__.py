@@ -2,7 +2,8 @@
 
 A thin layer over the Python API (sidestep.api) and the Prefect flows: the commands live in data.py
 (ingest, reindex, search, status, rollback, gc), evaluation.py (eval, train-verifier, eval-longdoc,
-eval-rec, pretrain) and servers.py (serve, deploy, demo); common.py holds the app and what they share.
+eval-rec, pretrain), runs.py (export, compare) and servers.py (serve, deploy, demo); common.py holds
+the app and what they share.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from .common import app
 from .data import gc, ingest, reindex, rollback, search, status
 from .evaluation import eval_, eval_longdoc, eval_rec, pretrain, train_verifier
+from .runs import compare, export
 from .servers import demo, deploy, serve
 
 __all__ = ["app"]
@@ -18,6 +20,8 @@ __all__ = ["app"]
 app.command()(ingest)
 app.command()(reindex)
 app.command("eval")(eval_)
+app.command()(export)
+app.command()(compare)
 app.command("train-verifier")(train_verifier)
 app.command("eval-longdoc")(eval_longdoc)
 app.command("eval-rec")(eval_rec)
