@@ -51,8 +51,9 @@ def compare(
     _emit(res, as_json)
     if not as_json:
         a, b = res["runs"]
-        t = Table("measure", "A", "B", "delta (B - A)", "p-value", "wins / ties / losses (B)",
-                  title=f"A = {a}\nB = {b}\n{res['queries']} queries, {res['test']}")
+        t = Table("measure", "A", "B", "delta (B - A)", "p-value", "wins / ties / losses",
+                  title=f"A = {a}\nB = {b}\n{res['queries']} queries, {res['test']}",
+                  caption="wins: queries where B scores above A")
         for name, m in res["measures"].items():
             p = "-" if m["p_value"] is None else f"{m['p_value']:.4g}"
             t.add_row(name, f"{m['a']:.4f}", f"{m['b']:.4f}", f"{m['delta']:+.4f}", p,

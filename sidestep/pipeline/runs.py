@@ -33,6 +33,9 @@ class UnknownRun(RunFormatError):
     """A run reference that is neither a stored run id nor a run file."""
 
 
+_WHERE_IDS = "run ids are `sidestep eval --json`'s run_id, and run_ids for the baselines beside it"
+
+
 @dataclass
 class LoadedRun:
     name: str
@@ -59,8 +62,7 @@ def load_run(root: DataRoot, ref: str) -> LoadedRun:
         return found
     if Path(ref).is_file():
         return LoadedRun(str(ref), read_trec(ref))
-    raise UnknownRun(f"unknown run {ref!r}: no such run id in {root.eval_db()} and no such file "
-                     "(run ids come from `sidestep eval --json`'s run_id; baselines are <run_group>-<name>)")
+    raise UnknownRun(f"unknown run {ref!r}: no such run id in {root.eval_db()} and no such file ({_WHERE_IDS})")
 
 
 def export_run(root: DataRoot, run_id: str, fmt: str = "trec", out: str | os.PathLike | None = None,
@@ -70,8 +72,7 @@ def export_run(root: DataRoot, run_id: str, fmt: str = "trec", out: str | os.Pat
         raise RunFormatError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
     run = _stored(root, run_id)
     if run is None:
-        raise UnknownRun(f"unknown run {run_id!r}: no such run id in {root.eval_db()} (run ids come from "
-                         "`sidestep eval --json`'s run_id; baselines are <run_group>-<name>)")
+        raise UnknownRun(f"unknown run {run_id!r}: no such run id in {root.eval_db()} ({_WHERE_IDS})")
     tag = tag or run_id
     queries = len({r[0] for r in run.rows})
     if out is not None:

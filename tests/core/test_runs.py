@@ -127,3 +127,16 @@ def test_a_judged_query_the_run_misses_counts_zero():
 
 def test_paired_needs_two_queries_for_a_p_value():
     assert paired([0.1], [0.3]).p_value is None
+
+
+def test_the_comparison_report_reads_back_its_json_shape():
+    from sidestep.results import MeasureComparison, RunComparison
+
+    a, b, qrels = _random_run(1), _random_run(2), _qrels()
+    res, n = compare_runs(a, b, qrels)
+    rep = RunComparison(runs=["A", "B"], measures=res, queries=n)
+    d = json.loads(json.dumps(rep.as_dict()))
+    assert list(d) == ["runs", "measures", "queries", "test"] and d["test"] == "paired t-test"
+    assert set(d["measures"]["nDCG@10"]) == {"a", "b", "delta", "p_value", "wins", "ties", "losses"}
+    back = RunComparison.from_dict(d)
+    assert isinstance(back.measures["RR@10"], MeasureComparison) and back.as_dict() == d
