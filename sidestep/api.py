@@ -30,6 +30,8 @@ from .results import (
     LabReport,
     Recommendations,
     ReindexReport,
+    RunComparison,
+    RunExport,
     SearchResults,
     StatusReport,
 )
@@ -133,9 +135,10 @@ class Engine:
 
     def evaluate(self, dataset_dir: str | os.PathLike, domain: str, *, k: int = 100, verify: bool = True,
                  train_verifier: bool = True, verifier_from: str | None = None, out: str | os.PathLike | None = None,
-                 split: str = "test", min_rel: int = 1) -> EvalReport:
+                 split: str = "test", min_rel: int = 1, trec_out: str | os.PathLike | None = None) -> EvalReport:
         """Ingest and index a BEIR folder, run its SPLIT queries through the search path the server uses,
-        store the runs in DuckDB; ``metrics`` (ndcg@10, mrr@10, recall@100) and ``baselines`` beside it."""
+        store the runs in DuckDB; ``metrics`` (ndcg@10, mrr@10, recall@100) and ``baselines`` beside it.
+        TREC_OUT: also write the run ``metrics`` describes as a TREC run file (``export``'s writer)."""
         from sidestep.flows.evaluate import evaluate_flow
 
         with self._env():
@@ -143,7 +146,29 @@ class Engine:
                                 min_rel=min_rel, verify=verify, train_verifier=train_verifier,
                                 verifier_from=verifier_from, out=str(out) if out is not None else None,
                                 config_path=self.config)
-        return EvalReport.from_dict(_plain(res))
+        res = _plain(res)
+        if trec_out is not None:
+            res["trec_out"] = self.export(res["run_id"], "trec", out=trec_out).out
+        return EvalReport.from_dict(res)
+
+    def export(self, run_id: str, format: str = "trec", out: str | os.PathLike | None = None,  # noqa: A002
+               *, tag: str | None = None) -> RunExport:
+        """Stored run RUN_ID (``evaluate``'s run_id, or a baseline's ``<run_group>-<name>``) as a TREC run
+        (``qid Q0 docid rank score tag``) or a ranx-style JSON run (``{qid: {docid: score}}``), written to
+        OUT, or returned in ``content`` when OUT is None. Raises ValueError for an unknown run or format."""
+        from sidestep.pipeline.runs import export_run
+
+        return export_run(self.root, run_id, format, out, tag)
+
+    def compare(self, run_a: str, run_b: str, measures: list[str] | None = None, *,
+                qrels: str | os.PathLike | None = None) -> RunComparison:
+        """Runs A and B (stored run ids or TREC run files) measure by measure (any ir_measures name;
+        default nDCG@10, RR@10, R@100) over the same judged queries, with a paired t-test and per-query
+        wins / ties / losses of B against A. The qrels stored with the runs' evaluation, unless QRELS (a
+        TREC or BEIR qrels file) is given. Raises ValueError for an unknown run or measure."""
+        from sidestep.pipeline.runs import compare
+
+        return compare(self.root, run_a, run_b, measures, qrels)
 
     def lab(self, task: str = "planted", *, estimators: list[str] | None = None, seeds: int = 3,
             budget_seconds: float | None = None, options: dict | None = None) -> LabReport:

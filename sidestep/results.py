@@ -364,3 +364,52 @@ class LabReport(_Report):
     seconds: float | None = None
 
     _optional = ("run_id", "seconds")
+
+
+@dataclass
+class RunExport(_Report):
+    """A stored run written out as a TREC run or a ranx-style JSON run: where (``out``; None when the
+    content was returned instead, in ``content``), and how many queries and result lines it holds."""
+
+    run_id: str
+    format: str
+    out: str | None
+    queries: int
+    documents: int
+    content: str | dict | None = None
+
+    _optional = ("content",)
+
+
+@dataclass
+class MeasureComparison(_Report):
+    """One measure over the same queries for runs A and B: the means, ``delta = b - a``, the paired test's
+    two-sided p-value, and the queries where B scores above A (wins), the same (ties), below (losses)."""
+
+    a: float
+    b: float
+    delta: float
+    p_value: float | None
+    wins: int
+    ties: int
+    losses: int
+
+
+@dataclass
+class RunComparison(_Report):
+    """Two runs compared measure by measure over the same judged queries (``sidestep compare``)."""
+
+    runs: list[str]
+    measures: dict[str, MeasureComparison]
+    queries: int
+    test: str = "paired t-test"
+    qrels: str | None = None
+
+    _optional = ("qrels",)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        obj = super().from_dict(data)
+        obj.measures = {k: v if isinstance(v, MeasureComparison) else MeasureComparison.from_dict(v)
+                        for k, v in obj.measures.items()}
+        return obj

@@ -334,6 +334,27 @@ class Warehouse:
         """All runs with their aggregate metrics, newest first."""
         return self.query("SELECT * FROM run_metrics ORDER BY started_at DESC, run_id")
 
+    def run_info(self, run_id: str) -> dict[str, Any]:
+        """The ``runs`` row of one run (config parsed); KeyError for an unknown run id."""
+        t = self.query("SELECT * FROM runs WHERE run_id = ?", [run_id]).to_pylist()
+        if not t:
+            raise KeyError(f"no run {run_id!r} in {self.path}")
+        return {**t[0], "config": json.loads(t[0]["config"])}
+
+    def run_rows(self, run_id: str) -> list[tuple[str, str, int, float]]:
+        """The run's results as (query_id, doc_id, rank, score), by query then rank."""
+        return self._con.sql("SELECT query_id, doc_id, rank, score FROM run_results WHERE run_id = ? "
+                             "ORDER BY query_id, rank, doc_id", params=[run_id]).fetchall()
+
+    def run_qrels(self, run_id: str) -> dict[str, dict[str, int]]:
+        """The qrels the run was judged against, for each evaluated query (a query without judgments: {})."""
+        out: dict[str, dict[str, int]] = {q: {} for (q,) in self._con.sql(
+            "SELECT query_id FROM run_queries WHERE run_id = ? ORDER BY query_id", params=[run_id]).fetchall()}
+        for q, d, rel in self._con.sql("SELECT query_id, doc_id, relevance FROM run_qrels WHERE run_id = ? "
+                                       "ORDER BY query_id, doc_id", params=[run_id]).fetchall():
+            out.setdefault(q, {})[d] = rel
+        return out
+
     def record_longdoc(self, *, run_id: str, dataset: str, report: dict[str, Any], config: dict[str, Any]) -> int:
         """Store every numeric figure of an eval-longdoc report under its dotted path."""
         rows: list[tuple[str, str, float]] = []

@@ -27,6 +27,8 @@ def eval_(
                                                  "score) to this Parquet file.")] = None,
     split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
     min_rel: Annotated[int, typer.Option(help="Smallest grade counted relevant by MRR and Recall.", min=1)] = 1,
+    trec_out: Annotated[str | None, typer.Option("--trec-out", help="Also write the run the metrics describe "
+                                                 "as a TREC run file (qid Q0 docid rank score tag).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ingest and index a BEIR folder, run its queries through the serving search path, store the runs
@@ -34,7 +36,8 @@ def eval_(
     same run: pooled cosine (recall only), MaxSim reranking the same candidates, BM25, and BM25 + dense
     reciprocal-rank fusion."""
     res = _run(_engine().evaluate, as_json, dataset_dir, domain, k=k, split=split, min_rel=min_rel, verify=verify,
-               train_verifier=train_verifier, verifier_from=verifier_from, out=out_path).as_dict()
+               train_verifier=train_verifier, verifier_from=verifier_from, out=out_path,
+               trec_out=trec_out).as_dict()
     _emit(res, as_json)
     if not as_json:
         main = "recall -> verify" if res["verify"]["applied"] else "pooled cosine (recall only)"
@@ -53,6 +56,8 @@ def eval_(
         if res["verify"]["requested"] and not res["verify"]["applied"]:
             err.print(f"[yellow]note:[/yellow] {res['verify']['reason']}")
         out.print(f"runs stored as {res['run_group']}-* in {_root().eval_db()}")
+        if res.get("trec_out"):
+            out.print(f"TREC run {res['run_id']} written to {res['trec_out']}")
 
 
 def train_verifier(

@@ -186,4 +186,5 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
     return {"run_id": main_run_id, "run_group": group_id, "domain": domain, "index_version": corpus.version,
             "split": split, "queries": len(qids), "k": k, "min_rel": min_rel, "metrics": metrics,
             "baselines": results, "verify": verify_info, "cost": cost, "run_parquet": str(run_path), "out": out,
-            "query_seconds": round(seconds, 3), "queries_per_s": round(len(qids) / seconds, 1) if seconds else None}
+            "query_seconds": round(seconds, 3), "queries_per_s": round(len(qids) / seconds, 1) if seconds else None,
+            "run_ids": {name: f"{group_id}-{name}" for name in runs}}  # every configuration's stored run
