@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sidestep.ingest.formats import _json_error
+from sidestep.ingest.jsonsafe import TOO_DEEP, TooDeep, loads_guarded
 from sidestep.ingest.records import BadRecord, Interaction
 from sidestep.ingest.validation import Item, RawRecord, SourceError, _decode_error, _json_type
 
@@ -185,9 +186,10 @@ def _read_lcrec(root: Path) -> tuple[Iterable[Item], list[Interaction], list[Bad
 
 
 def _load_json_object(path: Path) -> dict:
-    """LC-Rec files are one JSON object each: if that does not parse, nothing in it can be trusted."""
+    """LC-Rec files are one JSON object each: if that does not parse, nothing in it can be trusted.
+    A member nested too deep is only that member's problem: it comes back as TooDeep."""
     try:
-        value = json.loads(path.read_bytes().decode("utf-8-sig"))
+        value = loads_guarded(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise SourceError(f"{path} is not UTF-8: {exc}") from exc
     except (ValueError, RecursionError) as exc:
@@ -200,6 +202,9 @@ def _load_json_object(path: Path) -> dict:
 def _lcrec_items(obj: dict, name: str) -> Iterator[Item]:
     for key, value in obj.items():
         location = f"{name}[{key}]"
+        if isinstance(value, TooDeep):
+            yield BadRecord(location, TOO_DEEP, key, value.raw)
+            continue
         raw = json.dumps(value, ensure_ascii=False)
         if not isinstance(value, dict):
             yield BadRecord(
@@ -229,6 +234,9 @@ def _lcrec_interactions(path: Path) -> tuple[list[Interaction], list[BadRecord]]
     bad: list[BadRecord] = []
     for user, items in _load_json_object(path).items():
         location = f"{path.name}[{user}]"
+        if isinstance(items, TooDeep):
+            bad.append(BadRecord(location, TOO_DEEP, None, items.raw))
+            continue
         ok = isinstance(items, list) and all(
             isinstance(i, str | int) and not isinstance(i, bool) for i in items
         )
