@@ -82,8 +82,9 @@ def read_recbole(root: Path) -> tuple[Iterable[Item], list[Interaction], list[Ba
     inter = atomic_inter(root)
     if inter is None:
         found = ", ".join(p.name for p in sorted(root.glob("*.inter"))) or "none"
+        hint = " (a .text file: this looks like the UniSRec layout, --format unisrec)" if any(root.glob("*.text")) else ""
         raise SourceError(f"recbole folder {root} needs one <name>.inter file (or {root.name}.inter), "
-                          f"found: {found}")
+                          f"found: {found}{hint}")
     inter_header = read_header(inter, ("user_id", "item_id"))
     item_path = inter.with_suffix(".item")
     item_header = read_header(item_path, ("item_id",)) if item_path.is_file() else None

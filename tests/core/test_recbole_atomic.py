@@ -185,7 +185,7 @@ def test_interactions_without_an_item_file_are_read(tmp_path: Path) -> None:
 
 def test_detection_and_explicit_formats_tell_the_two_layouts_apart(tmp_path: Path) -> None:
     assert detect_format(UNISREC) == "unisrec" and detect_format(ATOMIC) == "recbole"
-    with pytest.raises(SourceError, match=r"needs one <name>\.inter"):
+    with pytest.raises(SourceError, match=r"needs one <name>\.inter.*--format unisrec"):
         read_source(UNISREC, "recbole")
     with pytest.raises(SourceError, match=r"needs exactly one <name>\.text"):
         read_source(ATOMIC, "unisrec")
