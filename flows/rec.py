@@ -88,7 +88,7 @@ def rebuild_index_flow(domain: str, config_path: str | None = None) -> dict:
 def eval_rec_flow(dataset_dir: str, domain: str, mode: str | None = None, pretrained_from: str | None = None,
                   controls: bool = True, refit: bool = False, epochs: int | None = None,
                   max_seconds: float | None = None, seed: int = 0, config_path: str | None = None) -> dict:
-    """Ingest a RecBole / LC-Rec folder, embed its items, make sure a codebook fits them, train the
+    """Ingest a RecBole, UniSRec or LC-Rec folder, embed its items, make sure a codebook fits them, train the
     domain's tables and evaluate them beside popularity, text-only and shuffled-codes controls.
 
     Args:

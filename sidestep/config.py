@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 SAMPLES_DIR = Path(__file__).parent / "samples"
-FORMATS = ("beir", "jsonl", "csv", "parquet", "textdir", "recbole", "lcrec")
-Format = Literal["beir", "jsonl", "csv", "parquet", "textdir", "recbole", "lcrec"]
+FORMATS = ("beir", "jsonl", "csv", "parquet", "textdir", "recbole", "unisrec", "lcrec")
+Format = Literal["beir", "jsonl", "csv", "parquet", "textdir", "recbole", "unisrec", "lcrec"]
 
 
 def check_name(value: str, what: str = "domain") -> str:

@@ -28,7 +28,7 @@ def ingest(
     path: Annotated[str, typer.Argument(help="File or folder to read.")],
     domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to ingest into.")],
     format: Annotated[str | None, typer.Option("--format", "-f", help="beir|jsonl|csv|parquet|textdir|recbole|"
-                                               "lcrec (detected when omitted).")] = None,
+                                               "unisrec|lcrec (detected when omitted).")] = None,
     id_field: Annotated[str, typer.Option(help="Id column/key (jsonl, csv, parquet).")] = "id",
     title_field: Annotated[str, typer.Option(help="Title column/key; '' for none.")] = "title",
     text_field: Annotated[str, typer.Option(help="Text column/key.")] = "text",

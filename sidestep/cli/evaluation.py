@@ -118,8 +118,10 @@ def eval_longdoc(
 
 
 def eval_rec(
-    dataset_dir: Annotated[str, typer.Argument(help="A RecBole folder (<name>.text + <name>.{train,valid,test}"
-                                               ".inter) or an LC-Rec folder (<name>.item.json + .inter.json).")],
+    dataset_dir: Annotated[str, typer.Argument(help="A RecBole atomic-files folder (<name>.inter + "
+                                               "<name>.item), a UniSRec folder (<name>.text + "
+                                               "<name>.{train,valid,test}.inter) or an LC-Rec folder "
+                                               "(<name>.item.json + .inter.json).")],
     domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to load the items and interactions into.")],
     pretrained_from: Annotated[str | None, typer.Option(help="Start from this domain's published model "
                                                         "(run eval-rec on it first).")] = None,

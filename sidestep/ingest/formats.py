@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from sidestep.ingest.jsonsafe import TOO_DEEP, TooDeep, loads_guarded, too_deep
 from sidestep.ingest.records import BadRecord
 from sidestep.ingest.validation import (
     Item,
@@ -61,12 +64,23 @@ def _parse_json_line(line: bytes, location: str, opts: _Options) -> Item:
         return BadRecord(location, _decode_error(line, exc), _peek_id(raw, opts), raw)
     try:
         obj = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        return BadRecord(location, TOO_DEEP, None, _printable(text))
+    except ValueError as exc:
         return BadRecord(location, f"malformed_json: {_json_error(exc)}", None, _printable(text))
     return _object_record(obj, location, opts, text)
 
 
-def _object_record(obj: Any, location: str, opts: _Options, raw: str) -> Item:
+def _object_record(obj: Any, location: str, opts: _Options, raw: str | None = None) -> Item:
+    """`raw` None: the record's JSON text is written from `obj` (after the depth check, which makes that safe)."""
+    if isinstance(obj, TooDeep):
+        return BadRecord(location, TOO_DEEP, None, _printable(obj.raw))
+    if too_deep(obj):
+        record_id = _get_id(obj, opts.id_field) if isinstance(obj, dict) else None
+        shown = str(record_id) if isinstance(record_id, str | int) else None
+        return BadRecord(location, TOO_DEEP, shown, _printable(raw or ""))
+    if raw is None:
+        raw = json.dumps(obj, ensure_ascii=False)
     if not isinstance(obj, dict):
         return BadRecord(
             location, f"malformed_json: expected an object, got {_json_type(obj)}", None, _printable(raw)
@@ -113,15 +127,15 @@ def _first_byte(path: Path) -> bytes:
 def _load_json_array(path: Path) -> list | None:
     """None means 'not one JSON array after all' (e.g. JSONL whose first line is an array)."""
     try:
-        value = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        value = loads_guarded(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError):
         return None
     return value if isinstance(value, list) else None
 
 
 def _array_records(array: list, name: str, opts: _Options) -> Iterator[Item]:
     for i, obj in enumerate(array):
-        yield _object_record(obj, f"{name}[{i}]", opts, json.dumps(obj, ensure_ascii=False))
+        yield _object_record(obj, f"{name}[{i}]", opts)
 
 
 # --------------------------------------------------------------------------- CSV
@@ -214,29 +228,88 @@ def _from_parquet(value: Any) -> Any:
 
 
 def _iter_textdir(root: Path, opts: _Options) -> Iterator[Item]:
-    for rel in _text_files(root):
-        yield _text_file_record(root, rel, opts.max_text_bytes)
+    """Only regular files inside the root are read: links are not followed, special files never opened."""
+    for rel, kind in _text_entries(root):
+        if kind == "symlink":
+            yield BadRecord(rel, f"symlink: not followed (points to {_link_target(root / rel)})", rel)
+        elif kind != "file":
+            yield BadRecord(rel, f"not_a_regular_file: {kind} (never opened)", rel)
+        else:
+            yield _text_file_record(root, rel, opts.max_text_bytes)
 
 
 def _text_files(root: Path) -> Iterator[str]:
-    """Relative posix paths of .txt/.md files, sorted so ids and order are stable across machines."""
-    found: list[str] = []
-    for dirpath, _dirnames, filenames in os.walk(root):
+    """Relative posix paths of .txt/.md entries (and linked folders), sorted so ids and order are stable."""
+    for rel, _kind in _text_entries(root):
+        yield rel
+
+
+def _text_entries(root: Path) -> list[tuple[str, str]]:
+    """(relative path, "file" | "symlink" | a special kind such as "fifo") of every .txt/.md entry and every linked folder.
+
+    os.walk does not enter linked folders (followlinks=False) but lists them among the folders; lstat
+    tells a link or a FIFO named like a text file from a regular file without opening it.
+    """
+    found: list[tuple[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            if Path(dirpath, name).is_symlink():
+                found.append((Path(dirpath, name).relative_to(root).as_posix(), "symlink"))
         for name in filenames:
             if name.lower().endswith(TEXT_SUFFIXES):
-                found.append(Path(dirpath, name).relative_to(root).as_posix())
-    yield from sorted(found)
+                path = Path(dirpath, name)
+                found.append((path.relative_to(root).as_posix(), _entry_kind(path)))
+    return sorted(found)
+
+
+def _entry_kind(path: Path) -> str:
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return "file"  # gone since it was listed: reading it reports why
+    return "symlink" if stat.S_ISLNK(mode) else "file" if stat.S_ISREG(mode) else _special(mode)
+
+
+def _special(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory"))
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def _text_file_record(root: Path, rel: str, max_text_bytes: int) -> Item:
+    """Opened without following a link and without blocking, then checked on the open descriptor, so a
+    file swapped for a link or a FIFO after the folder was listed is still refused."""
     path = root / rel
+    limit = max_text_bytes + len(codecs.BOM_UTF8)
     try:
-        size = path.stat().st_size
-        if size > max_text_bytes + len(codecs.BOM_UTF8):
-            return BadRecord(rel, _too_long(size, max_text_bytes), rel, _head(path))
-        data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return BadRecord(rel, f"symlink: not followed (points to {_link_target(path)})", rel)
+        return BadRecord(rel, f"unreadable_file: {exc.strerror or exc}".lower(), rel)
+    try:
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return BadRecord(rel, f"not_a_regular_file: {_special(info.st_mode)}", rel)
+            if info.st_size > limit:
+                return BadRecord(rel, _too_long(info.st_size, max_text_bytes), rel, _head(f))
+            data = f.read(limit + 1)
     except OSError as exc:
         return BadRecord(rel, f"unreadable_file: {exc.strerror or exc}".lower(), rel)
+    if len(data) > limit:  # it grew after fstat
+        return BadRecord(rel, _too_long(len(data), max_text_bytes), rel, data[:4096].decode("utf-8", "replace"))
+    data = data.removeprefix(codecs.BOM_UTF8)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -244,9 +317,8 @@ def _text_file_record(root: Path, rel: str, max_text_bytes: int) -> Item:
     return RawRecord(rel, rel, _text_title(rel, text), text, text)
 
 
-def _head(path: Path) -> str:
-    with path.open("rb") as f:
-        return f.read(4096).decode("utf-8", "replace")
+def _head(f: BinaryIO) -> str:
+    return f.read(4096).decode("utf-8", "replace")
 
 
 def _text_title(rel: str, text: str) -> str:

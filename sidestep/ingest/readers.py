@@ -1,8 +1,8 @@
 """Pure source readers: every input format becomes validated Documents plus quarantined BadRecords.
 
 Readers never write anything. Each format only parses (sidestep.ingest.formats
-for files and text folders, sidestep.ingest.recformats for RecBole and LC-Rec
-folders); one function (`validate_record`, in sidestep.ingest.validation)
+for files and text folders, sidestep.ingest.recbole for RecBole's atomic files,
+sidestep.ingest.recformats for UniSRec and LC-Rec folders); one function (`validate_record`, in sidestep.ingest.validation)
 decides what is a good document, and one pass (`_finalize`) handles duplicates,
 so every format rejects bad input the same way and a bad record never stops the
 batch. `SourceError` is reserved for problems with the source as a whole
@@ -23,7 +23,8 @@ from pathlib import Path
 
 from sidestep.config import FORMATS
 from sidestep.ingest.formats import _iter_csv, _iter_json_records, _iter_parquet, _iter_textdir, _text_files
-from sidestep.ingest.recformats import _read_lcrec, _read_recbole
+from sidestep.ingest.recbole import atomic_inter, has_atomic_header, read_recbole
+from sidestep.ingest.recformats import _read_lcrec, _read_unisrec
 from sidestep.ingest.records import BadRecord, Document, Interaction
 from sidestep.ingest.validation import Item, SourceError, _Options, validate_record
 
@@ -38,7 +39,7 @@ FILE_SUFFIX_FORMATS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-DIR_FORMATS = ("beir", "textdir", "recbole", "lcrec")
+DIR_FORMATS = ("beir", "textdir", "recbole", "unisrec", "lcrec")
 MAX_LOCATIONS_IN_REASON = 10
 
 
@@ -79,14 +80,18 @@ def _detect_dir(p: Path) -> str:
     if "corpus.jsonl" in names:
         return "beir"
     if any(n.endswith(".text") for n in names) and any(n.endswith(".inter") for n in names):
-        return "recbole"
+        return "unisrec"
     if any(n.endswith(".item.json") for n in names):
         return "lcrec"
+    inter = atomic_inter(p)
+    if inter is not None and has_atomic_header(inter):
+        return "recbole"
     if next(_text_files(p), None) is not None:
         return "textdir"
     raise SourceError(
         f"cannot tell the format of folder {p}: it has no corpus.jsonl (beir), no .text + .inter "
-        f"files (recbole), no .item.json (lcrec) and no .txt/.md files (textdir); "
+        f"files (unisrec), no .item.json (lcrec), no <name>.inter with a typed header such as "
+        f"user_id:token (recbole) and no .txt/.md files (textdir); "
         f"accepted formats: {ACCEPTED_FORMATS}"
     )
 
@@ -144,7 +149,9 @@ def _dispatch(p: Path, fmt: str, opts: _Options) -> tuple[Iterable[Item], list[I
     if fmt == "textdir":
         return _iter_textdir(p, opts), [], []
     if fmt == "recbole":
-        return _read_recbole(p)
+        return read_recbole(p)
+    if fmt == "unisrec":
+        return _read_unisrec(p)
     return _read_lcrec(p)
 
 

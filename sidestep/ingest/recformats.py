@@ -1,5 +1,7 @@
-"""Parsers for recommendation folders: RecBole (.text + .inter, optional .item2index) and LC-Rec
-(.item.json + .inter.json). Each yields item records plus the users' interaction sequences.
+"""Parsers for recommendation folders: UniSRec / VQ-Rec processed RecBole data (.text +
+.{train,valid,test}.inter, optional .item2index) and LC-Rec (.item.json + .inter.json), plus the
+tab-separated helpers RecBole's atomic files (sidestep.ingest.recbole) share. Each yields item
+records plus the users' interaction sequences.
 """
 
 from __future__ import annotations
@@ -12,36 +14,37 @@ from pathlib import Path
 from typing import Any
 
 from sidestep.ingest.formats import _json_error
+from sidestep.ingest.jsonsafe import TOO_DEEP, TooDeep, loads_guarded
 from sidestep.ingest.records import BadRecord, Interaction
 from sidestep.ingest.validation import Item, RawRecord, SourceError, _decode_error, _json_type
 
-# --------------------------------------------------------------------------- RecBole
+# --------------------------------------------------------------------------- UniSRec (RecBole-processed)
 
 
 @dataclass(frozen=True)
-class _RecboleLayout:
+class _UnisrecLayout:
     text: Path
     item2index: Path | None
     inters: list[tuple[str, Path]]  # (split, path)
 
 
-def _read_recbole(root: Path) -> tuple[Iterable[Item], list[Interaction], list[BadRecord]]:
-    layout = _recbole_layout(root)
+def _read_unisrec(root: Path) -> tuple[Iterable[Item], list[Interaction], list[BadRecord]]:
+    layout = _unisrec_layout(root)
     mapping = _load_item2index(layout.item2index) if layout.item2index else None
     interactions: list[Interaction] = []
     bad: list[BadRecord] = []
     for split, path in layout.inters:
-        rows, rows_bad = _read_recbole_inter(path, split)
+        rows, rows_bad = _read_unisrec_inter(path, split)
         interactions.extend(rows)
         bad.extend(rows_bad)
-    return _iter_recbole_text(layout.text, mapping), interactions, bad
+    return _iter_unisrec_text(layout.text, mapping), interactions, bad
 
 
-def _recbole_layout(root: Path) -> _RecboleLayout:
+def _unisrec_layout(root: Path) -> _UnisrecLayout:
     texts = sorted(p for p in root.glob("*.text") if p.is_file())
     if len(texts) != 1:
         found = ", ".join(p.name for p in texts) or "none"
-        raise SourceError(f"recbole folder {root} needs exactly one <name>.text file, found: {found}")
+        raise SourceError(f"unisrec folder {root} needs exactly one <name>.text file, found: {found}")
     name = texts[0].name[: -len(".text")]
     inters: list[tuple[str, Path]] = []
     for p in sorted(root.iterdir()):
@@ -52,7 +55,7 @@ def _recbole_layout(root: Path) -> _RecboleLayout:
     order = {"all": 0, "train": 1, "valid": 2, "test": 3}
     inters.sort(key=lambda sp: (order.get(sp[0], 4), sp[0]))
     item2index = root / f"{name}.item2index"
-    return _RecboleLayout(texts[0], item2index if item2index.is_file() else None, inters)
+    return _UnisrecLayout(texts[0], item2index if item2index.is_file() else None, inters)
 
 
 def _load_item2index(path: Path) -> dict[str, str]:
@@ -107,9 +110,9 @@ def _tsv_header(path: Path, required: tuple[str, ...]) -> tuple[dict[str, int], 
     return columns, len(names)
 
 
-def _tsv_rows(path: Path, n_fields: int) -> Iterator[tuple[str, str, list[str]] | BadRecord]:
-    """Data rows after the header; undecodable or misshapen rows become BadRecords, not exceptions."""
-    for lineno, line in _byte_lines(path, 2):
+def _tsv_rows(path: Path, n_fields: int, start: int = 2) -> Iterator[tuple[str, str, list[str]] | BadRecord]:
+    """Data rows from line `start` (after the header); undecodable or misshapen rows become BadRecords."""
+    for lineno, line in _byte_lines(path, start):
         location = f"{path.name}:{lineno}"
         try:
             text = line.decode("utf-8")
@@ -125,7 +128,7 @@ def _tsv_rows(path: Path, n_fields: int) -> Iterator[tuple[str, str, list[str]] 
             yield location, text, parts
 
 
-def _iter_recbole_text(path: Path, mapping: dict[str, str] | None) -> Iterator[Item]:
+def _iter_unisrec_text(path: Path, mapping: dict[str, str] | None) -> Iterator[Item]:
     cols, n_fields = _tsv_header(path, ("item_id", "text"))
     for row in _tsv_rows(path, n_fields):
         if isinstance(row, BadRecord):
@@ -144,7 +147,7 @@ def _iter_recbole_text(path: Path, mapping: dict[str, str] | None) -> Iterator[I
             yield BadRecord(location, reason, source_id, raw)
 
 
-def _read_recbole_inter(path: Path, split: str) -> tuple[list[Interaction], list[BadRecord]]:
+def _read_unisrec_inter(path: Path, split: str) -> tuple[list[Interaction], list[BadRecord]]:
     cols, n_fields = _tsv_header(path, ("user_id", "item_id_list", "item_id"))
     interactions: list[Interaction] = []
     bad: list[BadRecord] = []
@@ -185,9 +188,10 @@ def _read_lcrec(root: Path) -> tuple[Iterable[Item], list[Interaction], list[Bad
 
 
 def _load_json_object(path: Path) -> dict:
-    """LC-Rec files are one JSON object each: if that does not parse, nothing in it can be trusted."""
+    """LC-Rec files are one JSON object each: if that does not parse, nothing in it can be trusted.
+    A member nested too deep is only that member's problem: it comes back as TooDeep."""
     try:
-        value = json.loads(path.read_bytes().decode("utf-8-sig"))
+        value = loads_guarded(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise SourceError(f"{path} is not UTF-8: {exc}") from exc
     except (ValueError, RecursionError) as exc:
@@ -200,6 +204,9 @@ def _load_json_object(path: Path) -> dict:
 def _lcrec_items(obj: dict, name: str) -> Iterator[Item]:
     for key, value in obj.items():
         location = f"{name}[{key}]"
+        if isinstance(value, TooDeep):
+            yield BadRecord(location, TOO_DEEP, key, value.raw)
+            continue
         raw = json.dumps(value, ensure_ascii=False)
         if not isinstance(value, dict):
             yield BadRecord(
@@ -229,6 +236,9 @@ def _lcrec_interactions(path: Path) -> tuple[list[Interaction], list[BadRecord]]
     bad: list[BadRecord] = []
     for user, items in _load_json_object(path).items():
         location = f"{path.name}[{user}]"
+        if isinstance(items, TooDeep):
+            bad.append(BadRecord(location, TOO_DEEP, None, items.raw))
+            continue
         ok = isinstance(items, list) and all(
             isinstance(i, str | int) and not isinstance(i, bool) for i in items
         )

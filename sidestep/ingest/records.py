@@ -51,8 +51,8 @@ class BadRecord:
 class Interaction:
     """One row of a user's interaction sequence, as the source gives it.
 
-    RecBole rows are (history, target) pairs per split; LC-Rec gives one full
-    sequence per user (target None, split "all").
+    UniSRec rows are (history, target) pairs per split; LC-Rec and RecBole atomic files give one
+    full sequence per user (target None, split "all").
     """
 
     user_id: str

@@ -74,7 +74,7 @@ def load_items(root: DataRoot, settings: Settings, domain: str) -> Items:
 def load_interactions(root: DataRoot, domain: str) -> list[Interaction]:
     t = DocumentStore(root).read_interactions(domain)
     if t.num_rows == 0:
-        raise RecError(f"domain {domain!r} has no interactions; ingest a RecBole or LC-Rec source into it")
+        raise RecError(f"domain {domain!r} has no interactions; ingest a RecBole, UniSRec or LC-Rec source into it")
     cols = t.select(["user_id", "history", "target", "split"]).to_pydict()
     return [Interaction(u, tuple(h), tg, s) for u, h, tg, s in
             zip(cols["user_id"], cols["history"], cols["target"], cols["split"], strict=True)]

@@ -1,9 +1,9 @@
 """Sequential recommendation data: interaction rows -> leave-one-out splits over integer item indices.
 
-Index 0 is padding, items are 1..N in the order of `item_ids`. RecBole folders
+Index 0 is padding, items are 1..N in the order of `item_ids`. UniSRec folders
 ship their own train/valid/test rows (train already expands every prefix);
-LC-Rec gives one chronological sequence per user, split here the standard way:
-last item = test, second last = valid, every earlier prefix = train.
+LC-Rec and RecBole atomic files give one chronological sequence per user, split here the
+standard way: last item = test, second last = valid, every earlier prefix = train.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from sidestep.ingest.readers import ReadResult, SourceError, detect_format, read
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BAD = FIXTURES / "bad_input"
 EXPECTED = json.loads((BAD / "expected.json").read_text(encoding="utf-8"))
-RECBOLE = FIXTURES / "recbole_tiny"
+UNISREC = FIXTURES / "unisrec_tiny"
 LCREC = FIXTURES / "lcrec_tiny"
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 SCIENTIFIC = SHARED / "amazon-scientific"
@@ -198,12 +198,12 @@ def test_textdir_ids_titles_and_bad_files() -> None:
     )
 
 
-# --------------------------------------------------------------------------- RecBole
+# --------------------------------------------------------------------------- UniSRec (RecBole-processed)
 
 
-def test_recbole_maps_asins_to_item_indexes() -> None:
-    result = read_source(RECBOLE)
-    assert result.format == "recbole"
+def test_unisrec_maps_asins_to_item_indexes() -> None:
+    result = read_source(UNISREC)
+    assert result.format == "unisrec"
     docs = {d.doc_id: d for d in result.documents}
     assert sorted(docs) == ["0", "1", "2", "3"]
     assert docs["0"].text.startswith("Folding brass ruler") and docs["0"].metadata == {
@@ -215,8 +215,8 @@ def test_recbole_maps_asins_to_item_indexes() -> None:
     assert_accounted(result)
 
 
-def test_recbole_interactions_share_the_document_id_space() -> None:
-    result = read_source(RECBOLE)
+def test_unisrec_interactions_share_the_document_id_space() -> None:
+    result = read_source(UNISREC)
     assert len(result.interactions) == 6
     assert {i.split for i in result.interactions} == {"train", "valid", "test"}
     test_rows = {i.user_id: i for i in result.interactions if i.split == "test"}
@@ -225,9 +225,9 @@ def test_recbole_interactions_share_the_document_id_space() -> None:
     assert all(set(i.history) | {i.target} <= ids for i in result.interactions)
 
 
-def test_recbole_without_item2index_keeps_source_ids(tmp_path: Path) -> None:
+def test_unisrec_without_item2index_keeps_source_ids(tmp_path: Path) -> None:
     folder = tmp_path / "rb"
-    shutil.copytree(RECBOLE, folder)
+    shutil.copytree(UNISREC, folder)
     (folder / "Tiny.item2index").unlink()
     (folder / "Tiny.test.inter").unlink()
     (folder / "Tiny.train.inter").write_text("user_id:token\titem_id_list:token_seq\titem_id:token\n0\t2\n")
@@ -272,7 +272,7 @@ def test_lcrec_broken_json_is_a_source_error(tmp_path: Path) -> None:
         (BAD / "corpus.jsonl", "jsonl"),
         (BAD / "csv" / "docs.csv", "csv"),
         (BAD / "textdir", "textdir"),
-        (RECBOLE, "recbole"),
+        (UNISREC, "unisrec"),
         (LCREC, "lcrec"),
     ],
 )
@@ -313,6 +313,8 @@ def test_format_that_does_not_fit_the_path(tmp_path: Path) -> None:
         read_source(BAD / "textdir", "csv")
     with pytest.raises(SourceError, match="needs a folder"):
         read_source(BAD / "corpus.jsonl", "recbole")
+    with pytest.raises(SourceError, match="needs a folder"):
+        read_source(BAD / "corpus.jsonl", "unisrec")
     with pytest.raises(SourceError, match="corpus.jsonl"):
         read_source(LCREC, "beir")
 
@@ -323,7 +325,7 @@ def test_format_that_does_not_fit_the_path(tmp_path: Path) -> None:
 @pytest.mark.skipif(not SCIENTIFIC.is_dir(), reason="shared amazon-scientific data not present")
 def test_real_amazon_scientific() -> None:
     result = read_source(SCIENTIFIC)
-    assert result.format == "recbole"
+    assert result.format == "unisrec"
     assert len(result.documents) == 4385 and result.bad == [] and result.n_duplicates == 0
     assert {i.user_id for i in result.interactions if i.split == "test"} == {str(u) for u in range(8442)}
     ids = {d.doc_id for d in result.documents}

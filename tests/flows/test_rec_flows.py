@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,8 +28,8 @@ COLORS = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple"
 THINGS = ["notebook", "stapler", "pen", "lamp", "chair", "folder", "marker", "ruler"]
 
 
-def write_recbole(folder, n_items: int = 48, users: int = 90, length: int = 7, seed: int = 0) -> None:
-    """A small RecBole folder: users walk a cycle of items, so that a sequence model has something to learn."""
+def write_unisrec(folder, n_items: int = 48, users: int = 90, length: int = 7, seed: int = 0) -> None:
+    """A small UniSRec folder (RecBole-processed): users walk a cycle of items, so that a sequence model has something to learn."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "Toy.text", "w") as f:
@@ -208,7 +209,7 @@ def test_new_interactions_warm_start_the_serving_tables_for_a_few_epochs(data_ro
 
 
 def test_eval_rec_reports_the_model_beside_its_controls_and_stores_every_variant(data_root, tmp_path):
-    write_recbole(tmp_path / "toy")
+    write_unisrec(tmp_path / "toy")
     body = _json(runner.invoke(app, ["eval-rec", str(tmp_path / "toy"), "--domain", "toy", "--epochs", "25",
                                      "--json"]))
     assert set(body["metrics"]) == {"recall@10", "ndcg@10", "recall@50", "ndcg@50"}
@@ -237,7 +238,7 @@ def test_eval_rec_reports_the_model_beside_its_controls_and_stores_every_variant
     assert table_store(data_root).current("toy") == body["table_version"]
 
     # table-only transfer to a second domain: the pre-trained encoder is bit-identical afterwards
-    write_recbole(tmp_path / "toy2", seed=1)
+    write_unisrec(tmp_path / "toy2", seed=1)
     pre = load_table_version(data_root, "toy")
     body2 = _json(runner.invoke(app, ["eval-rec", str(tmp_path / "toy2"), "--domain", "toy2", "--pretrained-from",
                                       "toy", "--epochs", "3", "--no-controls", "--json"]))
@@ -248,9 +249,22 @@ def test_eval_rec_reports_the_model_beside_its_controls_and_stores_every_variant
     assert body2["training"]["sidestep"]["trainable_parameters"] < body["training"]["sidestep"]["trainable_parameters"]
 
 
+def test_eval_rec_ingests_and_trains_on_recbole_atomic_files(data_root):
+    """RecBole's own layout (NAME.inter + NAME.item with typed headers), detected and split leave-one-out."""
+    atomic = Path(__file__).resolve().parents[1] / "fixtures" / "recbole_atomic"
+    body = _json(runner.invoke(app, ["eval-rec", str(atomic), "--domain", "atomic", "--epochs", "2",
+                                     "--no-controls", "--json"]))
+    assert set(body["metrics"]) == {"recall@10", "ndcg@10", "recall@50", "ndcg@50"}
+    assert all(0.0 <= v <= 1.0 for v in body["metrics"].values())
+    assert body["ingest"]["format"] == "recbole" and body["ingest"]["quarantined"] == 0
+    assert body["counts"]["test_users"] == 30 and body["mode"] == "scratch"
+    assert table_store(data_root).current("atomic") == body["table_version"]
+    assert len(load_table_version(data_root, "atomic").item_ids) == 15
+
+
 def test_mixed_domain_pretraining_publishes_every_domain_with_one_shared_encoder(data_root, tmp_path):
     for name, seed in (("pa", 2), ("pb", 3)):
-        write_recbole(tmp_path / name, n_items=32, users=50, seed=seed)
+        write_unisrec(tmp_path / name, n_items=32, users=50, seed=seed)
         _json(runner.invoke(app, ["ingest", str(tmp_path / name), "--domain", name, "--json"]))
     body = _json(runner.invoke(app, ["pretrain", "-d", "pa", "-d", "pb", "--epochs", "2", "--json"]))
     assert set(body["domains"]) == {"pa", "pb"} and body["epochs_run"] == 2
@@ -264,7 +278,7 @@ def test_mixed_domain_pretraining_publishes_every_domain_with_one_shared_encoder
 def test_eval_rec_refuses_bad_arguments_with_a_message(data_root, tmp_path):
     r = runner.invoke(app, ["eval-rec", str(tmp_path / "missing"), "--domain", "x", "--json"])
     assert r.exit_code == 2 and "not found" in json.loads(r.stdout)["error"]
-    write_recbole(tmp_path / "toy")
+    write_unisrec(tmp_path / "toy")
     r = runner.invoke(app, ["eval-rec", str(tmp_path / "toy"), "--domain", "x", "--mode", "table-only", "--json"])
     assert r.exit_code == 2 and "--pretrained-from" in json.loads(r.stdout)["error"]
     r = runner.invoke(app, ["eval-rec", str(tmp_path / "toy"), "--domain", "x", "--pretrained-from", "nobody",
