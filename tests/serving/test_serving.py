@@ -7,6 +7,7 @@ Ray's start-up through every request of this module, connected outside loopback.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -400,6 +401,53 @@ def test_a_killed_search_replica_comes_back_on_the_same_port(server):
         time.sleep(1)
     assert isinstance(last, httpx.Response) and last.status_code == 200, last
     assert [p.pid for p in _search_replicas()] != [victims[0].pid]
+
+
+def _index_in_subprocess(root, src: Path, domain: str) -> subprocess.Popen:
+    """`sidestep index SRC --domain DOMAIN` into the served data root, as a user runs it."""
+    env = {**os.environ, "SIDESTEP_HOME": str(root.root)}
+    return subprocess.Popen([sys.executable, "-m", "sidestep", "index", str(src), "--domain", domain, "--json"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def test_a_domain_no_config_names_is_served_and_hot_swapped_without_failed_requests(server, sample, tmp_path):
+    """A new domain indexed by `sidestep index` while the server runs is picked up without a restart, and its
+    next version is swapped in under load with zero failed requests."""
+    src = tmp_path / "notes.jsonl"
+    notes = [{"id": f"n{i}", "title": t, "text": x} for i, (t, x) in enumerate([
+        ("Bike chain care", "Clean the chain with a degreaser, then oil each roller and wipe off the excess."),
+        ("Sourdough starter", "Feed the starter twice a day with equal weights of flour and water."),
+        ("Houseplant watering", "Let the top of the soil dry out before watering; wet roots rot.")])]
+    src.write_text("".join(json.dumps(n) + "\n" for n in notes))
+    p = _index_in_subprocess(sample.root, src, "notes")
+    assert p.wait(timeout=300) == 0
+    first = json.loads(p.stdout.read().strip().splitlines()[-1])["version"]
+    query = {"query": "how do I oil a bicycle chain", "domain": "notes", "k": 3}
+    deadline = time.monotonic() + 60  # the replica's version poll finds the new domain
+    while (r := server.post("/search", json=query)).status_code != 200:
+        assert time.monotonic() < deadline, f"the new domain was never served: {r.status_code} {r.text}"
+        time.sleep(0.5)
+    assert r.json()["index_version"] == first and r.json()["results"][0]["doc_id"] == "n0"
+
+    notes.append({"id": "n3", "title": "Chain wear", "text": "Replace a bicycle chain once it stretches by half "
+                  "a percent, before it wears the cassette."})
+    src.write_text("".join(json.dumps(n) + "\n" for n in notes))
+    p = _index_in_subprocess(sample.root, src, "notes")
+    seen, failures, answered = set(), 0, 0
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        r = server.post("/search", json=query)
+        answered += 1
+        if r.status_code != 200:
+            failures += 1
+        else:
+            seen.add(r.json()["index_version"])
+        if p.poll() is not None and IndexStore(sample.root).current("notes") in seen:
+            break
+        time.sleep(0.1)
+    assert p.returncode == 0
+    second = IndexStore(sample.root).current("notes")
+    assert second != first and second in seen and failures == 0, (seen, failures, answered)
 
 
 @pytest.mark.skipif(STRACE is None, reason="strace is not installed (Debian package strace)")
