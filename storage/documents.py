@@ -1,13 +1,19 @@
 """The documents, interactions and quarantine datasets: Parquet, partitioned by domain.
 
 Each domain's partition is rewritten atomically (one file per partition) so a
-crash mid-ingest leaves the previous snapshot whole.
+crash mid-ingest leaves the previous snapshot whole. Writers of one domain take its
+lock (`writer`), so two ingests into one domain never lose each other's updates; every
+rewrite of the documents bumps the domain's *generation*, stored in the file's own
+metadata, so a reader gets the table and its generation from one read (`snapshot`) and
+a publish can tell an older snapshot from a newer one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +28,7 @@ from .atomic import write_parquet
 from .paths import DataRoot
 
 PART = "part-0.parquet"
+GENERATION = b"sidestep.generation"
 
 
 def _now() -> datetime:
@@ -29,11 +36,17 @@ def _now() -> datetime:
 
 
 def _read(path: Path, schema: pa.Schema) -> pa.Table:
+    return _read_with_generation(path, schema)[0]
+
+
+def _read_with_generation(path: Path, schema: pa.Schema) -> tuple[pa.Table, int]:
+    """The table and the generation written into its metadata (0 for a file that predates generations)."""
     if not path.is_file():
-        return schema.empty_table()
+        return schema.empty_table(), 0
     table = pq.read_table(path)
     schemas.check_version(table.schema, str(path))
-    return table.cast(schema)
+    generation = int((table.schema.metadata or {}).get(GENERATION, b"0"))
+    return table.cast(schema), generation
 
 
 class DocumentStore:
@@ -44,10 +57,27 @@ class DocumentStore:
         return self.root.documents(domain) / PART
 
     def read(self, domain: str, include_deleted: bool = True) -> pa.Table:
-        t = _read(self.path(domain), schemas.DOCUMENTS)
+        return self.snapshot(domain, include_deleted)[0]
+
+    def snapshot(self, domain: str, include_deleted: bool = True) -> tuple[pa.Table, int]:
+        """The domain's documents and their generation, from one read of one file."""
+        t, generation = _read_with_generation(self.path(domain), schemas.DOCUMENTS)
         if not include_deleted:
             t = t.filter(pc.invert(t["deleted"]))
-        return t
+        return t, generation
+
+    @contextlib.contextmanager
+    def writer(self, domain: str) -> Iterator[None]:
+        """The domain's write lock (an flock, released if the process dies): one ingest at a time reads,
+        plans and rewrites a domain, so concurrent ingests of different sources both land."""
+        p = self.root.lock(domain, "documents")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def state(self, domain: str) -> dict[str, tuple[str, bool]]:
         """doc_id -> (content_hash, deleted): what ingest planning needs."""
@@ -63,8 +93,9 @@ class DocumentStore:
         return int(pc.sum(pc.invert(t["deleted"])).as_py() or 0)
 
     def apply(self, domain: str, source: str, upserts: Sequence[Document], tombstones: Iterable[str]) -> int:
-        """Upsert documents and tombstone ids in one atomic rewrite; returns live count."""
-        old = self.read(domain)
+        """Upsert documents and tombstone ids in one atomic rewrite, the generation bumped; returns live count.
+        Callers hold `writer(domain)`."""
+        old, generation = self.snapshot(domain)
         now = _now()
         first_seen = dict(zip(old["doc_id"].to_pylist(), old["first_seen"].to_pylist(), strict=True))
         changed = {d.doc_id for d in upserts}
@@ -91,7 +122,8 @@ class DocumentStore:
                                    pa.array([now] * n, schemas.DOCUMENTS.field("updated_at").type))
             parts.append(gone)
         table = pa.concat_tables(parts).sort_by("doc_id")
-        write_parquet(self.path(domain), table)
+        meta = {**(table.schema.metadata or {}), GENERATION: str(generation + 1).encode()}
+        write_parquet(self.path(domain), table.replace_schema_metadata(meta))
         return int(pc.sum(pc.invert(table["deleted"])).as_py() or 0)
 
     # interactions -----------------------------------------------------------

@@ -45,7 +45,8 @@ def fingerprint(settings: Settings, key: str, docs: pa.Table, mapped: set[str] |
 
 
 def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bool = False) -> PublishResult:
-    docs = DocumentStore(root).read(domain, include_deleted=False).sort_by("doc_id")
+    docs, generation = DocumentStore(root).snapshot(domain, include_deleted=False)
+    docs = docs.sort_by("doc_id")
     key = encoder_key(settings.encoder.model_path)
     dim = model_dim(settings.encoder.model_path)
     map_store = MapStore(root, map_key(settings), dim) if settings.maps.enabled else None
@@ -101,6 +102,7 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
     version = new_version_name(fp)
     manifest = {
         "fingerprint": fp,
+        "documents_generation": generation,
         "counts": {"documents": docs.num_rows, "chunks": len(order)},
         "index": params.as_dict(),
         "encoder": key,
@@ -114,6 +116,10 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
         now = store.current_manifest(domain)
         if now and now.get("fingerprint") == fp and not force:  # another run published it meanwhile
             return PublishResult(domain, False, now["version"], reason="published concurrently by another run")
+        if now and now.get("documents_generation", -1) > generation:  # a slower run read an older snapshot
+            return PublishResult(domain, False, now["version"], reason=(
+                f"input older than what serves: documents generation {generation} < {now['documents_generation']}"
+                " of the current version"))
         store.clean_staging(domain)
         with store.staging(domain) as staged:
             chunk_table = pa.table(out)

@@ -18,17 +18,18 @@ def ingest_source(root: DataRoot, source: SourceConfig, *, max_text_bytes: int, 
     result = read_source(source.path, source.format, id_field=source.id_field, title_field=source.title_field,
                          text_field=source.text_field, max_text_bytes=max_text_bytes)
     docs, quarantine = DocumentStore(root), QuarantineStore(root)
-    existing = docs.state(source.domain)
-    plan = plan_ingest(existing, result.documents, snapshot=source.snapshot)
-    # A snapshot tombstones only what this source ingested before, never another source's documents.
-    own = docs.ids_from_source(source.domain, source.path)
-    tombstoned = [d for d in plan.tombstoned_ids if d in own]
     quarantine.write(source.domain, run_id, source.path, result.bad)
-    upserts = [*plan.new, *plan.updated, *plan.revived]
-    live = docs.apply(source.domain, source.path, upserts, tombstoned) if (upserts or tombstoned) else \
-        docs.live_count(source.domain)
-    n_inter = docs.replace_interactions(source.domain, source.path, result.interactions) \
-        if result.interactions else 0
+    with docs.writer(source.domain):  # plan and rewrite against the domain as it is, one writer at a time
+        existing = docs.state(source.domain)
+        plan = plan_ingest(existing, result.documents, snapshot=source.snapshot)
+        # A snapshot tombstones only what this source ingested before, never another source's documents.
+        own = docs.ids_from_source(source.domain, source.path)
+        tombstoned = [d for d in plan.tombstoned_ids if d in own]
+        upserts = [*plan.new, *plan.updated, *plan.revived]
+        live = docs.apply(source.domain, source.path, upserts, tombstoned) if (upserts or tombstoned) else \
+            docs.live_count(source.domain)
+        n_inter = docs.replace_interactions(source.domain, source.path, result.interactions) \
+            if result.interactions else 0
     counts = plan.counts()
     return IngestReport(domain=source.domain, source=source.path, format=result.format, run_id=run_id,
                         read=result.n_read, new=counts["new"], updated=counts["updated"],
