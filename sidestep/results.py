@@ -1,7 +1,7 @@
 """Typed results of the pipeline's steps: what crosses a layer (core -> tasks -> flows -> API / CLI).
 
 Each is a plain dataclass. ``as_dict()`` gives the JSON shape the command line's ``--json`` prints
-(the shapes documented in the README; optional fields left unset are omitted, as before), and
+(the shapes documented in docs/cli.md; optional fields left unset are omitted, as before), and
 ``from_dict()`` reads that shape back, so a caller over HTTP or a flow's stored result gets the same type.
 """
 
