@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install run test lint lint-imports bench bench-rec bench-verify bench-verify-routes bench-ops bench-incremental bench-longdoc chaos ui clean
+.PHONY: install run test lint lint-imports bench bench-rec bench-verify bench-verify-routes bench-ops bench-incremental bench-longdoc bench-lab chaos ui clean
 
 install: $(STAMP)
 
@@ -59,6 +59,10 @@ bench-ops: $(STAMP)
 # document maps on L-Eval (eval-longdoc, cross-fitted) and summarize's share of a real reindex: ~12 min
 bench-longdoc: $(STAMP)
 	$(BIN)/python benchmarks/longdoc.py
+
+# the gradient lab's planted task: every estimator against the exact gradient, ~2 min
+bench-lab: $(STAMP)
+	$(BIN)/python benchmarks/lab.py
 
 # incremental nightly (1% of SciFact changed) against a full rebuild
 bench-incremental: $(STAMP)
