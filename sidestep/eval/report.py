@@ -166,10 +166,13 @@ def _codebook(data: Mapping[str, Any], sec: Section, add: Callable) -> None:
         ax.axhline(top, color="black", ls="--", lw=0.8)
         ax.text(0, top, " uniform use (log2 M)", va="bottom", fontsize=7)
     ax.set_ylim(0, top * 1.15 or 1)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("code position")
     ax.set_ylabel("codeword entropy (bits)")
     ax.set_title(f"codebook {book['version']}: codeword usage per code position", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    fig.legend(fontsize=7, loc="outside lower center")
     add("codebook-usage", f"{book.get('positions')} positions × {book.get('codewords')} codewords; "
         "low entropy = few codewords carry the items", fig)
 
@@ -197,7 +200,8 @@ def _rec_metrics(data: Mapping[str, Any], sec: Section, add: Callable) -> None:
                          fontsize=9)
             ax.grid(axis="y", alpha=0.3)
             ax.legend(handles=[Patch(color="C0", label="NDCG@10"), Patch(color="C1", alpha=0.6, label="Recall@10"),
-                               Patch(color=_GREY, label="control")], fontsize=7)
+                               Patch(color=_GREY, label="control")], fontsize=7, loc="upper left",
+                      bbox_to_anchor=(1.0, 1.0))
         add(f"rec-metrics-{dom}", f"{dom}: eval-rec {mine[0]['group_id']} (left bar NDCG@10, right Recall@10)", fig)
 
 
