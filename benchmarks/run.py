@@ -80,7 +80,8 @@ def http_latency(root: Path, domain: str, queries: list[str], ks: tuple[int, ...
             lat.sort()
             out[f"k{k}"] = {"requests": len(lat), "errors": errors, "p50_ms": statistics.median(lat),
                             "p99_ms": lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))],
-                            "qps": len(lat) / wall, "serving_rss_mb": rss}
+                            "qps": len(lat) / wall, "serving_rss_mb": rss,
+                            "latency_ms": [round(x, 3) for x in lat]}  # every sample: `sidestep report`'s histogram
     return out
 
 

@@ -30,6 +30,7 @@ from .results import (
     LabReport,
     Recommendations,
     ReindexReport,
+    ReportResult,
     RunComparison,
     RunExport,
     SearchResults,
@@ -180,6 +181,46 @@ class Engine:
             res = lab_flow(task=task, estimators=estimators, seeds=seeds, budget_seconds=budget_seconds,
                            config_path=self.config, options=options)
         return LabReport.from_dict(_plain(res))
+
+    def report(self, out: str | os.PathLike = "report.html", *, domain: str | None = None,
+               latency_json: str | os.PathLike | None = None) -> ReportResult:
+        """Write one self-contained HTML page of figures from what this data root recorded (metrics per index
+        version, per-query gains and losses, training curves, codebook usage, recommendation variants and
+        controls, the gradient lab, long documents, benchmark latency). Sections without data say so.
+        LATENCY_JSON (default: the config's ``[report] latency_json``) is a benchmark JSON with samples."""
+        import json
+        from datetime import UTC, datetime
+
+        from sidestep.config import check_name
+        from sidestep.eval.report import latency_series, render_report
+        from sidestep.storage.atomic import write_text
+        from sidestep.storage.recstore import codebook_usage
+        from sidestep.storage.status import last_nightly
+        from sidestep.storage.warehouse import Warehouse
+
+        if domain is not None:
+            check_name(domain)
+        data: dict[str, Any] = {}
+        if self.root.eval_db().exists():
+            with Warehouse(self.root.eval_db(), read_only=True) as wh:
+                data.update(wh.report_data(domain))
+        data["codebook"] = codebook_usage(self.root, domain)
+        data["nightly"] = last_nightly(self.root)
+        source = latency_json if latency_json is not None else self.settings.report.latency_json
+        if source is None:
+            data["latency"] = {"note": "no latency file given"}
+        else:
+            try:  # the note shows only when the file holds no samples
+                data["latency"] = {"source": str(source), "note": f"no latency samples in {source}",
+                                   "series": latency_series(json.loads(Path(source).read_text()))}
+            except (OSError, ValueError) as e:
+                data["latency"] = {"note": f"cannot read {source} ({type(e).__name__}: {e})"}
+        page, figures, notes = render_report(
+            data, domain=domain, subtitle=f"data root {self.root.root} · {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+        path = Path(out).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, page)
+        return ReportResult(path=str(path), figures=figures, notes=notes)
 
     def status(self) -> StatusReport:
         """Published versions per domain, document counts, quarantine sizes, the last nightly run."""

@@ -215,6 +215,11 @@ class ServeConfig(_Strict):
     reload_poll_s: float = Field(2.0, gt=0, description="How often replicas look for a new CURRENT version.")
 
 
+class ReportConfig(_Strict):
+    latency_json: str | None = Field(None, description="A benchmark's JSON with latency samples (`latency_ms` "
+                                     "lists) for the report's latency histogram; relative to the config file.")
+
+
 class Settings(_Strict):
     data_root: str | None = Field(None, description="Data root; $SIDESTEP_HOME wins; default ./var.")
     default_domain: str | None = Field(None, description="Domain searched when a request names none.")
@@ -228,6 +233,7 @@ class Settings(_Strict):
     rec: RecConfig = RecConfig()
     verify: VerifyConfig = VerifyConfig()
     serve: ServeConfig = ServeConfig()
+    report: ReportConfig = ReportConfig()
 
     def domains(self) -> list[str]:
         seen: list[str] = []
@@ -260,4 +266,6 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
     for s in settings.sources:
         if not Path(s.path).is_absolute() and "://" not in s.path:
             s.path = str((base / s.path).resolve())
+    if settings.report.latency_json and not Path(settings.report.latency_json).is_absolute():
+        settings.report.latency_json = str((base / settings.report.latency_json).resolve())
     return settings

@@ -367,6 +367,16 @@ class LabReport(_Report):
 
 
 @dataclass
+class ReportResult(_Report):
+    """The report page written: where (``path``), the figures it holds (their names, in page order) and,
+    for each section drawn without a figure or with fewer, the note it shows instead (``notes``)."""
+
+    path: str
+    figures: list[str]
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
 class RunExport(_Report):
     """A stored run written out as a TREC run or a ranx-style JSON run: where (``out``; None when the
     content was returned instead, in ``content``), and how many queries and result lines it holds."""

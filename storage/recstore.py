@@ -59,6 +59,21 @@ def load_codebook(root: DataRoot, version: str | None = None) -> tuple[str, Code
     return version, Codebook.from_bytes(data, spec, float(manifest["fit_error"]))
 
 
+def codebook_usage(root: DataRoot, domain: str | None = None) -> dict | None:
+    """The current codebook's code usage as its manifest recorded it when it was fitted: per domain the
+    codeword entropy of each code position (``entropy_per_position``, bits), dead codewords and colliding
+    items; None when no codebook is published."""
+    store = codebook_store(root)
+    version = store.current(SHARED)
+    if version is None:
+        return None
+    manifest = store.manifest(SHARED, version)
+    diag = {d: m for d, m in manifest.get("diagnostics", {}).items() if domain is None or d == domain}
+    spec = manifest.get("spec", {})
+    return {"version": version, "created_at": manifest.get("created_at"), "positions": spec.get("positions"),
+            "codewords": 1 << spec["bits"] if "bits" in spec else None, "diagnostics": diag}
+
+
 # ----------------------------------------------------------------------------- codes
 
 

@@ -472,6 +472,75 @@ class Warehouse:
             con.unregister("_stage_lab")
         return len(rows)
 
+    def report_data(self, domain: str | None = None) -> dict[str, Any]:
+        """What ``sidestep report`` draws, as plain rows (one domain, or all when None):
+
+        - ``eval_runs``: the main run of each evaluation (the configuration that ran, not the baselines
+          beside it) with its metrics and index version, by domain and time;
+        - ``query_deltas``: per domain, per-query nDCG@10 of its two latest main runs (``before``, ``after``);
+        - ``verifier_curves``: the latest verifier version's per-epoch rows per domain (the query adapter's
+          are its ``adapter_*`` metrics); ``rec_curves``: the lookup-table training curves of each domain's
+          latest eval-rec; ``rec_metrics``: that eval-rec's variants and controls (test split);
+        - ``lab``: the latest gradient-lab run, its headline rows and its optimisation curves;
+        - ``longdoc``: the latest eval-longdoc run's metrics.
+        """
+        d = [domain, domain]
+        runs = self.query(
+            """WITH picked AS (
+                   SELECT m.*, json_extract_string(r.config, '$.variant') AS variant,
+                          row_number() OVER (PARTITION BY m.group_id ORDER BY
+                              m.label <> coalesce(json_extract_string(r.config, '$.variant'), '') DESC,
+                              json_extract_string(r.config, '$.variant') = 'verifier' DESC, m.run_id) AS pick
+                   FROM run_metrics m JOIN runs r USING (run_id) WHERE ? IS NULL OR m.domain = ?)
+               SELECT run_id, group_id, label, variant, dataset, domain, index_version, started_at, n_queries,
+                      ndcg_10, mrr_10, recall_100
+               FROM picked WHERE pick = 1 ORDER BY domain, started_at, run_id""", d).to_pylist()
+        deltas = []
+        for dom in sorted({r["domain"] for r in runs}):
+            mine = [r for r in runs if r["domain"] == dom]
+            if len(mine) >= 2:
+                before, after = mine[-2]["run_id"], mine[-1]["run_id"]
+                rows = self.query(
+                    """SELECT a.query_id, a.ndcg_10 AS before, b.ndcg_10 AS after, b.ndcg_10 - a.ndcg_10 AS delta
+                       FROM query_metrics a JOIN query_metrics b USING (query_id)
+                       WHERE a.run_id = ? AND b.run_id = ? ORDER BY delta, query_id""", [before, after]).to_pylist()
+                deltas.append({"domain": dom, "before": before, "after": after, "rows": rows})
+        verifier = self.query(
+            """SELECT c.domain, c.verifier_version, c.epoch, c.metric, c.value FROM verifier_curves c
+               JOIN (SELECT domain, arg_max(verifier_version, recorded_at) AS verifier_version
+                     FROM verifier_curves GROUP BY domain) l USING (domain, verifier_version)
+               WHERE ? IS NULL OR c.domain = ? ORDER BY c.domain, c.metric, c.epoch""", d).to_pylist()
+        latest_rec = """(SELECT domain, arg_max(group_id, started_at) AS group_id FROM rec_runs GROUP BY domain)"""
+        rec_curves = self.query(
+            f"""SELECT r.domain, r.group_id, r.variant, c.epoch, c.metric, c.value FROM rec_curves c
+                JOIN rec_runs r USING (run_id) JOIN {latest_rec} l USING (domain, group_id)
+                WHERE ? IS NULL OR r.domain = ? ORDER BY r.domain, r.variant, c.metric, c.epoch""", d).to_pylist()
+        rec_metrics = self.query(
+            f"""SELECT m.domain, m.group_id, m.dataset, m.variant, m.protocol, m.n_users, m.recall_10, m.ndcg_10,
+                       m.recall_50, m.ndcg_50 FROM rec_metrics m JOIN {latest_rec} l USING (domain, group_id)
+                WHERE m.split = 'test' AND (? IS NULL OR m.domain = ?)
+                ORDER BY m.domain, m.protocol, m.ndcg_10 DESC, m.variant""", d).to_pylist()
+        lab_run = self.query("SELECT run_id, task, started_at, seconds FROM lab_runs "
+                             "ORDER BY started_at DESC, run_id LIMIT 1").to_pylist()
+        lab = None
+        if lab_run:
+            lab_id = lab_run[0]["run_id"]
+            lab = {**lab_run[0],
+                   "headline": self.query("SELECT estimator, metric, value FROM lab_results WHERE run_id = ? AND "
+                                          "section = 'headline' ORDER BY estimator, metric", [lab_id]).to_pylist(),
+                   "curve": self.query("SELECT estimator, step, avg(value) AS value FROM lab_results WHERE run_id = ?"
+                                       " AND section = 'curve' AND metric = 'expected_loss' GROUP BY ALL "
+                                       "ORDER BY estimator, step", [lab_id]).to_pylist()}
+        longdoc_run = self.query("SELECT run_id, dataset, started_at FROM longdoc_runs "
+                                 "ORDER BY started_at DESC, run_id LIMIT 1").to_pylist()
+        longdoc = None
+        if longdoc_run:
+            longdoc = {**longdoc_run[0], "metrics": self.query(
+                "SELECT metric, value FROM longdoc_metrics WHERE run_id = ? ORDER BY metric",
+                [longdoc_run[0]["run_id"]]).to_pylist()}
+        return {"eval_runs": runs, "query_deltas": deltas, "verifier_curves": verifier, "rec_curves": rec_curves,
+                "rec_metrics": rec_metrics, "lab": lab, "longdoc": longdoc}
+
     def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
         """Any SQL against the warehouse, as an Arrow table."""
         return self._con.sql(sql, params=params).to_arrow_table()

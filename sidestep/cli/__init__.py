@@ -2,8 +2,8 @@
 
 A thin layer over the Python API (sidestep.api) and the Prefect flows: the commands live in data.py
 (ingest, index, reindex, search, status, rollback, gc), evaluation.py (eval, train-verifier, eval-longdoc,
-eval-rec, pretrain), runs.py (export, compare), lab.py (lab) and servers.py (serve, deploy, demo);
-common.py holds the app and what they share.
+eval-rec, pretrain), runs.py (export, compare), lab.py (lab), report.py (report) and servers.py (serve,
+deploy, demo); common.py holds the app and what they share.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from .common import app
 from .data import gc, index, ingest, reindex, rollback, search, status
 from .evaluation import eval_, eval_longdoc, eval_rec, pretrain, train_verifier
 from .lab import lab
+from .report import report
 from .runs import compare, export
 from .servers import demo, deploy, serve
 
@@ -29,6 +30,7 @@ app.command("eval-longdoc")(eval_longdoc)
 app.command("eval-rec")(eval_rec)
 app.command()(pretrain)
 app.command()(lab)
+app.command()(report)
 app.command()(search)
 app.command()(serve)
 app.command()(status)
