@@ -2,9 +2,10 @@
 request arrives; it composes the batched verifier deployment after recall and forwards
 /recommend to the recommend deployment.
 
-POST /search, POST /recommend, GET /healthz, OpenAPI at /docs. Bad requests get a 4xx with a
-message, never a 500. Each replica polls its domains' CURRENT pointers and hot-swaps to a new,
-validated version without dropping requests; `reconfigure(user_config)` can pin versions.
+POST /search, POST /recommend, GET /healthz, GET /metrics (Prometheus text, serving/metrics.py),
+OpenAPI at /docs. Bad requests get a 4xx with a message, never a 500. Each replica polls its
+domains' CURRENT pointers and hot-swaps to a new, validated version without dropping requests;
+`reconfigure(user_config)` can pin versions.
 
 No `from __future__ import annotations` here: FastAPI reads the request models from the
 endpoint annotations at runtime, and Ray's class-based ingress cannot resolve them as strings.
@@ -21,7 +22,8 @@ from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -32,6 +34,7 @@ from sidestep.config import load_settings
 from sidestep.retrieval.search import VerifyRequest
 
 from .core import SearchService
+from .metrics import MetricsMiddleware, replica_metrics
 from .options import preset
 from .recommend import RecommendService
 from .verify import VerifierService
@@ -100,7 +103,7 @@ api = FastAPI(title="sidestep", version="0.1.0",
 # The replica's process environment carries the guard settings: Ray pickles the ingress class by value,
 # so a module-level dict set in __init__ would not be the one the middleware reads.
 _TOKEN_VAR, _LIMIT_VAR = "SIDESTEP_INGRESS_TOKEN_SHA256", "SIDESTEP_INGRESS_MAX_BODY"
-OPEN_PATHS = ("/healthz", "/docs", "/openapi.json")
+OPEN_PATHS = ("/healthz", "/metrics", "/docs", "/openapi.json")  # GET only: the routes define no other method
 
 
 def _sha(token: str) -> str:
@@ -108,7 +111,7 @@ def _sha(token: str) -> str:
 
 
 class _Guard:
-    """Size limit (413) and bearer token (401) before any work; /healthz and the docs stay open.
+    """Size limit (413) and bearer token (401) before any work; /healthz, /metrics and the docs stay open.
 
     A plain ASGI middleware: Starlette's @app.middleware("http") wraps every request in a task group
     and memory streams, which cost 6-9 ms per request on two cores."""
@@ -153,6 +156,7 @@ class _Guard:
 
 
 api.add_middleware(_Guard)
+api.add_middleware(MetricsMiddleware)  # added last, so it runs first: it counts the guard's 401s and 413s too
 
 
 @api.exception_handler(RequestValidationError)
@@ -185,6 +189,9 @@ class _PollingReplica:
 
     def health(self) -> dict:
         return self.service.health()
+
+    def version_state(self) -> dict:
+        return self.service.version_state()
 
     @staticmethod
     def _answer(fn, *args):
@@ -306,6 +313,8 @@ class SearchDeployment(_PollingReplica):
                          "current-poller")
         self.verifier = verifier
         self.recommend_handle = recommend
+        self.replica_metrics = replica_metrics()
+        self.replica_metrics.versions.sources.append(self.service.version_state)
         os.environ[_LIMIT_VAR] = str(max_body_bytes)
         if token_sha256:
             os.environ[_TOKEN_VAR] = token_sha256
@@ -323,6 +332,7 @@ class SearchDeployment(_PollingReplica):
             verified = await _verified(self.verifier.verify.remote(stage.request))
         out = self.service.finish(stage, verified)
         out["verify"]["requested"] = req.verify
+        self.replica_metrics.searched(out["domain"], req.verify, out["verify"]["applied"])
         return out
 
     @api.post("/recommend", response_model=RecommendResponse, responses={400: {}, 404: {}, 422: {}, 503: {}})
@@ -342,6 +352,23 @@ class SearchDeployment(_PollingReplica):
             return JSONResponse(status_code=503, content={**h, "status": "unavailable", "error": str(e)})
         ok = h["status"] == "ok" and r["status"] == "ok"
         return JSONResponse(status_code=200 if ok else 503, content={**h, "recommend": r})
+
+    @api.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def metrics_text(self) -> Response:
+        """This replica's counters (each search replica keeps its own), and the versions the verifier and
+        recommend deployments serve and refused, asked of them for this scrape (one that does not answer
+        within 5 s is left out of it)."""
+        handles = [h for h in (self.verifier, self.recommend_handle) if h is not None]
+
+        async def state(h):
+            try:
+                return await asyncio.wait_for(h.version_state.remote(), timeout=5)
+            except Exception as e:
+                log.warning("metrics: no version state from a deployment: %s: %s", type(e).__name__, e)
+                return None
+
+        remote = [s for s in await asyncio.gather(*(state(h) for h in handles)) if s]
+        return Response(self.replica_metrics.exposition(remote), media_type=CONTENT_TYPE_LATEST)
 
     def check_health(self) -> None:
         if not self.service.corpora and self.service.root.domains_with_indexes():

@@ -25,6 +25,7 @@ class VersionedDomains:
         self.loaded: dict[str, Any] = {}
         self.pinned: dict[str, str] = {}
         self.errors: dict[str, str] = {}
+        self.refused: dict[str, set[str]] = {}  # domain -> versions refused (for /metrics)
         self._lock = threading.Lock()
 
     def version_domains(self) -> list[str]:
@@ -55,6 +56,7 @@ class VersionedDomains:
                 if self.errors.get(domain) != msg:
                     log.error(msg)
                 self.errors[domain] = msg
+                self.refused.setdefault(domain, set()).add(want)
                 continue
             if loaded is None:
                 continue
@@ -64,6 +66,13 @@ class VersionedDomains:
             swapped[domain] = want
             log.info("serving %s%s/%s %s", label, domain, want, self.describe(loaded))
         return swapped
+
+    def version_state(self) -> dict:
+        """What /metrics reports: each domain's served version, and how many versions it refused."""
+        with self._lock:
+            versions = {d: self.version_of(x) for d, x in self.loaded.items()}
+        return {"kind": self.what or "index", "versions": versions,
+                "refused": {d: len(v) for d, v in self.refused.items()}}
 
     def pin(self, pins: dict[str, str]) -> dict[str, str]:
         self.pinned = {check_name(d): check_name(v, "version") for d, v in (pins or {}).items()}

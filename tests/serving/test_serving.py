@@ -335,6 +335,68 @@ def test_a_published_verifier_is_hot_loaded_and_reranks_through_the_verifier_dep
     assert all(h["score"] == h["recall_score"] for h in off["results"])
 
 
+def _scrape(base_url) -> dict[tuple, float]:
+    """GET /metrics without the token (it stays open): {(sample name, sorted label items): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = httpx.get(f"{base_url}/metrics", timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def _delta(before: dict, after: dict, name: str, **labels) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_metrics_count_the_requests_made_and_name_the_versions_served(server):
+    """Runs after the verifier is hot-loaded (the test above) and before the replica is killed (which
+    starts its counters afresh): every counter moves by exactly the requests made between two scrapes."""
+    before = _scrape(server.base_url)
+    verified = server.post("/search", json={"query": "who gets paged for a sev2", "domain": "handbook", "k": 3})
+    assert verified.status_code == 200, verified.text
+    recall_only = server.post("/search", json={"query": "database backups", "domain": "handbook", "verify": False})
+    assert recall_only.status_code == 200, recall_only.text
+    assert server.post("/search", json={"query": "ok", "k": 0}).status_code == 422
+    assert server.post("/search", json={"query": "ok", "domain": "nope"}).status_code == 404
+    assert httpx.post(f"{server.base_url}/search", json={"query": "ok"}, timeout=60).status_code == 401
+    assert server.post("/recommend", json={"history": ["0"], "k": 2, "domain": "shop"}).status_code == 200
+    assert server.get("/healthz").status_code == 200
+    assert httpx.post(f"{server.base_url}/metrics", timeout=60).status_code == 405  # open, but read-only
+    after = _scrape(server.base_url)
+
+    requests = "sidestep_http_requests_total"
+    assert _delta(before, after, requests, route="search", status_class="2xx") == 2
+    assert _delta(before, after, requests, route="search", status_class="4xx") == 3
+    assert _delta(before, after, requests, route="recommend", status_class="2xx") == 1
+    assert _delta(before, after, requests, route="healthz", status_class="2xx") == 1
+    assert _delta(before, after, requests, route="search", status_class="5xx") == 0
+    latency = "sidestep_http_request_duration_seconds"
+    assert _delta(before, after, f"{latency}_count", route="search") == 5
+    assert _delta(before, after, f"{latency}_count", route="recommend") == 1
+    assert _delta(before, after, f"{latency}_sum", route="search") > 0
+    assert _delta(before, after, f"{latency}_bucket", route="search", le="+Inf") == 5
+
+    body = verified.json()
+    assert _delta(before, after, "sidestep_searches_total", domain="handbook") == 2
+    assert _delta(before, after, "sidestep_search_verify_requested_total", domain="handbook") == 1
+    assert _delta(before, after, "sidestep_search_verify_applied_total", domain="handbook") == \
+        int(body["verify"]["applied"])
+    assert after[("sidestep_serving_version", (("domain", "handbook"), ("kind", "index"),
+                                               ("version", body["index_version"])))] == 1
+    served = {dict(labels)["domain"]: dict(labels)["version"] for (name, labels) in after
+              if name == "sidestep_serving_version" and dict(labels)["kind"] == "index"}
+    assert served == server.get("/healthz").json()["domains"]
+    if body["verify"]["applied"]:  # the verifier the search used is the one the gauge names
+        assert after[("sidestep_serving_version", (("domain", "handbook"), ("kind", "verifier"),
+                                                   ("version", body["verify"]["verifier_version"])))] == 1
+    tables = {dict(labels)["domain"] for (name, labels) in after
+              if name == "sidestep_serving_version" and dict(labels)["kind"] == "tables"}
+    assert "shop" in tables
+
+
 def test_an_unreachable_verifier_leaves_the_search_recall_only_with_the_reason(sample, settings):
     """The search replica's path when its call to the verifier deployment fails: recall order, and the
     response says why the verify stage did not apply."""
