@@ -488,7 +488,8 @@ def disk_full_inner(root: Path, levels: tuple[float, ...] = (0.05, 0.25, 0.5, 0.
             "other_failures": sum(not r["publish"]["ok"] and r["publish"].get("errno") != 28 for r in rows),
             "errors": sorted({f"{r['publish'].get('type')}: {r['publish'].get('error', '')[:80]}" for r in rows
                               if not r["publish"]["ok"]}),
-            "partial_current": sum(not r["current_unchanged"] or bool(r["bad"]) for r in rows if not r["publish"]["ok"]),
+            "partial_current": sum(not r["current_unchanged"] or bool(r["bad"]) for r in rows
+                                   if not r["publish"]["ok"]),
             "staging_left": sum(r["staging_left"] for r in rows),
             "recovered": sum(bool(r["after_space_freed"]) for r in rows)}
 
@@ -532,7 +533,8 @@ def render(res: dict) -> str:
             f"| c. offered load {c['offered_qps']} q/s = 2 × measured capacity {c['capacity_qps']} q/s | "
             f"{c['requests']} requests in {c['seconds']:.0f} s | status {c['status']} (goodput "
             f"{c['status'].get('200', 0) / c['seconds']:.1f} q/s; answered requests p50 {c.get('ok_p50_ms')} ms / p99 "
-            f"{c.get('ok_p99_ms')} ms from when due; the load generator runs on the same 2 cores); timeouts (none answered, or answered after 10 s from when due) **{c['timeouts']}**; "
+            f"{c.get('ok_p99_ms')} ms from when due; the load generator runs on the same 2 cores); timeouts "
+            f"(none answered, or answered after 10 s from when due) **{c['timeouts']}**; "
             f"rejections with Retry-After {c['rejected_with_retry_after']}, p50 {c['rejected_p50_ms']} ms / p99 "
             f"{c['rejected_p99_ms']} ms; serving RSS {c['serving_rss_mb']['before']} → peak "
             f"{c['serving_rss_mb']['peak']} → {c['serving_rss_mb']['after']} MB |")
@@ -547,7 +549,8 @@ def render(res: dict) -> str:
     if e and "skipped" not in e:
         lines.append(
             f"| e. disk full during publish (tmpfs, room for 5–95% of a version) | {e['trials']} publishes | "
-            f"publish failed with ENOSPC: {e['refused']}/{e['trials']} (other failures: {e.get('other_failures', 0)}); a partial or invalid version current: **{e['partial_current']}**; staging "
+            f"publish failed with ENOSPC: {e['refused']}/{e['trials']} (other failures: "
+            f"{e.get('other_failures', 0)}); a partial or invalid version current: **{e['partial_current']}**; staging "
             f"left: {e['staging_left']}; publish succeeded once space was back: {e['recovered']}/{e['trials']} |")
     elif e:
         lines.append(f"| e. disk full during publish | not run | {e['skipped']} |")

@@ -125,7 +125,8 @@ def render(res: dict) -> str:
         per = f.get("within_document_recall@3_per_repeat", {})
         for mode, m in f["within_document"].items():
             d = f["within_document_delta_recall@3"].get(mode)
-            delta = "" if d is None else f"{d['delta'] * 100:+.1f} [{d['ci95_low'] * 100:+.1f}, {d['ci95_high'] * 100:+.1f}]"
+            delta = "" if d is None else (f"{d['delta'] * 100:+.1f} "
+                                          f"[{d['ci95_low'] * 100:+.1f}, {d['ci95_high'] * 100:+.1f}]")
             reps = " / ".join(f"{x:.2f}" for x in per.get(mode, []))
             lines.append(f"| {name} | {used} / {left} | within document: {mode} | {m['recall@1']:.3f} | "
                          f"{m['recall@3']:.3f} | {m['recall@5']:.3f} | {delta} | {reps} |")
@@ -137,7 +138,8 @@ def render(res: dict) -> str:
         for mode in ("bag_of_chunks", "map_routing"):
             m = c[mode]
             d = c["delta_recall@3"] if mode == "map_routing" else None
-            delta = "" if d is None else f"{d['delta'] * 100:+.1f} [{d['ci95_low'] * 100:+.1f}, {d['ci95_high'] * 100:+.1f}]"
+            delta = "" if d is None else (f"{d['delta'] * 100:+.1f} "
+                                          f"[{d['ci95_low'] * 100:+.1f}, {d['ci95_high'] * 100:+.1f}]")
             lines.append(f"| {name} | {used} / {left} | corpus: {mode} | {m['recall@1']:.3f} | {m['recall@3']:.3f} | "
                          f"{m['recall@5']:.3f} | {delta} | |")
         lines.append(f"| {name} | | corpus: map routing reached the right document for "
@@ -160,7 +162,8 @@ def render(res: dict) -> str:
         when = f", run {res['reindex_date']}" if res.get("reindex_date") else ""
         lines += ["", f"### What summarizing costs the nightly reindex ({res['documents']} L-Eval documents, "
                   f"`sidestep reindex` on fresh data roots{when})", "",
-                  "| run | wall s | CPU s | summarize stage s | maps built / failed | peak RSS MB |", "|---|---|---|---|---|---|"]
+                  "| run | wall s | CPU s | summarize stage s | maps built / failed | peak RSS MB |",
+                  "|---|---|---|---|---|---|"]
         for r in rx:
             lines.append(f"| maps {'on' if r['maps'] else 'off'} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
                          f"{r['summarize_s']:.1f} | {r['summarized']} / {r['maps_failed']} | {r['peak_rss_mb']:.0f} |")

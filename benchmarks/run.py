@@ -188,8 +188,10 @@ baselines measured in the same run. Regenerate with `make bench`.
 
 | dataset | queries | nDCG@10 | MRR@10 | Recall@100 | protocol |
 |---|---|---|---|---|---|
-| SciFact test | {sf['queries']} | {sf['ndcg@10']:.4f} | {sf['mrr@10']:.4f} | {sf['recall@100']:.4f} | BEIR test qrels, grade ≥ 1 |
-| msmarco-5k | {mm['queries']} | {mm['ndcg@10']:.4f} | {mm['mrr@10']:.4f} | {mm['recall@100']:.4f} | graded nDCG; MRR/Recall count grade ≥ 2 |
+| SciFact test | {sf['queries']} | {sf['ndcg@10']:.4f} | \
+{sf['mrr@10']:.4f} | {sf['recall@100']:.4f} | BEIR test qrels, grade ≥ 1 |
+| msmarco-5k | {mm['queries']} | {mm['ndcg@10']:.4f} | \
+{mm['mrr@10']:.4f} | {mm['recall@100']:.4f} | graded nDCG; MRR/Recall count grade ≥ 2 |
 
 Reference (same encoder, ../shared/data/README.md): SciFact dense nDCG@10 ≈ 0.645.
 Documents are chunked (256-token windows, 32 overlap) and a document scores as its best chunk.
@@ -198,15 +200,21 @@ Documents are chunked (256-token windows, 32 overlap) and a document scores as i
 
 | what | wall s | CPU s | documents/s (wall) |
 |---|---|---|---|
-| whole reindex (`sidestep reindex`: process start, Prefect, ingest, chunk, embed, index, publish) | {rx['wall_s']:.1f} | {rx['cpu_s']:.1f} | {rx['docs_per_s']:.2f} |
-| of which embedding (chunking + encoding + shard writes) | {rx['embed_s']:.1f} | | {rx['documents'] / rx['embed_s']:.2f} |
-| bare encoder (`SentenceTransformer.encode`) on the same chunk texts | {b['chunk_texts_s']:.1f} | {b['chunk_texts_cpu_s']:.1f} | {b['chunk_texts_docs_per_s']:.2f} |
-| bare encoder on whole documents, truncated at 256 tokens (no chunking) | {b['docs_truncated_s']:.1f} | {b['docs_truncated_cpu_s']:.1f} | {b['docs_truncated_per_s']:.2f} |
-| rerun on the unchanged corpus | {r['rerun']['wall_s']:.1f} | | encoded {r['rerun']['encoded']}, published {r['rerun']['published']} |
+| whole reindex (`sidestep reindex`: process start, Prefect, ingest, chunk, embed, index, publish) | \
+{rx['wall_s']:.1f} | {rx['cpu_s']:.1f} | {rx['docs_per_s']:.2f} |
+| of which embedding (chunking + encoding + shard writes) | {rx['embed_s']:.1f} | | \
+{rx['documents'] / rx['embed_s']:.2f} |
+| bare encoder (`SentenceTransformer.encode`) on the same chunk texts | \
+{b['chunk_texts_s']:.1f} | {b['chunk_texts_cpu_s']:.1f} | {b['chunk_texts_docs_per_s']:.2f} |
+| bare encoder on whole documents, truncated at 256 tokens (no chunking) | \
+{b['docs_truncated_s']:.1f} | {b['docs_truncated_cpu_s']:.1f} | {b['docs_truncated_per_s']:.2f} |
+| rerun on the unchanged corpus | {r['rerun']['wall_s']:.1f} | | \
+encoded {r['rerun']['encoded']}, published {r['rerun']['published']} |
 
 Throughput of the whole reindex relative to the bare encoder, same run (wall clock; CPU seconds in
 brackets, which stay comparable if another process shares the machine):
-- on the same texts (the pipeline encodes every chunk window): **{ratio_chunks:.2f}×** ({cpu_chunks:.2f}×): the pipeline's own overhead;
+- on the same texts (the pipeline encodes every chunk window): **{ratio_chunks:.2f}×** ({cpu_chunks:.2f}×): \
+the pipeline's own overhead;
 - on whole documents truncated at 256 tokens: **{ratio_trunc:.2f}×** ({cpu_trunc:.2f}×): this also charges the pipeline
   for encoding the tails of long documents, which truncation throws away.
 - msmarco-5k: {mm['documents']} passages embedded in {mm['embed_s']:.1f} s.

@@ -282,8 +282,9 @@ def render(r: dict) -> str:
     out.append(f"Measured {meta.get('date')} on this {meta.get('cpus')}-core machine by `benchmarks/verify.py`; "
                "every baseline comes from the same run. " + meta.get("note", ""))
     for title, blob in (("SciFact test (300 queries), float16 token store", sf),
-                        ("SciFact test, PQ token store (the default; same verifier)", pq), ("msmarco-5k (43 judged queries, grade >= 2 counts "
-                                                              "for MRR and Recall; SciFact's verifier)", ms)):
+                        ("SciFact test, PQ token store (the default; same verifier)", pq),
+                        ("msmarco-5k (43 judged queries, grade >= 2 counts "
+                         "for MRR and Recall; SciFact's verifier)", ms)):
         if not blob:
             continue
         res = blob["result"]
@@ -292,8 +293,10 @@ def render(r: dict) -> str:
         out += [_row(n, m) for n, m in res["baselines"].items()]
         c = res.get("cost") or {}
         if c.get("verify_over_maxsim"):
-            out += ["", f"- Verify stage (token maps + verifier) {c['per_query_token_maps_ms'] + c['per_query_verifier_ms']:.1f} "
-                        f"ms/query (mean) vs MaxSim reranking of the same candidates {c['per_query_maxsim_ms']:.1f} ms: "
+            out += ["", f"- Verify stage (token maps + verifier) "
+                        f"{c['per_query_token_maps_ms'] + c['per_query_verifier_ms']:.1f} "
+                        f"ms/query (mean) vs MaxSim reranking of the same candidates "
+                        f"{c['per_query_maxsim_ms']:.1f} ms: "
                         f"**{c['verify_over_maxsim']:.2f}x**" + (
                             f" (medians {c['p50_verify_stage_ms']:.1f} vs {c['p50_maxsim_ms']:.1f} ms: "
                             f"{c['p50_verify_over_maxsim']:.2f}x)" if c.get("p50_verify_over_maxsim") else "") +
@@ -313,7 +316,8 @@ def render(r: dict) -> str:
                        f"near-misses {tr['near_misses']}. Curve in DuckDB `verifier_curves`.")
             ad = tr.get("adapter")
             if ad and ad.get("curve"):
-                out.append(f"- Query adapter, trained first on the same lists' recall top {ad.get('top', 30)} (MaxSim of "
+                out.append(f"- Query adapter, trained first on the same lists' recall top {ad.get('top', 30)} "
+                           f"(MaxSim of "
                            f"the adapted query, listwise): held-out nDCG@10 {ad['identity_val_ndcg10']:.4f} with the "
                            f"identity, **{ad['val_ndcg10']:.4f}** at epoch {ad['best_epoch']} of {ad['epochs_run']} "
                            f"(|A - I| {ad['distance_from_identity']:.2f}).")
@@ -340,7 +344,8 @@ def render(r: dict) -> str:
     if pq and sf:
         a, b = sf["result"], pq["result"]
         out += ["", "### Compressed token store", "",
-                f"- float16: {a['cost']['bytes_per_doc'] / 1024:.1f} KB per document, nDCG@10 {a['metrics']['ndcg@10']:.4f}.",
+                f"- float16: {a['cost']['bytes_per_doc'] / 1024:.1f} KB per document, "
+                f"nDCG@10 {a['metrics']['ndcg@10']:.4f}.",
                 f"- PQ (the default store, {meta.get('pq_bytes')} bytes per token): "
                 f"{b['cost']['bytes_per_doc'] / 1024:.1f} KB per "
                 f"document, nDCG@10 {b['metrics']['ndcg@10']:.4f} (same verifier): cost "
@@ -351,7 +356,8 @@ def render(r: dict) -> str:
         st = ", ".join(f"{k} {v:.1f}" for k, v in o["stage_p50_ms"].items())
         out += ["", "### HTTP (Ray Serve, verify on, 100 candidates, k = 10)", "",
                 f"- One client, keep-alive, {o['requests']} SciFact test queries: p50 **{o['p50_ms']:.1f} ms**, "
-                f"p99 **{o['p99_ms']:.1f} ms**, {o['errors']} errors, {o['verified']} verified. Stage medians (ms): {st}."]
+                f"p99 **{o['p99_ms']:.1f} ms**, {o['errors']} errors, {o['verified']} verified. "
+                f"Stage medians (ms): {st}."]
         if ro:
             out.append(f"- The same queries with `verify: false` (recall only): p50 {ro['p50_ms']:.1f} ms, p99 "
                        f"{ro['p99_ms']:.1f} ms, {ro['errors']} errors.")

@@ -1,7 +1,7 @@
 """`make run`: the whole product on the embedded sample corpus, start to finish, in one process.
 
-Nightly reindex (Prefect; ingest, embed, document maps, index, publish) → evaluation into DuckDB → Ray Serve on loopback → sample
-queries over HTTP → evaluation summary from SQL → everything stopped.
+Nightly reindex (Prefect; ingest, embed, document maps, index, publish) → evaluation into DuckDB → Ray Serve
+on loopback → sample queries over HTTP → evaluation summary from SQL → everything stopped.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def sample_queries() -> list[tuple[str, str]]:
 
 def sample_histories(settings: Settings) -> list[tuple[str, list[str]]]:
     """A known two-item history and one with an id the catalogue lacks, for each recommendation domain."""
-    return [(s.domain, ["0", "2", "no-such-item"]) for s in settings.sources if s.format in ("lcrec", "recbole", "unisrec")]
+    return [(s.domain, ["0", "2", "no-such-item"]) for s in settings.sources
+            if s.format in ("lcrec", "recbole", "unisrec")]
 
 
 def run_demo(settings: Settings, root: DataRoot, *, port: int = 8000, console: Console | None = None) -> int:

@@ -28,8 +28,9 @@ def longdoc_task(path: str | list[str], config_path: str | None, seed: int, repe
     run_id = f"longdoc-{'+'.join(Path(p).stem for p in paths)}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     with Warehouse(root_from(settings).eval_db()) as wh:
         n = wh.record_longdoc(run_id=run_id, dataset=",".join(str(Path(p).resolve()) for p in paths),
-                              report=report, config={"seed": seed, "repeats": repeats, "maps": settings.maps.model_dump(),
-                                      "chunking": settings.chunking.model_dump()})
+                              report=report, config={"seed": seed, "repeats": repeats,
+                                                     "maps": settings.maps.model_dump(),
+                                                     "chunking": settings.chunking.model_dump()})
     log.info("eval-longdoc %s: bag_of_chunks R@3=%.3f map_conditioned R@3=%.3f (%d figures stored as %s)",
              Path(paths[0]).name, report["bag_of_chunks"]["recall@3"], report["map_conditioned"]["recall@3"], n, run_id)
     return {**report, "run_id": run_id, "seconds": round(time.perf_counter() - t0, 1)}

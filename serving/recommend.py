@@ -4,8 +4,8 @@ Plain Python (no Ray), like SearchService. A history is encoded by the
 sequence model over the domain's lookup tables; items come from the FAISS index
 built at publish time over unit code vectors, unit text vectors and the item's
 log-count prior, so one inner product with [user / temperature, weight * text
-user, popularity weight] is the model's fused logit (`sidestep.rec.tables.TextFusion`). The history's own items then get the
-model's learned repeat bias, exactly as evaluation scores them, so `score` is the
+user, popularity weight] is the model's fused logit (`sidestep.rec.tables.TextFusion`). The history's own items
+then get the model's learned repeat bias, exactly as evaluation scores them, so `score` is the
 logit `eval-rec` ranks by. Tables published before text fusion have code vectors
 only and are served by cosine / temperature plus the repeat bias, the same scale;
 those published before the prior have no prior column and are served without it.

@@ -113,7 +113,8 @@ class ServeHandle:
                      namespace="sidestep", log_to_driver=False, logging_level="WARNING",
                      runtime_env={"env_vars": {**serve_env, **{k: os.environ[k] for k in (
                          "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SIDESTEP_HOME", "HOME",
-                         "RAY_USAGE_STATS_ENABLED", "TOKENIZERS_PARALLELISM", "ORT_DISABLE_TELEMETRY") if k in os.environ}}})
+                         "RAY_USAGE_STATS_ENABLED", "TOKENIZERS_PARALLELISM", "ORT_DISABLE_TELEMETRY")
+                         if k in os.environ}}})
         if self.direct:  # the proxy still runs (Ray starts one on the head node): on a spare port
             self.proxy_port = _free_port(self.host)
         serve.start(http_options={"host": self.host, "port": self.proxy_port}, logging_config={"log_level": "WARNING"})

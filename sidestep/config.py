@@ -53,7 +53,8 @@ class ChunkingConfig(_Strict):
 
 
 class EncoderConfig(_Strict):
-    model_path: str | None = Field(None, description="A sentence-transformers folder; None = packaged all-MiniLM-L6-v2.")
+    model_path: str | None = Field(None,
+                                   description="A sentence-transformers folder; None = packaged all-MiniLM-L6-v2.")
     batch_size: int = Field(32, ge=1, le=1024)
     num_threads: int | None = Field(None, description="torch threads; None = all cores.")
     max_query_tokens: int = Field(128, ge=8, le=512)

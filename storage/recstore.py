@@ -45,7 +45,8 @@ def write_codebook(staged: Path, book: Codebook) -> dict:
     write_bytes(staged / CODEBOOK_FILE, book.to_bytes())
     spec = book.spec
     return {"spec": {"positions": spec.positions, "bits": spec.bits, "opq": spec.opq, "sample": spec.sample,
-                     "seed": spec.seed, "opq_iterations": spec.opq_iterations}, "fit_error": book.fit_error, "dim": book.dim}
+                     "seed": spec.seed, "opq_iterations": spec.opq_iterations},
+            "fit_error": book.fit_error, "dim": book.dim}
 
 
 def load_codebook(root: DataRoot, version: str | None = None) -> tuple[str, Codebook] | None:

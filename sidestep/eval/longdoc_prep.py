@@ -142,8 +142,8 @@ class Prepared:
 def encode_and_map(encoder: Encoder, ds: LongDocSet, *, encoded: Sequence[EncodedDoc] | None = None,
                    summarizer: Summarizer | None = None, params: MapParams | None = None,
                    window_tokens: int = 256, overlap_tokens: int = 32, max_chunks: int = 256, block: int = 4,
-                   repeats: int = 1) -> tuple[list[EncodedDoc], list[DocMap | None], list[MapVectors | None], dict[str, str],
-                              dict[str, float]]:
+                   repeats: int = 1) -> tuple[list[EncodedDoc], list[DocMap | None], list[MapVectors | None],
+                                              dict[str, str], dict[str, float]]:
     """Chunk + encode (the reindex cost) and map (the summarize cost), alternating by blocks of
     documents, so that their time ratio is robust to load on a shared machine while each step
     still batches like the pipeline does. With repeats > 1 each block is timed several times

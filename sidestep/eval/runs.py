@@ -236,4 +236,5 @@ def compare_runs(run_a: Iterable[Sequence], run_b: Iterable[Sequence], qrels: Ma
         raise RunFormatError("the qrels judge no query")
     va, vb = per_query(run_a, qrels, parsed), per_query(run_b, qrels, parsed)
     queries = list(qrels)
-    return {name: paired([va[name][q] for q in queries], [vb[name][q] for q in queries]) for name in parsed}, len(queries)
+    return {name: paired([va[name][q] for q in queries], [vb[name][q] for q in queries])
+            for name in parsed}, len(queries)

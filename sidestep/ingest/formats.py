@@ -245,7 +245,8 @@ def _text_files(root: Path) -> Iterator[str]:
 
 
 def _text_entries(root: Path) -> list[tuple[str, str]]:
-    """(relative path, "file" | "symlink" | a special kind such as "fifo") of every .txt/.md entry and every linked folder.
+    """(relative path, "file" | "symlink" | a special kind such as "fifo") of every .txt/.md entry and every
+    linked folder.
 
     os.walk does not enter linked folders (followlinks=False) but lists them among the folders; lstat
     tells a link or a FIFO named like a text file from a regular file without opening it.

@@ -2,8 +2,8 @@
 
 Readers never write anything. Each format only parses (sidestep.ingest.formats
 for files and text folders, sidestep.ingest.recbole for RecBole's atomic files,
-sidestep.ingest.recformats for UniSRec and LC-Rec folders); one function (`validate_record`, in sidestep.ingest.validation)
-decides what is a good document, and one pass (`_finalize`) handles duplicates,
+sidestep.ingest.recformats for UniSRec and LC-Rec folders); one function (`validate_record`, in
+sidestep.ingest.validation) decides what is a good document, and one pass (`_finalize`) handles duplicates,
 so every format rejects bad input the same way and a bad record never stops the
 batch. `SourceError` is reserved for problems with the source as a whole
 (missing path, unknown format, unreadable layout), and since `read_source`

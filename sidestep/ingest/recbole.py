@@ -82,7 +82,8 @@ def read_recbole(root: Path) -> tuple[Iterable[Item], list[Interaction], list[Ba
     inter = atomic_inter(root)
     if inter is None:
         found = ", ".join(p.name for p in sorted(root.glob("*.inter"))) or "none"
-        hint = " (a .text file: this looks like the UniSRec layout, --format unisrec)" if any(root.glob("*.text")) else ""
+        hint = (" (a .text file: this looks like the UniSRec layout, --format unisrec)"
+                if any(root.glob("*.text")) else "")
         raise SourceError(f"recbole folder {root} needs one <name>.inter file (or {root.name}.inter), "
                           f"found: {found}{hint}")
     inter_header = read_header(inter, ("user_id", "item_id"))

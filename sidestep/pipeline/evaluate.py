@@ -139,7 +139,8 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
         view = load_token_view(root, settings, domain, corpus.version)
         runs, spent = _verified(enc, corpus, view, loaded, qids, queries, k, max(k, settings.verify.candidates),
                                 settings.verify.max_doc_tokens, settings.verify.verify_top)
-        cost = {"per_query_maxsim_ms": _mean(spent["maxsim_ms"]), "per_query_token_maps_ms": _mean(spent["token_maps_ms"]),
+        cost = {"per_query_maxsim_ms": _mean(spent["maxsim_ms"]),
+                "per_query_token_maps_ms": _mean(spent["token_maps_ms"]),
                 "per_query_verifier_ms": _mean(spent["verify_ms"]), "bytes_per_doc": view.source.bytes_per_doc(),
                 "token_store": view.source.kind}
         if loaded is not None:

@@ -12,7 +12,8 @@ from sidestep.storage.documents import DocumentStore, QuarantineStore
 from sidestep.storage.paths import DataRoot
 
 
-def ingest_source(root: DataRoot, source: SourceConfig, *, max_text_bytes: int, run_id: str | None = None) -> IngestReport:
+def ingest_source(root: DataRoot, source: SourceConfig, *, max_text_bytes: int,
+                  run_id: str | None = None) -> IngestReport:
     """Plain function (also used outside Prefect); raises SourceError before writing anything."""
     run_id = run_id or uuid.uuid4().hex[:12]
     result = read_source(source.path, source.format, id_field=source.id_field, title_field=source.title_field,

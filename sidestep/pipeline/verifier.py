@@ -222,7 +222,8 @@ def training_lists(root: DataRoot, settings: Settings, dataset_dir: str, domain:
 def _adapter_summary(adapter: torch.Tensor, curve: list[dict], top: int) -> dict:
     best = max(curve, key=lambda c: c["val_ndcg10"]) if curve else {}
     return {"top": top, "best_epoch": best.get("epoch"), "val_ndcg10": best.get("val_ndcg10"),
-            "identity_val_ndcg10": curve[0]["val_ndcg10"] if curve else None, "epochs_run": len(curve) - 1 if curve else 0,
+            "identity_val_ndcg10": curve[0]["val_ndcg10"] if curve else None,
+            "epochs_run": len(curve) - 1 if curve else 0,
             "distance_from_identity": float((adapter - torch.eye(len(adapter))).norm()), "curve": curve}
 
 

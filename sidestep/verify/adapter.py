@@ -100,7 +100,8 @@ def list_maxsim(adapter: torch.Tensor, tl: TokenList) -> torch.Tensor:
 def evaluate(adapter: torch.Tensor, lists: Sequence[TokenList]) -> float:
     """Mean nDCG@10 of adapted MaxSim over the lists (ideal from each list's own gains)."""
     with torch.no_grad():
-        return float(np.mean([ndcg_of_scores(list_maxsim(adapter, tl).numpy(), tl.gains) for tl in lists])) if lists else 0.0
+        return float(np.mean([ndcg_of_scores(list_maxsim(adapter, tl).numpy(), tl.gains)
+                              for tl in lists])) if lists else 0.0
 
 
 def fit_adapter(train: Sequence[TokenList], val: Sequence[TokenList], dim: int, *, epochs: int = 12,

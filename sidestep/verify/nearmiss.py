@@ -49,7 +49,9 @@ UNITS = [("mg", "g"), ("ml", "l"), ("µm", "mm"), ("nm", "µm"), ("hours", "days
 KINDS = ("negation", "antonym", "role_swap", "number", "condition")
 _WORD = re.compile(r"[A-Za-z][A-Za-z-]*")
 _NUM = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)(?![\w.]*\d)")
-STOP = frozenset(["the", "a", "an", "of", "in", "on", "for", "to", "and", "or", "by", "with", "is", "are", "was", "were", "be", "been", "that", "this", "these", "those", "from", "at", "as", "it", "its", "we", "our", "their", "which", "who", "whom", "find", "evidence"])
+STOP = frozenset(["the", "a", "an", "of", "in", "on", "for", "to", "and", "or", "by", "with", "is", "are", "was",
+                  "were", "be", "been", "that", "this", "these", "those", "from", "at", "as", "it", "its", "we",
+                  "our", "their", "which", "who", "whom", "find", "evidence"])
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,8 @@ def negation(text: str, query_words: set[str], rng: random.Random) -> NearMiss |
         return None
     shared = [w.start() for w in _candidates(text, query_words) if w.group().lower() in query_words]
     aux = min(auxes, key=lambda a: min((abs(a.start() - s) for s in shared), default=a.start()))
-    return NearMiss("negation", _replace_at(text, aux.end(), aux.end(), " not"), f"inserted 'not' after {aux.group()!r}")
+    return NearMiss("negation", _replace_at(text, aux.end(), aux.end(), " not"),
+                    f"inserted 'not' after {aux.group()!r}")
 
 
 def role_swap(text: str, query_words: set[str], rng: random.Random) -> NearMiss | None:

@@ -60,7 +60,8 @@ def pseudo_lists(q_pooled: np.ndarray, q_tokens: Sequence[np.ndarray], q_pieces:
             top = np.argsort(-row, kind="stable")[:candidates]
             labels = torch.from_numpy(top == positives[j])
             if bool(labels.any()):
-                c = prepare(adapt(adapter, query_tokens(q_tokens[j], max_query_tokens)), query_piece_ids(q_pieces[j], max_query_tokens),
+                c = prepare(adapt(adapter, query_tokens(q_tokens[j], max_query_tokens)),
+                            query_piece_ids(q_pieces[j], max_query_tokens),
                             [docs[k][0] for k in top], [docs[k][1] for k in top], idf, row[top].astype(np.float32),
                             max_doc_tokens, n_list=len(top))
                 ex: Example | None = Example(c, labels)

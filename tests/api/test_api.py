@@ -25,7 +25,8 @@ def _readme_block(section: str) -> str:
 
 
 def test_importing_sidestep_loads_neither_prefect_ray_torch_nor_matplotlib():
-    code = "import sidestep, sys; print(sorted(m for m in ('prefect', 'ray', 'torch', 'httpx', 'matplotlib') if m in sys.modules))"
+    code = ("import sidestep, sys; "
+            "print(sorted(m for m in ('prefect', 'ray', 'torch', 'httpx', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from sidestep.cli import app
 
 runner = CliRunner()
-COMMANDS = ["ingest", "index", "reindex", "serve", "search", "eval", "export", "compare", "train-verifier", "eval-longdoc", "eval-rec", "pretrain", "lab", "report", "rollback", "gc", "deploy", "status", "demo"]
+COMMANDS = ["ingest", "index", "reindex", "serve", "search", "eval", "export", "compare", "train-verifier",
+            "eval-longdoc", "eval-rec", "pretrain", "lab", "report", "rollback", "gc", "deploy", "status", "demo"]
 VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
 

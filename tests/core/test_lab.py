@@ -126,7 +126,8 @@ def test_the_z_check_catches_a_baseline_that_includes_the_sample_itself():
 
 def _gaussian_perturbed_linear_objective(theta: torch.Tensor, cost: torch.Tensor, sigma: float) -> torch.Tensor:
     """E[<cost, hard_topk(theta + sigma Z, 2)>] for n = 3 exactly, by 1-D Gauss-Hermite quadrature: with the
-    middle item b at x, P(a > b > c) = int N(x; theta_b, sigma) Phi((theta_a - x) / sigma) Phi((x - theta_c) / sigma)."""
+    middle item b at x,
+    P(a > b > c) = int N(x; theta_b, sigma) Phi((theta_a - x) / sigma) Phi((x - theta_c) / sigma)."""
     import numpy as np
 
     t, w = (torch.tensor(a, dtype=D) for a in np.polynomial.hermite.hermgauss(80))
@@ -232,7 +233,8 @@ def test_softsort_tends_to_the_hard_permutation_and_its_gradient_matches_finite_
     torch.testing.assert_close(softsort(z, 5, 0.3).sum(-1), torch.ones(5, dtype=D))
     got = grad("softsort", THETA, JUDGE, 2, tau=0.5)
     h = 1e-6
-    fd = torch.stack([(JUDGE.loss(softsort(THETA + h * e, 2, 0.5)) - JUDGE.loss(softsort(THETA - h * e, 2, 0.5))) / (2 * h)
+    fd = torch.stack([(JUDGE.loss(softsort(THETA + h * e, 2, 0.5))
+                       - JUDGE.loss(softsort(THETA - h * e, 2, 0.5))) / (2 * h)
                       for e in torch.eye(4, dtype=D)])
     assert float(got.norm()) > 0.01
     torch.testing.assert_close(got, fd, rtol=0, atol=1e-7)

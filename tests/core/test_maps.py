@@ -317,7 +317,8 @@ def test_cross_fitting_holds_every_question_out_once_per_repeat_and_tunes_on_the
             q_doc.append(d)
     n_q = len(q_doc)
     ds = P.LongDocSet("toy", ["x"] * n_docs, ["q"] * n_q, ["a"] * n_q, q_doc)
-    q_vecs = np.stack([encoded[d].pooled[e[0]] for d, e in zip(q_doc, evidence, strict=True)])  # each question = its evidence
+    # each question = its evidence
+    q_vecs = np.stack([encoded[d].pooled[e[0]] for d, e in zip(q_doc, evidence, strict=True)])
     prep = P.Prepared(ds, encoded, maps, vecs, [np.ones((5, 1), np.float32)] * n_docs, evidence,
                       np.arange(n_q), {}, q_vecs, {})
     for pool in P.POOLS:  # no maps: the "context" of a question is the question (no encoder needed)

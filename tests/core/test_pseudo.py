@@ -17,7 +17,8 @@ def unit(rng, n, d=16):
 
 
 def test_title_docs_needs_a_title_and_a_text_and_samples_reproducibly():
-    titles = ["Aspirin lowers stroke risk", None, "  ", "Statins and liver injury", "Short", "Vitamin D and bone density"]
+    titles = ["Aspirin lowers stroke risk", None, "  ", "Statins and liver injury", "Short",
+              "Vitamin D and bone density"]
     texts = ["a", "b", "c", "", "d", "e"]
     assert title_docs(titles, texts, 10, seed=0) == [0, 5]
     many = [f"title number {i}" for i in range(50)]

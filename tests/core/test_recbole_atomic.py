@@ -59,7 +59,8 @@ def test_the_sample_atomic_files_read_as_recbole() -> None:
 def test_the_sample_splits_leave_one_out_like_lcrec() -> None:
     result = read_source(ATOMIC)
     data = build_splits(result.interactions, [d.doc_id for d in result.documents])
-    assert (len(data.train), len(data.valid), len(data.test)) == (30 * 3, 30, 30)  # 6 items: 3 training prefixes, 1 valid, 1 test
+    # 6 items: 3 training prefixes, 1 valid, 1 test
+    assert (len(data.train), len(data.valid), len(data.test)) == (30 * 3, 30, 30)
     assert data.unknown == {}
     idx = data.index_of()
     seq = chronological(ATOMIC / "recbole_atomic.inter")[result.interactions[0].user_id]

@@ -61,7 +61,8 @@ def test_trec_and_ranx_round_trip(tmp_path):
     assert {(q, d): s for q, d, _, s in back} == {(q, d): s for q, d, _, s in rows}
     ranx = json.loads((tmp_path / "r.json").read_text())
     assert ranx == to_ranx(rows)
-    assert sorted((q, d, r) for q, d, r, _ in read_trec(tmp_path / "r.json")) == sorted((q, d, r) for q, d, r, _ in rows)
+    assert (sorted((q, d, r) for q, d, r, _ in read_trec(tmp_path / "r.json"))
+            == sorted((q, d, r) for q, d, r, _ in rows))
 
 
 def test_a_bad_trec_line_and_an_unknown_format_are_clear_errors(tmp_path):

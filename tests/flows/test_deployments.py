@@ -31,7 +31,8 @@ def test_prefect_yaml_entrypoints_resolve_to_flows_and_declare_the_cron(settings
     spec = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
     for d in spec["deployments"]:
         path, name = d["entrypoint"].split(":")
-        mod = importlib.import_module("sidestep." + path.removesuffix(".py").replace("/", "."))  # flows/ is sidestep.flows
+        # flows/ is sidestep.flows
+        mod = importlib.import_module("sidestep." + path.removesuffix(".py").replace("/", "."))
         assert hasattr(getattr(mod, name), "fn"), d["entrypoint"]  # a prefect Flow
     nightly = next(d for d in spec["deployments"] if d["entrypoint"].endswith(":nightly_reindex"))
     assert nightly["schedules"][0]["cron"] == settings.nightly_cron

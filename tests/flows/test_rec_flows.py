@@ -29,7 +29,8 @@ THINGS = ["notebook", "stapler", "pen", "lamp", "chair", "folder", "marker", "ru
 
 
 def write_unisrec(folder, n_items: int = 48, users: int = 90, length: int = 7, seed: int = 0) -> None:
-    """A small UniSRec folder (RecBole-processed): users walk a cycle of items, so that a sequence model has something to learn."""
+    """A small UniSRec folder (RecBole-processed): users walk a cycle of items, so that a sequence model has
+    something to learn."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "Toy.text", "w") as f:
