@@ -40,13 +40,13 @@ import numpy as np
 import psutil
 from common import BENCHMARKS_MD, BIN, bench_env, last_run_path, read_last_run, splice, write_last_run
 from ops import hot_swap_under_load
+
+from sidestep.config import SAMPLES_DIR
 from sidestep.storage.artifacts import IndexStore, new_version_name
 from sidestep.storage.atomic import write_text
 from sidestep.storage.indexes import load_version, read_chunks
 from sidestep.storage.paths import SHARED, DataRoot
 from sidestep.storage.recstore import load_codebook, load_table_version
-
-from sidestep.config import SAMPLES_DIR
 
 START, END = "<!-- chaos:start -->", "<!-- chaos:end -->"
 PORT = 8768

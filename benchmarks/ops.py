@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 from common import BENCHMARKS_MD, BIN, bench_env, splice, write_last_run
+
 from sidestep.storage.artifacts import IndexStore
 from sidestep.storage.paths import DataRoot
 

@@ -31,9 +31,6 @@ import numpy as np
 import torch
 from common import BENCHMARKS_MD, DATA, bench_env, machine, sh, splice, write_last_run
 from ir_measures import R, ScoredDoc, nDCG
-from sidestep.storage.embeddings import EmbeddingStore
-from sidestep.storage.paths import DataRoot
-from sidestep.storage.recstore import load_table_version
 
 from sidestep.eval.beir import load_qrels, load_queries
 from sidestep.rec.align import apply_permutation, random_permutation, recovery, used_codewords
@@ -48,6 +45,9 @@ from sidestep.rec.doctables import (
 from sidestep.rec.quantize import CodebookSpec, fit_codebook, shuffled_codes
 from sidestep.rec.tables import model_from_state
 from sidestep.rec.training import evaluate, fit_code_alignment
+from sidestep.storage.embeddings import EmbeddingStore
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.recstore import load_table_version
 from sidestep.text.encoder import encoder_key, model_dim
 
 START, END = "<!-- rec:start -->", "<!-- rec:end -->"
@@ -121,9 +121,8 @@ def write_report(state: dict, note: str, root: Path) -> None:
 def planted_alignment(root: Path, steps: int = 200, seed: int = 0) -> dict:
     """Scientific's codes with every position's codewords permuted on purpose; the frozen Scientific model
     must find, per position, which pre-trained codeword each permuted codeword stands for."""
-    from sidestep.tasks.common import settings_from
-
     from sidestep.pipeline.rec import domain_data
+    from sidestep.tasks.common import settings_from
 
     torch.set_num_threads(os.cpu_count() or 1)
     dr = DataRoot(root)
@@ -162,9 +161,8 @@ def retrieval_tables(root: Path, scifact: str, seed: int = 0) -> dict:
     """SciFact documents as lookup-table vectors, fine-tuned on qrels/train.tsv against the frozen query
     encoder + a residual adapter; fused with pooled cosine (weight tuned on held-out train queries).
     Control: the same training on codes shuffled across documents."""
-    from sidestep.tasks.common import encoder_for, settings_from
-
     from sidestep.pipeline.rec import load_items
+    from sidestep.tasks.common import encoder_for, settings_from
 
     settings = settings_from(None)
     dr = DataRoot(root)

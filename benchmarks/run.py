@@ -29,12 +29,12 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 from common import BENCH_DIR, BENCHMARKS_MD, DATA, bench_env, ray_rss_mb, sh
-from sidestep.storage.artifacts import IndexStore
-from sidestep.storage.documents import DocumentStore
-from sidestep.storage.paths import DataRoot
 
 from sidestep.config import default_settings
 from sidestep.eval.beir import load_queries
+from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.documents import DocumentStore
+from sidestep.storage.paths import DataRoot
 from sidestep.text.encoder import doc_text
 
 

@@ -30,14 +30,14 @@ import ir_measures
 import numpy as np
 from common import BENCHMARKS_MD, DATA, bench_env, ray_rss_mb, sh, splice, write_last_run
 from ir_measures import nDCG
-from sidestep.storage.artifacts import IndexStore
-from sidestep.storage.indexes import load_current, load_token_view
-from sidestep.storage.paths import DataRoot
-from sidestep.storage.verifiers import load_verifier, verifier_store
 
 from sidestep.config import load_settings
 from sidestep.eval.beir import load_qrels, load_queries
 from sidestep.retrieval.search import maxsim_rerank, rerank
+from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.indexes import load_current, load_token_view
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.verifiers import load_verifier, verifier_store
 
 START, END = "<!-- verify:start -->", "<!-- verify:end -->"
 

@@ -31,14 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import BENCHMARKS_MD, DATA, bench_env, machine, sh, splice, write_last_run
-from sidestep.storage.documents import DocumentStore
-from sidestep.storage.paths import DataRoot
 
 from sidestep.config import load_settings
 from sidestep.eval.beir import load_qrels, load_queries
 from sidestep.eval.metrics import mean_ndcg
 from sidestep.rec.doctables import DocTableConfig, DocTables, table_scores, train_doc_tables
 from sidestep.rec.quantize import CodebookSpec, fit_codebook, shuffled_codes
+from sidestep.storage.documents import DocumentStore
+from sidestep.storage.paths import DataRoot
 from sidestep.text.encoder import doc_text
 from sidestep.text.lexical import BM25
 from sidestep.verify.candidates import (

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sidestep.config import Settings, SourceConfig
+from sidestep.results import DomainReport
 from sidestep.tasks.embed import embed_task
 from sidestep.tasks.index import publish_task
 from sidestep.tasks.ingest import ingest_task
 from sidestep.tasks.summarize import summarize_task
-
-from sidestep.config import Settings, SourceConfig
-from sidestep.results import DomainReport
 
 
 def index_domain(root: str, settings: Settings, domain: str, sources: Sequence[SourceConfig], *,

@@ -12,10 +12,10 @@ import time
 import httpx
 from rich.console import Console
 from rich.table import Table
-from sidestep.storage.paths import DataRoot
-from sidestep.storage.warehouse import Warehouse
 
 from sidestep.config import SAMPLES_DIR, Settings
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.warehouse import Warehouse
 
 
 def _free_port(preferred: int) -> int:

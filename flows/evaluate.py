@@ -4,15 +4,15 @@ runs in DuckDB; and the train_verifier flow on its own."""
 from __future__ import annotations
 
 from prefect import flow
-from sidestep.storage.verifiers import verifier_store
-from sidestep.tasks.common import root_from, settings_from
-from sidestep.tasks.evaluate import evaluate_task
-from sidestep.tasks.verifier import train_verifier_task
 
 from sidestep.config import SourceConfig
 from sidestep.eval.beir import available_splits
 from sidestep.pipeline.verifier import check_training_split
 from sidestep.results import DomainReport
+from sidestep.storage.verifiers import verifier_store
+from sidestep.tasks.common import root_from, settings_from
+from sidestep.tasks.evaluate import evaluate_task
+from sidestep.tasks.verifier import train_verifier_task
 
 from .common import index_domain
 

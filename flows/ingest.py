@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from prefect import flow
+
+from sidestep.config import Format, SourceConfig
 from sidestep.storage.sources import SourceRegistry
 from sidestep.tasks.common import root_from, settings_from
 from sidestep.tasks.ingest import ingest_task
-
-from sidestep.config import Format, SourceConfig
 
 
 @flow(name="ingest", log_prints=True)

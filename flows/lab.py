@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from prefect import flow, get_run_logger
+
 from sidestep.tasks.lab import check_lab_task, planted_task, store_lab_task
 
 

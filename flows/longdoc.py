@@ -9,11 +9,11 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sidestep.storage.warehouse import Warehouse
-from sidestep.tasks.common import encoder_for, root_from, settings_from
 
 from sidestep.eval.longdoc import run_longdoc
 from sidestep.pipeline.summarize import map_params, summarizer_for
+from sidestep.storage.warehouse import Warehouse
+from sidestep.tasks.common import encoder_for, root_from, settings_from
 
 
 @task(name="eval-longdoc", cache_policy=NO_CACHE, tags=["eval"])

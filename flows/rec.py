@@ -7,6 +7,9 @@ the Prefect UI, the command line and the nightly schedule do the same thing.
 from __future__ import annotations
 
 from prefect import flow
+
+from sidestep.config import SourceConfig
+from sidestep.pipeline.rec import rec_domains
 from sidestep.tasks.common import root_from, settings_from
 from sidestep.tasks.embed import embed_task
 from sidestep.tasks.evalrec import eval_rec_task
@@ -17,9 +20,6 @@ from sidestep.tasks.rec import (
     pretrain_task,
     rebuild_item_index_task,
 )
-
-from sidestep.config import SourceConfig
-from sidestep.pipeline.rec import rec_domains
 
 
 @flow(name="fit-codebooks", log_prints=True)

@@ -7,15 +7,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+
+from sidestep.pipeline.rec import rec_domains
+from sidestep.results import ReindexReport
 from sidestep.storage.artifacts import IndexStore
 from sidestep.storage.paths import DataRoot
 from sidestep.storage.sources import domains_in, sources_to_read
 from sidestep.storage.status import record_nightly
 from sidestep.tasks.common import root_from, settings_from
 from sidestep.tasks.rec import fit_codebooks_task, refresh_tables_task
-
-from sidestep.pipeline.rec import rec_domains
-from sidestep.results import ReindexReport
 
 from .common import index_domain
 

@@ -4,6 +4,7 @@ between embed and index)."""
 from __future__ import annotations
 
 from prefect import flow
+
 from sidestep.tasks.common import root_from, settings_from
 from sidestep.tasks.embed import embed_task
 from sidestep.tasks.summarize import summarize_task

@@ -28,10 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from sidestep.storage.paths import DataRoot
 
 from sidestep.config import load_settings
 from sidestep.retrieval.search import VerifyRequest
+from sidestep.storage.paths import DataRoot
 
 from .core import SearchService
 from .metrics import MetricsMiddleware, replica_metrics

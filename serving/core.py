@@ -9,9 +9,6 @@ import time
 from dataclasses import replace
 
 import numpy as np
-from sidestep.storage.artifacts import IndexStore
-from sidestep.storage.indexes import load_version
-from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
 from sidestep.retrieval.search import (
@@ -22,6 +19,9 @@ from sidestep.retrieval.search import (
     search_texts,
     search_vectors,
 )
+from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.indexes import load_version
+from sidestep.storage.paths import DataRoot
 from sidestep.text.encoder import Encoder
 
 from .verify import VerifierService

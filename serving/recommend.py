@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from sidestep.storage.paths import DataRoot
-from sidestep.storage.recstore import TableVersion, load_table_version, table_store
 
 from sidestep.config import Settings
 from sidestep.rec.data import encode_history
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.recstore import TableVersion, load_table_version, table_store
 
 from .versions import VersionedDomains
 

@@ -7,6 +7,7 @@ import socket
 import time
 
 import httpx
+
 from sidestep.storage import runtime
 from sidestep.storage.paths import DataRoot
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
-from sidestep.storage.indexes import load_token_view
-from sidestep.storage.paths import DataRoot
-from sidestep.storage.verifiers import LoadedVerifier, load_verifier, verifier_store
 
 from sidestep.config import Settings
 from sidestep.retrieval.search import TokenView, VerifyRequest, rerank
+from sidestep.storage.indexes import load_token_view
+from sidestep.storage.paths import DataRoot
+from sidestep.storage.verifiers import LoadedVerifier, load_verifier, verifier_store
 from sidestep.verify.features import warm_up
 
 from .versions import VersionedDomains

@@ -8,9 +8,8 @@ import logging
 import threading
 from typing import Any
 
-from sidestep.storage.artifacts import IndexStore
-
 from sidestep.config import check_name
+from sidestep.storage.artifacts import IndexStore
 
 log = logging.getLogger("sidestep.serving")
 

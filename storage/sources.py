@@ -16,10 +16,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from sidestep.config import Settings, SourceConfig
 from sidestep.storage.atomic import write_text
 from sidestep.storage.paths import DataRoot
-
-from sidestep.config import Settings, SourceConfig
 
 FILE = "sources.json"
 # what makes two declarations of one (domain, path) the same source; `eval` only marks a demo domain

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from prefect.tasks import exponential_backoff
-from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings, load_settings
 from sidestep.pipeline.common import encoder_for
+from sidestep.storage.paths import DataRoot
 
 __all__ = ["RETRY", "TRAIN_RETRY", "encoder_for", "root_from", "settings_from"]
 

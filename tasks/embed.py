@@ -6,11 +6,11 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
 from sidestep.pipeline.embed import embed_domain
 from sidestep.results import EmbedReport
+from sidestep.storage.paths import DataRoot
 
 from .common import RETRY
 

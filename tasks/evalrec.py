@@ -6,11 +6,11 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
 from sidestep.pipeline.evalrec import eval_rec
 from sidestep.pipeline.rec import RecError
+from sidestep.storage.paths import DataRoot
 
 
 @task(name="eval-rec", retries=0, cache_policy=NO_CACHE, tags=["rec", "eval"])

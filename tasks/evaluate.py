@@ -6,10 +6,10 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
 from sidestep.pipeline.evaluate import evaluate_domain
+from sidestep.storage.paths import DataRoot
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, tags=["eval"])

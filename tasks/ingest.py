@@ -6,12 +6,12 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sidestep.storage.paths import DataRoot
 
 from sidestep.config import SourceConfig
 from sidestep.ingest.readers import SourceError
 from sidestep.pipeline.ingest import ingest_source
 from sidestep.results import IngestReport
+from sidestep.storage.paths import DataRoot
 
 from .common import RETRY
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sidestep.storage.warehouse import Warehouse
 
 from sidestep.lab.planted import PlantedConfig, report_rows, run_planted
+from sidestep.storage.warehouse import Warehouse
 
 from .common import RETRY, root_from, settings_from
 

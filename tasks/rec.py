@@ -7,7 +7,6 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
 from sidestep.pipeline.rec import (
@@ -17,6 +16,7 @@ from sidestep.pipeline.rec import (
     rebuild_item_index,
     refresh_tables,
 )
+from sidestep.storage.paths import DataRoot
 
 from .common import RETRY, TRAIN_RETRY
 

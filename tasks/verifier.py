@@ -6,10 +6,10 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sidestep.storage.paths import DataRoot
 
 from sidestep.config import Settings
 from sidestep.pipeline.verifier import train_verifier_domain
+from sidestep.storage.paths import DataRoot
 
 from .common import TRAIN_RETRY
 

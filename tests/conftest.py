@@ -29,6 +29,7 @@ os.environ.update({
 os.environ.pop("SIDESTEP_CONFIG", None)
 
 import pytest  # noqa: E402
+
 from sidestep.flows.ui import LocalPrefect  # noqa: E402
 
 
@@ -41,9 +42,8 @@ def _free_port() -> int:
 _PREFECT = LocalPrefect(_BASE / "prefect", port=_free_port()).start(timeout=180, runner=False)
 os.environ["PREFECT_API_URL"] = _PREFECT.api_url
 
-from sidestep.storage.paths import DataRoot  # noqa: E402
-
 from sidestep.config import default_settings, load_settings  # noqa: E402
+from sidestep.storage.paths import DataRoot  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

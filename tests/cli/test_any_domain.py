@@ -7,11 +7,11 @@ import json
 import threading
 
 import pytest
-from sidestep.storage.sources import SourceConflict, SourceRegistry, known_sources, sources_to_read
 from typer.testing import CliRunner
 
 from sidestep.cli import app
 from sidestep.config import Settings, SourceConfig
+from sidestep.storage.sources import SourceConflict, SourceRegistry, known_sources, sources_to_read
 
 runner = CliRunner()
 

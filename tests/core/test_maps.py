@@ -394,10 +394,9 @@ def test_longdoc_evidence_is_the_chunk_holding_the_answer():
 
 
 def test_map_store_round_trips_heading_vectors(tmp_path):
+    from sidestep.docmaps.maps import MapVectors
     from sidestep.storage.maps import MapStore
     from sidestep.storage.paths import DataRoot
-
-    from sidestep.docmaps.maps import MapVectors
 
     store = MapStore(DataRoot(tmp_path.resolve()), "extractive-test", 3)
     maps = [DocMap("h1", "T", [Section(0, "T > A", 0, 5, "a"), Section(1, "", 5, 9, "b")], "g", "extractive"),

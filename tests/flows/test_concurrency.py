@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from sidestep.storage.artifacts import IndexStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 import yaml
+
 from sidestep.flows.deployments import deployments
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,19 +11,19 @@ import ir_measures
 import pyarrow.parquet as pq
 import pytest
 from ir_measures import RR, R, nDCG
+
+from sidestep.config import SAMPLES_DIR
+from sidestep.eval.beir import load_qrels
 from sidestep.flows.evaluate import evaluate_flow
 from sidestep.flows.ingest import ingest_flow
 from sidestep.flows.reindex import nightly_reindex
+from sidestep.ingest.readers import SourceError
+from sidestep.retrieval.search import search_texts
 from sidestep.storage.artifacts import IndexStore
 from sidestep.storage.documents import DocumentStore, QuarantineStore
 from sidestep.storage.indexes import load_current
 from sidestep.storage.status import domain_status
 from sidestep.storage.warehouse import Warehouse
-
-from sidestep.config import SAMPLES_DIR
-from sidestep.eval.beir import load_qrels
-from sidestep.ingest.readers import SourceError
-from sidestep.retrieval.search import search_texts
 
 from ..conftest import FIXTURES, write_config
 

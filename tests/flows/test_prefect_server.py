@@ -8,6 +8,7 @@ import os
 from urllib.parse import urlsplit
 
 import pytest
+
 from sidestep.flows.ui import LocalPrefect
 from sidestep.storage.artifacts import IndexStore
 from sidestep.storage.recstore import table_store

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sidestep.storage.paths import SHARED
-from sidestep.storage.recstore import codebook_store, load_codebook, load_table_version, table_store
-from sidestep.storage.warehouse import Warehouse
-from sidestep.tasks.common import settings_from
 from typer.testing import CliRunner
 
 from sidestep.cli import app
 from sidestep.config import SAMPLES_DIR
 from sidestep.pipeline.rec import load_items
+from sidestep.storage.paths import SHARED
+from sidestep.storage.recstore import codebook_store, load_codebook, load_table_version, table_store
+from sidestep.storage.warehouse import Warehouse
+from sidestep.tasks.common import settings_from
 
 from ..conftest import write_config
 
@@ -146,9 +146,8 @@ def test_a_new_item_gets_codes_from_the_existing_codebook_and_is_recommendable_w
     assert third["tables"]["shop"]["published"] is False  # unchanged items: nothing to publish
 
     # tables published before text fusion (code vectors only, no fusion in the state) still serve, same scale
-    from sidestep.storage.recstore import codes_table, table_store, write_table_files
-
     from sidestep.rec.tables import item_vectors
+    from sidestep.storage.recstore import codes_table, table_store, write_table_files
 
     state = {k: v for k, v in new.model_state.items() if k != "text_fusion"}
     store = table_store(data_root)

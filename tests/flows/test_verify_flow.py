@@ -9,16 +9,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+
+from sidestep.config import SAMPLES_DIR
+from sidestep.eval.beir import load_queries
 from sidestep.flows.evaluate import evaluate_flow, train_verifier_flow
+from sidestep.pipeline.verifier import training_lists
 from sidestep.serving.core import SearchService
 from sidestep.storage.artifacts import IndexStore
 from sidestep.storage.indexes import load_token_view
 from sidestep.storage.verifiers import load_verifier, verifier_store
 from sidestep.storage.warehouse import Warehouse
-
-from sidestep.config import SAMPLES_DIR
-from sidestep.eval.beir import load_queries
-from sidestep.pipeline.verifier import training_lists
 
 from ..conftest import write_config
 

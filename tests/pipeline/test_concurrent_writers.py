@@ -8,13 +8,12 @@ import json
 import threading
 
 import sidestep.storage.documents as documents_module
-from sidestep.storage.artifacts import IndexStore
-from sidestep.storage.documents import DocumentStore
-
 from sidestep.config import SourceConfig
 from sidestep.pipeline.embed import embed_domain
 from sidestep.pipeline.index import publish_domain
 from sidestep.pipeline.ingest import ingest_source
+from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.documents import DocumentStore
 
 
 def _source(tmp_path, name: str, docs: list[tuple[str, str]]) -> SourceConfig:

@@ -76,11 +76,10 @@ def test_the_recall_stage_pickles_and_runs_through_the_verify_stage_the_ray_app_
     verifier deployment), the verifier service's batch, and the replica's answer."""
     import asyncio
 
+    from sidestep.retrieval.search import RecallStage, VerifyRequest
     from sidestep.serving.app import _verified
     from sidestep.serving.core import SearchService
     from sidestep.serving.verify import VerifierService
-
-    from sidestep.retrieval.search import RecallStage, VerifyRequest
 
     svc = SearchService(settings, sample.root, verifier=None)  # the Ray app's search replica
     stage = svc.recall_stage("database backups", 3, "handbook", True)

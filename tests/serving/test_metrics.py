@@ -8,6 +8,7 @@ import asyncio
 import httpx
 from fastapi import FastAPI, HTTPException
 from prometheus_client.parser import text_string_to_metric_families
+
 from sidestep.serving.metrics import MetricsMiddleware, ReplicaMetrics, replica_metrics
 from sidestep.serving.versions import VersionedDomains
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+
 from sidestep.storage.artifacts import IndexStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -306,10 +307,9 @@ def test_a_published_verifier_is_hot_loaded_and_reranks_through_the_verifier_dep
     applies it (scores reordered, stages timed), verify=false still answers recall only."""
     import shutil
 
-    from sidestep.storage.verifiers import verifier_store
-
     from sidestep.config import SAMPLES_DIR
     from sidestep.pipeline.verifier import train_verifier_domain
+    from sidestep.storage.verifiers import verifier_store
 
     folder = tmp_path / "handbook"
     shutil.copytree(SAMPLES_DIR / "handbook", folder)
@@ -423,6 +423,7 @@ def test_a_taken_port_is_a_clear_error_and_starts_nothing(tmp_path):
     """The public port is checked before Ray starts; the failed start leaves no Ray behind (stopping
     must not start a default Ray, whose node-IP and cloud probes would leave loopback)."""
     import ray
+
     from sidestep.serving.run import ServeHandle
     from sidestep.storage.paths import DataRoot
 

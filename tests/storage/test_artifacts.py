@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
+
+from sidestep.retrieval.index import build_index
 from sidestep.storage.artifacts import CorruptArtifact, IndexStore, PublishBusy
 from sidestep.storage.atomic import write_parquet
 from sidestep.storage.indexes import load_version, validate_folder, write_version_files
-
-from sidestep.retrieval.index import build_index
 
 
 def _publish(store: IndexStore, domain: str, n: int, version: str) -> dict:

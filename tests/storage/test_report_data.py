@@ -8,9 +8,9 @@ import time
 
 import pyarrow as pa
 import pytest
-from sidestep.storage.warehouse import Warehouse
 
 from sidestep.eval.report import render_report
+from sidestep.storage.warehouse import Warehouse
 
 QRELS = {f"q{i}": {f"d{i}": 1} for i in range(6)}
 

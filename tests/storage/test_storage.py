@@ -3,12 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from sidestep.storage import schemas
-from sidestep.storage.documents import DocumentStore, QuarantineStore
-from sidestep.storage.paths import DataRoot, resolve_root
 
 from sidestep.config import SAMPLES_DIR, Settings, load_settings
 from sidestep.ingest.records import BadRecord, Document, Interaction
+from sidestep.storage import schemas
+from sidestep.storage.documents import DocumentStore, QuarantineStore
+from sidestep.storage.paths import DataRoot, resolve_root
 
 
 def test_data_root_resolution_order(tmp_path, monkeypatch):
@@ -134,8 +134,8 @@ def test_a_pq_size_that_does_not_divide_the_dimension_pads_it_and_scores_like_th
     """7 bytes for 32-d tokens: 7 sub-spaces of 5, the last 3 dimensions zero. The store hands out 32-d
     vectors, and scoring its codes through lookup tables equals scoring those vectors."""
     import torch
-    from sidestep.storage.tokens import PQTokenSource, padded_dim, write_pq_tokens
 
+    from sidestep.storage.tokens import PQTokenSource, padded_dim, write_pq_tokens
     from sidestep.verify.features import flat_maxsim
 
     assert padded_dim(32, 7) == 35 and padded_dim(384, 43) == 387 and padded_dim(384, 48) == 384

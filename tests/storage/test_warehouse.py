@@ -16,6 +16,7 @@ import ir_measures
 import pyarrow as pa
 import pytest
 from ir_measures import RR, R, nDCG
+
 from sidestep.storage.warehouse import Warehouse
 
 Run = dict[str, list[str]]
