@@ -151,7 +151,7 @@ def run_demo(settings: Settings, root: DataRoot, *, port: int = 8000, console: C
                     t.add_row(str(i), h["doc_id"], f"{h['score']:.3f}", f"{h['recall_score']:.3f}",
                               (h["title"] or h["snippet"])[:60])
                 con.print(t)
-                con.print(f"[{domain}] {how}")
+                con.print(f"[{domain}] {how}", markup=False, highlight=False)
             for domain, history in sample_histories(settings):
                 r = http.post("/recommend", json={"history": history, "k": 3, "domain": domain})
                 r.raise_for_status()
@@ -168,13 +168,13 @@ def run_demo(settings: Settings, root: DataRoot, *, port: int = 8000, console: C
         if keep_serving:
             con.rule("try next")
             for line in try_next(root, server.url, queries, serving=True):
-                con.print(line, markup=False, highlight=False)
+                con.print(line, markup=False, highlight=False, soft_wrap=True)
             con.print(f"serving on {server.url} (docs: {server.url}/docs) until Ctrl-C")
             _wait_for_stop(con)
     con.print("serving stopped")
     if not keep_serving:
         con.rule("try next")
         for line in try_next(root, f"http://127.0.0.1:{settings.serve.port}", queries, serving=False):
-            con.print(line, markup=False, highlight=False)
+            con.print(line, markup=False, highlight=False, soft_wrap=True)
     con.print(f"data root: {root.root}")
     return 0
