@@ -1,4 +1,5 @@
 # sidestep: two commands matter, `make run` and `make test`; both create .venv/ if it is missing.
+# `make serve` is `make run` that leaves the endpoint up until Ctrl-C.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install run test lint lint-imports bench bench-rec bench-verify bench-verify-routes bench-ops bench-incremental bench-longdoc bench-lab chaos ui clean
+.PHONY: install run serve test lint lint-imports bench bench-rec bench-verify bench-verify-routes bench-ops bench-incremental bench-longdoc bench-lab chaos ui clean
 
 install: $(STAMP)
 
@@ -24,6 +25,9 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/sidestep demo
+
+serve: $(STAMP)
+	$(BIN)/sidestep demo --keep-serving
 
 # the layer contracts first (a few seconds), then the suite
 test: lint-imports

@@ -12,7 +12,7 @@ from sidestep.results import DomainReport
 from sidestep.storage.verifiers import verifier_store
 from sidestep.tasks.common import root_from, settings_from
 from sidestep.tasks.evaluate import evaluate_task
-from sidestep.tasks.verifier import train_verifier_task
+from sidestep.tasks.verifier import train_verifier_self_supervised_task, train_verifier_task
 
 from .common import index_domain
 
@@ -24,21 +24,34 @@ def _index(root: str, settings, dataset_dir: str, domain: str) -> DomainReport:
 
 
 @flow(name="train-verifier", log_prints=True)
-def train_verifier_flow(dataset_dir: str, domain: str, split: str = "train", seed: int = 0,
-                        config_path: str | None = None) -> dict:
+def train_verifier_flow(dataset_dir: str | None, domain: str, split: str = "train", seed: int = 0,
+                        config_path: str | None = None, self_supervised: bool = False) -> dict:
     """Index DATASET_DIR (a BEIR folder) into DOMAIN, then train and publish DOMAIN's verifier on its SPLIT
     qrels: hard negatives from recall's top candidates and structural near-misses of each positive.
 
+    With self_supervised, no judgment is read: DOMAIN's verifier trains on title pseudo-queries over its
+    stored documents and their near-misses, and is published only if it beats pooled cosine and MaxSim on
+    held-out documents' titles (DATASET_DIR, when given, is indexed first; without it, DOMAIN's published
+    index is used as it is).
+
     Args:
-        dataset_dir: Path of the dataset folder (BEIR: corpus.jsonl, queries.jsonl, qrels/).
+        dataset_dir: Path of the dataset folder (BEIR: corpus.jsonl, queries.jsonl, qrels/); optional with
+            self_supervised.
         domain: Domain name (a folder-safe name: letters, digits, dot, dash, underscore).
-        split: Qrels split to train on (never test).
+        split: Qrels split to train on (never test); unused with self_supervised.
         seed: Random seed, for reproducible runs.
         config_path: TOML config file; default: $SIDESTEP_CONFIG, else the embedded sample configuration.
+        self_supervised: Train from the domain's own text, no labels (see above).
     """
-    check_training_split(split)  # before indexing, and not retried: a wrong split stays wrong
     settings = settings_from(config_path)
     root = str(root_from(settings).root)
+    if self_supervised:
+        if dataset_dir:
+            _index(root, settings, dataset_dir, domain)
+        return train_verifier_self_supervised_task(root, settings, domain, seed)
+    if not dataset_dir:
+        raise ValueError("a DATASET_DIR with train qrels is needed, unless the verifier is self-supervised")
+    check_training_split(split)  # before indexing, and not retried: a wrong split stays wrong
     _index(root, settings, dataset_dir, domain)
     return train_verifier_task(root, settings, dataset_dir, domain, split, seed)
 

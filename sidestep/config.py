@@ -199,6 +199,15 @@ class VerifyConfig(_Strict):
     pseudo_queries: int = Field(
         700, ge=0, description="Pseudo-queries drawn from the pseudo corpus: a document's title is the query, the "
                                 "title-free document its one positive, recall's top candidates the negatives.")
+    self_supervised_docs: int = Field(
+        2000, ge=20, description="`train-verifier --self-supervised` (no judgments read): at most this many titled "
+                                 "documents (a random sample when the domain has more) become title pseudo-queries "
+                                 "over their title-free text, each with structural near-misses of its document.")
+    self_supervised_held_out: float = Field(
+        0.2, gt=0, lt=0.4, description="Self-supervised training: the share of those documents held out for early "
+                                       "stopping, and the same share again for the publishing gate (a document's "
+                                       "title is a query in one part only, and held-out documents are no training "
+                                       "list's candidates).")
     batch_max_size: int = Field(8, ge=1, description="Requests the verifier deployment scores together.")
     batch_wait_s: float = Field(0.0, ge=0, description="How long the verifier waits to fill a batch. Requests "
                                 "queued while it scores the previous batch fill the next one without any wait; "

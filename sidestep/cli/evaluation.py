@@ -61,26 +61,41 @@ def eval_(
 
 
 def train_verifier(
-    dataset_dir: Annotated[str, typer.Argument(help="A BEIR folder with qrels/train.tsv.")],
     domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to index the corpus into and train for.")],
+    dataset_dir: Annotated[str | None, typer.Argument(help="A BEIR folder with qrels/train.tsv (optional with "
+                                                      "--self-supervised).")] = None,
     split: Annotated[str, typer.Option(help="qrels split to train on (never test).")] = "train",
     seed: Annotated[int, typer.Option(help="Seed for near-misses, the validation split and training.")] = 0,
+    self_supervised: Annotated[bool, typer.Option("--self-supervised", help="Read no judgments: train on the "
+                                                  "domain's own titled documents (title as query, title-free text "
+                                                  "as its positive, structural near-misses), and publish only if "
+                                                  "the verifier beats pooled cosine and MaxSim on held-out "
+                                                  "documents' titles.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train and publish DOMAIN's verifier: positives from the train qrels, hard negatives from recall's top
     candidates, structural near-misses of each positive (negation, antonym, role swap, number, condition).
-    Serving hot-loads the new version; curves go to DuckDB (verifier_curves)."""
-    if not Path(dataset_dir).is_dir():
+    With --self-supervised, from the domain's stored text alone (DATASET_DIR optional). Serving hot-loads
+    the new version; curves go to DuckDB (verifier_curves)."""
+    if dataset_dir is None and not self_supervised:
+        _fail("DATASET_DIR is required (a BEIR folder with train qrels), unless --self-supervised", as_json, 2)
+    if dataset_dir is not None and not Path(dataset_dir).is_dir():
         _fail(f"folder not found: {dataset_dir}", as_json, 2)
     from sidestep.flows.evaluate import train_verifier_flow
 
-    res = _run(train_verifier_flow, as_json, dataset_dir=str(Path(dataset_dir).resolve()), domain=domain,
-               split=split, seed=seed)
+    res = _run(train_verifier_flow, as_json, dataset_dir=str(Path(dataset_dir).resolve()) if dataset_dir else None,
+               domain=domain, split=split, seed=seed, self_supervised=self_supervised)
     _emit(res, as_json)
-    if not as_json:
-        out.print(f"verifier {domain}/{res['version']}: {res['parameters']:,} parameters, {res['train_queries']} "
-                  f"training queries, best validation nDCG@10 {res['val_ndcg10'] or 0:.4f} at epoch "
-                  f"{res['best_epoch']}, {res['seconds']:.0f} s; near-misses {res['near_misses']}")
+    if as_json:
+        return
+    if self_supervised:
+        from sidestep.pipeline.selfsup import summary_line
+
+        out.print(summary_line(res))
+        return
+    out.print(f"verifier {domain}/{res['version']}: {res['parameters']:,} parameters, {res['train_queries']} "
+              f"training queries, best validation nDCG@10 {res['val_ndcg10'] or 0:.4f} at epoch "
+              f"{res['best_epoch']}, {res['seconds']:.0f} s; near-misses {res['near_misses']}")
 
 
 def eval_longdoc(

@@ -50,8 +50,11 @@ def deploy(
 
 def demo(
     port: Annotated[int, typer.Option(help="HTTP port for the demo server.")] = 8000,
+    keep_serving: Annotated[bool, typer.Option("--keep-serving", help="Leave the endpoint up after the demo, "
+                                               "until Ctrl-C or SIGTERM (make serve).")] = False,
 ) -> None:
-    """The Quickstart: reindex the sample corpus, evaluate it, serve it, query it over HTTP, summarize."""
+    """The Quickstart: reindex the sample corpus, train self-supervised verifiers where they pass their gate,
+    evaluate, serve, query over HTTP with verify on, and print what to try next."""
     from sidestep.flows.demo import run_demo
 
-    raise typer.Exit(run_demo(_settings(), _root(), port=port, console=out))
+    raise typer.Exit(run_demo(_settings(), _root(), port=port, console=out, keep_serving=keep_serving))

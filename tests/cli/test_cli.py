@@ -33,6 +33,13 @@ def test_the_installed_entry_point_runs():
     assert r.returncode == 0 and all(c in r.stdout for c in COMMANDS)
 
 
+def test_train_verifier_needs_a_folder_unless_self_supervised_and_demo_can_keep_serving():
+    r = runner.invoke(app, ["train-verifier", "--domain", "notes", "--json"])
+    assert r.exit_code == 2 and "unless --self-supervised" in json.loads(r.stdout)["error"]
+    assert "--self-supervised" in runner.invoke(app, ["train-verifier", "--help"]).output
+    assert "--keep-serving" in runner.invoke(app, ["demo", "--help"]).output
+
+
 @pytest.mark.slow
 def test_log_json_writes_one_json_object_per_line_with_run_ids(data_root, tmp_path):
     exe = VENV_BIN / "sidestep"

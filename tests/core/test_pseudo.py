@@ -8,7 +8,7 @@ import pytest
 from sidestep.rec.doctables import max_chunk_scores
 from sidestep.verify.candidates import prescore
 from sidestep.verify.model import served_rows
-from sidestep.verify.pseudo import pseudo_lists, title_docs
+from sidestep.verify.pseudo import held_out_lists, pseudo_lists, title_docs
 
 
 def unit(rng, n, d=16):
@@ -92,3 +92,37 @@ def test_pseudo_lists_skip_a_query_whose_positive_recall_misses():
         pseudo_lists(far[None, :].astype(np.float32), [docs[5][0][:3]], [[1, 2]], [5],
                      [*docs[:3], (docs[3][0], docs[3][1], np.zeros((0, 16), np.float32))], np.ones(50, np.float32),
                      candidates=5, max_doc_tokens=64, train_top=0, max_query_tokens=16)
+
+
+def test_near_misses_join_below_their_positive_and_allowed_limits_recall():
+    rng = np.random.default_rng(3)
+    docs = _corpus(rng, 20)
+    idf = np.ones(50, np.float32)
+    positives = [2, 7]
+    q_pooled = np.stack([docs[p][2][0] for p in positives]).astype(np.float32)
+    q_tokens = [docs[p][0][:6] for p in positives]
+    q_pieces = [[101, *docs[p][1][:4].tolist(), 102] for p in positives]
+    near = [[_corpus(rng, 1)[0], _corpus(rng, 1)[0]], []]
+    allowed = np.ones(20, bool)
+    allowed[[3, 4, 5]] = False
+    out = pseudo_lists(q_pooled, q_tokens, q_pieces, positives, docs, idf, candidates=10, max_doc_tokens=64,
+                       train_top=0, max_query_tokens=16, allowed=allowed, near=near)
+    plain = pseudo_lists(q_pooled, q_tokens, q_pieces, positives, docs, idf, candidates=10, max_doc_tokens=64,
+                         train_top=0, max_query_tokens=16, allowed=allowed)
+    assert [e.cands.glob.shape[0] for e in out] == [12, 10]
+    pos = int(out[0].labels.nonzero()[0, 0])
+    assert out[0].pairs.tolist() == [[pos, 10], [pos, 11]] and not out[0].labels[10:].any()
+    # the recall rows are the list without near-misses (list statistics come from them alone)
+    np.testing.assert_allclose(out[0].cands.glob[:10].numpy(), plain[0].cands.glob.numpy(), rtol=1e-6)
+    # documents outside `allowed` are never candidates: recall picks 10 of the 17 allowed
+    full = max_chunk_scores(q_pooled, np.concatenate([p for _, _, p in docs]), np.arange(20), 20)
+    row = np.where(allowed, full[0], -np.inf)
+    np.testing.assert_allclose(out[0].cands.glob[:10, 0].numpy(), np.sort(row)[::-1][:10], rtol=1e-5)
+
+    held = held_out_lists(q_pooled, q_tokens, q_pieces, positives, docs, idf, candidates=10, max_doc_tokens=64,
+                          max_query_tokens=16, near=near)
+    assert [h.n_near for h in held] == [2, 0] and [len(h.gains) for h in held] == [12, 10]
+    for h, p in zip(held, positives, strict=True):
+        assert h.gains.sum() == 1 and h.top[int(h.gains.argmax())] == p
+        s, g = h.plain(h.recall)
+        assert len(s) == len(g) == 10 and np.all(np.diff(s) <= 1e-6)
