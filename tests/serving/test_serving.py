@@ -513,7 +513,8 @@ def test_a_domain_no_config_names_is_served_and_hot_swapped_without_failed_reque
     assert second != first and second in seen and failures == 0, (seen, failures, answered)
 
 
-@pytest.mark.skipif(STRACE is None, reason="strace is not installed (Debian package strace)")
+@pytest.mark.skipif(STRACE is None and os.environ.get("CI") != "true",  # under CI it must run, and fails
+                    reason="strace is not installed (Debian package strace)")
 def test_the_serving_stack_connects_only_to_loopback(served):
     """Every connect() of every process the stack started (Ray's start-up, the replicas, this module's
     requests, hot swaps and the verifier load) went to loopback. Runs last in the module; its own
