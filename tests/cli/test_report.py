@@ -120,7 +120,7 @@ def test_a_report_of_real_runs_draws_every_section_and_opens_cleanly(data_root, 
     folder = _beir(tmp_path / "tiny")
     first = _json(["eval", str(folder), "--domain", "tiny", "--k", "10"])
     second = _json(["eval", str(folder), "--domain", "tiny", "--k", "10", "--no-verify"])
-    shutil.copytree(FIXTURES / "recbole_tiny", tmp_path / "rec")
+    shutil.copytree(FIXTURES / "unisrec_tiny", tmp_path / "rec")
     _json(["eval-rec", str(tmp_path / "rec"), "--domain", "toy", "--epochs", "3"])
     import sidestep
 
