@@ -21,6 +21,23 @@ out = Console()
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout.")]
 DomainOpt = Annotated[str | None, typer.Option("--domain", "-d", help="Domain name (a-z 0-9 . _ -).")]
+FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help="beir|jsonl|csv|parquet|textdir|recbole|"
+                                               "unisrec|lcrec (detected when omitted).")]
+
+
+def _check_source(path: str, domain: str, format: str | None, as_json: bool) -> None:
+    """Refuse an unreadable source or a bad domain name before anything starts (exit 2, a clear message)."""
+    from sidestep.config import check_name
+    from sidestep.ingest.readers import SourceError, detect_format
+
+    try:
+        check_name(domain)
+        if format is None:
+            detect_format(path)
+        elif not Path(path).exists():
+            raise SourceError(f"source not found: {path}")
+    except (SourceError, ValueError) as e:
+        _fail(str(e), as_json, 2)
 
 
 @app.callback()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,8 +9,10 @@ from rich.table import Table
 
 from .common import (
     DomainOpt,
+    FormatOpt,
     JsonOpt,
     _age,
+    _check_source,
     _emit,
     _engine,
     _fail,
@@ -27,8 +28,7 @@ from .common import (
 def ingest(
     path: Annotated[str, typer.Argument(help="File or folder to read.")],
     domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to ingest into.")],
-    format: Annotated[str | None, typer.Option("--format", "-f", help="beir|jsonl|csv|parquet|textdir|recbole|"
-                                               "unisrec|lcrec (detected when omitted).")] = None,
+    format: FormatOpt = None,
     id_field: Annotated[str, typer.Option(help="Id column/key (jsonl, csv, parquet).")] = "id",
     title_field: Annotated[str, typer.Option(help="Title column/key; '' for none.")] = "title",
     text_field: Annotated[str, typer.Option(help="Text column/key.")] = "text",
@@ -38,17 +38,7 @@ def ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """Read a source into a domain: incremental by content hash; bad records go to quarantine."""
-    from sidestep.config import check_name
-    from sidestep.ingest.readers import SourceError, detect_format
-
-    try:  # refuse an unreadable source before starting anything
-        check_name(domain)
-        if format is None:
-            detect_format(path)
-        elif not Path(path).exists():
-            raise SourceError(f"source not found: {path}")
-    except (SourceError, ValueError) as e:
-        _fail(str(e), as_json, 2)
+    _check_source(path, domain, format, as_json)
     res = _run(_engine().ingest, as_json, path, domain, format, id_field=id_field,
                title_field=title_field or None, text_field=text_field, snapshot=snapshot,
                max_text_bytes=max_text_bytes).as_dict()
@@ -65,8 +55,7 @@ def index(
     path: Annotated[str, typer.Argument(help="File or folder to read.")],
     domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to index into (any name: a-z 0-9 . _ -; "
                                         "no config needed).")],
-    format: Annotated[str | None, typer.Option("--format", "-f", help="beir|jsonl|csv|parquet|textdir|recbole|"
-                                               "lcrec (detected when omitted).")] = None,
+    format: FormatOpt = None,
     id_field: Annotated[str, typer.Option(help="Id column/key (jsonl, csv, parquet).")] = "id",
     title_field: Annotated[str, typer.Option(help="Title column/key; '' for none.")] = "title",
     text_field: Annotated[str, typer.Option(help="Text column/key.")] = "text",
@@ -77,17 +66,7 @@ def index(
     """Ingest a source and reindex its domain in one step: your own corpus, searchable, under any domain.
 
     The data root records the source, so later `reindex` and the nightly run re-read it."""
-    from sidestep.config import check_name
-    from sidestep.ingest.readers import SourceError, detect_format
-
-    try:  # refuse an unreadable source before starting anything
-        check_name(domain)
-        if format is None:
-            detect_format(path)
-        elif not Path(path).exists():
-            raise SourceError(f"source not found: {path}")
-    except (SourceError, ValueError) as e:
-        _fail(str(e), as_json, 2)
+    _check_source(path, domain, format, as_json)
     res = _run(_engine().index, as_json, path, domain, format, id_field=id_field, title_field=title_field or None,
                text_field=text_field, snapshot=snapshot).as_dict()
     _emit(res, as_json)
