@@ -380,7 +380,10 @@ def build_app(data_root: str, config_path: str | None = None, preset_name: str =
     verifier = VerifierDeployment.options(**p["verifier"]).bind(data_root, config_path)
     recommend = RecommendDeployment.options(**p["recommend"]).bind(data_root, config_path)
     serve_cfg = load_settings(config_path).serve
-    token = os.environ.get(serve_cfg.token_env) or None
+    token = os.environ.get(serve_cfg.token_env)
+    if token is not None and not token.strip():  # fail closed: an empty token must not mean "no auth"
+        raise ValueError(f"{serve_cfg.token_env} is set but empty: set a token, or unset the variable")
+    token = token or None
     # only a hash of the token travels into the deployment's arguments
     return SearchDeployment.options(**p["search"]).bind(data_root, config_path, verifier, recommend,
                                                         _sha(token) if token else None, serve_cfg.max_body_bytes)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import time
 
 import httpx
 
+from sidestep.config import load_settings
 from sidestep.storage import runtime
 from sidestep.storage.paths import DataRoot
 
@@ -79,12 +81,39 @@ def _check_port(host: str, port: int) -> None:
                                ) from None
 
 
+class InsecureServe(ValueError):
+    """A serving configuration that would expose the endpoint without authentication."""
+
+
+def check_auth(host: str, token_env: str = "SIDESTEP_API_TOKEN", *, insecure: bool = False) -> bool:
+    """Fail closed before anything starts: a token variable that is set but empty is an error (it would
+    silently disable authentication), and a bind address other than loopback needs a token unless
+    `insecure` says the operator means it. Returns whether requests will need the token."""
+    raw = os.environ.get(token_env)
+    if raw is not None and not raw.strip():
+        raise InsecureServe(f"{token_env} is set but empty: set a token, or unset the variable to serve "
+                            "without one on loopback")
+    if raw is None and not _is_loopback(host) and not insecure:
+        raise InsecureServe(f"refusing to serve on {host} without a token: anyone who can reach it could "
+                            f"query it; set {token_env}, bind 127.0.0.1, or pass --insecure")
+    return raw is not None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class ServeHandle:
     """Context manager: a local Ray (2 CPUs, no dashboard) + Serve on host:port; stops everything on exit."""
 
     def __init__(self, root: DataRoot, *, host: str = "127.0.0.1", port: int = 8000, preset: str = "local",
-                 config_path: str | None = None, num_cpus: int = 2, ready_timeout_s: float = 180):
+                 config_path: str | None = None, num_cpus: int = 2, ready_timeout_s: float = 180,
+                 insecure: bool = False):
         self.root, self.host, self.port, self.preset = root, host, port, preset
+        self.insecure = insecure
         self.direct, self.proxy_port = False, port  # set by start(): see single_ingress_replica
         self.config_path = config_path or os.environ.get("SIDESTEP_CONFIG")
         self.num_cpus = num_cpus
@@ -94,6 +123,7 @@ class ServeHandle:
     def start(self) -> ServeHandle:
         # Ray needs its own HOME (see storage/runtime.py); remember the caller's environment to restore it.
         serve_env = {k: os.environ.get(k, v) for k, v in SERVE_LOOPS.items()}
+        check_auth(self.host, load_settings(self.config_path).serve.token_env, insecure=self.insecure)
         _check_port(self.host, self.port)
         # the public port: the search replica's own (direct ingress) or, with several replicas, the proxy's
         self.direct = single_ingress_replica(self.preset)

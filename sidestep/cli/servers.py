@@ -7,19 +7,29 @@ from typing import Annotated
 
 import typer
 
-from .common import _root, _settings, err, out
+from .common import _fail, _root, _settings, err, out
 
 
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default from config: 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8000).")] = None,
     preset: Annotated[str, typer.Option(help="Deployment preset from serving/options.py.")] = "local",
+    insecure: Annotated[bool, typer.Option(help="Serve on a non-loopback address without SIDESTEP_API_TOKEN "
+                                           "(anyone who can reach it can query it).")] = False,
 ) -> None:
-    """Start the Ray Serve application (POST /search, GET /healthz, /docs) until Ctrl-C."""
-    from sidestep.serving.run import ServeHandle
+    """Start the Ray Serve application (POST /search, GET /healthz, /docs) until Ctrl-C.
+
+    Fails closed: a non-loopback --host needs $SIDESTEP_API_TOKEN (or --insecure), and a token variable
+    that is set but empty is an error."""
+    from sidestep.serving.run import InsecureServe, ServeHandle, check_auth
 
     s = _settings()
-    with ServeHandle(_root(), host=host or s.serve.host, port=port or s.serve.port, preset=preset) as h:
+    bind = host or s.serve.host
+    try:
+        check_auth(bind, s.serve.token_env, insecure=insecure)
+    except InsecureServe as e:
+        _fail(str(e), False, 2)
+    with ServeHandle(_root(), host=bind, port=port or s.serve.port, preset=preset, insecure=insecure) as h:
         err.print(f"serving on {h.url}  (docs: {h.url}/docs)  Ctrl-C to stop")
         try:
             while True:
