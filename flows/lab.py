@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from sidestep.tasks.lab import check_lab_task, planted_task, store_lab_task
+from sidestep.tasks.lab import check_lab_task, planted_task, retrieval_task, store_lab_task
 
 
 @flow(name="lab", log_prints=True)
@@ -19,17 +19,24 @@ def lab_flow(task: str = "planted", estimators: list[str] | None = None, seeds: 
     straight-through, perturbed optimizers, REINFORCE, SoftSort) on one lab task.
 
     Args:
-        task: Lab task: planted (synthetic, exact gradient by enumeration); retrieval and rec are not built yet.
+        task: Lab task: planted (synthetic, exact gradient by enumeration); retrieval (a query-side scorer trained
+            through the hard top 10 of recall's 100 candidates, on judged corpora already indexed); rec is not built
+            yet.
         estimators: Estimators to run (default: all of them).
         seeds: Seeds of each optimisation run (mean and std are reported over them).
         budget_seconds: Wall-clock cap: optimisation runs stop early and grid cells are skipped once it is spent.
         config_path: TOML config file (for the data root); default: $SIDESTEP_CONFIG, else the embedded sample.
         options: Overrides of the task's own settings, e.g. {"draws": 200, "grid_k": [1, 2], "steps": 100}
-            for planted (the fields of sidestep.lab.planted.PlantedConfig).
+            for planted (the fields of sidestep.lab.planted.PlantedConfig); for retrieval the fields of
+            sidestep.lab.retrieval.RetrievalConfig plus "datasets": [{"dir": BEIR folder, "domain": its indexed
+            domain, "rel": the lowest relevant grade}].
     """
     check_lab_task(task)
     t0 = time.perf_counter()
-    report = planted_task(estimators, seeds, budget_seconds, options)
+    if task == "retrieval":
+        report = retrieval_task(config_path, estimators, seeds, budget_seconds, options)
+    else:
+        report = planted_task(estimators, seeds, budget_seconds, options)
     run_id = f"lab-{task}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     seconds = round(time.perf_counter() - t0, 1)
     n = store_lab_task(config_path, run_id, report, seconds)

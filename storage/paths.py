@@ -2,7 +2,7 @@
 
 Layout (DESIGN.md): documents/ (Parquet, partitioned by domain), interactions/,
 maps/, embeddings/, codebooks/<version>/, tables/<domain>/<version>/,
-indexes/<domain>/<version>/ + indexes/<domain>/CURRENT, quarantine/, runs/,
+indexes/<domain>/<version>/ + indexes/<domain>/CURRENT, quarantine/, runs/, lab/<task>/<domain>/,
 eval.duckdb.
 """
 
@@ -99,6 +99,10 @@ class DataRoot:
 
     def runs(self) -> Path:
         return self._inside("runs")
+
+    def lab(self, task: str, domain: str) -> Path:
+        """The gradient lab's cached inputs of one task and domain (lab/<task>/<domain>/)."""
+        return self._inside("lab", check_name(task, "lab task"), check_name(domain))
 
     def last_nightly(self) -> Path:
         return self._inside("runs", "nightly-last.json")
