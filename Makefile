@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install run serve test lint lint-imports bench bench-rec bench-verify bench-verify-routes bench-ops bench-incremental bench-longdoc bench-lab chaos ui clean
+.PHONY: install run serve test lint lint-imports bench bench-rec bench-verify bench-verify-routes bench-ops bench-incremental bench-longdoc bench-lab bench-lab-retrieval chaos ui clean
 
 install: $(STAMP)
 
@@ -67,6 +67,10 @@ bench-longdoc: $(STAMP)
 # the gradient lab's planted task: every estimator against the exact gradient, ~2 min
 bench-lab: $(STAMP)
 	$(BIN)/python benchmarks/lab.py
+
+# the gradient lab's retrieval task on SciFact and msmarco-5k; ROOT: a data root where both are indexed
+bench-lab-retrieval: $(STAMP)
+	nice -n 5 $(BIN)/python benchmarks/lab_retrieval.py --root $(ROOT)
 
 # incremental nightly (1% of SciFact changed) against a full rebuild
 bench-incremental: $(STAMP)

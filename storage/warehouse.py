@@ -481,7 +481,9 @@ class Warehouse:
         - ``verifier_curves``: the latest verifier version's per-epoch rows per domain (the query adapter's
           are its ``adapter_*`` metrics); ``rec_curves``: the lookup-table training curves of each domain's
           latest eval-rec; ``rec_metrics``: that eval-rec's variants and controls (test split);
-        - ``lab``: the latest gradient-lab run, its headline rows and its optimisation curves;
+        - ``lab``: the latest planted gradient-lab run (else the latest of any task), its headline rows and its
+          optimisation curves; ``lab_retrieval``: the latest retrieval lab run, its results and controls (means
+          over seeds) and its learning curves (mean and std over seeds per step);
         - ``longdoc``: the latest eval-longdoc run's metrics.
         """
         d = [domain, domain]
@@ -521,7 +523,7 @@ class Warehouse:
                 WHERE m.split = 'test' AND (? IS NULL OR m.domain = ?)
                 ORDER BY m.domain, m.protocol, m.ndcg_10 DESC, m.variant""", d).to_pylist()
         lab_run = self.query("SELECT run_id, task, started_at, seconds FROM lab_runs "
-                             "ORDER BY started_at DESC, run_id LIMIT 1").to_pylist()
+                             "ORDER BY task <> 'planted', started_at DESC, run_id LIMIT 1").to_pylist()
         lab = None
         if lab_run:
             lab_id = lab_run[0]["run_id"]
@@ -531,6 +533,18 @@ class Warehouse:
                    "curve": self.query("SELECT estimator, step, avg(value) AS value FROM lab_results WHERE run_id = ?"
                                        " AND section = 'curve' AND metric = 'expected_loss' GROUP BY ALL "
                                        "ORDER BY estimator, step", [lab_id]).to_pylist()}
+        retrieval_run = self.query("SELECT run_id, task, started_at, seconds FROM lab_runs WHERE task = 'retrieval' "
+                                   "ORDER BY started_at DESC, run_id LIMIT 1").to_pylist()
+        lab_retrieval = None
+        if retrieval_run:
+            rid = retrieval_run[0]["run_id"]
+            lab_retrieval = {**retrieval_run[0], "results": self.query(
+                "SELECT section, estimator, metric, value FROM lab_results WHERE run_id = ? AND seed IS NULL AND "
+                "section IN ('result', 'control') ORDER BY section, estimator, metric", [rid]).to_pylist(),
+                "curve": self.query(
+                    "SELECT estimator, metric, step, avg(value) AS value, stddev_pop(value) AS std FROM lab_results "
+                    "WHERE run_id = ? AND section = 'curve' GROUP BY ALL ORDER BY estimator, metric, step",
+                    [rid]).to_pylist()}
         longdoc_run = self.query("SELECT run_id, dataset, started_at FROM longdoc_runs "
                                  "ORDER BY started_at DESC, run_id LIMIT 1").to_pylist()
         longdoc = None
@@ -539,7 +553,7 @@ class Warehouse:
                 "SELECT metric, value FROM longdoc_metrics WHERE run_id = ? ORDER BY metric",
                 [longdoc_run[0]["run_id"]]).to_pylist()}
         return {"eval_runs": runs, "query_deltas": deltas, "verifier_curves": verifier, "rec_curves": rec_curves,
-                "rec_metrics": rec_metrics, "lab": lab, "longdoc": longdoc}
+                "rec_metrics": rec_metrics, "lab": lab, "lab_retrieval": lab_retrieval, "longdoc": longdoc}
 
     def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
         """Any SQL against the warehouse, as an Arrow table."""

@@ -45,6 +45,9 @@ def lab(
     stored in DuckDB (lab_runs, lab_results)."""
     options = None
     if task == "retrieval":
+        if not dataset:
+            raise typer.BadParameter("the retrieval task needs --dataset DOMAIN=DIR (a judged BEIR folder whose "
+                                     "corpus is indexed as DOMAIN)", param_hint="--dataset")
         rel = _pairs(min_rel, "--min-rel")
         options = {"datasets": [{"domain": d, "dir": p, "rel": int(rel.get(d, 1))}
                                 for d, p in _pairs(dataset, "--dataset").items()]}

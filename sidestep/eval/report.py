@@ -206,12 +206,77 @@ def _rec_metrics(data: Mapping[str, Any], sec: Section, add: Callable) -> None:
 
 
 def _lab(data: Mapping[str, Any], sec: Section, add: Callable) -> None:
+    _lab_planted(data, sec, add)
+    _lab_retrieval(data, sec, add)
+
+
+def _lab_retrieval(data: Mapping[str, Any], sec: Section, add: Callable) -> None:
+    """Per corpus of the latest retrieval lab run: validation nDCG@10 per step of every estimator (mean over
+    seeds, band one std) beside the untrained controls, and test nDCG@10 mean ± std per estimator."""
+    run = data.get("lab_retrieval")
+    if not run:  # the planted part notes an empty lab; a lab without a retrieval run needs no second note
+        return
+    res: dict[str, dict[str, dict[str, dict[str, float]]]] = {}  # dataset -> section -> ranker -> metric
+    for r in run.get("results", []):
+        ds, _, metric = r["metric"].partition("/")
+        res.setdefault(ds, {}).setdefault(r["section"], {}).setdefault(r["estimator"], {})[metric] = r["value"]
+    curves: dict[str, dict[str, list]] = {}
+    for r in run.get("curve", []):
+        ds, _, metric = r["metric"].partition("/")
+        if metric == "val_ndcg@10":
+            curves.setdefault(ds, {}).setdefault(r["estimator"], []).append((r["step"], r["value"], r["std"] or 0.0))
+    for ds in sorted(set(res) | set(curves)):
+        ctl = res.get(ds, {}).get("control", {})
+        if curves.get(ds):
+            fig = _figure(8.0, 3.6)
+            ax = fig.add_subplot()
+            for i, (name, pts) in enumerate(sorted(curves[ds].items())):
+                pts.sort()
+                x, y, sd = [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
+                ax.plot(x, y, marker=".", lw=2.4 if name == "sidestep" else 1.2, color=f"C{i}", label=name)
+                ax.fill_between(x, [a - b for a, b in zip(y, sd, strict=True)],
+                                [a + b for a, b in zip(y, sd, strict=True)], color=f"C{i}", alpha=0.12)
+            for name, style in (("identity", ":"), ("best_untrained", "--")):
+                if "val_ndcg@10" in ctl.get(name, {}):
+                    ax.axhline(ctl[name]["val_ndcg@10"], color=_GREY, ls=style, lw=1.2, label=f"{name} (untrained)")
+            ax.set_xlabel("training step")
+            ax.set_ylabel("validation nDCG@10")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, ncol=3)
+            add(f"lab-retrieval-curves-{ds}", f"{ds}: each estimator training the same query-side scorer through the "
+                f"hard top 10 (lab run {run['run_id']}); mean over seeds, band ± one std", fig)
+        est = res.get(ds, {}).get("result", {})
+        rows = [(n, r.get("ndcg@10_mean", math.nan), r.get("ndcg@10_std", 0.0), r.get("no_overlap_ndcg@10_mean"),
+                 "C2" if n == "sidestep" else "C0") for n, r in est.items()]
+        rows += [(f"{n} (untrained)", c.get("ndcg@10", math.nan), 0.0, c.get("no_overlap_ndcg@10"), _GREY)
+                 for n, c in ctl.items() if n in ("identity", "best_untrained")]
+        if not rows:
+            continue
+        rows.sort(key=lambda r: -r[1] if r[1] == r[1] else math.inf)
+        fig = _figure(8.0, 0.5 + 0.32 * len(rows))
+        ax = fig.add_subplot()
+        ys = range(len(rows))
+        ax.barh(ys, [r[1] for r in rows], xerr=[r[2] for r in rows], color=[r[4] for r in rows], capsize=3)
+        ax.scatter([r[3] if r[3] is not None else math.nan for r in rows], ys, marker="D", color="k", s=14,
+                   zorder=3, label="no-overlap test queries")
+        ax.set_yticks(list(ys), [r[0] for r in rows], fontsize=8)
+        ax.invert_yaxis()
+        lo = min((r[1] for r in rows if r[1] == r[1]), default=0.0)
+        ax.set_xlim(max(0.0, lo - 0.1), 1.0)
+        ax.set_xlabel("test nDCG@10 (mean ± std over seeds)")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        add(f"lab-retrieval-test-{ds}", f"{ds}: held-out nDCG@10 of each estimator's best-validation checkpoint "
+            "beside the untrained controls (grey); diamonds: the test queries with no training overlap", fig)
+
+
+def _lab_planted(data: Mapping[str, Any], sec: Section, add: Callable) -> None:
     lab = data.get("lab")
     head = {}
     for r in (lab or {}).get("headline", []):
         head.setdefault(r["estimator"], {})[r["metric"]] = r["value"]
     if not head:
-        sec.notes.append("No data: no gradient-lab run is stored (`sidestep lab planted`).")
+        sec.notes.append("No data: no planted gradient-lab run is stored (`sidestep lab planted`).")
         return
     names = sorted(head, key=lambda n: head[n].get("bias", math.inf))
     fig = _figure(8.5, 3.4)
@@ -332,7 +397,8 @@ SECTIONS: tuple[tuple[str, str, str, Callable], ...] = (
     ("rec", "Recommendation metrics per variant", "The latest eval-rec of each domain: every variant beside its "
      "controls (grey), on the test split.", _rec_metrics),
     ("lab", "The gradient lab", "Bias and variance of each gradient estimator against the exact gradient, and the "
-     "loss each reaches when it drives the optimiser.", _lab),
+     "loss each reaches when it drives the optimiser; on retrieval, each estimator's learning curve and held-out "
+     "quality beside the untrained controls.", _lab),
     ("longdoc", "Long documents", "Evidence-chunk recall of the latest eval-longdoc: bag of chunks against "
      "map-conditioned retrieval.", _longdoc),
     ("latency", "Query latency", "The latency histogram of the last benchmark whose samples were given.", _latency),

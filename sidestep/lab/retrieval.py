@@ -336,6 +336,7 @@ def report_rows(report: dict) -> list[dict]:
         for name, c in d["controls"].items():
             for m, v in c["test"].items():
                 add("control", name, f"{ds}/{m}", v)
+            add("control", name, f"{ds}/val_ndcg@10", c["val_ndcg@10"])
         for name, r in d["estimators"].items():
             for m, v in r.items():
                 add("result", name, f"{ds}/{m}", v)

@@ -110,3 +110,10 @@ def test_lab_planted_prints_every_estimators_bias_and_variance(data_root):
     for name, row in res["estimators"].items():
         assert row["bias"] >= 0 and row["variance"] >= 0, name
     assert res["estimators"]["reinforce"]["targets_exact_gradient"] is True
+
+
+def test_lab_retrieval_needs_its_datasets_named_before_any_work():
+    r = runner.invoke(app, ["lab", "retrieval", "--json"])
+    assert r.exit_code != 0 and "--dataset" in r.output
+    r = runner.invoke(app, ["lab", "retrieval", "--dataset", "scifact", "--json"])
+    assert r.exit_code != 0 and "KEY=VALUE" in r.output

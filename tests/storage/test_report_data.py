@@ -50,6 +50,17 @@ def wh(tmp_path):
             for m, v in (("bias", 0.1), ("variance", 0.01), ("cosine", 0.9))] + [
             {"section": "curve", "estimator": "sidestep", "step": s, "metric": "expected_loss", "value": 1.0 / (s + 1)}
             for s in range(3)])
+        time.sleep(0.002)
+        # a retrieval lab run after the planted one: the planted figures still come from lab-1
+        w.record_lab(run_id="lab-2", task="retrieval", config={}, rows=[
+            {"section": "result", "estimator": e, "metric": f"sf/{m}", "value": v} for e in ("sidestep", "reinforce")
+            for m, v in (("ndcg@10_mean", 0.7), ("ndcg@10_std", 0.01), ("no_overlap_ndcg@10_mean", 0.68))] + [
+            {"section": "result", "estimator": "sidestep", "seed": 0, "metric": "sf/ndcg@10", "value": 0.71}] + [
+            {"section": "control", "estimator": c, "metric": f"sf/{m}", "value": v}
+            for c in ("identity", "best_untrained") for m, v in (("ndcg@10", 0.65), ("val_ndcg@10", 0.66))] + [
+            {"section": "curve", "estimator": e, "seed": seed, "step": s, "metric": "sf/val_ndcg@10",
+             "value": 0.6 + 0.01 * s + 0.01 * seed} for e in ("sidestep", "reinforce") for seed in (0, 1)
+            for s in (0, 10, 20)])
         w.record_longdoc(run_id="ld-1", dataset="l", config={}, report={
             "bag_of_chunks": {"recall@1": 0.3, "recall@3": 0.5}, "map_conditioned": {"recall@1": 0.4},
             "per_document": [{"recall@1": 0.9}]})
@@ -74,6 +85,10 @@ def test_report_data_picks_the_main_runs_and_the_latest_of_everything(wh):
     assert {(r["group_id"], r["variant"]) for r in data["rec_curves"]} == {("r-new", "sidestep")}
     assert data["lab"]["run_id"] == "lab-1" and len(data["lab"]["headline"]) == 6 and len(data["lab"]["curve"]) == 3
     assert data["longdoc"]["run_id"] == "ld-1"
+    ret = data["lab_retrieval"]
+    assert ret["run_id"] == "lab-2" and len(ret["results"]) == 10  # per-seed rows are left out: means only
+    sidestep = {r["step"]: r for r in ret["curve"] if r["estimator"] == "sidestep"}
+    assert sidestep[10]["value"] == pytest.approx(0.705) and sidestep[10]["std"] == pytest.approx(0.005)
     only = wh.report_data("other")
     assert {r["domain"] for r in only["eval_runs"]} == {"other"} and only["verifier_curves"] == []
     assert only["rec_metrics"] == [] and only["lab"] is not None  # the lab belongs to no domain
@@ -86,7 +101,7 @@ def test_the_report_draws_a_figure_for_each_section_with_data(wh):
     page, figures, notes = render_report(data, domain=None)
     assert figures == ["eval-metrics-other", "eval-metrics-tiny", "query-deltas-tiny", "verifier-curve-tiny",
                        "rec-curve-shop-sidestep", "codebook-usage", "rec-metrics-shop", "lab-bias-variance",
-                       "lab-curves", "longdoc", "latency"]
+                       "lab-curves", "lab-retrieval-curves-sf", "lab-retrieval-test-sf", "longdoc", "latency"]
     assert notes == {}
     assert page.count("<svg") == len(figures) and page.count("<figure") == len(figures)
     ids = re.findall(r'\sid="([^"]+)"', page)
