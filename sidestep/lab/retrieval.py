@@ -177,7 +177,8 @@ def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
 def train_one(name: str, data: RetrievalData, cfg: RetrievalConfig, seed: int, *, deadline: float | None = None,
               log: Callable[[str], None] | None = None) -> dict:
     """Train a fresh QueryScorer with estimator ``name``; returns the curve, the test metrics of the best
-    validation checkpoint and of the last step, the steps done and the time taken."""
+    validation checkpoint (means, and per test query in ``test_per_query``) and of the last step, the steps
+    done and the time taken."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -230,11 +231,13 @@ def train_one(name: str, data: RetrievalData, cfg: RetrievalConfig, seed: int, *
     last = _summary(evaluate(lambda r: model(data, r), data, test, cfg.k), data, test)
     if best_state is not None:
         model.load_state_dict(best_state)
-    best = _summary(evaluate(lambda r: model(data, r), data, test, cfg.k), data, test)
+    best_pq = evaluate(lambda r: model(data, r), data, test, cfg.k)
+    best = _summary(best_pq, data, test)
     if log:
         log(f"{data.name} {name} seed {seed}: {done} steps in {seconds:.1f} s, best val nDCG@10 {best_val:.4f} "
             f"(step {best_step}), test nDCG@10 {best['ndcg@10']:.4f}")
-    return {"test": best, "test_last": last, "best_step": best_step, "val_ndcg@10": best_val, "steps_done": done,
+    return {"test": best, "test_per_query": best_pq, "test_last": last, "best_step": best_step,
+            "val_ndcg@10": best_val, "steps_done": done,
             "seconds": seconds, "saved_mb": memory / 2**20, "curve": curve,
             "scale": float(model.log_scale.detach().exp()), "mix": [float(x) for x in model.mix.detach()],
             "adapter_distance": float((model.adapter.detach() - eye).norm())}

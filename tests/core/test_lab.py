@@ -288,10 +288,15 @@ def test_run_planted_stops_at_the_budget_but_keeps_the_headline():
 
 
 def test_unbuilt_lab_tasks_are_refused_clearly():
-    from sidestep.tasks.lab import check_lab_task, planted_config
+    from sidestep.tasks.lab import check_lab_task, planted_config, retrieval_inputs
 
-    with pytest.raises(NotImplementedError, match="lab task 'retrieval' is not built yet; available: planted"):
-        check_lab_task("retrieval")
+    with pytest.raises(NotImplementedError, match="lab task 'rec' is not built yet; available: planted, retrieval"):
+        check_lab_task("rec")
+    check_lab_task("retrieval")
+    with pytest.raises(ValueError, match="needs datasets"):
+        retrieval_inputs({"steps": 3})
+    with pytest.raises(ValueError, match="unknown retrieval options"):
+        retrieval_inputs({"datasets": [{"dir": "x", "domain": "d"}], "stepz": 3})
     with pytest.raises(ValueError, match="unknown lab task"):
         check_lab_task("plantd")
     with pytest.raises(ValueError, match="unknown planted options"):

@@ -165,6 +165,7 @@ def test_a_seed_reproduces_its_run(name):
     a = train_one(name, data, TINY, seed=3)
     b = train_one(name, data, TINY, seed=3)
     assert a["curve"] == b["curve"] and a["test"] == b["test"] and a["mix"] == b["mix"]
+    assert float(a["test_per_query"]["ndcg@10"].mean()) == pytest.approx(a["test"]["ndcg@10"])
     c = train_one(name, data, TINY, seed=4)
     assert c["mix"] != a["mix"]  # another seed draws other batches (and noise)
 
