@@ -63,7 +63,8 @@ def render(run: dict) -> str:
     if side:
         read += (f" Estimators below sidestep on the expected loss: {', '.join(lower) or 'none'}. Sidestep's "
                  f"deterministic pick reaches {side['hard_loss_mean']:.4f} (best of all: {best_hard:.4f}).")
-    lines += ["", read + " The retrieval and recommendation tasks of the lab are not built yet.", END]
+    lines += ["", read + " The retrieval task has its own section below; the recommendation task is not built yet.",
+              END]
     return "\n".join(lines) + "\n"
 
 
