@@ -128,15 +128,16 @@ def capacity(url: str, seconds: float) -> float:
 
 
 def run(minutes: float, fraction: float, nightly_every: float, kill_at: float, capacity_s: float,
-        preset: str) -> dict:
+        preset: str, resume: Path | None = None) -> dict:
     from sidestep.serving.run import ServeHandle
 
-    root = make_root("ssb-soak-")
+    root = resume or make_root("ssb-soak-")
     use_root(root)
     t_setup = time.monotonic()
-    first = reindex(root)
-    if first.get("rc") != 0:
-        raise SystemExit(f"the first reindex of the sample corpus failed: {first}")
+    if resume is None or IndexStore(DataRoot(root / "data")).current("handbook") is None:
+        first = reindex(root)
+        if first.get("rc") != 0:
+            raise SystemExit(f"the first reindex of the sample corpus failed: {first}")
     data = DataRoot(root / "data")
     rng = np.random.default_rng(0)
     nightlies: list[dict] = []
@@ -255,8 +256,10 @@ def main() -> None:
     ap.add_argument("--md", action=argparse.BooleanOptionalAction, default=None,
                     help="write the BENCHMARKS.md section (default: only for runs of 30 minutes or more)")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    ap.add_argument("--resume", type=Path, help="reuse the root of an earlier run (skips its first reindex)")
     args = ap.parse_args()
-    res = run(args.minutes, args.fraction, args.nightly_every, args.kill_at, args.capacity_seconds, args.preset)
+    res = run(args.minutes, args.fraction, args.nightly_every, args.kill_at, args.capacity_seconds, args.preset,
+              args.resume)
     path = write_last_run("soak", res, default=str)
     if args.md if args.md is not None else args.minutes >= 30:
         splice(Path(BENCHMARKS_MD), render(res), START, END)
