@@ -20,6 +20,7 @@ Usage: .venv/bin/python benchmarks/soak.py [--minutes 30] [--fraction 0.7] [--ni
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -54,6 +55,8 @@ class OpenLoop:
         self.outcomes: Counter = Counter()  # ok | ok_after_retry | failed
         self.codes: Counter = Counter()  # first-try status codes
         self.failures: list[dict] = []
+        self.failed_at: list[float] = []  # seconds into the load
+        self.t0 = time.monotonic()
         self.latency: list[float] = []
         self.lock = threading.Lock()
         self._stop = threading.Event()
@@ -86,12 +89,13 @@ class OpenLoop:
                 self.outcomes["ok_after_retry"] += 1
             else:
                 self.outcomes["failed"] += 1
+                self.failed_at.append(round(due - self.t0, 1))
                 if len(self.failures) < 50:
                     self.failures.append({"path": path, "first": str(first), "retry": str(code),
-                                          "at": round(due, 1)})
+                                          "at_s": round(due - self.t0, 1)})
 
     def _offer(self) -> None:
-        t0, n = time.monotonic(), 0
+        t0, n = self.t0, 0
         while not self._stop.is_set():
             due = t0 + n / self.rate
             now = time.monotonic()
@@ -101,6 +105,7 @@ class OpenLoop:
             n += 1
 
     def __enter__(self) -> OpenLoop:
+        self.t0 = time.monotonic()
         self._thread.start()
         return self
 
@@ -117,7 +122,8 @@ class OpenLoop:
         return {"requests": total, "ok_first_try": self.outcomes["ok"],
                 "ok_after_retry": self.outcomes["ok_after_retry"],
                 "failed_after_retry": self.outcomes["failed"], "first_try_status": dict(self.codes),
-                "latency_ms": {"p50": q(0.5), "p99": q(0.99), "max": q(1.0)}, "failures": self.failures}
+                "latency_ms": {"p50": q(0.5), "p99": q(0.99), "max": q(1.0)}, "failures": self.failures,
+                "failed_by_minute": dict(sorted(Counter(int(a // 60) for a in self.failed_at).items()))}
 
 
 def capacity(url: str, seconds: float) -> float:
@@ -140,6 +146,7 @@ def run(minutes: float, fraction: float, nightly_every: float, kill_at: float, c
             raise SystemExit(f"the first reindex of the sample corpus failed: {first}")
     data = DataRoot(root / "data")
     rng = np.random.default_rng(0)
+    run_id = int(time.time())
     nightlies: list[dict] = []
     rss: list[tuple[float, float]] = []
     kill: dict = {}
@@ -158,7 +165,7 @@ def run(minutes: float, fraction: float, nightly_every: float, kill_at: float, c
                 if stop.wait(max(0.0, due - time.monotonic())):
                     return
                 i += 1
-                changed = mutate(root / "src", 1000 + i, rng)
+                changed = mutate(root / "src", run_id * 1000 + i, rng)  # a new change, also on a resumed root
                 started = time.monotonic() - t0
                 res = reindex(root)
                 summary = res.pop("summary", {}) or {}
@@ -258,8 +265,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     ap.add_argument("--resume", type=Path, help="reuse the root of an earlier run (skips its first reindex)")
     args = ap.parse_args()
-    res = run(args.minutes, args.fraction, args.nightly_every, args.kill_at, args.capacity_seconds, args.preset,
-              args.resume)
+    with contextlib.redirect_stdout(sys.stderr):  # Ray's driver prints worker deaths: stdout holds only the result
+        res = run(args.minutes, args.fraction, args.nightly_every, args.kill_at, args.capacity_seconds, args.preset,
+                  args.resume)
     path = write_last_run("soak", res, default=str)
     if args.md if args.md is not None else args.minutes >= 30:
         splice(Path(BENCHMARKS_MD), render(res), START, END)
