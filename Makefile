@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install run serve test lint lint-imports bench bench-rec bench-verify bench-verify-routes bench-ops bench-incremental bench-longdoc bench-lab bench-lab-retrieval chaos ui clean
+.PHONY: install run serve test lint lint-imports bench bench-rec bench-verify bench-verify-routes bench-ops bench-incremental bench-longdoc bench-lab bench-lab-retrieval bench-soak chaos ui clean
 
 install: $(STAMP)
 
@@ -75,6 +75,10 @@ bench-lab-retrieval: $(STAMP)
 # incremental nightly (1% of SciFact changed) against a full rebuild
 bench-incremental: $(STAMP)
 	$(BIN)/python benchmarks/incremental.py
+
+# soak: 30 min of mixed /search + /recommend at 70% of capacity, a nightly every 5 min, one replica kill
+bench-soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py --minutes 30
 
 # the six fault scenarios (kill -9 x20, replica kill, overload, corrupt index, disk full, hot swap): ~40 min
 chaos: $(STAMP)

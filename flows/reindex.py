@@ -68,8 +68,8 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
         report.add(domain, built)
     _recommendation_stages(root, settings, [d for d in chosen if d not in report.failed], force, report)
     log.info("reindex: %d domains, encoded=%d reused=%d summarized=%d maps_failed=%d published=%d "
-             "quarantined=%d failed=%d", len(chosen), report.encoded, report.reused, report.summarized,
-             report.maps_failed, len(report.published), report.quarantined, len(report.failed))
+             "quarantined=%d failed=%d pinned=%d", len(chosen), report.encoded, report.reused, report.summarized,
+             report.maps_failed, len(report.published), report.quarantined, len(report.failed), len(report.pinned))
     summary = report.as_dict()
     record_nightly(DataRoot(Path(root)), summary, run_name=_run_name(), started_at=started,
                    seconds=time.perf_counter() - t0)
@@ -100,6 +100,9 @@ def _recommendation_stages(root: str, settings, domains: list[str], force: bool,
         report.codebook = fit_codebooks_task(root, settings, rec, force)
         for domain in rec:
             report.tables[domain] = refresh_tables_task(root, settings, domain)
+            if report.tables[domain].get("pinned"):
+                report.pinned.append({"domain": domain, "kind": "tables", "version": report.tables[domain]
+                                      .get("version"), "reason": report.tables[domain].get("reason")})
     except Exception as e:
         get_run_logger().error("recommendation stages failed: %s", e)
         report.failed["recommendation"] = f"{type(e).__name__}: {e}"

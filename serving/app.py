@@ -12,6 +12,7 @@ endpoint annotations at runtime, and Ray's class-based ingress cannot resolve th
 """
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -32,6 +33,7 @@ from ray.serve.handle import DeploymentHandle
 from sidestep.config import load_settings
 from sidestep.retrieval.search import VerifyRequest
 from sidestep.storage.paths import DataRoot
+from sidestep.storage.replicas import DEFAULT_TTL_S, Heartbeat, new_replica_id, remove_heartbeat, write_heartbeat
 
 from .core import SearchService
 from .metrics import MetricsMiddleware, replica_metrics
@@ -173,6 +175,9 @@ class _PollingReplica:
         self.service = service
         self.poll_s = service.settings.serve.reload_poll_s
         self._stop = threading.Event()
+        # what this replica serves, on disk, so that GC keeps it (storage/replicas.py)
+        self.replica_id = new_replica_id(poller.split("-")[0])
+        self._beat()
         threading.Thread(target=self._poll, name=poller, daemon=True).start()
 
     def _poll(self) -> None:
@@ -181,6 +186,14 @@ class _PollingReplica:
                 getattr(self.service, "refresh_all", self.service.refresh)()
             except Exception:  # the poller must never die
                 log.exception("refresh failed")
+            self._beat()
+
+    def _beat(self) -> None:
+        try:
+            write_heartbeat(self.service.root, Heartbeat(self.replica_id, self.service.heartbeat(),
+                                                         ttl_s=max(DEFAULT_TTL_S, 10 * self.poll_s)))
+        except Exception:  # a full or read-only disk must not stop serving
+            log.exception("could not record what this replica serves")
 
     def reconfigure(self, user_config: dict) -> None:
         """user_config: {"pin": {domain: version}, "reload_poll_s": float}."""
@@ -206,6 +219,8 @@ class _PollingReplica:
 
     def __del__(self) -> None:
         self._stop.set()
+        with contextlib.suppress(Exception):
+            remove_heartbeat(self.service.root, self.replica_id)
 
 
 @serve.deployment(name="verifier")
@@ -351,7 +366,11 @@ class SearchDeployment(_PollingReplica):
         except Exception as e:
             return JSONResponse(status_code=503, content={**h, "status": "unavailable", "error": str(e)})
         ok = h["status"] == "ok" and r["status"] == "ok"
-        return JSONResponse(status_code=200 if ok else 503, content={**h, "recommend": r})
+        # a domain that serves nothing (search or recommend) is not healthy: "degraded" and 503
+        status = h["status"] if h["status"] != "ok" else "ok" if ok else "degraded"
+        bad = {**h.get("bad_entries", {}), **r.get("bad_entries", {})}
+        return JSONResponse(status_code=200 if ok else 503,
+                            content={**h, "status": status, "bad_entries": bad, "recommend": r})
 
     @api.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def metrics_text(self) -> Response:

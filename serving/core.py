@@ -163,9 +163,26 @@ class SearchService(VersionedDomains):
         }
 
     def health(self) -> dict:
-        out = {"status": "ok" if self.corpora else "no_index",
+        """status: "ok" (every domain with a CURRENT pointer serves), "degraded" (some domain serves
+        nothing: `unavailable` says which and why), "no_index" (nothing serves). `fallback` names domains
+        served from an older version than CURRENT, `bad_entries` what under indexes/ is ignored."""
+        unavailable = self.unavailable()
+        status = "no_index" if not self.corpora else "degraded" if unavailable else "ok"
+        out = {"status": status,
                "domains": {d: c.version for d, c in sorted(self.corpora.items())},
-               "errors": dict(self.errors)}
+               "errors": dict(self.errors),
+               "fallback": dict(self.fallback),
+               "unavailable": unavailable,
+               "bad_entries": dict(self.bad_entries)}
         if self.verifier is not None:
-            out["verifiers"] = self.verifier.health()["verifiers"]
+            vh = self.verifier.health()
+            out["verifiers"] = vh["verifiers"]
+            out["bad_entries"].update(vh.get("bad_entries", {}))
+        return out
+
+    def heartbeat(self) -> dict[str, dict[str, str]]:
+        """What this service serves, per artifact kind (storage/replicas.py)."""
+        out = {"indexes": self.served()}
+        if self.verifier is not None:
+            out["verifiers"] = self.verifier.served()
         return out

@@ -131,6 +131,12 @@ class RecommendService(VersionedDomains):
         return out
 
     def health(self) -> dict:
-        return {"status": "ok" if self.loaded or not self.store.domains() else "no_tables",
+        unavailable = self.unavailable()
+        status = "ok" if not unavailable else "degraded" if self.loaded else "no_tables"
+        return {"status": status,
                 "domains": {d: lt.tables.version for d, lt in sorted(self.loaded.items())},
-                "errors": dict(self.errors)}
+                "errors": dict(self.errors), "fallback": dict(self.fallback), "unavailable": unavailable,
+                "bad_entries": dict(self.bad_entries)}
+
+    def heartbeat(self) -> dict[str, dict[str, str]]:
+        return {"tables": self.served()}

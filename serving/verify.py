@@ -46,7 +46,10 @@ class VerifierService(VersionedDomains):
 
     def health(self) -> dict:
         return {"status": "ok", "verifiers": {d: v.version for d, v in sorted(self.loaded.items())},
-                "errors": dict(self.errors)}
+                "errors": dict(self.errors), "fallback": dict(self.fallback), "bad_entries": dict(self.bad_entries)}
+
+    def heartbeat(self) -> dict[str, dict[str, str]]:
+        return {"verifiers": self.served()}
 
     def has(self, domain: str) -> bool:
         return domain in self.loaded

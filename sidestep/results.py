@@ -143,13 +143,14 @@ class PublishResult(_Report):
     index: str | None = None
     tokens: dict | None = None
     seconds: float | None = None
+    pinned: bool | None = None  # not published because a rollback pinned the domain
 
-    _optional = ("reason", "parent", "gc", "documents", "chunks", "index", "tokens", "seconds")
+    _optional = ("reason", "parent", "gc", "documents", "chunks", "index", "tokens", "seconds", "pinned")
 
     def _omitted(self) -> tuple[str, ...]:
         # a published version reports all its fields (parent and tokens may be None: first version, no PQ
         # codes); a step that published nothing reports only why
-        return ("reason",) if self.published else self._optional
+        return ("reason", "pinned") if self.published else self._optional
 
 
 @dataclass
@@ -183,6 +184,7 @@ class ReindexReport(_Report):
     staging_swept: int = 0
     tables: dict[str, dict] | None = None
     codebook: dict | None = None
+    pinned: list[dict] = field(default_factory=list)  # domains a rollback pins: nothing published over them
 
     _optional = ("tables", "codebook")
 
@@ -202,6 +204,9 @@ class ReindexReport(_Report):
         self.quarantined += sum(i.quarantined for i in built.ingest)
         if built.index.published:
             self.published.append({"domain": domain, "version": built.index.version})
+        elif built.index.pinned:
+            self.pinned.append({"domain": domain, "kind": "indexes", "version": built.index.version,
+                                "reason": built.index.reason})
 
 
 @dataclass
@@ -351,6 +356,7 @@ class StatusReport(_Report):
     quarantined: int = 0
     codebook_version: str | None = None
     last_nightly: dict | None = None
+    bad_entries: dict[str, str] = field(default_factory=dict)  # entries no server loads, with why
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 from sidestep.config import check_name
 
 from .atomic import fault_point, fsync_dir, fsync_file, sha256_file, write_text
-from .paths import SHARED, DataRoot
+from .paths import SHARED, DataRoot, invalid_entries, valid_domains
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = 1
@@ -61,10 +61,13 @@ class IndexStore:
 
     def domains(self) -> list[str]:
         """Domains of this kind with a CURRENT pointer (not for the shared codebooks)."""
-        base = self.root.root / self.kind
-        if self.kind == "codebooks" or not base.is_dir():
+        if self.kind == "codebooks":
             return []
-        return sorted(p.name for p in base.iterdir() if (p / "CURRENT").is_file())
+        return valid_domains(self.root.root / self.kind)
+
+    def invalid_entries(self) -> dict[str, str]:
+        """Entries of this kind's folder that are no valid domain (reported by /healthz, never loaded)."""
+        return {} if self.kind == "codebooks" else invalid_entries(self.root.root / self.kind)
 
     def versions(self, domain: str) -> list[str]:
         """Complete versions (a manifest is the last file written), oldest first."""
@@ -174,8 +177,10 @@ class IndexStore:
         self.verify(domain, version)
         write_text(self.base(domain) / "CURRENT", version + "\n")
 
-    def rollback(self, domain: str, to: str | None = None) -> tuple[str | None, str]:
-        """Point CURRENT at `to`, or at the version published before the current one. Returns (old, new)."""
+    def rollback(self, domain: str, to: str | None = None, pin: bool = True) -> tuple[str | None, str]:
+        """Point CURRENT at `to`, or at the version published before the current one, and (by default) pin
+        the domain there, so that the next nightly does not publish over it (storage/pins.py). Returns
+        (old, new)."""
         with self.lock(domain):
             now = self.current(domain)
             versions = self.versions(domain)
@@ -187,17 +192,41 @@ class IndexStore:
             if to not in versions:
                 raise ValueError(f"{domain}: no complete version {to!r}; have {versions}")
             self.set_current(domain, to)
+            if pin:
+                from .pins import write_pin
+
+                write_pin(self, domain, to, reason="rollback", previous=now)
             return now, to
 
+    def protected(self, domain: str) -> dict[str, str]:
+        """Versions GC must keep, with why: CURRENT, the pinned one, and every version a live replica
+        reports serving (storage/replicas.py; a crashed replica's record expires after its TTL)."""
+        from .pins import read_pin
+        from .replicas import served_versions
+
+        out: dict[str, str] = {}
+        for v in sorted(served_versions(self.root, self.kind, domain)):
+            out[v] = "served by a replica"
+        pin = read_pin(self, domain)
+        if pin and pin.get("version"):
+            out[pin["version"]] = "pinned"
+        try:
+            current = self.current(domain)
+        except ValueError:
+            current = None
+        if current:
+            out[current] = "current"
+        return out
+
     def gc(self, domain: str, keep: int, protect: set[str] | None = None) -> list[str]:
-        """Delete all but the newest `keep` versions; never the one CURRENT names, nor any in `protect`
-        (versions a replica still serves)."""
+        """Delete all but the newest `keep` versions; never the one CURRENT names, the pinned one, one any
+        live replica serves (`protected`), nor any in `protect`."""
         if keep < 1:
             raise ValueError("keep must be at least 1")
         with self.lock(domain):
-            current = self.current(domain)
+            keepers = set(self.protected(domain)) | (protect or set())
             versions = self.versions(domain)
-            doomed = [v for v in versions[:-keep] if v != current and v not in (protect or set())]
+            doomed = [v for v in versions[:-keep] if v not in keepers]
             for v in doomed:
                 folder = self.path(domain, v)
                 (folder / MANIFEST).unlink(missing_ok=True)  # incomplete from here on: never loaded again

@@ -39,6 +39,14 @@ def _read(path: Path, schema: pa.Schema) -> pa.Table:
     return _read_with_generation(path, schema)[0]
 
 
+def documents_generation(root: DataRoot, domain: str) -> int:
+    """A domain's documents generation from the file's metadata alone (0 when nothing was ingested)."""
+    path = root.documents(domain) / PART
+    if not path.is_file():
+        return 0
+    return int((pq.read_schema(path).metadata or {}).get(GENERATION, b"0"))
+
+
 def _read_with_generation(path: Path, schema: pa.Schema) -> tuple[pa.Table, int]:
     """The table and the generation written into its metadata (0 for a file that predates generations)."""
     if not path.is_file():

@@ -115,13 +115,46 @@ class DataRoot:
         return self._inside("ray", "home")
 
     def domains_with_indexes(self) -> list[str]:
-        base = self.indexes_root()
-        if not base.is_dir():
-            return []
-        return sorted(p.name for p in base.iterdir() if (p / "CURRENT").is_file())
+        """Domains with a CURRENT pointer; a folder whose name is no valid domain (a stray copy such as
+        `Handbook-BAK`) is left out here and reported by `invalid_entries`."""
+        return valid_domains(self.root / "indexes")
 
     def domains_with_documents(self) -> list[str]:
         base = self.documents_root()
         if not base.is_dir():
             return []
         return sorted(p.name.split("=", 1)[1] for p in base.iterdir() if p.name.startswith("domain="))
+
+
+def valid_domains(base: Path) -> list[str]:
+    """Folders under `base` (one artifact kind) that hold a CURRENT pointer and have a valid domain name."""
+    if not base.is_dir():
+        return []
+    out = []
+    for p in base.iterdir():
+        if (p / "CURRENT").is_file() and _valid(p.name):
+            out.append(p.name)
+    return sorted(out)
+
+
+def invalid_entries(base: Path) -> dict[str, str]:
+    """Entries under `base` that are not domains a server can load: {relative path: reason}. Hidden
+    entries (staging folders, temporary files) and lost+found are not reported."""
+    if not base.is_dir():
+        return {}
+    out = {}
+    for p in sorted(base.iterdir()):
+        if p.name.startswith(".") or p.name == "lost+found" or _valid(p.name):
+            continue
+        what = "folder" if p.is_dir() else "file"
+        out[f"{base.name}/{p.name}"] = (f"{what} name {p.name!r} is not a valid domain name (a-z 0-9 . _ -, "
+                                        "starting with a letter or digit): ignored; rename or remove it")
+    return out
+
+
+def _valid(name: str) -> bool:
+    try:
+        check_name(name)
+    except ValueError:
+        return False
+    return True

@@ -8,6 +8,7 @@ from datetime import datetime
 from .artifacts import IndexStore
 from .documents import DocumentStore, QuarantineStore
 from .paths import SHARED, DataRoot
+from .pins import read_pin
 from .sources import SourceRegistry
 
 
@@ -22,8 +23,11 @@ def domain_status(root: DataRoot) -> dict:
     out: dict = {"data_root": str(root.root), "domains": {}}
     for d in domains:
         t = docs.read(d).select(["deleted"]).to_pydict()["deleted"]
-        current = store.current(d)
-        manifest = store.manifest(d, current) if current else {}
+        current, problem = _current(store, d)
+        try:
+            manifest = store.manifest(d, current) if current else {}
+        except (OSError, ValueError) as e:
+            manifest, problem = {}, f"manifest of {current} unreadable: {e}"
         created = manifest.get("created_at")
         age = time.time() - datetime.fromisoformat(created).timestamp() if created else None
         out["domains"][d] = {
@@ -37,12 +41,17 @@ def domain_status(root: DataRoot) -> dict:
             "index": manifest.get("index", {}).get("kind"),
             "versions": store.versions(d),
             "quarantined": quarantine.count(d),
-            "tables_version": tables.current(d),
+            "tables_version": _current(tables, d)[0],
             "tables_versions": len(tables.versions(d)),
-            "verifier_version": verifiers.current(d),
+            "verifier_version": _current(verifiers, d)[0],
             "sources": recorded.get(d, []),
+            "pin": read_pin(store, d),
+            "tables_pin": read_pin(tables, d),
         }
+        if problem:
+            out["domains"][d]["current_error"] = problem
     out["quarantined"] = quarantine.count()
+    out["bad_entries"] = {k: v for kind in (store, tables, verifiers) for k, v in kind.invalid_entries().items()}
     out["codebook_version"] = books.current(SHARED)
     out["last_nightly"] = last_nightly(root)
     return out
@@ -70,3 +79,11 @@ def last_nightly(root: DataRoot) -> dict | None:
         return json.loads(root.last_nightly().read_text())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def _current(store: IndexStore, domain: str) -> tuple[str | None, str | None]:
+    """CURRENT's version, or None and why it cannot be used (an invalid name, an unreadable file)."""
+    try:
+        return store.current(domain), None
+    except (OSError, ValueError) as e:
+        return None, f"CURRENT unusable: {e}"

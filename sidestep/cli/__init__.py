@@ -1,7 +1,7 @@
 """The `sidestep` command line: every command has --help, and --json prints one JSON object on stdout.
 
 A thin layer over the Python API (sidestep.api) and the Prefect flows: the commands live in data.py
-(ingest, index, reindex, search, status, rollback, gc), evaluation.py (eval, train-verifier, eval-longdoc,
+(ingest, index, reindex, search, status, rollback, unpin, gc), evaluation.py (eval, train-verifier, eval-longdoc,
 eval-rec, pretrain), runs.py (export, compare), lab.py (lab), report.py (report) and servers.py (serve,
 deploy, demo); common.py holds the app and what they share.
 """
@@ -9,7 +9,7 @@ deploy, demo); common.py holds the app and what they share.
 from __future__ import annotations
 
 from .common import app
-from .data import gc, index, ingest, reindex, rollback, search, status
+from .data import gc, index, ingest, reindex, rollback, search, status, unpin
 from .evaluation import eval_, eval_longdoc, eval_rec, pretrain, train_verifier
 from .lab import lab
 from .report import report
@@ -35,6 +35,7 @@ app.command()(search)
 app.command()(serve)
 app.command()(status)
 app.command()(rollback)
+app.command()(unpin)
 app.command()(gc)
 app.command()(deploy)
 app.command()(demo)

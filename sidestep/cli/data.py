@@ -1,4 +1,4 @@
-"""Commands over a data root: ingest, reindex, search, status, rollback, gc."""
+"""Commands over a data root: ingest, reindex, search, status, rollback, unpin, gc."""
 
 from __future__ import annotations
 
@@ -149,6 +149,13 @@ def status(as_json: JsonOpt = False) -> None:
                       str(r["tombstoned"]), str(r["chunks"]), str(len(r["versions"])), str(r["quarantined"]),
                       str(r["tables_version"] or "-"), str(r["verifier_version"] or "-"))
         out.print(t)
+        for d, r in res["domains"].items():
+            for what in ("pin", "tables_pin"):
+                if r.get(what):
+                    out.print(f"{d}: {'tables ' if what == 'tables_pin' else ''}pinned to {r[what].get('version')} "
+                              f"({r[what].get('reason')}, {r[what].get('pinned_at')}); `sidestep unpin --domain {d}`")
+        for path, why in (res.get("bad_entries") or {}).items():
+            err.print(f"[yellow]ignored[/yellow] {path}: {why}")
         if res.get("codebook_version"):
             out.print(f"codebook {res['codebook_version']}")
         n = res.get("last_nightly")
@@ -177,20 +184,69 @@ def rollback(
         old, new = IndexStore(_root(), kind).rollback(domain, to)
     except (ValueError, CorruptArtifact) as e:
         _fail(str(e), as_json, 2)
-    _emit({"domain": domain, "kind": kind, "previous_version": old, "current_version": new}, as_json)
+    _emit({"domain": domain, "kind": kind, "previous_version": old, "current_version": new, "pinned": new},
+          as_json)
     if not as_json:
-        out.print(f"{kind} {domain}: CURRENT {old} → {new}")
+        out.print(f"{kind} {domain}: CURRENT {old} → {new}, pinned (the nightly publishes nothing over it until "
+                  f"`sidestep unpin --domain {domain}` or a newer ingest)")
+
+
+def unpin(
+    domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to unpin.")],
+    kind: Annotated[str | None, typer.Option("--kind", help="indexes or tables; both when omitted.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Lift the pin a rollback set, so that the next reindex may publish over the rolled-back version."""
+    from sidestep.storage.artifacts import IndexStore
+    from sidestep.storage.pins import clear_pin
+
+    try:
+        if kind not in (None, "indexes", "tables"):
+            raise ValueError(f"unknown kind {kind!r}: indexes or tables")
+        cleared = {k: clear_pin(IndexStore(_root(), k), domain) for k in ([kind] if kind else ["indexes", "tables"])}
+    except ValueError as e:
+        _fail(str(e), as_json, 2)
+    _emit({"domain": domain, "unpinned": {k: v for k, v in cleared.items() if v}}, as_json)
+    if not as_json:
+        for k, v in cleared.items():
+            out.print(f"{k} {domain}: " + (f"unpinned (was pinned to {v.get('version')})" if v else "not pinned"))
 
 
 def gc(
-    domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to clean.")],
+    domain: Annotated[str | None, typer.Option("--domain", "-d", help="Domain whose old versions to delete "
+                                               "(at once, as before); without it: data-root housekeeping.")] = None,
     keep: Annotated[int, typer.Option(help="Newest versions to keep (the current one is always kept).", min=1)] = 5,
     kind: KindOpt = "indexes",
+    apply: Annotated[bool, typer.Option("--apply", help="Housekeeping: remove what the dry run lists.")] = False,
+    quarantine_days: Annotated[float, typer.Option(help="Housekeeping: quarantine files older than this are "
+                                                   "collected.", min=0)] = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Delete old published versions of a domain, never the one CURRENT names."""
+    """With --domain: delete old published versions of a domain, never the one CURRENT names, a pinned one or
+    one a live replica serves. Without --domain: housekeeping over the data root (old quarantine files,
+    embedding shards nothing uses, folders without a manifest, interrupted writes, stale replica records),
+    a dry run listing each with its reason and size unless --apply."""
     from sidestep.storage.artifacts import IndexStore
 
+    if domain is None:
+        from sidestep.storage import housekeeping
+
+        plan = housekeeping.plan(_root(), quarantine_days=quarantine_days)
+        if apply:
+            housekeeping.apply(_root(), plan)
+        res = plan.as_dict()
+        _emit(res, as_json)
+        if not as_json:
+            t = Table("kind", "path", "bytes", "reason", title=("removed" if apply else "would remove (dry run; "
+                                                                  "--apply removes)") + f" in {res['data_root']}")
+            for i in res["items"]:
+                t.add_row(i["kind"], i["path"], str(i["bytes"]), i["reason"])
+            out.print(t)
+            out.print(f"{len(res['items'])} item(s), {res['bytes']} bytes" + (
+                f"; removed {len(res['removed'])}" if apply else ""))
+            for path, why in res["skipped"].items():
+                err.print(f"[yellow]skipped[/yellow] {path}: {why}")
+        return
     try:
         if kind not in ("indexes", "tables"):
             raise ValueError(f"unknown kind {kind!r}: indexes or tables")

@@ -21,6 +21,7 @@ from sidestep.storage.embeddings import EmbeddingStore
 from sidestep.storage.indexes import CHUNKS_FILE, validate_folder, write_version_files
 from sidestep.storage.maps import MapStore
 from sidestep.storage.paths import DataRoot
+from sidestep.storage.pins import active_pin, pinned_reason
 from sidestep.storage.schemas import index_maps_schema
 from sidestep.storage.tokens import TokenSource, write_pieces, write_pq_tokens
 from sidestep.text.chunking import Chunk
@@ -54,6 +55,9 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
     # the fingerprint needs only which documents have maps; the maps themselves are read to publish
     fp = fingerprint(settings, key, docs, map_store.known() & hashes if map_store else None)
     store = IndexStore(root)
+    pin = active_pin(store, domain)  # a rollback holds the domain until unpinned or newer documents arrive
+    if pin is not None:
+        return PublishResult(domain, False, store.current(domain), reason=pinned_reason(pin, domain), pinned=True)
     current = store.current_manifest(domain)
     if current and current.get("fingerprint") == fp and not force:
         return PublishResult(domain, False, current["version"], reason="unchanged corpus and parameters")
@@ -113,6 +117,10 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
         manifest["maps"] = {"key": map_key(settings), "documents_with_map": sum(
             v is not None for v in doc_maps["global_vec"])}
     with store.lock(domain):
+        pin = active_pin(store, domain)  # a rollback while this run built its version
+        if pin is not None:
+            return PublishResult(domain, False, store.current(domain), reason=pinned_reason(pin, domain),
+                                 pinned=True)
         now = store.current_manifest(domain)
         if now and now.get("fingerprint") == fp and not force:  # another run published it meanwhile
             return PublishResult(domain, False, now["version"], reason="published concurrently by another run")

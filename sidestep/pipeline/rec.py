@@ -24,6 +24,7 @@ from sidestep.storage.artifacts import CorruptArtifact, new_version_name
 from sidestep.storage.documents import DocumentStore
 from sidestep.storage.embeddings import EmbeddingStore
 from sidestep.storage.paths import SHARED, DataRoot
+from sidestep.storage.pins import active_pin, pinned_reason
 from sidestep.storage.recstore import (
     TableVersion,
     codebook_store,
@@ -364,6 +365,10 @@ def refresh_tables(root: DataRoot, settings: Settings, domain: str, log: Log | N
     - codebook refit since: warm-start from the serving encoder, fresh table, the full epoch budget;
     - interactions changed: warm-start from the serving model for `rec.warm_epochs`;
     - otherwise only re-encode new or changed items with the current codebook and table (no training)."""
+    pin = active_pin(table_store(root), domain)  # a rollback holds the tables until unpinned or new documents
+    if pin is not None:
+        return {"domain": domain, "published": False, "version": table_store(root).current(domain),
+                "reason": pinned_reason(pin, domain), "pinned": True, "trained": False}
     try:
         cur = load_table_version(root, domain)  # verified: warm starts never begin from damaged weights
     except CorruptArtifact as e:

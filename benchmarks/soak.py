@@ -1,0 +1,282 @@
+"""Soak: mixed /search and /recommend load at a fraction of measured capacity for MINUTES, a nightly
+reindex every N minutes (each with a real corpus change, so each must publish), and one search replica
+killed with kill -9 halfway; writes benchmarks/soak_last_run.json (and, for a full run of 30 minutes or
+more, the soak section of BENCHMARKS.md).
+
+The sample corpus (a private copy, which the nightlies edit) is reindexed by the real nightly flow into a
+fresh data root and served by the real Ray Serve application with the `replicated` preset (two search
+replicas behind the proxy, so one can die). Capacity is measured first with 4 closed-loop clients; then
+an open-loop generator offers FRACTION x capacity (one /recommend for every three /search), each request
+retried once after 0.5 s if it fails. Reported: requests failed after the retry, the serving processes'
+RSS at the start and the end of the load (median of the first and last 10% of the samples), each
+nightly's outcome and what it published.
+
+Targets (issue: hardening): zero failed requests after one retry, RSS growth under 5%, every nightly
+published.
+
+Usage: .venv/bin/python benchmarks/soak.py [--minutes 30] [--fraction 0.7] [--nightly-every 5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+from chaos import QUERIES, SEARCH_DOMAINS, Load, make_root, mutate, reindex, replica_pids, serving_rss_mb, use_root
+from common import BENCHMARKS_MD, machine, splice, write_last_run
+
+from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.paths import DataRoot
+
+START, END = "<!-- soak:start -->", "<!-- soak:end -->"
+PORT = 8771
+
+
+class OpenLoop:
+    """Requests offered at a fixed rate (not waiting for answers), each retried once after 0.5 s."""
+
+    def __init__(self, url: str, rate: float, workers: int = 64):
+        self.url, self.rate = url, rate
+        self.client = httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_connections=workers))
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+        self.outcomes: Counter = Counter()  # ok | ok_after_retry | failed
+        self.codes: Counter = Counter()  # first-try status codes
+        self.failures: list[dict] = []
+        self.failed_at: list[float] = []  # seconds into the load
+        self.t0 = time.monotonic()
+        self.latency: list[float] = []
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._offer, daemon=True)
+
+    def _request(self, n: int) -> tuple[object, str]:
+        if n % 4 == 3:
+            body = {"history": [str(x) for x in (n % 40, (n * 7) % 40, (n * 13) % 40)], "k": 5, "domain": "shop"}
+            path = "/recommend"
+        else:
+            body = {"query": QUERIES[n % len(QUERIES)], "domain": SEARCH_DOMAINS[n % len(SEARCH_DOMAINS)], "k": 5}
+            path = "/search"
+        try:
+            return self.client.post(path, json=body).status_code, path
+        except httpx.HTTPError as e:
+            return type(e).__name__, path
+
+    def _one(self, n: int, due: float) -> None:
+        code, path = self._request(n)
+        first = code
+        if code != 200:
+            time.sleep(0.5)
+            code, path = self._request(n)
+        with self.lock:
+            self.codes[str(first)] += 1
+            self.latency.append(time.monotonic() - due)
+            if first == 200:
+                self.outcomes["ok"] += 1
+            elif code == 200:
+                self.outcomes["ok_after_retry"] += 1
+            else:
+                self.outcomes["failed"] += 1
+                self.failed_at.append(round(due - self.t0, 1))
+                if len(self.failures) < 50:
+                    self.failures.append({"path": path, "first": str(first), "retry": str(code),
+                                          "at_s": round(due - self.t0, 1)})
+
+    def _offer(self) -> None:
+        t0, n = self.t0, 0
+        while not self._stop.is_set():
+            due = t0 + n / self.rate
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)
+            self.pool.submit(self._one, n, due)
+            n += 1
+
+    def __enter__(self) -> OpenLoop:
+        self.t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.pool.shutdown(wait=True)
+        self.client.close()
+
+    def report(self) -> dict:
+        lat = sorted(self.latency)
+        q = (lambda f: round(1000 * lat[int(f * (len(lat) - 1))], 1) if lat else None)  # noqa: E731
+        total = sum(self.outcomes.values())
+        return {"requests": total, "ok_first_try": self.outcomes["ok"],
+                "ok_after_retry": self.outcomes["ok_after_retry"],
+                "failed_after_retry": self.outcomes["failed"], "first_try_status": dict(self.codes),
+                "latency_ms": {"p50": q(0.5), "p99": q(0.99), "max": q(1.0)}, "failures": self.failures,
+                "failed_by_minute": dict(sorted(Counter(int(a // 60) for a in self.failed_at).items()))}
+
+
+def capacity(url: str, seconds: float) -> float:
+    """Answers per second of 4 closed-loop clients sending the same mix (3 /search : 1 /recommend)."""
+    with Load(url, clients=4, pause=0, recommend=True) as load:
+        time.sleep(seconds)
+    return load.report()["ok"] / seconds
+
+
+def run(minutes: float, fraction: float, nightly_every: float, kill_at: float, capacity_s: float,
+        preset: str, resume: Path | None = None) -> dict:
+    from sidestep.serving.run import ServeHandle
+
+    root = resume or make_root("ssb-soak-")
+    use_root(root)
+    t_setup = time.monotonic()
+    if resume is None or IndexStore(DataRoot(root / "data")).current("handbook") is None:
+        first = reindex(root)
+        if first.get("rc") != 0:
+            raise SystemExit(f"the first reindex of the sample corpus failed: {first}")
+    data = DataRoot(root / "data")
+    rng = np.random.default_rng(0)
+    run_id = int(time.time())
+    nightlies: list[dict] = []
+    rss: list[tuple[float, float]] = []
+    kill: dict = {}
+    duration = minutes * 60
+    with ServeHandle(data, port=PORT, preset=preset) as h:
+        setup_s = round(time.monotonic() - t_setup, 1)
+        cap = capacity(h.url, capacity_s)
+        rate = max(0.5, fraction * cap)
+        print(f"soak: capacity {cap:.1f} answers/s, offering {rate:.1f}/s for {minutes:g} min", file=sys.stderr)
+        stop = threading.Event()
+
+        def nightly_loop(t0: float) -> None:
+            i = 0
+            while not stop.is_set():
+                due = t0 + (i + 1) * nightly_every * 60
+                if stop.wait(max(0.0, due - time.monotonic())):
+                    return
+                i += 1
+                changed = mutate(root / "src", run_id * 1000 + i, rng)  # a new change, also on a resumed root
+                started = time.monotonic() - t0
+                res = reindex(root)
+                summary = res.pop("summary", {}) or {}
+                nightlies.append({"n": i, "started_s": round(started, 1), **res, "changed": changed,
+                                  "published": summary.get("published", []), "failed": summary.get("failed", {}),
+                                  "pinned": summary.get("pinned", [])})
+                print(f"soak: nightly {i} at {started:.0f} s: rc {res.get('rc')}, published "
+                      f"{len(summary.get('published', []))}", file=sys.stderr)
+
+        with OpenLoop(h.url, rate) as load:
+            t0 = time.monotonic()
+            worker = threading.Thread(target=nightly_loop, args=(t0,), daemon=True)
+            worker.start()
+            killed = False
+            while (now := time.monotonic() - t0) < duration:
+                rss.append((round(now, 1), serving_rss_mb()))
+                if not killed and now >= kill_at * duration:
+                    pids = sorted(replica_pids("search"))
+                    if pids:
+                        os.kill(pids[0], signal.SIGKILL)
+                        kill = {"at_s": round(now, 1), "pid": pids[0], "replicas_before": len(pids)}
+                        t_kill = time.monotonic()
+                        while time.monotonic() - t_kill < 180:
+                            after = replica_pids("search")
+                            if len(after) >= len(pids) and pids[0] not in after:
+                                kill["restart_s"] = round(time.monotonic() - t_kill, 1)
+                                break
+                            time.sleep(0.5)
+                    killed = True
+                time.sleep(min(10.0, max(0.0, duration - now)))
+            stop.set()
+        report = load.report()
+        worker.join(timeout=900)  # a nightly that started counts: wait for it
+        health = httpx.get(h.url + "/healthz", timeout=30)
+        served = {}
+        for d in SEARCH_DOMAINS:
+            r = httpx.post(h.url + "/search", json={"query": "test", "domain": d, "k": 1}, timeout=30)
+            served[d] = {"status": r.status_code, "served": r.json().get("index_version") if r.status_code == 200
+                         else None, "current": IndexStore(data).current(d)}
+    k = max(1, len(rss) // 10)
+    start_mb = statistics.median(v for _, v in rss[:k])
+    end_mb = statistics.median(v for _, v in rss[-k:])
+    growth = 100 * (end_mb - start_mb) / start_mb if start_mb else None
+    every_published = bool(nightlies) and all(n.get("rc") == 0 and n["published"] and not n["failed"]
+                                              for n in nightlies)
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"), "machine": machine(), "preset": preset,
+        "minutes": minutes, "fraction": fraction, "nightly_every_min": nightly_every, "setup_s": setup_s,
+        "capacity_qps": round(cap, 2), "offered_qps": round(rate, 2), "load": report,
+        "replica_kill": kill, "nightlies": nightlies, "every_nightly_published": every_published,
+        "rss_mb": {"start": round(start_mb), "end": round(end_mb), "growth_pct": round(growth, 2) if growth is not None
+                   else None, "samples": rss},
+        "healthz_after": {"status": health.status_code, "body_status": health.json().get("status")},
+        "served_after": served,
+        "loadavg": os.getloadavg(),
+        "targets": {"zero_failed_after_retry": report["failed_after_retry"] == 0,
+                    "rss_growth_under_5pct": growth is not None and growth < 5,
+                    "every_nightly_published": every_published},
+    }
+
+
+def render(res: dict) -> str:
+    load, rss, t = res["load"], res["rss_mb"], res["targets"]
+    lines = [START, "## Soak", "",
+             f"{res['date']}, {res['machine']}, preset `{res['preset']}`: {res['minutes']:g} minutes of mixed "
+             "/search and "
+             f"/recommend at {res['fraction']:.0%} of the measured capacity ({res['capacity_qps']} answers/s → "
+             f"{res['offered_qps']} offered/s), a nightly reindex with a corpus change every "
+             f"{res['nightly_every_min']:g} minutes, one search replica killed (kill -9) at "
+             f"{res['replica_kill'].get('at_s', '-')} s (back after {res['replica_kill'].get('restart_s', '-')} s). "
+             "Load average at the end: " + ", ".join(f"{x:.1f}" for x in res["loadavg"]) + ".", "",
+             "| measure | value | target |", "|---|---|---|",
+             f"| requests | {load['requests']} | |",
+             f"| failed after one retry | {load['failed_after_retry']} | 0 "
+             f"{'✓' if t['zero_failed_after_retry'] else '✗'} |",
+             f"| ok only after the retry | {load['ok_after_retry']} | |",
+             f"| latency p50 / p99 (ms, from when due) | {load['latency_ms']['p50']} / {load['latency_ms']['p99']} | |",
+             f"| serving RSS start → end (MB) | {rss['start']} → {rss['end']} ({rss['growth_pct']}%) | < 5% "
+             f"{'✓' if t['rss_growth_under_5pct'] else '✗'} |",
+             f"| nightlies published | {sum(bool(n['published']) for n in res['nightlies'])} of "
+             f"{len(res['nightlies'])} | all {'✓' if t['every_nightly_published'] else '✗'} |",
+             "", "`make bench-soak` reruns it (`benchmarks/soak.py --minutes 30`); every figure is in "
+             "benchmarks/soak_last_run.json.", END]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=30.0, help="length of the load (default 30)")
+    ap.add_argument("--fraction", type=float, default=0.7, help="offered load as a fraction of capacity")
+    ap.add_argument("--nightly-every", type=float, default=5.0, help="minutes between nightly reindexes")
+    ap.add_argument("--kill-at", type=float, default=0.5, help="when to kill a search replica (fraction of the run)")
+    ap.add_argument("--capacity-seconds", type=float, default=20.0, help="length of the capacity measurement")
+    ap.add_argument("--preset", default="replicated", help="serving preset (needs >= 2 search replicas)")
+    ap.add_argument("--md", action=argparse.BooleanOptionalAction, default=None,
+                    help="write the BENCHMARKS.md section (default: only for runs of 30 minutes or more)")
+    ap.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    ap.add_argument("--resume", type=Path, help="reuse the root of an earlier run (skips its first reindex)")
+    args = ap.parse_args()
+    with contextlib.redirect_stdout(sys.stderr):  # Ray's driver prints worker deaths: stdout holds only the result
+        res = run(args.minutes, args.fraction, args.nightly_every, args.kill_at, args.capacity_seconds, args.preset,
+                  args.resume)
+    path = write_last_run("soak", res, default=str)
+    if args.md if args.md is not None else args.minutes >= 30:
+        splice(Path(BENCHMARKS_MD), render(res), START, END)
+    if args.json:
+        print(json.dumps(res, default=str))
+    else:
+        print(render(res))
+        print(f"written: {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
