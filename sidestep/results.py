@@ -109,6 +109,9 @@ class EmbedReport(_Report):
     chunks_encoded: int
     seconds: float
     docs_per_s: float | None = None
+    tokens_encoded: int = 0  # word pieces of the chunks encoded, [CLS]/[SEP] included, prompts not
+    tokens_per_s: float | None = None
+    backend: str | None = None  # what the documents ran on: "torch" or "onnx" (None: nothing to encode)
 
 
 @dataclass

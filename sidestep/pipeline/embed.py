@@ -1,8 +1,13 @@
-"""Embed: encode only documents whose content hash is not cached yet, in immutable shards."""
+"""Embed: encode only documents whose content hash is not cached yet, in immutable shards.
+
+A reader thread tokenizes and chunks the next shard's documents while the current one is encoded (the
+encoder's graph runs outside the GIL), one shard ahead, so reading and tokenizing overlap encoding."""
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 
@@ -15,9 +20,9 @@ from sidestep.results import EmbedReport
 from sidestep.storage.documents import DocumentStore
 from sidestep.storage.embeddings import EmbeddingStore
 from sidestep.storage.paths import DataRoot
-from sidestep.text.encoder import encoder_key, model_dim
+from sidestep.text.encoder import model_dim
 
-from .common import encoder_for
+from .common import encoder_for, store_key
 
 SHARD_DOCS = 512
 NO_PROGRESS_ENV = "SIDESTEP_NO_PROGRESS"
@@ -26,7 +31,7 @@ NO_PROGRESS_ENV = "SIDESTEP_NO_PROGRESS"
 def embed_domain(root: DataRoot, settings: Settings, domain: str, *, show_progress: bool = True,
                  log: Callable[[str], None] | None = None) -> EmbedReport:
     docs = DocumentStore(root).read(domain, include_deleted=False)
-    key = encoder_key(settings.encoder.model_path)
+    key = store_key(settings)
     store = EmbeddingStore(root, key, model_dim(settings.encoder.model_path))
     known = store.known()
     todo = docs.filter(pc.invert(pc.is_in(docs["content_hash"], value_set=_arr(known))))
@@ -37,27 +42,74 @@ def embed_domain(root: DataRoot, settings: Settings, domain: str, *, show_progre
         seen.setdefault(h, (h, t, x))
     pending = list(seen.values())
     t0 = time.perf_counter()
-    chunks = 0
+    chunks = tokens = 0
+    backend = None
     if pending:
         enc = encoder_for(settings)
+        backend = enc.prepare_documents(len(pending))
         ch = settings.chunking
         with _progress(show_progress) as bar:
             job = bar.add_task(f"embed {domain}", total=len(pending))
-            for s in range(0, len(pending), SHARD_DOCS):
-                batch = pending[s:s + SHARD_DOCS]
-                encoded = enc.encode_documents(batch, window_tokens=ch.window_tokens, overlap_tokens=ch.overlap_tokens,
-                                               max_chunks=ch.max_chunks_per_doc,
-                                               progress=lambda n: bar.advance(job, n))
+            shards = [pending[s:s + SHARD_DOCS] for s in range(0, len(pending), SHARD_DOCS)]
+            done = 0
+
+            def plan(batch):
+                return enc.plan_documents(batch, window_tokens=ch.window_tokens, overlap_tokens=ch.overlap_tokens,
+                                          max_chunks=ch.max_chunks_per_doc)
+
+            for batch, planned in _ahead(shards, plan):
+                encoded = enc.encode_plan(planned, progress=lambda n: bar.advance(job, n))
                 info = store.write(encoded)
                 chunks += info.rows
-                done, el = s + len(batch), time.perf_counter() - t0
+                tokens += planned.tokens
+                done, el = done + len(batch), time.perf_counter() - t0
                 if log:
                     log(f"embed {domain}: {done}/{len(pending)} documents, {chunks} chunks, "
-                        f"{done / el:.1f} docs/s, shard {info.shard}")
+                        f"{done / el:.1f} docs/s, {tokens / el:.0f} tokens/s ({backend}), shard {info.shard}")
     seconds = time.perf_counter() - t0
+    rate = pending and seconds > 0
     return EmbedReport(domain=domain, encoder=key, documents=docs.num_rows, encoded=len(pending),
                        reused=docs.num_rows - todo.num_rows, chunks_encoded=chunks, seconds=round(seconds, 3),
-                       docs_per_s=round(len(pending) / seconds, 2) if pending and seconds > 0 else None)
+                       docs_per_s=round(len(pending) / seconds, 2) if rate else None,
+                       tokens_encoded=tokens, tokens_per_s=round(tokens / seconds, 1) if rate else None,
+                       backend=backend)
+
+
+def _ahead(items: list, fn: Callable, depth: int = 1):
+    """(item, fn(item)) for each item, in order, with fn computed on a reader thread up to `depth` items
+    ahead of the consumer. An exception in fn is raised to the consumer at that item; a consumer that
+    stops early stops the reader."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def reader() -> None:
+        for item in items:
+            if stop.is_set():
+                return
+            try:
+                out = (item, fn(item), None)
+            except BaseException as e:  # handed to the consumer, which raises it
+                out = (item, None, e)
+            while not stop.is_set():
+                try:
+                    q.put(out, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if out[2] is not None:
+                return
+
+    t = threading.Thread(target=reader, name="embed-reader", daemon=True)
+    t.start()
+    try:
+        for _ in items:
+            item, result, err = q.get()
+            if err is not None:
+                raise err
+            yield item, result
+    finally:
+        stop.set()
+        t.join()
 
 
 def _arr(values: set[str]) -> pa.Array:

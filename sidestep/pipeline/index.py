@@ -25,9 +25,10 @@ from sidestep.storage.pins import active_pin, pinned_reason
 from sidestep.storage.schemas import index_maps_schema
 from sidestep.storage.tokens import TokenSource, write_pieces, write_pq_tokens
 from sidestep.text.chunking import Chunk
-from sidestep.text.encoder import doc_text, encoder_key, load_tokenizer, model_dim
+from sidestep.text.encoder import doc_text, load_tokenizer, model_dim
 from sidestep.verify.candidates import idf_table
 
+from .common import store_key
 from .summarize import map_key
 
 SNIPPET_CHARS = 280
@@ -48,7 +49,7 @@ def fingerprint(settings: Settings, key: str, docs: pa.Table, mapped: set[str] |
 def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bool = False) -> PublishResult:
     docs, generation = DocumentStore(root).snapshot(domain, include_deleted=False)
     docs = docs.sort_by("doc_id")
-    key = encoder_key(settings.encoder.model_path)
+    key = store_key(settings)
     dim = model_dim(settings.encoder.model_path)
     map_store = MapStore(root, map_key(settings), dim) if settings.maps.enabled else None
     hashes = set(docs["content_hash"].to_pylist())

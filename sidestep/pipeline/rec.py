@@ -36,7 +36,9 @@ from sidestep.storage.recstore import (
     write_table_files,
 )
 from sidestep.storage.warehouse import Warehouse
-from sidestep.text.encoder import encoder_key, model_dim
+from sidestep.text.encoder import model_dim
+
+from .common import store_key
 
 Log = Callable[[str], None]
 MODES = ("scratch", "table-only", "full")
@@ -59,7 +61,7 @@ def load_items(root: DataRoot, settings: Settings, domain: str) -> Items:
     if docs.num_rows == 0:
         raise RecError(f"domain {domain!r} has no items; ingest it first")
     ids, hashes = docs["doc_id"].to_pylist(), docs["content_hash"].to_pylist()
-    store = EmbeddingStore(root, encoder_key(settings.encoder.model_path), model_dim(settings.encoder.model_path))
+    store = EmbeddingStore(root, store_key(settings), model_dim(settings.encoder.model_path))
     rows, pooled = store.gather(hashes)
     pos: dict[str, list[int]] = {}
     for i, h in enumerate(rows["content_hash"].to_pylist()):

@@ -19,9 +19,9 @@ from sidestep.storage.documents import DocumentStore, QuarantineStore
 from sidestep.storage.embeddings import EmbeddingStore
 from sidestep.storage.maps import MapStore, encoded_docs
 from sidestep.storage.paths import DataRoot
-from sidestep.text.encoder import doc_text, encoder_key, model_dim
+from sidestep.text.encoder import doc_text, model_dim
 
-from .common import encoder_for
+from .common import encoder_for, store_key
 
 BATCH = 256
 
@@ -44,7 +44,7 @@ def map_key(settings: Settings) -> str:
     """Maps depend on the encoder (token vectors), the summarizer, the map sizes and which map
     vectors are stored (2: heading paths have their own)."""
     s = summarizer_for(settings)
-    return s.name + "-" + digest({"encoder": encoder_key(settings.encoder.model_path), "summarizer": s.params(),
+    return s.name + "-" + digest({"encoder": store_key(settings), "summarizer": s.params(),
                                   "vectors": 2, "name": s.name, "params": map_params(settings).__dict__,
                                   "chunking": settings.chunking.model_dump()}, length=10)
 

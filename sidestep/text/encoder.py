@@ -40,6 +40,8 @@ DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
 # Modules after the transformer that the ONNX single-query path runs as the eager path does: on the
 # transformer's token embeddings (and the mask) alone.
 _TOKEN_LEVEL_MODULES = {"Pooling", "Dense", "Normalize"}
+# backend "auto": documents in a job from which the ONNX batch graph (a few seconds to build) pays off
+AUTO_ONNX_MIN_DOCS = 1000
 
 
 @dataclass
@@ -50,6 +52,20 @@ class EncodedDoc:
     chunks: list[Chunk]
     pooled: np.ndarray  # (n_chunks, dim) float32, the model's sentence embedding (unit norm if it normalizes)
     tokens: list[np.ndarray]  # per chunk (n_tokens incl. [CLS]/[SEP], not the prompt's, dim) float16
+
+
+@dataclass
+class DocumentPlan:
+    """Documents tokenized and chunked, not yet encoded: their hashes, chunks, and one id sequence per
+    chunk ([CLS] pieces [SEP]) in document order."""
+
+    hashes: list[str]
+    chunks: list[list[Chunk]]
+    seqs: list[list[int]]
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(s) for s in self.seqs)
 
 
 def packaged_model_path() -> Path:
@@ -92,11 +108,12 @@ def _pooling_signature(path: Path) -> bytes:
     return json.dumps(out, sort_keys=True).encode() if out else b""
 
 
-def encoder_key(model_path: str | os.PathLike | None) -> str:
+def encoder_key(model_path: str | os.PathLike | None, quantize: str = "none") -> str:
     """Identifies the encoder without loading it, so cached embeddings never mix two encoders
     and an unchanged corpus can be checked against the cache without loading the model: the
     configs (modules.json says whether it normalizes, config_sentence_transformers.json holds its
-    prompts), the pooling (when it is not plain mean pooling) and the weights' names and sizes."""
+    prompts), the pooling (when it is not plain mean pooling) and the weights' names and sizes; int8
+    document vectors (`[encoder] quantize`) are not the fp32 ones, so they get their own key."""
     path = resolve_model_path(model_path)
     h = hashlib.sha256()
     for name in ("config.json", "modules.json", "config_sentence_transformers.json"):
@@ -110,7 +127,7 @@ def encoder_key(model_path: str | os.PathLike | None) -> str:
             h.update(f"{f.name}:{f.stat().st_size}".encode())
     name = "all-minilm-l6-v2" if path == packaged_model_path() else path.name.lower()
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:40].strip(".-_") or "encoder"
-    return f"{name}-{h.hexdigest()[:10]}"
+    return f"{name}-{h.hexdigest()[:10]}" + ("" if quantize == "none" else f"-{quantize}")
 
 
 def model_dim(model_path: str | os.PathLike | None) -> int:
@@ -136,6 +153,12 @@ def doc_text(title: str, text: str) -> str:
     return f"{title} {text}".strip() if title else text.strip()
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def resolve_device(device: str) -> str:
     """"cpu", "cuda" (or "cuda:N"), or "auto": cuda where torch sees a GPU, else cpu."""
     if device == "auto":
@@ -158,7 +181,7 @@ def model_prompt(prompts: dict[str, str | None], default_prompt_name: str | None
 class Encoder:
     def __init__(self, model_path: str | os.PathLike | None = None, *, batch_size: int = 32,
                  num_threads: int | None = None, max_query_tokens: int = 128, fast_single: bool = False,
-                 device: str = "cpu"):
+                 device: str = "cpu", backend: str = "torch", quantize: str = "none", max_batch_tokens: int = 8192):
         """fast_single: run single unpadded sequences (an online query) through an ONNX Runtime session
         of the same weights, exported at start-up (about 2.5 s). For one 20-token query on two cores it
         takes half the time of the eager module or a TorchScript trace (8-10 ms against 17-20 ms here,
@@ -167,7 +190,14 @@ class Encoder:
         transformer only; the model's pooling modules run after it as on the eager path. It is CPU only:
         on a GPU (device "cuda", or "auto" with one) every batch runs on the eager model.
 
-        device: "cpu", "cuda" or "auto" (cuda where torch sees a GPU)."""
+        device: "cpu", "cuda" or "auto" (cuda where torch sees a GPU).
+
+        backend: how batches of documents (indexing) run: "torch" (the eager model), "onnx" (an optimised
+        ONNX Runtime graph of the same weights, sidestep/text/onnx_batch.py; CPU only), or "auto" (onnx
+        once `prepare_documents` is told of at least AUTO_ONNX_MIN_DOCS documents, where its start-up of
+        a few seconds pays off). quantize "int8" (backend "onnx" only) runs that graph with int8 weights;
+        its vectors get their own key. Queries never take the batch graph. max_batch_tokens bounds a
+        batch's padded tokens on the onnx path, so short chunks run in larger batches."""
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -199,11 +229,32 @@ class Encoder:
                         "document": model_prompt(prompts, default, DOCUMENT_PROMPT_NAMES)}
         self.prompt_ids = {role: self._prompt_ids(p) for role, p in self.prompts.items()}
         self.max_query_tokens = min(max_query_tokens, self.max_seq - len(self.prompt_ids["query"]))
+        if backend not in ("torch", "onnx", "auto") or (quantize != "none" and backend != "onnx"):
+            raise ValueError(f"backend {backend!r} with quantize {quantize!r}: backend is torch, onnx or auto, "
+                             "and int8 needs backend onnx")
+        self.backend, self.quantize, self.max_batch_tokens = backend, quantize, max_batch_tokens
         self.key = self._key()
         self._single = self._onnx_session() if fast_single and self._fast_single_reproduces() else None
+        self._batch = None  # the ONNX batch session (backend onnx/auto), built on first need
+        self.batch_backend = "torch"  # what the last document batch ran on
+        if backend == "onnx" and quantize != "none" and not self._fast_single_reproduces():
+            raise ValueError(f"encoder {self.path}: quantize {quantize!r} needs the ONNX graph, which does not "
+                             "reproduce this model here (see the log)")
 
     def _key(self) -> str:
-        return encoder_key(self.path)
+        return encoder_key(self.path, self.quantize)
+
+    def prepare_documents(self, n_documents: int) -> str:
+        """Choose the document batch backend for a job of n_documents and build its session if needed;
+        returns "onnx" or "torch"."""
+        want = self.backend == "onnx" or (self.backend == "auto" and n_documents >= AUTO_ONNX_MIN_DOCS)
+        if want and self._batch is None and self._fast_single_reproduces():
+            from sidestep.text.onnx_batch import OnnxBatchEncoder
+
+            self._batch = OnnxBatchEncoder(self.model, type_ids=self._type_ids, quantize=self.quantize,
+                                           num_threads=_torch_threads(), example_ids=self.query_ids(["a query"])[0])
+        self.batch_backend = "onnx" if want and self._batch is not None else "torch"
+        return self.batch_backend
 
     def _prompt_ids(self, prompt: str) -> list[int]:
         """A prompt's word pieces, put between [CLS] and the text's. sentence-transformers tokenizes
@@ -277,7 +328,7 @@ class Encoder:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
 
-    def _forward(self, ids, mask, prompt_length: int = 0) -> dict:
+    def _forward(self, ids, mask, prompt_length: int = 0, batch_graph: bool = False) -> dict:
         """The model's modules on one padded batch: its features, with `token_embeddings` (the
         transformer's) and `sentence_embedding` (after its pooling, dense and normalize modules)."""
         import torch
@@ -287,9 +338,11 @@ class Encoder:
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
         if prompt_length:  # [CLS] and the prompt's pieces, as sentence-transformers counts them
             features["prompt_length"] = prompt_length
-        if self._single is not None and ids.shape[0] == 1 and bool(mask.all()):
-            # one sequence without padding: the exported graph, then the model's other modules
-            hidden = self._single.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})[0]
+        if batch_graph or (self._single is not None and ids.shape[0] == 1 and bool(mask.all())):
+            # the exported graph (a document batch, or one sequence without padding), then the model's
+            # other modules on its token vectors
+            hidden = (self._batch.hidden(ids.numpy(), mask.numpy()) if batch_graph
+                      else self._single.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})[0])
             features["token_embeddings"] = torch.from_numpy(hidden)
             for module in list(self.st)[1:]:
                 features = module(features)
@@ -301,19 +354,23 @@ class Encoder:
         """Pooled + token embeddings for id sequences ([CLS] pieces [SEP], as wrap_specials makes them),
         read as `role` ("query" or "document": the model's prompt for it goes after [CLS]; its token rows
         are left out of the token vectors returned, which align with the sequences given), in
-        longest-first batches (sorting by length keeps padding, the main waste on CPU, small)."""
+        longest-first batches (sorting by length keeps padding, the main waste on CPU, small). Documents
+        run on the ONNX batch graph where prepare_documents chose it, in batches bounded by padded tokens."""
         import torch
+
+        from sidestep.text.onnx_batch import length_buckets
 
         if role not in self.prompt_ids:
             raise ValueError(f"role must be 'query' or 'document', not {role!r}")
         prompt = self.prompt_ids[role]
         n_prompt = len(prompt)
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        graph = role == "document" and self.batch_backend == "onnx" and self._batch is not None
+        buckets = length_buckets([len(s) + n_prompt for s in seqs], self.batch_size,
+                                 self.max_batch_tokens if graph else None)
         pooled = np.zeros((len(seqs), self.dim), dtype=np.float32)
         tokens: list[np.ndarray] = [np.empty((0, self.dim), np.float16)] * len(seqs)
         with torch.inference_mode():
-            for b in range(0, len(order), self.batch_size):
-                idx = order[b:b + self.batch_size]
+            for idx in buckets:
                 width = len(seqs[idx[0]]) + n_prompt
                 ids = torch.full((len(idx), width), self.pad, dtype=torch.long)
                 mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -321,7 +378,7 @@ class Encoder:
                     s = seqs[i]
                     ids[r, :len(s) + n_prompt] = torch.tensor([*s[:1], *prompt, *s[1:]])
                     mask[r, :len(s) + n_prompt] = 1
-                out = self._forward(ids, mask, 1 + n_prompt if n_prompt else 0)
+                out = self._forward(ids, mask, 1 + n_prompt if n_prompt else 0, batch_graph=graph)
                 pooled[idx] = out["sentence_embedding"].float().cpu().numpy()
                 if want_tokens:
                     half = out["token_embeddings"].to(torch.float16).cpu().numpy()
@@ -377,6 +434,13 @@ class Encoder:
         included, the model's document prompt not) slide with `overlap_tokens` of
         overlap; every chunk is encoded.
         """
+        plan = self.plan_documents(docs, window_tokens=window_tokens, overlap_tokens=overlap_tokens,
+                                   max_chunks=max_chunks)
+        return self.encode_plan(plan, progress=progress)
+
+    def plan_documents(self, docs: Sequence[tuple[str, str, str]], *, window_tokens: int = 256,
+                       overlap_tokens: int = 32, max_chunks: int = 256) -> DocumentPlan:
+        """Tokenize and chunk (no encoding): the half of encode_documents a reader thread can run ahead."""
         size = min(window_tokens, self.max_seq - len(self.prompt_ids["document"])) - 2
         texts = [doc_text(t, x) for _, t, x in docs]
         enc = self.tokenize_documents(texts)
@@ -387,11 +451,15 @@ class Encoder:
             plans.append(chunks)
             for c in chunks:
                 seqs.append(self.wrap_specials(ids[c.tok_start:c.tok_end]))
+        return DocumentPlan([h for h, _, _ in docs], plans, seqs)
+
+    def encode_plan(self, plan: DocumentPlan, progress: Callable[[int], None] | None = None) -> list[EncodedDoc]:
+        n_docs, seqs = len(plan.hashes), plan.seqs
         done = [0, 0]  # sequences encoded, documents reported
 
         def report(n: int) -> None:  # progress in documents, proportional to sequences encoded
             done[0] += n
-            docs_now = len(docs) * done[0] // max(len(seqs), 1)
+            docs_now = n_docs * done[0] // max(len(seqs), 1)
             if progress and docs_now > done[1]:
                 progress(docs_now - done[1])
                 done[1] = docs_now
@@ -399,9 +467,8 @@ class Encoder:
         pooled_all, tokens_all = self.encode_ids(seqs, want_tokens=True, progress=report, role="document")
         out: list[EncodedDoc] = []
         row = 0
-        for d, chunks in enumerate(plans):
+        for d, chunks in enumerate(plan.chunks):
             n = len(chunks)
-            out.append(EncodedDoc(docs[d][0], chunks, pooled_all[row:row + n], tokens_all[row:row + n]))
+            out.append(EncodedDoc(plan.hashes[d], chunks, pooled_all[row:row + n], tokens_all[row:row + n]))
             row += n
         return out
-
