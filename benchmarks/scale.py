@@ -274,6 +274,10 @@ def render(r: dict) -> str:
         if kind not in r:
             continue
         v = r[kind]
+        if v.get("unfinished"):
+            rows.append(f"| {label} | M {v['hnsw_m']}, efConstruction {v['ef_construction']} | not finished: "
+                        f"{v['added']:,} vectors added in {v['build_s_so_far']} s | | | | |")
+            continue
         params = (f"nlist {v['nlist']}, m {v['pq_m']}, nprobe {v['nprobe']}, refine {v['refine_k']}"
                   if kind == "ivfpq" else f"M {v['hnsw_m']}, efConstruction {v['ef_construction']}, "
                                           f"efSearch {v['ef_search']}")
