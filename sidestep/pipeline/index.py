@@ -40,6 +40,12 @@ def fingerprint(settings: Settings, key: str, docs: pa.Table, mapped: set[str] |
     params = {"encoder": key, "chunking": settings.chunking.model_dump(), "index": settings.index.model_dump(
         include={"exact_max_vectors", "hnsw_m", "hnsw_ef_construction"}),
         "maps": sorted(mapped) if mapped is not None else None}
+    # the index kind above the exact threshold and its build parameters, named only where they differ from
+    # the defaults (fingerprints of versions published before these keys existed stay what they were)
+    scale = {k: v for k, v in settings.index.model_dump(include={"scale_kind", "ivf_nlist", "ivf_pq_m"}).items()
+             if v != type(settings.index).model_fields[k].default}
+    if scale:
+        params["index_scale"] = scale
     params["tokens"] = settings.verify.token_store + (f"{settings.verify.pq_bytes}" if
                                                       settings.verify.token_store == "pq" else "")
     return digest(params, (f"{d}\x1f{c}\n" for d, c in sorted(zip(docs["doc_id"].to_pylist(),

@@ -62,3 +62,18 @@ def test_ivfpq_publish_load_and_rebuild_between_refits(data_root, settings, enco
 
     third = _publish(data_root, s, corpus, _docs(edit=30))  # 5 + 25 more since the fit > 25 %: refit
     assert third.published and store.current_manifest("ivf")["index"]["quantizer_reused"] is False
+
+
+def test_the_fingerprint_names_build_parameters_not_search_ones(settings):
+    import pyarrow as pa
+
+    from sidestep.pipeline.index import fingerprint
+
+    docs = pa.table({"doc_id": ["a"], "content_hash": ["h"]})
+
+    def fp(**kw):
+        return fingerprint(settings.model_copy(update={"index": settings.index.model_copy(update=kw)}), "k", docs)
+
+    base = fp()
+    assert fp(scale_kind="hnsw") != base and fp(ivf_pq_m=32) != base and fp(ivf_nlist=256) != base
+    assert fp(ivf_nprobe=64) == base and fp(ivf_refine_k=300) == base  # search-time: no new version
