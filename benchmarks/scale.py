@@ -212,7 +212,7 @@ def main() -> None:
     ap.add_argument("--render-only", action="store_true")
     a = ap.parse_args()
     if a.render_only:
-        splice(BENCHMARKS_MD, render(read_last_run("scale")), START, END)
+        splice(BENCHMARKS_MD, render(read_last_run("scale"), *_kept()), START, END)
         return
     faiss.omp_set_num_threads(a.threads)
     folder = Path(tempfile.mkdtemp(prefix="ss-scale-", dir=a.dir))
@@ -222,7 +222,7 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     write_last_run("scale", res)
     if a.markdown:
-        splice(BENCHMARKS_MD, render(res), START, END)
+        splice(BENCHMARKS_MD, render(res, *_kept()), START, END)
     if a.json:
         print(json.dumps(res))
     else:
@@ -243,7 +243,8 @@ def run(a, folder: Path) -> dict:
     exact_batch = time.perf_counter() - t0
     exact_p50, _ = p50_ms(lambda v, k: faiss.knn(v, x, k, metric=faiss.METRIC_INNER_PRODUCT), lat[:20])
     sib = x[: 2000] @ x[2000: 4000].T  # unrelated pairs, for scale
-    res = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "vectors": a.vectors, "dim": DIM,
+    res = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "command": "nice -n 5 .venv/bin/python benchmarks/"
+           + " ".join(["scale.py", *sys.argv[1:]]), "vectors": a.vectors, "dim": DIM,
            "threads": a.threads, "cpus": os.cpu_count(), "queries": a.queries, "latency_queries": len(lat),
            "corpus": {"kind": gen.kind, "noise_scale": round(gen.scale, 4), "target_nn_cos": round(gen.nn_cos, 3),
                       "nn_cos_median": round(float(np.median(_top1(q[:200], x))), 3),
@@ -263,12 +264,26 @@ def run(a, folder: Path) -> dict:
     return res
 
 
+def _kept() -> list[dict]:
+    """Smaller runs kept beside the main one (benchmarks/scale_200k_last_run.json: the development run)."""
+    p = Path(__file__).with_name("scale_200k_last_run.json")
+    return [json.loads(p.read_text())] if p.is_file() else []
+
+
 def _top1(q: np.ndarray, x: np.ndarray) -> np.ndarray:
     d, _ = faiss.knn(q, x, 1, metric=faiss.METRIC_INNER_PRODUCT)
     return d[:, 0]
 
 
-def render(r: dict) -> str:
+def render(r: dict, *others: dict) -> str:
+    """The section: this run, then any other runs kept beside it (e.g. the 200 k development run)."""
+    body = _block(r)
+    for o in others:
+        body += ["", *_block(o)]
+    return "\n".join([START, "## Indexes at scale", "", *body, END])
+
+
+def _block(r: dict) -> list[str]:
     rows = []
     for kind, label in (("ivfpq", "IVF-PQ + exact re-rank"), ("hnsw", "HNSW (flat storage)")):
         if kind not in r:
@@ -290,9 +305,10 @@ def render(r: dict) -> str:
                     else f"efSearch {s['ef_search']}")
             sweeps.append(f"| {kind} | {knob} | {s['recall@10']:.4f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} |")
     c = r["corpus"]
-    return "\n".join([
-        START, f"## Indexes at scale ({r['vectors']:,} vectors × {r['dim']}, {r['date']})", "",
-        f"`nice -n 5 .venv/bin/python benchmarks/scale.py --vectors {r['vectors']} --json --markdown`; faiss on "
+    cmd = r.get("command") or f"nice -n 5 .venv/bin/python benchmarks/scale.py --vectors {r['vectors']}"
+    return [
+        f"### {r['vectors']:,} vectors × {r['dim']} ({r['date']})", "",
+        f"`{cmd}`; faiss on "
         f"{r['threads']} OpenMP threads ({r['cpus']} cores, shared); load average {r['loadavg']['start']} at the "
         f"start, {r['loadavg']['end']} at the end. Corpus: {c['kind']} (noise scale {c['noise_scale']}: a "
         f"query's nearest vector has median cosine {c['nn_cos_median']}, unrelated pairs {c['random_pair_cos_median']}"
@@ -303,7 +319,7 @@ def render(r: dict) -> str:
         "| index | parameters (chosen: fastest with recall@10 ≥ 0.95) | build s | bytes / vector | recall@10 | "
         "p50 ms | p99 ms |", "|---|---|---|---|---|---|---|", *rows, "",
         "Every setting measured:", "", "| index | setting | recall@10 | p50 ms | p99 ms |", "|---|---|---|---|---|",
-        *sweeps, END])
+        *sweeps]
 
 
 if __name__ == "__main__":
