@@ -193,9 +193,9 @@ def main() -> None:
     ap.add_argument("--latency-queries", type=int, default=300, help="one-at-a-time queries for p50/p99")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kinds", default="ivfpq,hnsw")
-    ap.add_argument("--nlist", type=int, default=None, help="default: about 1.5·sqrt(N), a power of two")
+    ap.add_argument("--nlist", type=int, default=None, help="default: about sqrt(N), a power of two")
     ap.add_argument("--pq-m", type=int, default=48)
-    ap.add_argument("--train", type=int, default=80_000, help="vectors the quantizer trains on (≥ 39·nlist)")
+    ap.add_argument("--train", type=int, default=40_000, help="vectors the quantizer trains on (≥ 39·nlist)")
     ap.add_argument("--shard", type=int, default=250_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--nprobe", type=lambda s: [int(v) for v in s.split(",")], default=[8, 16, 32, 64])
@@ -319,7 +319,7 @@ def _block(r: dict) -> list[str]:
         "| index | parameters (chosen: fastest with recall@10 ≥ 0.95) | build s | bytes / vector | recall@10 | "
         "p50 ms | p99 ms |", "|---|---|---|---|---|---|---|", *rows, "",
         "Every setting measured:", "", "| index | setting | recall@10 | p50 ms | p99 ms |", "|---|---|---|---|---|",
-        *sweeps]
+        *sweeps, *(["", r["notes"]] if r.get("notes") else [])]
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ class IVFBuild:
     """How an IVF-PQ index is built (config [index] ivf_*), and what a rebuild may reuse of its parent:
     the trained quantizer, and with `parent`/`new_row` the codes of rows that live on."""
     spec: IVFPQSpec | None = None  # None: nlist chosen from the size, the rest defaults
-    train_vectors: int = 100_000
+    train_vectors: int = 40_000
     shard_vectors: int = 250_000
     workers: int = 1
     trained: faiss.Index | None = None

@@ -33,11 +33,12 @@ class IVFPQSpec:
 
 
 def auto_nlist(n: int) -> int:
-    """About 1.5·sqrt(n) lists, a power of two (2,048 at 2 M vectors), at least 1 and at most n/39 (k-means
-    wants ≥ 39 points each)."""
+    """About sqrt(n) lists, a power of two (1,024 at 2 M vectors: measured there, recall@10 0.988 at nprobe 16
+    with re-ranking; BENCHMARKS.md "Indexes at scale"), at least 1 and at most n/39 (k-means wants ≥ 39
+    points each)."""
     if n < 2 * 39:
         return 1
-    want = 2 ** round(math.log2(1.5 * math.sqrt(n)))
+    want = 2 ** round(math.log2(math.sqrt(n)))
     return int(max(1, min(want, 2 ** int(math.log2(n // 39)))))
 
 
@@ -197,7 +198,7 @@ def carry_codes(trained: faiss.Index, parent: faiss.Index, new_row: np.ndarray) 
     return out, kept
 
 
-def build_ivfpq(vectors: np.ndarray, spec: IVFPQSpec, *, train_vectors: int = 100_000, shard_vectors: int = 250_000,
+def build_ivfpq(vectors: np.ndarray, spec: IVFPQSpec, *, train_vectors: int = 40_000, shard_vectors: int = 250_000,
                 workers: int = 1, trained: faiss.Index | None = None, parent: faiss.Index | None = None,
                 new_row: np.ndarray | None = None, seed: int = 0) -> RerankedIndex:
     """IVF-PQ + re-rank over `vectors` (rows = ids). Without `trained` the quantizer is trained on a sample;

@@ -143,7 +143,7 @@ def test_build_index_picks_ivfpq_above_the_threshold_and_documents_search(data):
 
 
 def test_small_corpora_shrink_nlist_and_bits():
-    assert auto_nlist(2_000_000) == 2048 and auto_nlist(50) == 1
+    assert auto_nlist(2_000_000) == 1024 and auto_nlist(50) == 1
     x = clustered(300, 3)
     index = build_ivfpq(x, IVFPQSpec(nlist=64, m=16, nprobe=64, refine_k=300))
     assert faiss.extract_index_ivf(index.ivf).nlist <= 300 // 39
