@@ -56,7 +56,8 @@ class SearchService(VersionedDomains):
     def load(self, domain: str, version: str) -> IndexedCorpus:
         ix = self.settings.index
         return load_version(self.store, domain, version, overfetch=ix.chunk_overfetch, doc_score=ix.doc_score,
-                            ef_search=ix.hnsw_ef_search)
+                            ef_search=ix.hnsw_ef_search, nprobe=ix.ivf_nprobe,
+                            refine_k=ix.ivf_refine_k)
 
     def version_of(self, loaded: IndexedCorpus) -> str:
         return loaded.version

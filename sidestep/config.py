@@ -89,6 +89,19 @@ class IndexConfig(_Strict):
     chunk_overfetch: int = Field(4, ge=1, le=64, description="Chunks fetched per requested document.")
     keep_versions: int = Field(5, ge=1, description="Published versions kept per domain (indexes and tables); "
                                                     "older ones are deleted after a publish, never the current.")
+    scale_kind: Literal["ivfpq", "hnsw"] = Field(
+        "ivfpq", description="Index kind above exact_max_vectors: IVF-PQ with exact re-ranking (memory-mapped, "
+                             "built in shards; BENCHMARKS.md 'Indexes at scale') or HNSW over flat vectors.")
+    ivf_nlist: int | None = Field(None, ge=1, description="IVF lists; None = about sqrt(vectors), a power of two.")
+    ivf_pq_m: int = Field(48, ge=1, description="PQ bytes per vector (must divide the dimension).")
+    ivf_nprobe: int = Field(16, ge=1, description="Lists scanned per query.")
+    ivf_refine_k: int = Field(100, ge=1, description="PQ candidates re-ranked exactly per query (at least k).")
+    ivf_train_vectors: int = Field(40_000, ge=1, description="Sample the quantizer is trained on (≥ 39·nlist used).")
+    ivf_shard_vectors: int = Field(250_000, ge=1, description="Vectors per shard encoded in parallel.")
+    ivf_build_workers: int = Field(2, ge=1, description="Shards encoded at a time.")
+    ivf_refit_fraction: float = Field(
+        0.2, ge=0, le=1, description="Retrain the quantizer once vectors encoded since it was fit pass this share "
+                                     "of the index; below it a version reuses its parent's quantizer and codes.")
 
 
 class IngestConfig(_Strict):

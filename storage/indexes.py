@@ -12,11 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sidestep.retrieval.index import DocSearcher, configure_search
+from sidestep.retrieval.ivfpq import RerankedIndex
 from sidestep.retrieval.search import IndexedCorpus, MapIndex, TokenView
 
 from . import schemas
 from .artifacts import CorruptArtifact, IndexStore
 from .atomic import write_parquet, write_with
+from .ivf import is_ivf, read_ivfpq, write_ivfpq
 
 INDEX_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.parquet"
@@ -26,9 +28,12 @@ GOLDEN_QUERIES = 5
 GOLDEN_DEPTH = 10
 
 
-def write_version_files(staged: Path, index: faiss.Index, chunks: pa.Table, maps: pa.Table | None = None,
-                        golden_vector: Callable[[int], np.ndarray] | None = None) -> None:
-    write_with(staged / INDEX_FILE, lambda tmp: faiss.write_index(index, str(tmp)))
+def write_version_files(staged: Path, index: faiss.Index | RerankedIndex, chunks: pa.Table,
+                        maps: pa.Table | None = None, golden_vector: Callable[[int], np.ndarray] | None = None) -> None:
+    if isinstance(index, RerankedIndex):  # on-disk lists + the re-rank vectors (storage/ivf.py)
+        write_ivfpq(staged, index.trained, [index.ivf], index.vectors)
+    else:
+        write_with(staged / INDEX_FILE, lambda tmp: faiss.write_index(index, str(tmp)))
     if "section" not in chunks.column_names:
         chunks = chunks.append_column("section", pa.array([-1] * chunks.num_rows, pa.int32()))
     write_parquet(staged / CHUNKS_FILE, chunks.cast(schemas.INDEX_CHUNKS))
@@ -84,9 +89,20 @@ def check_version(folder: Path, manifest: dict, index: faiss.Index, doc_ids: lis
                                   f"nearest {GOLDEN_DEPTH} chunks")
 
 
+def read_index(folder: Path, manifest: dict | None = None, *, nprobe: int | None = None,
+               refine_k: int | None = None) -> faiss.Index | RerankedIndex:
+    """A version's index: an IVF-PQ one memory-mapped with its re-rank vectors (search parameters: the
+    arguments, else those the version was built with), any other kind read into memory."""
+    if is_ivf(folder):
+        built = (manifest or {}).get("index", {})
+        return read_ivfpq(folder, nprobe=nprobe or built.get("nprobe", 16),
+                          refine_k=refine_k or built.get("refine_k", 100))
+    return faiss.read_index(str(folder / INDEX_FILE))
+
+
 def validate_folder(folder: Path, manifest: dict) -> None:
     """check_version on a version folder before it becomes current (the publisher's last gate)."""
-    index = faiss.read_index(str(folder / INDEX_FILE))
+    index = read_index(folder, manifest)
     check_version(folder, manifest, index, pq.read_table(folder / CHUNKS_FILE, columns=["doc_id"])["doc_id"]
                   .to_pylist())
 
@@ -112,12 +128,13 @@ def _map_index(folder: Path, index: faiss.Index, doc_ids: list[str], sections: l
 
 
 def load_version(store: IndexStore, domain: str, version: str, *, verify: bool = True,
-                 overfetch: int = 4, doc_score: str = "max", ef_search: int | None = None) -> IndexedCorpus:
+                 overfetch: int = 4, doc_score: str = "max", ef_search: int | None = None,
+                 nprobe: int | None = None, refine_k: int | None = None) -> IndexedCorpus:
     """Load a published version; with verify, checksums are checked first, then counts and golden queries
 (any failure → CorruptArtifact, so a serving replica keeps its old version)."""
     manifest = store.verify(domain, version) if verify else store.manifest(domain, version)
     folder = store.path(domain, version)
-    index = faiss.read_index(str(folder / INDEX_FILE))
+    index = read_index(folder, manifest, nprobe=nprobe, refine_k=refine_k)
     configure_search(index, ef_search)
     chunks = pq.read_table(folder / CHUNKS_FILE)
     doc_ids = chunks["doc_id"].to_pylist()

@@ -123,7 +123,8 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
     store = IndexStore(root)
     ix = settings.index
     corpus = load_current(store, domain, overfetch=ix.chunk_overfetch, doc_score=ix.doc_score,
-                          ef_search=ix.hnsw_ef_search)
+                          ef_search=ix.hnsw_ef_search, nprobe=ix.ivf_nprobe,
+                          refine_k=ix.ivf_refine_k)
     if corpus is None:
         raise RuntimeError(f"domain {domain!r} has no published index; run `sidestep reindex --domain {domain}`")
     enc = encoder_for(settings)

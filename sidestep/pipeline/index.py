@@ -14,11 +14,13 @@ from sidestep.config import Settings
 from sidestep.docmaps.maps import chunk_sections
 from sidestep.fingerprint import digest
 from sidestep.results import PublishResult
-from sidestep.retrieval.index import build_index
+from sidestep.retrieval.index import IVFBuild, build_index
+from sidestep.retrieval.ivfpq import IVFPQSpec, auto_nlist
 from sidestep.storage.artifacts import CorruptArtifact, IndexStore, new_version_name
 from sidestep.storage.documents import DocumentStore
 from sidestep.storage.embeddings import EmbeddingStore
-from sidestep.storage.indexes import CHUNKS_FILE, validate_folder, write_version_files
+from sidestep.storage.indexes import CHUNKS_FILE, read_index, validate_folder, write_version_files
+from sidestep.storage.ivf import read_trained
 from sidestep.storage.maps import MapStore
 from sidestep.storage.paths import DataRoot
 from sidestep.storage.pins import active_pin, pinned_reason
@@ -40,6 +42,12 @@ def fingerprint(settings: Settings, key: str, docs: pa.Table, mapped: set[str] |
     params = {"encoder": key, "chunking": settings.chunking.model_dump(), "index": settings.index.model_dump(
         include={"exact_max_vectors", "hnsw_m", "hnsw_ef_construction"}),
         "maps": sorted(mapped) if mapped is not None else None}
+    # the index kind above the exact threshold and its build parameters, named only where they differ from
+    # the defaults (fingerprints of versions published before these keys existed stay what they were)
+    scale = {k: v for k, v in settings.index.model_dump(include={"scale_kind", "ivf_nlist", "ivf_pq_m"}).items()
+             if v != type(settings.index).model_fields[k].default}
+    if scale:
+        params["index_scale"] = scale
     params["tokens"] = settings.verify.token_store + (f"{settings.verify.pq_bytes}" if
                                                       settings.verify.token_store == "pq" else "")
     return digest(params, (f"{d}\x1f{c}\n" for d, c in sorted(zip(docs["doc_id"].to_pylist(),
@@ -102,14 +110,17 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
                 out[k].append(v)
     vectors = pooled[np.asarray(order, dtype=np.int64)]
     ix = settings.index
+    ivf, since_fit = _ivf_build(settings, store, domain, out, key, force)
     index, params = build_index(vectors, exact_max_vectors=ix.exact_max_vectors, hnsw_m=ix.hnsw_m,
-                                ef_construction=ix.hnsw_ef_construction, ef_search=ix.hnsw_ef_search)
+                                ef_construction=ix.hnsw_ef_construction, ef_search=ix.hnsw_ef_search,
+                                scale_kind=ix.scale_kind, ivf=ivf)
     version = new_version_name(fp)
     manifest = {
         "fingerprint": fp,
         "documents_generation": generation,
         "counts": {"documents": docs.num_rows, "chunks": len(order)},
-        "index": params.as_dict(),
+        "index": params.as_dict() | ({"vectors_encoded_since_fit": since_fit} if params.kind == "ivfpq_rerank"
+                                      else {}),
         "encoder": key,
         "chunking": settings.chunking.model_dump(),
         "embeddings": {"encoder": key, "shards": sorted(set(out["shard"]))},
@@ -174,6 +185,44 @@ def _unchanged_docs(store: IndexStore, domain: str, docs: pa.Table, encoder: str
     same = {d for d, h in zip(docs["doc_id"].to_pylist(), docs["content_hash"].to_pylist(), strict=True)
             if had.get(d) == h}
     return folder, same, manifest.get("tokens")
+
+
+def _ivf_build(settings: Settings, store: IndexStore, domain: str, out: dict[str, list], encoder: str,
+               force: bool) -> tuple[IVFBuild, int]:
+    """How to build an IVF-PQ index of the chunk rows `out`, and how many vectors its quantizer will have
+    encoded since it was fit. Between refits (the serving version is IVF-PQ, verified, same encoder,
+    chunking and code size, and fewer than ivf_refit_fraction of the rows are new since the fit) the
+    parent's quantizer is reused and its codes of unchanged chunks are copied; otherwise (or with
+    --force) the quantizer is trained afresh."""
+    ix, n = settings.index, len(out["doc_id"])
+    spec = IVFPQSpec(nlist=ix.ivf_nlist or auto_nlist(n), m=ix.ivf_pq_m, nprobe=ix.ivf_nprobe,
+                     refine_k=ix.ivf_refine_k)
+    fresh = IVFBuild(spec, ix.ivf_train_vectors, ix.ivf_shard_vectors, ix.ivf_build_workers)
+    now = store.current(domain)
+    if force or n <= ix.exact_max_vectors or ix.scale_kind != "ivfpq" or now is None:
+        return fresh, 0
+    try:
+        manifest = store.verify(domain, now)  # never build on a damaged version
+    except CorruptArtifact as e:
+        log.warning("IVF quantizer of %s/%s not reused: %s", domain, now, e)
+        return fresh, 0
+    built = manifest.get("index", {})
+    if (built.get("kind") != "ivfpq_rerank" or built.get("pq_m") != spec.m or manifest.get("encoder") != encoder
+            or manifest.get("chunking") != settings.chunking.model_dump()
+            or (ix.ivf_nlist and built.get("nlist") != ix.ivf_nlist)):
+        return fresh, 0
+    folder = store.path(domain, now)
+    old = pq.read_table(folder / CHUNKS_FILE, columns=["content_hash", "chunk_idx"]).to_pydict()
+    pos = {(h, c): i for i, (h, c) in enumerate(zip(out["content_hash"], out["chunk_idx"], strict=True))}
+    # a chunk is its content hash and number (content-addressed vectors); each new row is claimed once
+    new_row = np.asarray([pos.pop((h, c), -1) for h, c in zip(old["content_hash"], old["chunk_idx"], strict=True)],
+                         np.int64)
+    since = n - int((new_row >= 0).sum()) + int(built.get("vectors_encoded_since_fit", 0))
+    if since > ix.ivf_refit_fraction * n:
+        return fresh, 0
+    parent = read_index(folder, manifest)
+    return IVFBuild(spec, ix.ivf_train_vectors, ix.ivf_shard_vectors, ix.ivf_build_workers,
+                    trained=read_trained(folder), parent=parent.ivf, new_row=new_row), since
 
 
 def _sections(entry, rows: list[int], cs: list[int], ce: list[int]) -> list[int]:

@@ -1,8 +1,9 @@
 """FAISS indexes over pooled chunk vectors, and search that returns documents.
 
-Exact inner product (IndexFlatIP) below a size threshold, HNSW above it: for
-corpora under a few hundred thousand chunks exact search is the honest default.
-Vectors are unit-norm, so inner product is cosine.
+Exact inner product (IndexFlatIP) below a size threshold; above it IVF-PQ with exact re-ranking
+(sidestep.retrieval.ivfpq, the default) or HNSW, chosen and tuned by `benchmarks/scale.py`. For corpora
+under a few hundred thousand chunks exact search is the honest default. Vectors are unit-norm, so inner
+product is cosine.
 """
 
 from __future__ import annotations
@@ -14,39 +15,77 @@ from functools import cached_property
 import faiss
 import numpy as np
 
+from .ivfpq import IVFPQSpec, RerankedIndex, auto_nlist, build_ivfpq
+
 
 @dataclass(frozen=True)
 class IndexParams:
-    kind: str  # "flat_ip" | "hnsw_flat_ip"
+    kind: str  # "flat_ip" | "hnsw_flat_ip" | "ivfpq_rerank"
     dim: int
     ntotal: int
     hnsw_m: int | None = None
     ef_construction: int | None = None
     ef_search: int | None = None
+    nlist: int | None = None
+    pq_m: int | None = None
+    nprobe: int | None = None
+    refine_k: int | None = None
+    quantizer_reused: bool | None = None
+    codes_copied: int | None = None
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+@dataclass(frozen=True)
+class IVFBuild:
+    """How an IVF-PQ index is built (config [index] ivf_*), and what a rebuild may reuse of its parent:
+    the trained quantizer, and with `parent`/`new_row` the codes of rows that live on."""
+    spec: IVFPQSpec | None = None  # None: nlist chosen from the size, the rest defaults
+    train_vectors: int = 40_000
+    shard_vectors: int = 250_000
+    workers: int = 1
+    trained: faiss.Index | None = None
+    parent: faiss.Index | None = None
+    new_row: np.ndarray | None = None
+
+
 def build_index(vectors: np.ndarray, *, exact_max_vectors: int, hnsw_m: int = 32, ef_construction: int = 200,
-                ef_search: int = 256) -> tuple[faiss.Index, IndexParams]:
+                ef_search: int = 256, scale_kind: str = "hnsw", ivf: IVFBuild | None = None
+                ) -> tuple[faiss.Index | RerankedIndex, IndexParams]:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     if n <= exact_max_vectors:
         index = faiss.IndexFlatIP(dim)
         params = IndexParams("flat_ip", dim, n)
-    else:
+    elif scale_kind == "ivfpq":
+        ivf = ivf or IVFBuild()
+        spec = ivf.spec or IVFPQSpec(nlist=auto_nlist(n))
+        index = build_ivfpq(vectors, spec, train_vectors=ivf.train_vectors, shard_vectors=ivf.shard_vectors,
+                            workers=ivf.workers, trained=ivf.trained, parent=ivf.parent, new_row=ivf.new_row)
+        copied = int((ivf.new_row >= 0).sum()) if ivf.parent is not None and ivf.new_row is not None else 0
+        return index, IndexParams("ivfpq_rerank", dim, n, nlist=int(faiss.extract_index_ivf(index.ivf).nlist),
+                                  pq_m=spec.m, nprobe=spec.nprobe, refine_k=spec.refine_k,
+                                  quantizer_reused=ivf.trained is not None, codes_copied=copied)
+    elif scale_kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
         index.hnsw.efSearch = ef_search
         params = IndexParams("hnsw_flat_ip", dim, n, hnsw_m, ef_construction, ef_search)
+    else:
+        raise ValueError(f"unknown index kind {scale_kind!r} (ivfpq or hnsw)")
     index.add(vectors)
     return index, params
 
 
-def configure_search(index: faiss.Index, ef_search: int | None) -> None:
+def configure_search(index, ef_search: int | None, nprobe: int | None = None, refine_k: int | None = None) -> None:
     if ef_search and isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = ef_search
+    if isinstance(index, RerankedIndex):
+        if nprobe:
+            index.set_nprobe(nprobe)
+        if refine_k:
+            index.refine_k = refine_k
 
 
 @dataclass(frozen=True)
