@@ -70,7 +70,11 @@ class Engine:
 
     @contextlib.contextmanager
     def _env(self) -> Iterator[None]:
-        """The flows read the data root and config from the environment, as in a deployment."""
+        """The flows read the data root and config from the environment, as in a deployment. Every flow run
+        here writes, so the root is probed first (a clear error before any flow starts)."""
+        from sidestep.storage.rootcheck import check_root
+
+        check_root(self.root.root)
         want = {"SIDESTEP_HOME": str(self.root.root)}
         if self.config is not None:
             want["SIDESTEP_CONFIG"] = self.config
