@@ -109,6 +109,11 @@ class EmbedReport(_Report):
     chunks_encoded: int
     seconds: float
     docs_per_s: float | None = None
+    # on a Ray cluster ([ray] address): the Ray node ids whose encoder actors wrote shards, and the address
+    nodes: list[str] | None = None
+    cluster: str | None = None
+
+    _optional = ("nodes", "cluster")
 
 
 @dataclass
@@ -183,8 +188,9 @@ class ReindexReport(_Report):
     staging_swept: int = 0
     tables: dict[str, dict] | None = None
     codebook: dict | None = None
+    embed_nodes: list[str] | None = None  # on a Ray cluster: every node whose encoders wrote shards this run
 
-    _optional = ("tables", "codebook")
+    _optional = ("tables", "codebook", "embed_nodes")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
@@ -199,6 +205,8 @@ class ReindexReport(_Report):
         self.maps_failed += built.summarize.failed
         self.encoded += built.embed.encoded
         self.reused += built.embed.reused
+        if built.embed.nodes is not None:
+            self.embed_nodes = sorted(set(self.embed_nodes or []) | set(built.embed.nodes))
         self.quarantined += sum(i.quarantined for i in built.ingest)
         if built.index.published:
             self.published.append({"domain": domain, "version": built.index.version})
