@@ -29,9 +29,29 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 HEAD_IP, WORKER_IP, PORT = "10.231.0.1", "10.231.0.2", 6379
-DOCS = 2000
+DOCS = int(os.environ.get("SIDESTEP_CLUSTER_TEST_DOCS", "2000"))
 DOMAIN = "clu"
-RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # `ray` with this Python (its workers import sidestep)
+# `ray` with this Python (its workers import sidestep). Ray gives a new node 30 s to appear in the GCS, which a
+# loaded machine misses: the node lookup it polls is made patient (3 minutes) before the CLI runs.
+_PATIENT_RAY = """
+import sys, time
+import ray._private.services as s
+_get = s.get_node
+def get_node(*a, **k):
+    end = time.monotonic() + 180
+    while True:
+        try:
+            return _get(*a, **k)
+        except RuntimeError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(1)
+s.get_node = get_node
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+main()
+"""
+RAY = [sys.executable, "-c", _PATIENT_RAY]
 TIMEOUT = 900  # one command's limit: generous, for a loaded machine
 CI = os.environ.get("CI", "").lower() == "true"
 
@@ -74,6 +94,7 @@ class Cluster:
         home.mkdir()
         (home / "ray_bootstrap_config.yaml").write_text("{}\n")  # no cloud metadata probes
         self.procs: list[subprocess.Popen] = []
+        self.head_env: dict[str, str] = {}
         self.env = {**os.environ, "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
                     "TRANSFORMERS_OFFLINE": "1", "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
                     "PREFECT_HOME": str(tmp / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -98,15 +119,41 @@ class Cluster:
             sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
             sh("ip", "-n", ns, "link", "set", dev, "up")
 
+    def _ray_start(self, ns: str, *args: str) -> None:
+        """`ray start` in ns; Ray gives a raylet 30 s to register, which a loaded machine can miss: a start that
+        timed out is cleared (its processes killed) and tried again."""
+        for attempt in range(3):
+            try:
+                sh(*self.netns(ns, *RAY, "start", "--num-cpus=1", "--disable-usage-stats", *args), env=self.env,
+                   timeout=300)
+                return
+            except (AssertionError, subprocess.TimeoutExpired):
+                self.kill_namespace(ns)
+                if attempt == 2:
+                    raise
+
     def start_head(self) -> None:
-        sh(*self.netns(self.head, *RAY, "start", "--head", f"--node-ip-address={HEAD_IP}",
-                       f"--port={PORT}", "--num-cpus=1", "--include-dashboard=false",
-                       f"--temp-dir={self.tmp / 'rh'}", "--disable-usage-stats"), env=self.env, timeout=180)
+        self._ray_start(self.head, "--head", f"--node-ip-address={HEAD_IP}", f"--port={PORT}",
+                        "--include-dashboard=false", f"--temp-dir={self.tmp / 'rh'}")
 
     def start_worker(self) -> None:
-        sh(*self.netns(self.worker, *RAY, "start", f"--address={HEAD_IP}:{PORT}",
-                       f"--node-ip-address={WORKER_IP}", "--num-cpus=1", "--disable-usage-stats"),
-           env=self.env, timeout=180)
+        self._ray_start(self.worker, f"--address={HEAD_IP}:{PORT}", f"--node-ip-address={WORKER_IP}")
+
+    def start_prefect(self) -> None:
+        """One Prefect server inside the head namespace for the cluster runs (each CLI run would otherwise start
+        its own temporary one, which a loaded machine may not get healthy in time)."""
+        env = {**self.env, "PREFECT_HOME": str(self.tmp / "prefect-head")}
+        self.procs.append(subprocess.Popen(self.netns(self.head, sys.executable, "-m", "prefect", "server", "start",
+                                                      "--host", "127.0.0.1", "--port", "4299"),
+                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def wait_prefect(self) -> None:
+        code = ("import time, urllib.request\nend = time.monotonic() + 600\nwhile True:\n    try:\n"
+                "        urllib.request.urlopen('http://127.0.0.1:4299/api/health', timeout=5); break\n"
+                "    except OSError:\n        assert time.monotonic() < end, 'prefect server not healthy'\n"
+                "        time.sleep(1)\n")
+        sh(*self.netns(self.head, sys.executable, "-c", code), env=self.env, timeout=660)
+        self.head_env = {"PREFECT_API_URL": "http://127.0.0.1:4299/api", "PREFECT_HOME": str(self.tmp / "prefect-head")}
 
     def alive_nodes(self) -> int:
         code = ("import ray; ray.init(address='auto', logging_level='ERROR'); "
@@ -142,7 +189,7 @@ class Cluster:
         env = {**self.env, **(extra_env or {})}
         if ns:
             cmd = self.netns(ns, *cmd)
-            env["RAY_NODE_IP_ADDRESS"] = HEAD_IP  # the driver's node is the head
+            env.update(self.head_env)
         if popen:
             self.procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                text=True))
@@ -207,6 +254,7 @@ def test_two_node_ray_cluster_runs_the_nightly_flow(tmp_path_factory):
     cl = Cluster(tmp)
     try:
         cl.up()
+        cl.start_prefect()
         src = tmp / "corpus.jsonl"
         corpus(src)
         ingest_root = tmp / "ingest"
@@ -228,6 +276,7 @@ def test_two_node_ray_cluster_runs_the_nightly_flow(tmp_path_factory):
         s_sum = _json(s_out)
         assert s_sum["encoded"] == DOCS and "embed_nodes" not in s_sum
         assert cl.alive_nodes() == 2
+        cl.wait_prefect()
 
         address = ("--ray-address", f"{HEAD_IP}:{PORT}")
         r = cl.sidestep(roots["cluster"], *reindex, *address, ns=cl.head)
