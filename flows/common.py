@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from sidestep.config import Settings, SourceConfig
 from sidestep.results import DomainReport
+from sidestep.tasks.cluster import cluster_embed_task
 from sidestep.tasks.embed import embed_task
 from sidestep.tasks.index import publish_task
 from sidestep.tasks.ingest import ingest_task
@@ -18,7 +19,8 @@ def index_domain(root: str, settings: Settings, domain: str, sources: Sequence[S
     domain's index: each step a task of the calling flow (its own retries, its own row in the UI).
     An unchanged corpus encodes nothing and publishes nothing; `force` publishes a new version anyway."""
     ingests = [ingest_task(root, s, settings.ingest.max_text_bytes) for s in sources]
-    emb = embed_task(root, settings, domain)
+    # [ray] address set: the embed stage runs as a Ray Data job on that cluster (tasks/cluster.py)
+    emb = cluster_embed_task(root, settings, domain) if settings.ray.address else embed_task(root, settings, domain)
     maps = summarize_task(root, settings, domain)
     pub = publish_task(root, settings, domain, force=force)
     return DomainReport(ingest=ingests, embed=emb, summarize=maps, index=pub)

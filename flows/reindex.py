@@ -29,7 +29,7 @@ class ReindexFailed(RuntimeError):
 
 @flow(name="nightly-reindex", log_prints=True)
 def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_ingest: bool = False,
-                    config_path: str | None = None) -> dict:
+                    config_path: str | None = None, ray_address: str | None = None) -> dict:
     """Ingest every configured source, embed what changed, rebuild and publish each domain's index;
     for domains with interactions, fit codebooks (only on drift), then train or re-encode their tables.
 
@@ -41,9 +41,12 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
         force: Publish new versions even if nothing changed, and refit the codebook and token codec (the full refit).
         skip_ingest: Reuse the stored documents instead of reading the sources again.
         config_path: TOML config file; default: $SIDESTEP_CONFIG, else the embedded sample configuration.
+        ray_address: A Ray cluster to run the embed stage on (overrides the config's `[ray] address`).
     """
     started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
     settings = settings_from(config_path)
+    if ray_address:
+        settings = settings.model_copy(update={"ray": settings.ray.model_copy(update={"address": ray_address})})
     root = str(root_from(settings).root)
     known = domains_in(settings, DataRoot(Path(root)))
     chosen = domains or known

@@ -70,7 +70,11 @@ class Engine:
 
     @contextlib.contextmanager
     def _env(self) -> Iterator[None]:
-        """The flows read the data root and config from the environment, as in a deployment."""
+        """The flows read the data root and config from the environment, as in a deployment. Every flow run
+        here writes, so the root is probed first (a clear error before any flow starts)."""
+        from sidestep.storage.rootcheck import check_root
+
+        check_root(self.root.root)
         want = {"SIDESTEP_HOME": str(self.root.root)}
         if self.config is not None:
             want["SIDESTEP_CONFIG"] = self.config
@@ -110,17 +114,18 @@ class Engine:
         return IngestReport.from_dict(_plain(res))
 
     def reindex(self, domains: list[str] | str | None = None, *, force: bool = False,
-                skip_ingest: bool = False) -> ReindexReport:
+                skip_ingest: bool = False, ray_address: str | None = None) -> ReindexReport:
         """The nightly flow, now: ingest the configured sources, embed what changed, rebuild and publish each
         domain's index (and tables for domains with interactions). All configured domains when None.
-        Raises ReindexFailed (its ``summary`` is the report) when a domain failed."""
+        Raises ReindexFailed (its ``summary`` is the report) when a domain failed. ``ray_address`` (or the
+        config's ``[ray] address``) runs the embed stage as a Ray Data job on that cluster."""
         from sidestep.flows.reindex import nightly_reindex
 
         if isinstance(domains, str):
             domains = [domains]
         with self._env():
             res = nightly_reindex(domains=list(domains) if domains else None, force=force, skip_ingest=skip_ingest,
-                                  config_path=self.config)
+                                  config_path=self.config, ray_address=ray_address)
         return ReindexReport.from_dict(_plain(res))
 
     def index(self, path: str | os.PathLike, domain: str, format: str | None = None, **ingest_options: Any

@@ -257,6 +257,18 @@ class ReportConfig(_Strict):
                                      "lists) for the report's latency histogram; relative to the config file.")
 
 
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="A Ray cluster (`HOST:PORT` of its head, or `auto`): the nightly "
+                                "flow's embed stage runs there as a Ray Data job; None = one process, no Ray.")
+    encoders: int | None = Field(None, ge=1, description="Encoder actors in the pool; None = one per CPU the "
+                                 "cluster has (each holds `encoder_cpus`).")
+    encoder_cpus: float = Field(1.0, gt=0, description="CPUs each encoder actor declares.")
+    batch_docs: int = Field(512, ge=1, le=100_000, description="Documents per map_batches batch = per embedding "
+                                                               "shard (the single-process path writes 512).")
+    train_cpus: float = Field(2.0, gt=0, description="CPUs a training task declares (codebook fit, tables).")
+    train_memory_gb: float = Field(2.0, gt=0, description="Memory a training task declares (GiB).")
+
+
 class Settings(_Strict):
     data_root: str | None = Field(None, description="Data root; $SIDESTEP_HOME wins; default ./var.")
     default_domain: str | None = Field(None, description="Domain searched when a request names none.")
@@ -271,6 +283,7 @@ class Settings(_Strict):
     verify: VerifyConfig = VerifyConfig()
     serve: ServeConfig = ServeConfig()
     report: ReportConfig = ReportConfig()
+    ray: RayConfig = RayConfig()
 
     def domains(self) -> list[str]:
         seen: list[str] = []

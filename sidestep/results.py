@@ -112,6 +112,11 @@ class EmbedReport(_Report):
     tokens_encoded: int = 0  # word pieces of the chunks encoded, [CLS]/[SEP] included, prompts not
     tokens_per_s: float | None = None
     backend: str | None = None  # what the documents ran on: "torch" or "onnx" (None: nothing to encode)
+    # on a Ray cluster ([ray] address): the Ray node ids whose encoder actors wrote shards, and the address
+    nodes: list[str] | None = None
+    cluster: str | None = None
+
+    _optional = ("nodes", "cluster")
 
 
 @dataclass
@@ -188,8 +193,9 @@ class ReindexReport(_Report):
     tables: dict[str, dict] | None = None
     codebook: dict | None = None
     pinned: list[dict] = field(default_factory=list)  # domains a rollback pins: nothing published over them
+    embed_nodes: list[str] | None = None  # on a Ray cluster: every node whose encoders wrote shards this run
 
-    _optional = ("tables", "codebook")
+    _optional = ("tables", "codebook", "embed_nodes")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
@@ -204,6 +210,8 @@ class ReindexReport(_Report):
         self.maps_failed += built.summarize.failed
         self.encoded += built.embed.encoded
         self.reused += built.embed.reused
+        if built.embed.nodes is not None:
+            self.embed_nodes = sorted(set(self.embed_nodes or []) | set(built.embed.nodes))
         self.quarantined += sum(i.quarantined for i in built.ingest)
         if built.index.published:
             self.published.append({"domain": domain, "version": built.index.version})

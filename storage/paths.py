@@ -14,6 +14,8 @@ from pathlib import Path
 
 from sidestep.config import Settings, check_name
 
+from .rootcheck import refuse_url
+
 DEFAULT_ROOT = "./var"
 SHARED = "shared"
 ARTIFACT_KINDS = ("indexes", "tables", "codebooks", "verifiers")
@@ -22,6 +24,7 @@ ARTIFACT_KINDS = ("indexes", "tables", "codebooks", "verifiers")
 def resolve_root(settings: Settings | None = None, override: str | os.PathLike | None = None) -> Path:
     """Explicit override, then $SIDESTEP_HOME, then the config's data_root, then ./var."""
     raw = override or os.environ.get("SIDESTEP_HOME") or (settings.data_root if settings else None) or DEFAULT_ROOT
+    refuse_url(raw)  # s3://... is not a data root (storage/rootcheck.py says why)
     return Path(raw).expanduser().resolve()
 
 

@@ -6,6 +6,7 @@ Call `configure(root)` before importing prefect or ray.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -60,6 +61,8 @@ def configure(root: DataRoot, *, ray: bool = False) -> dict[str, str]:
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             "RAY_SERVE_HTTP_HOST": "127.0.0.1",
         })
-    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    # a read-only root can still be searched; writing commands refuse it (rootcheck.check_root)
+    with contextlib.suppress(OSError):
+        Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.update(env)
     return env

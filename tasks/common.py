@@ -7,6 +7,7 @@ from prefect.tasks import exponential_backoff
 from sidestep.config import Settings, load_settings
 from sidestep.pipeline.common import encoder_for
 from sidestep.storage.paths import DataRoot
+from sidestep.storage.rootcheck import check_root
 
 __all__ = ["RETRY", "TRAIN_RETRY", "encoder_for", "root_from", "settings_from"]
 
@@ -22,4 +23,7 @@ def settings_from(config_path: str | None) -> Settings:
 
 
 def root_from(settings: Settings) -> DataRoot:
-    return DataRoot.from_settings(settings)
+    """The data root every writing flow uses, probed once per process (atomic rename, fsync, flock)."""
+    root = DataRoot.from_settings(settings)
+    check_root(root.root)
+    return root

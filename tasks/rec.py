@@ -18,13 +18,17 @@ from sidestep.pipeline.rec import (
 )
 from sidestep.storage.paths import DataRoot
 
+from .cluster import run_remote
 from .common import RETRY, TRAIN_RETRY
 
 
 @task(name="fit-codebooks", **RETRY, cache_policy=NO_CACHE, tags=["rec"])
 def fit_codebooks_task(root: str, settings: Settings, domains: list[str] | None = None, refit: bool = False) -> dict:
     log = get_run_logger()
-    out = fit_codebooks(DataRoot(Path(root)), settings, domains, refit=refit, log=log.info)
+    if settings.ray.address:  # a Ray task on the cluster, its CPUs and memory declared
+        out = run_remote(settings, fit_codebooks, DataRoot(Path(root)), settings, domains, refit=refit, log=print)
+    else:
+        out = fit_codebooks(DataRoot(Path(root)), settings, domains, refit=refit, log=log.info)
     log.info("codebook %(version)s: refit=%(refit)s", out)
     return out
 
@@ -48,7 +52,10 @@ def finetune_task(root: str, settings: Settings, domain: str, mode: str = "scrat
 @task(name="refresh-tables", **TRAIN_RETRY, cache_policy=NO_CACHE, tags=["rec"])
 def refresh_tables_task(root: str, settings: Settings, domain: str) -> dict:
     log = get_run_logger()
-    out = refresh_tables(DataRoot(Path(root)), settings, domain, log=log.info)
+    if settings.ray.address:
+        out = run_remote(settings, refresh_tables, DataRoot(Path(root)), settings, domain, log=print)
+    else:
+        out = refresh_tables(DataRoot(Path(root)), settings, domain, log=log.info)
     log.info("tables %s: %s", domain, {k: v for k, v in out.items() if k in ("version", "trained", "published")})
     return out
 

@@ -54,12 +54,18 @@ def main(
         os.environ["SIDESTEP_NO_PROGRESS"] = "1"  # no progress bars between the JSON lines
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     if home:
-        os.environ["SIDESTEP_HOME"] = str(home.resolve())
+        from sidestep.storage.rootcheck import url_scheme
+
+        os.environ["SIDESTEP_HOME"] = str(home) if url_scheme(home) else str(home.resolve())
     if config:
         os.environ["SIDESTEP_CONFIG"] = str(config.resolve())
     from sidestep.storage import runtime
+    from sidestep.storage.rootcheck import DataRootError
 
-    runtime.configure(_root())
+    try:
+        runtime.configure(_root())
+    except DataRootError as e:  # a URL as the data root: a clear message, exit 2, before any command runs
+        _fail(str(e), "--json" in sys.argv, 2)
 
 
 def _settings():

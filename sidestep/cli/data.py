@@ -83,10 +83,14 @@ def reindex(
                                                      "configured domains when omitted.")] = None,
     force: Annotated[bool, typer.Option(help="Publish a new version even if nothing changed.")] = False,
     skip_ingest: Annotated[bool, typer.Option(help="Reuse the stored documents; do not read sources.")] = False,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Run the embed stage as a Ray Data job "
+                                                    "on this Ray cluster (HOST:PORT of its head; overrides the "
+                                                    "config's [ray] address).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the nightly reindex now: ingest → embed → index → publish, per configured domain."""
-    res = _run(_engine().reindex, as_json, domain or None, force=force, skip_ingest=skip_ingest).as_dict()
+    res = _run(_engine().reindex, as_json, domain or None, force=force, skip_ingest=skip_ingest,
+               ray_address=ray_address).as_dict()
     _emit(res, as_json)
     if not as_json:
         t = Table("domain", "documents", "encoded", "reused", "version", "published")
