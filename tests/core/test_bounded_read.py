@@ -169,3 +169,17 @@ def test_a_parquet_cell_over_the_bound_is_quarantined_from_its_size(tmp_path: Pa
 
 def test_ru_maxrss_is_in_kib_here() -> None:
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 10_000  # Linux: KiB
+
+
+def test_nul_characters_in_any_field_are_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    rows = [{"id": "ok", "text": "fine"}, {"id": "n1", "text": "a \u0000 b"}, {"id": "n2", "title": "t\u0000",
+                                                                               "text": "x"},
+            {"id": "n\u00003", "text": "x"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = read_source(path)
+    assert [d.doc_id for d in result.documents] == ["ok"]
+    assert {b.location: b.reason for b in result.bad} == {
+        "docs.jsonl:2": "nul_byte: a NUL character in text", "docs.jsonl:3": "nul_byte: a NUL character in title",
+        "docs.jsonl:4": "nul_byte: a NUL character in id"}
+    assert all("\x00" not in b.raw and "\x00" not in (b.record_id or "") for b in result.bad)
