@@ -125,10 +125,13 @@ class SearchService(VersionedDomains):
             hits = search_vectors(corpus, qvec, max(k, v.candidates))[0]
             stage.timings = {"encode": (t2 - t1) * 1e3, "recall": (time.perf_counter() - t2) * 1e3}
             stage.hits = hits
+            # the verifier reads at most `verify.candidates` (the cost of a request is bounded whatever k is);
+            # hits beyond them follow in recall order (`finish`)
+            head = hits[:v.candidates]
             stage.request = VerifyRequest(domain=name, index_version=corpus.version,
                                           qtok=qtok[0].astype(np.float32), qpieces=list(qpieces),
-                                          doc_ids=[h.doc_id for h in hits],
-                                          recall=np.asarray([h.recall_score for h in hits], np.float32))
+                                          doc_ids=[h.doc_id for h in head],
+                                          recall=np.asarray([h.recall_score for h in head], np.float32))
             return stage
         m = self.settings.maps
         params = MapParamsSearch(top_r=m.route_top_r, map_weight=m.map_weight, alpha=m.alpha, gamma=m.gamma,
@@ -144,7 +147,7 @@ class SearchService(VersionedDomains):
         if stage.request is not None and verified and verified.get("applied"):
             scores = verified["scores"]
             order = np.argsort(-np.asarray(scores), kind="stable")[:k]
-            hits = [replace(hits[i], score=float(scores[i])) for i in order]
+            hits = [replace(hits[i], score=float(scores[i])) for i in order] + hits[len(scores):k]
             timings.update(verified["timings_ms"])
             info.update(applied=True, verifier_version=verified["verifier_version"], candidates=len(scores),
                         verified=verified.get("verified", len(scores)))

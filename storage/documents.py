@@ -87,17 +87,26 @@ class DocumentStore:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
+    def columns(self, domain: str, names: list[str]) -> pa.Table:
+        """Only these columns (never the texts unless asked): what planning and counts need."""
+        p = self.path(domain)
+        if not p.is_file():
+            return schemas.DOCUMENTS.empty_table().select(names)
+        t = pq.read_table(p, columns=names)
+        schemas.check_version(t.schema, str(p))
+        return t
+
     def state(self, domain: str) -> dict[str, tuple[str, bool]]:
         """doc_id -> (content_hash, deleted): what ingest planning needs."""
-        t = self.read(domain).select(["doc_id", "content_hash", "deleted"]).to_pydict()
+        t = self.columns(domain, ["doc_id", "content_hash", "deleted"]).to_pydict()
         return {d: (h, x) for d, h, x in zip(t["doc_id"], t["content_hash"], t["deleted"], strict=True)}
 
     def ids_from_source(self, domain: str, source: str) -> set[str]:
-        t = self.read(domain).select(["doc_id", "source"])
+        t = self.columns(domain, ["doc_id", "source"])
         return set(t.filter(pc.equal(t["source"], source))["doc_id"].to_pylist())
 
     def live_count(self, domain: str) -> int:
-        t = self.read(domain).select(["deleted"])
+        t = self.columns(domain, ["deleted"])
         return int(pc.sum(pc.invert(t["deleted"])).as_py() or 0)
 
     def apply(self, domain: str, source: str, upserts: Sequence[Document], tombstones: Iterable[str]) -> int:

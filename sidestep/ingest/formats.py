@@ -17,7 +17,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sidestep.ingest.jsonsafe import TOO_DEEP, TooDeep, loads_guarded, too_deep
+from sidestep.ingest.bounded import (
+    ArrayEnd,
+    BoundedTextLines,
+    RecordTooLong,
+    Skipped,
+    array_members,
+    bounded_lines,
+    record_limit,
+    too_long_reason,
+)
+from sidestep.ingest.jsonsafe import MAX_DEPTH, TOO_DEEP, TooDeep, too_deep
+from sidestep.ingest.parquetsafe import iter_parquet
 from sidestep.ingest.records import BadRecord
 from sidestep.ingest.validation import (
     Item,
@@ -38,22 +49,54 @@ _MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$")
 
 
 def _iter_json_records(path: Path, opts: _Options) -> Iterator[Item]:
-    """JSONL streamed line by line; a .json file holding one JSON array is read as a list of records."""
+    """JSONL streamed line by line; a .json file holding one JSON array is streamed member by member.
+    Neither a line nor a member is held whole beyond `record_limit` (see sidestep.ingest.bounded)."""
     if path.suffix.lower() == ".json" and _first_byte(path) == b"[":
-        array = _load_json_array(path)
-        if array is not None:
-            yield from _array_records(array, path.name, opts)
-            return
+        yield from _iter_json_array(path, opts)
+        return
     yield from _iter_jsonl(path, opts)
 
 
 def _iter_jsonl(path: Path, opts: _Options) -> Iterator[Item]:
+    limit = record_limit(opts.max_text_bytes)
     with path.open("rb") as f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, line in enumerate(bounded_lines(f, limit), 1):
+            location = f"{path.name}:{lineno}"
+            if isinstance(line, Skipped):
+                yield _skipped(line, location, limit, opts)
+                continue
             if lineno == 1:
                 line = line.removeprefix(codecs.BOM_UTF8)
             if line.strip():
-                yield _parse_json_line(line.rstrip(b"\r\n"), f"{path.name}:{lineno}", opts)
+                yield _parse_json_line(line.rstrip(b"\r\n"), location, opts)
+
+
+def _iter_json_array(path: Path, opts: _Options) -> Iterator[Item]:
+    limit, end = record_limit(opts.max_text_bytes), ArrayEnd()
+    with path.open("rb") as f:
+        for i, member in enumerate(array_members(f, limit, MAX_DEPTH, end)):
+            location = f"{path.name}[{i}]"
+            if isinstance(member, Skipped):
+                yield _skipped(member, location, limit, opts)
+            else:
+                yield _parse_json_line(member.strip(), location, opts)
+    if end.error:
+        yield BadRecord(f"{path.name}[end]", f"malformed_json: {end.error}")
+    elif end.rest:
+        yield BadRecord(f"{path.name}[end]", "malformed_json: extra data after the top-level array (not read)",
+                        None, end.rest.decode("utf-8", "replace"))
+
+
+def _skipped(s: Skipped, location: str, limit: int, opts: _Options) -> BadRecord:
+    raw = s.head.decode("utf-8", "replace")
+    if s.deep:
+        return BadRecord(location, TOO_DEEP, None, raw)
+    m = re.search('"' + re.escape(opts.id_field) + r'"\s*:\s*("(?:[^"\\]|\\.){1,200}"|-?\d{1,30})', raw)
+    try:
+        record_id = str(json.loads(m.group(1))) if m else None
+    except ValueError:
+        record_id = None
+    return BadRecord(location, too_long_reason(s.n_bytes, limit, at_least=s.at_least), record_id, raw)
 
 
 def _parse_json_line(line: bytes, location: str, opts: _Options) -> Item:
@@ -124,46 +167,56 @@ def _first_byte(path: Path) -> bytes:
     return b""
 
 
-def _load_json_array(path: Path) -> list | None:
-    """None means 'not one JSON array after all' (e.g. JSONL whose first line is an array)."""
-    try:
-        value = loads_guarded(path.read_bytes().decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return value if isinstance(value, list) else None
-
-
-def _array_records(array: list, name: str, opts: _Options) -> Iterator[Item]:
-    for i, obj in enumerate(array):
-        yield _object_record(obj, f"{name}[{i}]", opts)
-
-
 # --------------------------------------------------------------------------- CSV
 
 
 def _iter_csv(path: Path, opts: _Options) -> Iterator[Item]:
-    """Decoding with surrogateescape keeps one bad byte from failing the file; validation flags the row."""
-    _raise_csv_field_limit()
-    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            return
-        columns = _columns([h.strip() for h in header], opts, path)
-        previous = reader.line_num
-        while True:
-            location = f"{path.name}:{previous + 1}"
+    """Decoding with surrogateescape keeps one bad byte from failing the file; validation flags the row.
+    A record longer than `record_limit` characters (one field, or all of them) is never held whole: the
+    csv module reads lines through BoundedTextLines and its own field limit is set to the same bound."""
+    limit = record_limit(opts.max_text_bytes)
+    previous_limit = csv.field_size_limit(limit)
+    try:
+        with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+            lines = BoundedTextLines(f, limit)
+            reader = csv.reader(lines)
             try:
-                row = next(reader)
-            except StopIteration:
+                header = next(reader, None)
+            except RecordTooLong as exc:
+                raise SourceError(f"{path}: the header line is over {limit} characters") from exc
+            if header is None:
                 return
-            except csv.Error as exc:
-                previous = reader.line_num
-                yield BadRecord(location, f"malformed_csv: {str(exc).lower()}")
-                continue
+            columns = _columns([h.strip() for h in header], opts, path)
+            yield from _csv_rows(reader, lines, len(header), columns, path.name, limit)
+    finally:
+        csv.field_size_limit(previous_limit)
+
+
+def _csv_rows(reader: Any, lines: BoundedTextLines, n_header: int, columns: tuple[int, int | None, int],
+              name: str, limit: int) -> Iterator[Item]:
+    previous = reader.line_num
+    lost = 0  # lines the reader did not count: an over-long line raises before it is counted
+    while True:
+        location = f"{name}:{previous + lost + 1}"
+        lines.reset()
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except RecordTooLong as exc:
+            previous, lost = reader.line_num, lost + 1
+            s = exc.skipped
+            yield BadRecord(location, too_long_reason(s.n_bytes, limit), None, s.head.decode("utf-8", "replace"))
+            continue
+        except csv.Error as exc:
             previous = reader.line_num
-            if row:
-                yield _csv_record(row, len(header), columns, location)
+            reason = str(exc).lower()
+            code = "record_too_long" if "field limit" in reason else "malformed_csv"
+            yield BadRecord(location, f"{code}: {reason}", None, _printable(lines.head))
+            continue
+        previous = reader.line_num
+        if row:
+            yield _csv_record(row, n_header, columns, location)
 
 
 def _csv_record(row: list[str], n_header: int, columns: tuple[int, int | None, int], location: str) -> Item:
@@ -186,42 +239,13 @@ def _columns(names: list[str], opts: _Options, path: Path) -> tuple[int, int | N
     return names.index(opts.id_field), title, names.index(opts.text_field)
 
 
-def _raise_csv_field_limit() -> None:
-    """Over-long fields must reach validation (text_too_long), not die inside the csv module."""
-    limit = 2**31 - 1
-    if csv.field_size_limit() < limit:
-        csv.field_size_limit(limit)
-
-
 # --------------------------------------------------------------------------- Parquet
 
 
 def _iter_parquet(path: Path, opts: _Options) -> Iterator[Item]:
-    """Streams row batches; binary cells are decoded here and bad bytes are caught by validation."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise SourceError(f"cannot read parquet file {path}: {exc}") from exc
-    names = list(pf.schema_arrow.names)
-    id_col, title_col, text_col = (names[i] if i is not None else None for i in _columns(names, opts, path))
-    wanted = [c for c in dict.fromkeys((id_col, title_col, text_col)) if c is not None]
-    row_no = 0
-    for batch in pf.iter_batches(batch_size=2048, columns=wanted):
-        for row in batch.to_pylist():
-            row_no += 1
-            cells = {k: _from_parquet(v) for k, v in row.items()}
-            title = cells.get(title_col) if title_col else None
-            raw = json.dumps(cells, ensure_ascii=False, default=str)
-            yield RawRecord(f"{path.name}:{row_no}", cells[id_col], title, cells[text_col], raw)
-
-
-def _from_parquet(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")
-    return value
+    """Streams row batches with a bound on memory (sidestep.ingest.parquetsafe); binary cells are decoded
+    there and bad bytes are caught by validation."""
+    return iter_parquet(path, opts, _columns)
 
 
 # --------------------------------------------------------------------------- text folders

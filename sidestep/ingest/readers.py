@@ -17,7 +17,7 @@ objects and arrays, and the relative path for text folders.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +25,11 @@ from sidestep.config import FORMATS
 from sidestep.ingest.formats import _iter_csv, _iter_json_records, _iter_parquet, _iter_textdir, _text_files
 from sidestep.ingest.recbole import atomic_inter, has_atomic_header, read_recbole
 from sidestep.ingest.recformats import _read_lcrec, _read_unisrec
-from sidestep.ingest.records import BadRecord, Document, Interaction
+from sidestep.ingest.records import RAW_PREVIEW_CHARS, BadRecord, Document, Interaction
 from sidestep.ingest.validation import Item, SourceError, _Options, validate_record
 
-__all__ = ["ReadResult", "SourceError", "detect_format", "read_source", "validate_record"]
+__all__ = ["ReadResult", "SourceError", "SourceStream", "detect_format", "read_source", "stream_source",
+           "validate_record"]
 
 ACCEPTED_FORMATS = ", ".join(FORMATS)
 FILE_SUFFIX_FORMATS = {
@@ -41,6 +42,17 @@ FILE_SUFFIX_FORMATS = {
 }
 DIR_FORMATS = ("beir", "textdir", "recbole", "unisrec", "lcrec")
 MAX_LOCATIONS_IN_REASON = 10
+
+
+@dataclass
+class SourceStream:
+    """One source read lazily: `items` yields each record validated (Document or BadRecord) as it is read,
+    before de-duplication, so a caller can write as it goes; interactions are small and come whole."""
+
+    items: Iterator[Document | BadRecord]
+    interactions: list[Interaction]
+    bad_interactions: list[BadRecord]
+    format: str
 
 
 @dataclass
@@ -124,12 +136,30 @@ def read_source(
     max_text_bytes: int = 1_000_000,
 ) -> ReadResult:
     """Read one source completely; bad records are collected, only a bad source raises SourceError."""
+    stream = stream_source(path, fmt, id_field=id_field, title_field=title_field, text_field=text_field,
+                           max_text_bytes=max_text_bytes)
+    documents, bad, n_read, n_duplicates = _finalize(stream.items)
+    return ReadResult(documents, bad + stream.bad_interactions, stream.interactions, n_read, n_duplicates,
+                      stream.format)
+
+
+def stream_source(
+    path: str | Path,
+    fmt: str | None = None,
+    *,
+    id_field: str = "id",
+    title_field: str | None = "title",
+    text_field: str = "text",
+    max_text_bytes: int = 1_000_000,
+) -> SourceStream:
+    """The source's records one at a time, validated; SourceError for a bad source is raised here, before
+    any record is read. No record is held whole beyond `sidestep.ingest.bounded.record_limit`."""
     p = Path(path)
     fmt = _resolve_format(p, fmt)
     opts = _Options(id_field, title_field, text_field, max_text_bytes)
     items, interactions, inter_bad = _dispatch(p, fmt, opts)
-    documents, bad, n_read, n_duplicates = _finalize(items, max_text_bytes)
-    return ReadResult(documents, bad + inter_bad, interactions, n_read, n_duplicates, fmt)
+    validated = (item if isinstance(item, BadRecord) else validate_record(item, max_text_bytes) for item in items)
+    return SourceStream(validated, interactions, inter_bad, fmt)
 
 
 def _dispatch(p: Path, fmt: str, opts: _Options) -> tuple[Iterable[Item], list[Interaction], list[BadRecord]]:
@@ -158,7 +188,7 @@ def _dispatch(p: Path, fmt: str, opts: _Options) -> tuple[Iterable[Item], list[I
 # --------------------------------------------------------------------------- de-duplication
 
 
-def _finalize(items: Iterable[Item], max_text_bytes: int) -> tuple[list[Document], list[BadRecord], int, int]:
+def _finalize(items: Iterable[Document | BadRecord]) -> tuple[list[Document], list[BadRecord], int, int]:
     """Validate, then resolve repeated ids: identical copies are counted, conflicting ones all quarantined.
 
     We cannot know which of two different versions of one id is right, so none of them is ingested.
@@ -169,7 +199,7 @@ def _finalize(items: Iterable[Item], max_text_bytes: int) -> tuple[list[Document
     n_read = 0
     for item in items:
         n_read += 1
-        result = item if isinstance(item, BadRecord) else validate_record(item, max_text_bytes)
+        result = item
         if isinstance(result, BadRecord):
             bad.append(result)
         elif result.doc_id in first:
@@ -188,14 +218,18 @@ def _finalize(items: Iterable[Item], max_text_bytes: int) -> tuple[list[Document
 
 
 def _conflicts(copies: list[Document]) -> list[BadRecord]:
-    locations = [c.location for c in copies]
+    reason = conflict_reason(copies[0].doc_id, [c.location for c in copies])
+    return [BadRecord(c.location, reason, c.doc_id, preview(c)) for c in copies]
+
+
+def conflict_reason(doc_id: str, locations: list[str]) -> str:
     shown = ", ".join(locations[:MAX_LOCATIONS_IN_REASON])
     if len(locations) > MAX_LOCATIONS_IN_REASON:
         shown += f" and {len(locations) - MAX_LOCATIONS_IN_REASON} more"
-    doc_id = copies[0].doc_id
-    reason = f"conflicting_duplicate_id: {doc_id!r} seen at {shown}"
-    return [BadRecord(c.location, reason, doc_id, _preview(c)) for c in copies]
+    return f"conflicting_duplicate_id: {doc_id!r} seen at {shown}"
 
 
-def _preview(doc: Document) -> str:
-    return json.dumps({"id": doc.doc_id, "title": doc.title, "text": doc.text}, ensure_ascii=False)
+def preview(doc: Document) -> str:
+    """A quarantined document's raw form; only its first RAW_PREVIEW_CHARS are kept (BadRecord)."""
+    return json.dumps({"id": doc.doc_id, "title": doc.title[:RAW_PREVIEW_CHARS],
+                       "text": doc.text[:RAW_PREVIEW_CHARS]}, ensure_ascii=False)

@@ -73,6 +73,8 @@ def _clean_id(value: Any) -> tuple[str | None, str | None]:
         return None, "missing_id"
     if _SURROGATE.search(doc_id):
         return _printable(doc_id), _surrogate_reason(doc_id, "id")
+    if "\x00" in doc_id:
+        return doc_id.replace("\x00", "\ufffd"), _nul_reason("id")
     return doc_id, None
 
 
@@ -83,6 +85,8 @@ def _text_reason(text: Any, max_text_bytes: int) -> str | None:
         return f"invalid_text: expected a string, got {_json_type(text)}"
     if _SURROGATE.search(text):
         return _surrogate_reason(text, "text")
+    if "\x00" in text:
+        return _nul_reason("text")
     if not text.strip():
         return "empty_text"
     n_bytes = len(text.encode("utf-8"))
@@ -100,7 +104,14 @@ def _clean_title(value: Any) -> tuple[str, str | None]:
     title = str(value).strip()
     if _SURROGATE.search(title):
         return "", _surrogate_reason(title, "title")
+    if "\x00" in title:
+        return "", _nul_reason("title")
     return title, None
+
+
+def _nul_reason(what: str) -> str:
+    """A NUL character is binary data (a UTF-16 file, an image named .txt), never text to index."""
+    return f"nul_byte: a NUL character in {what}"
 
 
 def _too_long(n_bytes: int, limit: int) -> str:
@@ -118,8 +129,8 @@ def _surrogate_reason(value: str, what: str) -> str:
 
 
 def _printable(value: str) -> str:
-    """Raw previews must be storable as UTF-8, so undecodable bytes become U+FFFD."""
-    return _SURROGATE.sub("\ufffd", value)
+    """Raw previews must be storable as UTF-8, so undecodable bytes (and NULs) become U+FFFD."""
+    return _SURROGATE.sub("\ufffd", value).replace("\x00", "\ufffd")
 
 
 def _json_type(value: Any) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 
-import sidestep.storage.documents as documents_module
+import sidestep.pipeline.ingest as ingest_module
 from sidestep.config import SourceConfig
 from sidestep.pipeline.embed import embed_domain
 from sidestep.pipeline.index import publish_domain
@@ -25,18 +25,18 @@ def _source(tmp_path, name: str, docs: list[tuple[str, str]]) -> SourceConfig:
 def test_two_ingests_into_one_domain_both_land(data_root, settings, tmp_path, monkeypatch):
     a = _source(tmp_path, "a", [("a1", "Herons wait by the weir at dawn.")])
     b = _source(tmp_path, "b", [("b1", "Otters slide down the muddy bank.")])
-    real_write, paused = documents_module.write_parquet, threading.Event()
+    real_write, paused = ingest_module.rewrite_partition, threading.Event()
     b_done = threading.Event()
 
-    def slow_first_write(path, table, **kw):
+    def slow_first_write(*args, **kw):
         # writer A stops between reading the partition and writing it back, until B is done (or 3 s pass:
         # with the lock, B cannot finish while A holds it)
         if threading.current_thread().name == "A" and not paused.is_set():
             paused.set()
             b_done.wait(timeout=3)
-        return real_write(path, table, **kw)
+        return real_write(*args, **kw)
 
-    monkeypatch.setattr(documents_module, "write_parquet", slow_first_write)
+    monkeypatch.setattr(ingest_module, "rewrite_partition", slow_first_write)
     limit = settings.ingest.max_text_bytes
     ta = threading.Thread(target=ingest_source, args=(data_root, a), kwargs={"max_text_bytes": limit}, name="A")
     ta.start()
