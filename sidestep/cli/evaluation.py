@@ -107,6 +107,12 @@ def eval_longdoc(
     repeats: Annotated[int, typer.Option(help="Repeats of the two-fold cross-fitting (parameters tuned on one "
                                          "half's questions, reported on the other's, then swapped).",
                                          min=1)] = 5,
+    protocol: Annotated[str, typer.Option(help="leave-one-file-out: map parameters learned on each file's own "
+                                          "self-supervised questions (no label read), every question counted; "
+                                          "cross-fit: tuned on labelled questions of the same files.")
+                        ] = "leave-one-file-out",
+    chunking: Annotated[str, typer.Option(help="sentences: sentence-aligned windows with overlap (an answer never "
+                                          "falls across a boundary); tokens: plain token windows.")] = "sentences",
     as_json: JsonOpt = False,
 ) -> None:
     """Evidence-chunk Recall@1/3/5 inside long documents: bag of chunks vs map-conditioned retrieval
@@ -117,14 +123,14 @@ def eval_longdoc(
         _fail(f"file not found: {', '.join(missing)}", as_json, 2)
     from sidestep.flows.longdoc import longdoc_flow
 
-    res = _run(longdoc_flow, as_json, path=[str(Path(p).resolve()) for p in paths], seed=seed, repeats=repeats)
+    res = _run(longdoc_flow, as_json, path=[str(Path(p).resolve()) for p in paths], seed=seed, repeats=repeats,
+               protocol=protocol, chunking=chunking)
     _emit(res, as_json)
     if not as_json:
         for name, f in res.get("files", {}).items():
             t = Table("mode", "recall@1", "recall@3", "recall@5",
-                      title=f"{name}: evidence-chunk recall on held-out questions "
-                            f"(mean of {f.get('repeats', 1)} cross-fitted repeats)")
-            for scope in ("within_document", "corpus"):
+                      title=f"{name}: evidence-chunk recall, {res.get('protocol', '')[:60]}...")
+            for scope in ("within_document", "corpus", "modes"):
                 for mode, m in f.get(scope, {}).items():
                     if isinstance(m, dict) and "recall@3" in m:
                         t.add_row(f"{scope}: {mode}", *(f"{m[k]:.3f}" for k in ("recall@1", "recall@3", "recall@5")))
