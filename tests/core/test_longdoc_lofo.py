@@ -97,7 +97,8 @@ def no_encoder_context(monkeypatch):
 
 def test_self_supervised_questions_hold_their_own_span_and_use_headings_and_summaries():
     texts = [doc_text(0), doc_text(1)]
-    maps = [build_map(t, None, content_hash=str(i), params=MapParams(min_section_chars=50)) for i, t in enumerate(texts)]
+    p = MapParams(min_section_chars=50)
+    maps = [build_map(t, None, content_hash=str(i), params=p) for i, t in enumerate(texts)]
     qs = self_sup_questions(texts, maps, per_doc=12, seed=0)
     assert qs == self_sup_questions(texts, maps, per_doc=12, seed=0)  # reproducible
     assert {q.kind for q in qs} == {"crop", "heading", "summary"} and all(q.doc in (0, 1) for q in qs)
