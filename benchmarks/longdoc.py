@@ -111,11 +111,8 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def render(res: dict) -> str:
-    rep = res["eval"]["report"]
-    lines = [START, "## Document maps: evidence retrieval inside long documents (`sidestep eval-longdoc`, L-Eval)", "",
-             f"Run {res['date']} on {res['machine']}." + (f" {res['note']}" if res.get("note") else ""), "",
-             "Evidence = the chunk holding the answer string. Protocol: " + rep["protocol"] + ". "
+def render_crossfit(rep: dict) -> list[str]:
+    lines = ["Evidence = the chunk holding the answer string. Protocol: " + rep["protocol"] + ". "
              f"{rep['repeats']} repeats; bag-of-chunks is the control from the same run, on the same questions. "
              "Δ R@3 is the map mode minus bag-of-chunks, with a paired bootstrap 95% interval over questions.", "",
              "| file | questions used / left out | mode | R@1 | R@3 | R@5 | Δ R@3 [95% CI] | R@3 per repeat |",
@@ -152,6 +149,47 @@ def render(res: dict) -> str:
               "α·e(q) + (1−α)·e(global summary ⊕ q)); *section_aware* gives each chunk its section's map entry "
               "(normalize(e(chunk) + γ·e(heading path: summary)) + τ·e(heading path)); *map_conditioned* is both; "
               "*map_routing* picks documents by their maps first, then searches their chunks."]
+    return lines
+
+
+def _delta(d: dict | None) -> str:
+    return "" if d is None else f"{d['delta'] * 100:+.1f} [{d['ci95_low'] * 100:+.1f}, {d['ci95_high'] * 100:+.1f}]"
+
+
+def render_lofo(rep: dict) -> list[str]:
+    lines = ["Protocol: " + rep["protocol"] + ". Recall@k counts every question whose answer string is in its "
+             "document; Δ R@3 is the mode minus bag-of-chunks on the same questions, with a paired bootstrap 95% "
+             "interval over questions. *self_supervised* is the method (nothing of the held-out file but its text); "
+             "the other rows are controls from the same run.", "",
+             "| file | questions counted (of them across chunks) / without evidence | mode | selected on | R@1 | R@3 "
+             "| R@5 | Δ R@3 [95% CI] |", "|---|---|---|---|---|---|---|---|"]
+    for name, f in rep["files"].items():
+        counted = f"{f['questions_counted']} ({f['evidence'].get('across_chunks', 0)})"
+        missing = ", ".join(f"{v} {k}" for k, v in f["questions_without_evidence"].items()) or "0"
+        for key, m in f["modes"].items():
+            mode, _, src = key.partition("[")
+            src = src.rstrip("]") or ("-" if mode == "bag_of_chunks" else "config defaults")
+            bold = "**" if key == "map_conditioned[self_supervised]" else ""
+            lines.append(f"| {name} | {counted} / {missing} | {bold}{mode}{bold} | {src} | {m['recall@1']:.3f} | "
+                         f"{bold}{m['recall@3']:.3f}{bold} | {m['recall@5']:.3f} | {_delta(m.get('delta_recall@3'))} |")
+    lines += ["", "Selected settings (alpha: what the query keeps of itself against e(map ⊕ query), pooled over "
+              "all tokens or the query's; gamma, tau: how much of its section's summary and heading a chunk "
+              "carries):", ""]
+    for name, f in rep["files"].items():
+        ss = f["self_supervised"]
+        lines.append(f"- {name}: {f['chunks']} sentence-aligned chunks; {ss['questions']} self-supervised questions "
+                     f"({', '.join(f'{v} {k}' for k, v in ss['kinds'].items())}), their R@3 under bag-of-chunks "
+                     f"{ss['recall@3_plain']:.3f}; " + "; ".join(
+                         f"{src}: {json.dumps(s['map_conditioned'], sort_keys=True)}"
+                         for src, s in f["settings"].items() if src != "shipped_constants") + ".")
+    return lines
+
+
+def render(res: dict) -> str:
+    rep = res["eval"]["report"]
+    lines = [START, "## Document maps: evidence retrieval inside long documents (`sidestep eval-longdoc`, L-Eval)", "",
+             f"Run {res['date']} on {res['machine']}." + (f" {res['note']}" if res.get("note") else ""), ""]
+    lines += render_crossfit(rep) if "repeats" in rep else render_lofo(rep)
     rx = res.get("reindex", [])
     if rx:
         off = [r for r in rx if not r["maps"]]

@@ -14,6 +14,7 @@ from sidestep.eval.longdoc import run_longdoc
 from sidestep.pipeline.summarize import map_params, summarizer_for
 from sidestep.storage.warehouse import Warehouse
 from sidestep.tasks.common import encoder_for, root_from, settings_from
+from sidestep.text.encoder import encoder_key
 
 
 @task(name="eval-longdoc", cache_policy=NO_CACHE, tags=["eval"])
@@ -25,7 +26,8 @@ def longdoc_task(path: str | list[str], config_path: str | None, seed: int, repe
     paths = [path] if isinstance(path, str) else list(path)
     report = run_longdoc(encoder_for(settings), paths, summarizer=summarizer_for(settings),
                          params=map_params(settings), seed=seed, repeats=repeats, log=log.info, protocol=protocol,
-                         chunking=chunking)
+                         chunking=chunking, cache_dir=root_from(settings).root / "cache" / "longdoc",
+                         encoder_key=encoder_key(settings.encoder.model_path))
     run_id = f"longdoc-{'+'.join(Path(p).stem for p in paths)}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     with Warehouse(root_from(settings).eval_db()) as wh:
         n = wh.record_longdoc(run_id=run_id, dataset=",".join(str(Path(p).resolve()) for p in paths),

@@ -38,7 +38,15 @@ import numpy as np
 from sidestep.docmaps.docmap import MapParams
 from sidestep.docmaps.summarizers import Summarizer
 from sidestep.eval.longdoc_lofo import leave_one_file_out
-from sidestep.eval.longdoc_prep import MAX_CHUNKS, Prepared, load_leval, prepare
+from sidestep.eval.longdoc_prep import (
+    MAX_CHUNKS,
+    Prepared,
+    encoded_cache_key,
+    load_encoded,
+    load_leval,
+    prepare,
+    save_encoded,
+)
 from sidestep.eval.longdoc_scoring import (
     PLAIN,
     MapSetting,
@@ -227,19 +235,26 @@ PROTOCOLS = ("leave-one-file-out", "cross-fit")
 def run_longdoc(encoder: Encoder, paths: str | Path | Sequence[str | Path], *,
                 summarizer: Summarizer | None = None, params: MapParams | None = None, max_chunks: int = MAX_CHUNKS,
                 seed: int = 0, repeats: int = 5, timing_repeats: int = 1, log: Callable[[str], None] | None = None,
-                protocol: str = "leave-one-file-out", chunking: str = "sentences", selfsup_per_doc: int = 24
-                ) -> dict[str, Any]:
+                protocol: str = "leave-one-file-out", chunking: str = "sentences", selfsup_per_doc: int = 24,
+                cache_dir: Path | None = None, encoder_key: str = "") -> dict[str, Any]:
     """`sidestep eval-longdoc FILE.jsonl [FILE.jsonl ...]`: the contract's keys (for the first
     file) first, then the whole report. Leave-one-file-out (the default): map parameters learned on
     each file's self-supervised questions, every question counted (sidestep.eval.longdoc_lofo).
-    Cross-fit: the older protocol, parameters tuned on labelled questions of the same files."""
+    Cross-fit: the older protocol, parameters tuned on labelled questions of the same files.
+    With cache_dir, each file's chunk encodings are kept there by content (file bytes, chunking,
+    encoder): a rerun does not encode the documents again (maps are rebuilt)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
     paths = [paths] if isinstance(paths, str | Path) else list(paths)
     preps = []
     for p in paths:
-        preps.append(prepare(encoder, load_leval(p), summarizer=summarizer, params=params, max_chunks=max_chunks,
-                             timing_repeats=timing_repeats, chunking=chunking))
+        key = encoded_cache_key(p, chunking, encoder_key, max_chunks)
+        cached = Path(cache_dir) / f"{key}.npz" if cache_dir else None
+        enc = load_encoded(cached) if cached is not None and cached.is_file() else None
+        preps.append(prepare(encoder, load_leval(p), encoded=enc, summarizer=summarizer, params=params,
+                             max_chunks=max_chunks, timing_repeats=timing_repeats, chunking=chunking))
+        if cached is not None and enc is None:
+            save_encoded(cached, preps[-1].encoded)
         if log:
             t = preps[-1].timing
             log(f"{Path(p).name}: {len(preps[-1].ds.texts)} documents encoded and mapped "

@@ -280,3 +280,39 @@ def fill_context(prep: Prepared, encoder: Encoder, pool: str, pairs: set[tuple[i
         vecs = encode_in_context(encoder, ctx, [prep.ds.questions[i] for i, _ in with_map], pool=pool)
         prep._ctx.update({(pool, i, d): v for (i, d), v in zip(with_map, vecs, strict=True)})
     prep._ctx.update({(pool, i, d): prep.q_vecs[i] for i, d in todo if prep.maps[d] is None})
+
+
+# ----------------------------------------------------------------------------- encoding cache
+def encoded_cache_key(path: str | Path, chunking: str, encoder_key: str, max_chunks: int) -> str:
+    """Content address of one file's chunk encodings: the file's bytes, the chunking, the encoder."""
+    h = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return f"{Path(path).stem}-{h}-{chunking}-{max_chunks}-{encoder_key}"
+
+
+def save_encoded(file: Path, encoded: Sequence[EncodedDoc]) -> None:
+    """Plain arrays (no pickle): per chunk its document, index, token and character span; pooled
+    vectors; token vectors concatenated with their lengths. Written to a temporary name, then renamed."""
+    rows = [(d, c.chunk_idx, c.tok_start, c.tok_end, c.char_start, c.char_end)
+            for d, e in enumerate(encoded) for c in e.chunks]
+    toks = [t for e in encoded for t in e.tokens]
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(".tmp.npz")
+    np.savez(tmp, chunks=np.asarray(rows, np.int64).reshape(-1, 6),
+             pooled=np.concatenate([e.pooled for e in encoded]) if encoded else np.zeros((0, 0), np.float32),
+             tokens=np.concatenate(toks) if toks else np.zeros((0, 0), np.float16),
+             lengths=np.asarray([len(t) for t in toks], np.int64), hashes=np.asarray([e.content_hash for e in encoded]))
+    tmp.replace(file)
+
+
+def load_encoded(file: Path) -> list[EncodedDoc]:
+    from sidestep.text.chunking import Chunk
+
+    z = np.load(file, allow_pickle=False)
+    chunks, pooled, tokens, lengths = z["chunks"], z["pooled"], z["tokens"], z["lengths"]
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    out: list[EncodedDoc] = []
+    for d, h in enumerate(z["hashes"].tolist()):
+        rows = np.flatnonzero(chunks[:, 0] == d)
+        out.append(EncodedDoc(h, [Chunk(*map(int, chunks[r, 1:])) for r in rows], pooled[rows],
+                              [tokens[starts[r]:starts[r + 1]] for r in rows]))
+    return out

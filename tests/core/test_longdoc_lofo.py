@@ -142,3 +142,27 @@ def test_leave_one_file_out_never_reads_the_held_out_files_labels():
         assert f["self_supervised"]["questions"] > 0
     # selecting on the other file's labels does depend on labels: it is the control, not the method
     assert rep["files"]["a"]["settings"]["other_files_labels"] is not None
+
+
+def test_encoding_cache_round_trips_without_pickle(tmp_path):
+    from sidestep.eval.longdoc_prep import encoded_cache_key, load_encoded, save_encoded
+    from sidestep.text.encoder import EncodedDoc
+
+    rng = np.random.default_rng(0)
+    docs = [EncodedDoc(f"h{d}", [Chunk(j, 3 * j, 3 * j + 4, 10 * j, 10 * j + 12) for j in range(n)],
+                       rng.normal(size=(n, 4)).astype(np.float32),
+                       [rng.normal(size=(int(rng.integers(2, 6)), 4)).astype(np.float16) for _ in range(n)])
+            for d, n in enumerate((2, 1, 3))]
+    f = tmp_path / "c" / "x.npz"
+    save_encoded(f, docs)
+    back = load_encoded(f)
+    assert [e.content_hash for e in back] == ["h0", "h1", "h2"]
+    for a, b in zip(docs, back, strict=True):
+        assert a.chunks == b.chunks
+        np.testing.assert_array_equal(a.pooled, b.pooled)
+        assert all(np.array_equal(x, y) for x, y in zip(a.tokens, b.tokens, strict=True))
+    src = tmp_path / "f.jsonl"
+    src.write_text("a")
+    k = encoded_cache_key(src, "sentences", "enc", 10)
+    src.write_text("b")
+    assert encoded_cache_key(src, "sentences", "enc", 10) != k  # content-addressed
