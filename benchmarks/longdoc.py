@@ -2,12 +2,14 @@
 costs the nightly reindex; writes the longdoc section of BENCHMARKS.md.
 
 1. `sidestep eval-longdoc natural_question.jsonl scientific_qa.jsonl`: bag-of-chunks against every map
-   mode in one run, repeated two-fold cross-fitting (see sidestep/eval/longdoc.py), into DuckDB.
+   mode in one run, leave-one-file-out with map parameters learned on self-supervised questions (see
+   sidestep/eval/longdoc_lofo.py), every question counted, into DuckDB.
 2. The same documents through the real nightly flow (`sidestep reindex`: ingest, embed, summarize, index,
    publish) on fresh data roots, once with maps off and once with maps on, alternating, so the cost of
    summarizing is measured as a share of the reindex it belongs to.
 
 Usage: .venv/bin/python benchmarks/longdoc.py [--data ../shared/data] [--reindex-repeats 1] [--render-only]
+       [--eval-only] [--eval-root DIR]
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ def main() -> None:
     ap.add_argument("--eval-only", action="store_true", help="Rerun eval-longdoc only; keep the last run's reindex "
                                                               "timings (they are marked with their own date).")
     ap.add_argument("--note", default="", help="Conditions of this run.")
+    ap.add_argument("--eval-root", default=None, help="Data root for eval-longdoc (default: a fresh one); a root "
+                                                      "kept between runs keeps the chunk encodings it cached.")
     args = ap.parse_args()
     if args.render_only:
         splice(BENCHMARKS_MD, render(read_last_run("longdoc")), START, END)
@@ -89,7 +93,8 @@ def main() -> None:
                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
     with tempfile.TemporaryDirectory(prefix="ssb-longdoc-", dir="/tmp") as tmp:
         print("[bench-longdoc] eval-longdoc ...", file=sys.stderr, flush=True)
-        rep, wall, peak, _ = sh(["eval-longdoc", *map(str, files), "--json"], env_for(Path(tmp) / "eval"))
+        rep, wall, peak, _ = sh(["eval-longdoc", *map(str, files), "--json"],
+                                env_for(Path(args.eval_root) if args.eval_root else Path(tmp) / "eval"))
         res["eval"] = {"report": rep, "wall_s": wall, "peak_rss_mb": peak}
         corpus = Path(tmp) / "leval_docs.jsonl"
         res["documents"] = leval_corpus(files, corpus)
