@@ -235,7 +235,7 @@ PROTOCOLS = ("leave-one-file-out", "cross-fit")
 def run_longdoc(encoder: Encoder, paths: str | Path | Sequence[str | Path], *,
                 summarizer: Summarizer | None = None, params: MapParams | None = None, max_chunks: int = MAX_CHUNKS,
                 seed: int = 0, repeats: int = 5, timing_repeats: int = 1, log: Callable[[str], None] | None = None,
-                protocol: str = "leave-one-file-out", chunking: str = "sentences", selfsup_per_doc: int = 24,
+                protocol: str = "leave-one-file-out", chunking: str = "sentences", selfsup_per_doc: int = 16,
                 cache_dir: Path | None = None, encoder_key: str = "") -> dict[str, Any]:
     """`sidestep eval-longdoc FILE.jsonl [FILE.jsonl ...]`: the contract's keys (for the first
     file) first, then the whole report. Leave-one-file-out (the default): map parameters learned on

@@ -43,7 +43,7 @@ SOURCES = ("self_supervised", "other_files_labels", "self_supervised+other_files
 PRIMARY = "self_supervised"  # what `map_conditioned` at the top of a file's report is
 
 
-def selfsup_prepared(prep: Prepared, encoder: Encoder, *, per_doc: int = 24, seed: int = 0) -> Prepared:
+def selfsup_prepared(prep: Prepared, encoder: Encoder, *, per_doc: int = 16, seed: int = 0) -> Prepared:
     """The file's documents with self-supervised questions in place of its real ones (chunks, maps
     and their vectors are shared, not recomputed)."""
     qs = self_sup_questions(prep.ds.texts, prep.maps, per_doc=per_doc, seed=seed)
@@ -72,7 +72,7 @@ def _mode_figures(ranks: np.ndarray, base: np.ndarray, seed: int) -> dict[str, A
     return {**recalls(ranks), "delta_recall@3": paired_delta(ranks, base, seed=seed)}
 
 
-def leave_one_file_out(preps: Sequence[Prepared], encoder: Encoder, *, per_doc: int = 24, seed: int = 0,
+def leave_one_file_out(preps: Sequence[Prepared], encoder: Encoder, *, per_doc: int = 16, seed: int = 0,
                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Per held-out file: settings selected without its labels, scored on all its questions."""
     ssl = [selfsup_prepared(p, encoder, per_doc=per_doc, seed=seed) for p in preps]

@@ -157,9 +157,21 @@ def random_ranker(seed: int = 0) -> Ranker:
     return lambda qs, cands: [rng.random(len(c)) for c in cands]
 
 
+_POOL_CACHE: dict[tuple[int, tuple[str, ...]], dict] = {}
+
+
 def _encoded_pool(encoder, cands: Sequence[Sequence[str]]):
-    """Each distinct candidate text encoded once: text -> (pooled best chunk vectors, token vectors, pieces)."""
+    """Each distinct candidate text encoded once (and once for all rankers of a run over the same
+    texts): text -> (pooled chunk vectors, token vectors, word pieces)."""
     texts = sorted({t for c in cands for t in c})
+    key = (id(encoder), tuple(texts))
+    if key not in _POOL_CACHE:
+        _POOL_CACHE.clear()
+        _POOL_CACHE[key] = _encode_pool(encoder, texts)
+    return _POOL_CACHE[key]
+
+
+def _encode_pool(encoder, texts: list[str]) -> dict:
     enc = encoder.encode_documents([(str(i), "", t) for i, t in enumerate(texts)])
     ids = encoder.tokenize_documents(texts)["input_ids"]
     out = {}
