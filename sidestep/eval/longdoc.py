@@ -37,9 +37,10 @@ import numpy as np
 
 from sidestep.docmaps.docmap import MapParams
 from sidestep.docmaps.summarizers import Summarizer
-from sidestep.eval.longdoc_lofo import leave_one_file_out
+from sidestep.eval.longdoc_lofo import LOFO_POOLS, leave_one_file_out
 from sidestep.eval.longdoc_prep import (
     MAX_CHUNKS,
+    POOLS,
     Prepared,
     encoded_cache_key,
     load_encoded,
@@ -252,7 +253,8 @@ def run_longdoc(encoder: Encoder, paths: str | Path | Sequence[str | Path], *,
         cached = Path(cache_dir) / f"{key}.npz" if cache_dir else None
         enc = load_encoded(cached) if cached is not None and cached.is_file() else None
         preps.append(prepare(encoder, load_leval(p), encoded=enc, summarizer=summarizer, params=params,
-                             max_chunks=max_chunks, timing_repeats=timing_repeats, chunking=chunking))
+                             max_chunks=max_chunks, timing_repeats=timing_repeats, chunking=chunking,
+                             pools=LOFO_POOLS if protocol == "leave-one-file-out" else POOLS))
         if cached is not None and enc is None:
             save_encoded(cached, preps[-1].encoded)
         if log:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from sidestep.docmaps.selfsup import self_sup_questions
-from sidestep.eval.longdoc_prep import POOLS, LongDocSet, Prepared, evidence_chunks, fill_context
+from sidestep.eval.longdoc_prep import LongDocSet, Prepared, evidence_chunks, fill_context
 from sidestep.eval.longdoc_scoring import (
     PLAIN,
     MapSetting,
@@ -41,6 +41,7 @@ CONSTANTS = MapSetting(alpha=1.0, gamma=0.4, pool="all", tau=0.7)  # the [maps] 
 MAP_MODES = ("map_query", "section_aware", "map_conditioned")
 SOURCES = ("self_supervised", "other_files_labels", "self_supervised+other_files_labels")
 PRIMARY = "self_supervised"  # what `map_conditioned` at the top of a file's report is
+LOFO_POOLS = ("all",)  # MiA-RAG's e(map ⊕ query), mean over every token
 
 
 def selfsup_prepared(prep: Prepared, encoder: Encoder, *, per_doc: int = 16, seed: int = 0) -> Prepared:
@@ -54,7 +55,7 @@ def selfsup_prepared(prep: Prepared, encoder: Encoder, *, per_doc: int = 16, see
     sp = replace(prep, ds=ds, evidence=evidence, used=np.arange(len(qs), dtype=np.int64), left_out={},
                  q_vecs=encoder.encode_queries(ds.questions) if qs else prep.q_vecs[:0], _ctx={}, _ranks={},
                  evidence_kinds=dict(kinds))
-    for pool in POOLS:
+    for pool in LOFO_POOLS:
         fill_context(sp, encoder, pool, {(i, d) for i, d in enumerate(ds.q_doc)})
     return sp
 
@@ -62,6 +63,7 @@ def selfsup_prepared(prep: Prepared, encoder: Encoder, *, per_doc: int = 16, see
 def select(preps: Sequence[Prepared], devs: Sequence[np.ndarray]) -> dict[str, MapSetting]:
     """Each map mode's setting, chosen on the given questions (grid search, ties to plain)."""
     g = grids()
+    g["map_query"] = [ms for ms in g["map_query"] if ms.pool in LOFO_POOLS]
     query = tune_within(preps, devs, g["map_query"])
     section = tune_within(preps, devs, g["section_aware"])
     both = tune_within(preps, devs, [replace(q, gamma=section.gamma, tau=section.tau) for q in g["map_query"]])

@@ -233,7 +233,8 @@ def _map_block(encoder: Encoder, texts: Sequence[str], encoded: Sequence[Encoded
 
 def prepare(encoder: Encoder, ds: LongDocSet, *, encoded: Sequence[EncodedDoc] | None = None,
             summarizer: Summarizer | None = None, params: MapParams | None = None,
-            max_chunks: int = MAX_CHUNKS, timing_repeats: int = 1, chunking: str = "sentences") -> Prepared:
+            max_chunks: int = MAX_CHUNKS, timing_repeats: int = 1, chunking: str = "sentences",
+            pools: Sequence[str] = POOLS) -> Prepared:
     """Encode (unless given), map, find evidence, encode the questions."""
     encoded, maps, map_vecs, errors, timing = encode_and_map(
         encoder, ds, encoded=encoded, summarizer=summarizer, params=params, max_chunks=max_chunks, chunking=chunking,
@@ -244,7 +245,7 @@ def prepare(encoder: Encoder, ds: LongDocSet, *, encoded: Sequence[EncodedDoc] |
     timing["encoded_chunk_tokens"] = sum(c.tok_end - c.tok_start for e in encoded for c in e.chunks)
     prep = Prepared(ds, encoded, maps, map_vecs, chunk_w, evidence, used, left,
                     encoder.encode_queries(ds.questions), timing, errors, kinds)
-    for pool in POOLS:
+    for pool in pools:
         fill_context(prep, encoder, pool, {(i, d) for i, d in enumerate(ds.q_doc)})
     return prep
 
