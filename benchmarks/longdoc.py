@@ -2,12 +2,14 @@
 costs the nightly reindex; writes the longdoc section of BENCHMARKS.md.
 
 1. `sidestep eval-longdoc natural_question.jsonl scientific_qa.jsonl`: bag-of-chunks against every map
-   mode in one run, repeated two-fold cross-fitting (see sidestep/eval/longdoc.py), into DuckDB.
+   mode in one run, leave-one-file-out with map parameters learned on self-supervised questions (see
+   sidestep/eval/longdoc_lofo.py), every question counted, into DuckDB.
 2. The same documents through the real nightly flow (`sidestep reindex`: ingest, embed, summarize, index,
    publish) on fresh data roots, once with maps off and once with maps on, alternating, so the cost of
    summarizing is measured as a share of the reindex it belongs to.
 
 Usage: .venv/bin/python benchmarks/longdoc.py [--data ../shared/data] [--reindex-repeats 1] [--render-only]
+       [--eval-only] [--eval-root DIR]
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ def main() -> None:
     ap.add_argument("--eval-only", action="store_true", help="Rerun eval-longdoc only; keep the last run's reindex "
                                                               "timings (they are marked with their own date).")
     ap.add_argument("--note", default="", help="Conditions of this run.")
+    ap.add_argument("--eval-root", default=None, help="Data root for eval-longdoc (default: a fresh one); a root "
+                                                      "kept between runs keeps the chunk encodings it cached.")
     args = ap.parse_args()
     if args.render_only:
         splice(BENCHMARKS_MD, render(read_last_run("longdoc")), START, END)
@@ -89,7 +93,8 @@ def main() -> None:
                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
     with tempfile.TemporaryDirectory(prefix="ssb-longdoc-", dir="/tmp") as tmp:
         print("[bench-longdoc] eval-longdoc ...", file=sys.stderr, flush=True)
-        rep, wall, peak, _ = sh(["eval-longdoc", *map(str, files), "--json"], env_for(Path(tmp) / "eval"))
+        rep, wall, peak, _ = sh(["eval-longdoc", *map(str, files), "--json"],
+                                env_for(Path(args.eval_root) if args.eval_root else Path(tmp) / "eval"))
         res["eval"] = {"report": rep, "wall_s": wall, "peak_rss_mb": peak}
         corpus = Path(tmp) / "leval_docs.jsonl"
         res["documents"] = leval_corpus(files, corpus)
@@ -111,11 +116,8 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def render(res: dict) -> str:
-    rep = res["eval"]["report"]
-    lines = [START, "## Document maps: evidence retrieval inside long documents (`sidestep eval-longdoc`, L-Eval)", "",
-             f"Run {res['date']} on {res['machine']}." + (f" {res['note']}" if res.get("note") else ""), "",
-             "Evidence = the chunk holding the answer string. Protocol: " + rep["protocol"] + ". "
+def render_crossfit(rep: dict) -> list[str]:
+    lines = ["Evidence = the chunk holding the answer string. Protocol: " + rep["protocol"] + ". "
              f"{rep['repeats']} repeats; bag-of-chunks is the control from the same run, on the same questions. "
              "Δ R@3 is the map mode minus bag-of-chunks, with a paired bootstrap 95% interval over questions.", "",
              "| file | questions used / left out | mode | R@1 | R@3 | R@5 | Δ R@3 [95% CI] | R@3 per repeat |",
@@ -152,6 +154,47 @@ def render(res: dict) -> str:
               "α·e(q) + (1−α)·e(global summary ⊕ q)); *section_aware* gives each chunk its section's map entry "
               "(normalize(e(chunk) + γ·e(heading path: summary)) + τ·e(heading path)); *map_conditioned* is both; "
               "*map_routing* picks documents by their maps first, then searches their chunks."]
+    return lines
+
+
+def _delta(d: dict | None) -> str:
+    return "" if d is None else f"{d['delta'] * 100:+.1f} [{d['ci95_low'] * 100:+.1f}, {d['ci95_high'] * 100:+.1f}]"
+
+
+def render_lofo(rep: dict) -> list[str]:
+    lines = ["Protocol: " + rep["protocol"] + ". Recall@k counts every question whose answer string is in its "
+             "document; Δ R@3 is the mode minus bag-of-chunks on the same questions, with a paired bootstrap 95% "
+             "interval over questions. *self_supervised* is the method (nothing of the held-out file but its text); "
+             "the other rows are controls from the same run.", "",
+             "| file | questions counted (of them across chunks) / without evidence | mode | selected on | R@1 | R@3 "
+             "| R@5 | Δ R@3 [95% CI] |", "|---|---|---|---|---|---|---|---|"]
+    for name, f in rep["files"].items():
+        counted = f"{f['questions_counted']} ({f['evidence'].get('across_chunks', 0)})"
+        missing = ", ".join(f"{v} {k}" for k, v in f["questions_without_evidence"].items()) or "0"
+        for key, m in f["modes"].items():
+            mode, _, src = key.partition("[")
+            src = src.rstrip("]") or ("-" if mode == "bag_of_chunks" else "config defaults")
+            bold = "**" if key == "map_conditioned[self_supervised]" else ""
+            lines.append(f"| {name} | {counted} / {missing} | {bold}{mode}{bold} | {src} | {m['recall@1']:.3f} | "
+                         f"{bold}{m['recall@3']:.3f}{bold} | {m['recall@5']:.3f} | {_delta(m.get('delta_recall@3'))} |")
+    lines += ["", "Selected settings (alpha: what the query keeps of itself against e(map ⊕ query), pooled over "
+              "all tokens or the query's; gamma, tau: how much of its section's summary and heading a chunk "
+              "carries):", ""]
+    for name, f in rep["files"].items():
+        ss = f["self_supervised"]
+        lines.append(f"- {name}: {f['chunks']} sentence-aligned chunks; {ss['questions']} self-supervised questions "
+                     f"({', '.join(f'{v} {k}' for k, v in ss['kinds'].items())}), their R@3 under bag-of-chunks "
+                     f"{ss['recall@3_plain']:.3f}; " + "; ".join(
+                         f"{src}: {json.dumps(s['map_conditioned'], sort_keys=True)}"
+                         for src, s in f["settings"].items() if src != "shipped_constants") + ".")
+    return lines
+
+
+def render(res: dict) -> str:
+    rep = res["eval"]["report"]
+    lines = [START, "## Document maps: evidence retrieval inside long documents (`sidestep eval-longdoc`, L-Eval)", "",
+             f"Run {res['date']} on {res['machine']}." + (f" {res['note']}" if res.get("note") else ""), ""]
+    lines += render_crossfit(rep) if "repeats" in rep else render_lofo(rep)
     rx = res.get("reindex", [])
     if rx:
         off = [r for r in rx if not r["maps"]]

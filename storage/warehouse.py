@@ -116,6 +116,17 @@ CREATE TABLE IF NOT EXISTS longdoc_metrics (
     metric VARCHAR NOT NULL,  -- dotted path into the report, e.g. within_document.map_conditioned.recall@3
     value  DOUBLE NOT NULL
 );
+CREATE TABLE IF NOT EXISTS negation_runs (
+    run_id     VARCHAR PRIMARY KEY,
+    source     VARCHAR NOT NULL,
+    started_at TIMESTAMP NOT NULL,
+    config     VARCHAR
+);
+CREATE TABLE IF NOT EXISTS negation_metrics (
+    run_id VARCHAR NOT NULL,
+    metric VARCHAR NOT NULL,  -- dotted path into the report, e.g. rankers.maxsim.pairwise_accuracy
+    value  DOUBLE NOT NULL
+);
 CREATE TABLE IF NOT EXISTS lab_runs (
     run_id     VARCHAR PRIMARY KEY,
     task       VARCHAR NOT NULL,  -- planted, retrieval, rec
@@ -357,6 +368,14 @@ class Warehouse:
 
     def record_longdoc(self, *, run_id: str, dataset: str, report: dict[str, Any], config: dict[str, Any]) -> int:
         """Store every numeric figure of an eval-longdoc report under its dotted path."""
+        return self._record_figures("longdoc", run_id, dataset, report, config)
+
+    def record_negation(self, *, run_id: str, source: str, report: dict[str, Any], config: dict[str, Any]) -> int:
+        """Store every numeric figure of an eval-negation report under its dotted path."""
+        return self._record_figures("negation", run_id, source, report, config)
+
+    def _record_figures(self, table: str, run_id: str, dataset: str, report: dict[str, Any],
+                        config: dict[str, Any]) -> int:
         rows: list[tuple[str, str, float]] = []
 
         def walk(prefix: str, obj: Any) -> None:
@@ -372,12 +391,12 @@ class Warehouse:
         walk("", report)
         self._con.execute("BEGIN")
         try:
-            self._con.execute("DELETE FROM longdoc_metrics WHERE run_id = ?", [run_id])
-            self._con.execute("DELETE FROM longdoc_runs WHERE run_id = ?", [run_id])
-            self._con.execute("INSERT INTO longdoc_runs VALUES (?, ?, now()::TIMESTAMP, ?)",
+            self._con.execute(f"DELETE FROM {table}_metrics WHERE run_id = ?", [run_id])
+            self._con.execute(f"DELETE FROM {table}_runs WHERE run_id = ?", [run_id])
+            self._con.execute(f"INSERT INTO {table}_runs VALUES (?, ?, now()::TIMESTAMP, ?)",
                               [run_id, dataset, json.dumps(config, sort_keys=True, default=str)])
             if rows:
-                self._con.executemany("INSERT INTO longdoc_metrics VALUES (?, ?, ?)", rows)
+                self._con.executemany(f"INSERT INTO {table}_metrics VALUES (?, ?, ?)", rows)
             self._con.execute("COMMIT")
         except Exception:
             self._con.execute("ROLLBACK")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .common import app
 from .data import gc, index, ingest, reindex, rollback, search, status, unpin
-from .evaluation import eval_, eval_longdoc, eval_rec, pretrain, train_verifier
+from .evaluation import eval_, eval_longdoc, eval_negation, eval_rec, pretrain, train_verifier
 from .lab import lab
 from .report import report
 from .runs import compare, export
@@ -27,6 +27,7 @@ app.command()(export)
 app.command()(compare)
 app.command("train-verifier")(train_verifier)
 app.command("eval-longdoc")(eval_longdoc)
+app.command("eval-negation")(eval_negation)
 app.command("eval-rec")(eval_rec)
 app.command()(pretrain)
 app.command()(lab)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import JsonOpt, _emit, _engine, _fail, _root, _run, err, out
+from .common import JsonOpt, _emit, _engine, _fail, _root, _run, _settings, err, out
 
 
 def eval_(
@@ -107,6 +107,12 @@ def eval_longdoc(
     repeats: Annotated[int, typer.Option(help="Repeats of the two-fold cross-fitting (parameters tuned on one "
                                          "half's questions, reported on the other's, then swapped).",
                                          min=1)] = 5,
+    protocol: Annotated[str, typer.Option(help="leave-one-file-out: map parameters learned on each file's own "
+                                          "self-supervised questions (no label read), every question counted; "
+                                          "cross-fit: tuned on labelled questions of the same files.")
+                        ] = "leave-one-file-out",
+    chunking: Annotated[str, typer.Option(help="sentences: sentence-aligned windows with overlap (an answer never "
+                                          "falls across a boundary); tokens: plain token windows.")] = "sentences",
     as_json: JsonOpt = False,
 ) -> None:
     """Evidence-chunk Recall@1/3/5 inside long documents: bag of chunks vs map-conditioned retrieval
@@ -117,14 +123,14 @@ def eval_longdoc(
         _fail(f"file not found: {', '.join(missing)}", as_json, 2)
     from sidestep.flows.longdoc import longdoc_flow
 
-    res = _run(longdoc_flow, as_json, path=[str(Path(p).resolve()) for p in paths], seed=seed, repeats=repeats)
+    res = _run(longdoc_flow, as_json, path=[str(Path(p).resolve()) for p in paths], seed=seed, repeats=repeats,
+               protocol=protocol, chunking=chunking)
     _emit(res, as_json)
     if not as_json:
         for name, f in res.get("files", {}).items():
             t = Table("mode", "recall@1", "recall@3", "recall@5",
-                      title=f"{name}: evidence-chunk recall on held-out questions "
-                            f"(mean of {f.get('repeats', 1)} cross-fitted repeats)")
-            for scope in ("within_document", "corpus"):
+                      title=f"{name}: evidence-chunk recall, {res.get('protocol', '')[:60]}...")
+            for scope in ("within_document", "corpus", "modes"):
                 for mode, m in f.get(scope, {}).items():
                     if isinstance(m, dict) and "recall@3" in m:
                         t.add_row(f"{scope}: {mode}", *(f"{m[k]:.3f}" for k in ("recall@1", "recall@3", "recall@5")))
@@ -206,4 +212,36 @@ def pretrain(
                   title=f"pre-trained in {res['seconds']:.0f} s, {res['epochs_run']} epochs")
         for d, r in res["domains"].items():
             t.add_row(d, r["version"], f"{r['test']['recall@10']:.4f}", f"{r['test']['ndcg@10']:.4f}")
+        out.print(t)
+
+
+def eval_negation(
+    source: Annotated[str, typer.Argument(help="Text to build the pairs from: a BEIR folder or corpus.jsonl, a JSONL "
+                                          "of id + text, or an L-Eval file (its documents' paragraphs). Use text "
+                                          "the verifiers never trained on.")],
+    pairs: Annotated[int, typer.Option("--pairs", help="Pairs to build (at most one per passage).", min=1)] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the passage order, the rules and the crops.")] = 0,
+    verifier: Annotated[list[str] | None, typer.Option("--verifier", help="A published verifier to score: DOMAIN or "
+                                                       "DOMAIN/VERSION (repeatable). Default: every domain's "
+                                                       "current verifier in the data root.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The paired negation check: pairs of queries that differ by a negation or an inverted condition,
+    each with its own relevant document (the passage before and after the same change); a pair counts
+    when both queries rank their own document first (random: 0.25). Scores random, dense (pooled cosine),
+    MaxSim, BM25 and the verifiers in one run, with bootstrap 95% intervals over pairs; stored in DuckDB
+    (negation_runs, negation_metrics)."""
+    if not Path(source).exists():
+        _fail(f"not found: {source}", as_json, 2)
+    from sidestep.pipeline.negation import eval_negation as run
+
+    res = _run(run, as_json, _root(), _settings(), source, n_pairs=pairs, seed=seed, verifiers=verifier or None,
+               log=err.print)
+    _emit({k: v for k, v in res.items() if k != "credits"}, as_json)
+    if not as_json:
+        t = Table("ranker", "pairwise accuracy", "95% CI", "query accuracy",
+                  title=f"{res['pairs']} negation pairs from {source} (random level {res['random_level']})")
+        for name, s in res["rankers"].items():
+            t.add_row(name, f"{s['pairwise_accuracy']:.3f}", f"[{s['ci95_low']:.3f}, {s['ci95_high']:.3f}]",
+                      f"{s['query_accuracy']:.3f}")
         out.print(t)

@@ -1,9 +1,12 @@
 """Long-document evidence retrieval benchmark (L-Eval layout) for document maps.
 
 A question's evidence is the chunk that contains its answer string (case-insensitive,
-whitespace-normalized, on word boundaries). Questions are left out, and counted by reason,
-when the answer is not in the document, is only yes/no (it names no evidence), sits across a
-chunk boundary, or lies beyond the indexed chunks.
+whitespace-normalized, on word boundaries), or, where no chunk holds it whole, the chunks that
+together do (found only when all of them rank within k). Only questions without any evidence are
+left out, and counted by reason: the answer is not in the document, or is only yes/no. Chunks are
+sentence-aligned windows with overlap by default. The default protocol is leave-one-file-out with
+parameters learned on self-supervised questions (sidestep.eval.longdoc_lofo); the cross-fitting
+protocol below, tuned on labelled questions of the same files, remains available.
 
 Every document is chunked and encoded once; maps are built from those token vectors. Within
 one document we compare bag-of-chunks (plain dense), the map-conditioned query, section-aware
@@ -34,7 +37,17 @@ import numpy as np
 
 from sidestep.docmaps.docmap import MapParams
 from sidestep.docmaps.summarizers import Summarizer
-from sidestep.eval.longdoc_prep import Prepared, load_leval, prepare
+from sidestep.eval.longdoc_lofo import LOFO_POOLS, leave_one_file_out
+from sidestep.eval.longdoc_prep import (
+    MAX_CHUNKS,
+    POOLS,
+    Prepared,
+    encoded_cache_key,
+    load_encoded,
+    load_leval,
+    prepare,
+    save_encoded,
+)
 from sidestep.eval.longdoc_scoring import (
     PLAIN,
     MapSetting,
@@ -217,21 +230,42 @@ def evaluate(preps: Sequence[Prepared], encoder: Encoder, *, seed: int = 0, repe
             "seed": seed, "repeats": repeats}
 
 
+PROTOCOLS = ("leave-one-file-out", "cross-fit")
+
+
 def run_longdoc(encoder: Encoder, paths: str | Path | Sequence[str | Path], *,
-                summarizer: Summarizer | None = None, params: MapParams | None = None, max_chunks: int = 256,
-                seed: int = 0, repeats: int = 5, timing_repeats: int = 1, log: Callable[[str], None] | None = None
-                ) -> dict[str, Any]:
+                summarizer: Summarizer | None = None, params: MapParams | None = None, max_chunks: int = MAX_CHUNKS,
+                seed: int = 0, repeats: int = 5, timing_repeats: int = 1, log: Callable[[str], None] | None = None,
+                protocol: str = "leave-one-file-out", chunking: str = "sentences", selfsup_per_doc: int = 16,
+                cache_dir: Path | None = None, encoder_key: str = "") -> dict[str, Any]:
     """`sidestep eval-longdoc FILE.jsonl [FILE.jsonl ...]`: the contract's keys (for the first
-    file) first, then the whole report."""
+    file) first, then the whole report. Leave-one-file-out (the default): map parameters learned on
+    each file's self-supervised questions, every question counted (sidestep.eval.longdoc_lofo).
+    Cross-fit: the older protocol, parameters tuned on labelled questions of the same files.
+    With cache_dir, each file's chunk encodings are kept there by content (file bytes, chunking,
+    encoder): a rerun does not encode the documents again (maps are rebuilt)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
     paths = [paths] if isinstance(paths, str | Path) else list(paths)
     preps = []
     for p in paths:
-        preps.append(prepare(encoder, load_leval(p), summarizer=summarizer, params=params, max_chunks=max_chunks,
-                             timing_repeats=timing_repeats))
+        key = encoded_cache_key(p, chunking, encoder_key, max_chunks)
+        cached = Path(cache_dir) / f"{key}.npz" if cache_dir else None
+        enc = load_encoded(cached) if cached is not None and cached.is_file() else None
+        preps.append(prepare(encoder, load_leval(p), encoded=enc, summarizer=summarizer, params=params,
+                             max_chunks=max_chunks, timing_repeats=timing_repeats, chunking=chunking,
+                             pools=LOFO_POOLS if protocol == "leave-one-file-out" else POOLS))
+        if cached is not None and enc is None:
+            save_encoded(cached, preps[-1].encoded)
         if log:
             t = preps[-1].timing
             log(f"{Path(p).name}: {len(preps[-1].ds.texts)} documents encoded and mapped "
                 f"(summarize {t['summarize_s']:.1f} s, {t.get('summarize_share_of_reindex', 0):.0%} of chunk+encode)")
-    rep = evaluate(preps, encoder, seed=seed, repeats=repeats, log=log)
-    first = rep["files"][preps[0].ds.name]["within_document"]
-    return {"bag_of_chunks": first["bag_of_chunks"], "map_conditioned": first["map_conditioned"], **rep}
+    if protocol == "cross-fit":
+        rep = evaluate(preps, encoder, seed=seed, repeats=repeats, log=log)
+        first = rep["files"][preps[0].ds.name]["within_document"]
+    else:
+        rep = leave_one_file_out(preps, encoder, per_doc=selfsup_per_doc, seed=seed, log=log)
+        first = rep["files"][preps[0].ds.name]
+    return {"bag_of_chunks": first["bag_of_chunks"], "map_conditioned": first["map_conditioned"],
+            "chunking": chunking, **rep}

@@ -26,10 +26,13 @@ from sidestep.docmaps.maps import (
     encode_in_context,
     map_encoded,
 )
+from sidestep.docmaps.sentences import split_sentences
 from sidestep.docmaps.summarizers import Summarizer
 from sidestep.text.encoder import EncodedDoc, Encoder
 
-POOLS = ("all", "query")  # how e(global ⊕ query) is pooled, see maps.encode_in_context
+POOLS = ("all", "query")
+MAX_CHUNKS = 100_000  # the benchmark indexes whole documents: no answer lies beyond the indexed chunks
+CHUNKINGS = ("sentences", "tokens")  # how e(global ⊕ query) is pooled, see maps.encode_in_context
 _YES_NO = {"yes", "no", "unanswerable", "none"}
 
 
@@ -105,17 +108,37 @@ def answer_spans(norm: str, index: np.ndarray, answer: str) -> list[tuple[int, i
     return [(int(index[m.start()]), int(index[m.end() - 1]) + 1) for m in pat.finditer(norm)]
 
 
-def evidence_chunks(spans: Sequence[tuple[int, int]], chunks: Sequence[Any]) -> tuple[list[int], str | None]:
-    """Chunks that wholly contain an occurrence; otherwise the reason the question is left out."""
-    ev = sorted({c.chunk_idx for a, b in spans for c in chunks if c.char_start <= a and b <= c.char_end})
-    if ev:
-        return ev, None
+Evidence = tuple[int, ...]  # chunks that together hold one occurrence of the answer
+
+
+def evidence_chunks(spans: Sequence[tuple[int, int]], chunks: Sequence[Any]) -> tuple[list[Evidence], str | None]:
+    """Each occurrence's evidence: every chunk that wholly contains it (one alternative each), or,
+    where no chunk does, the fewest consecutive chunks that together cover it (found only if all
+    of them rank in the top k). Nothing is left out for crossing a boundary; the reason is
+    "answer_not_in_document" when there is no occurrence, and an occurrence past the last
+    indexed chunk has no evidence (the question counts, as a miss)."""
     if not spans:
         return [], "answer_not_in_document"
-    covered = chunks[-1].char_end if chunks else 0
-    if all(a >= covered for a, _ in spans):
-        return [], "answer_beyond_indexed_chunks"
-    return [], "answer_across_chunk_boundary"
+    alts: set[Evidence] = set()
+    for a, b in spans:
+        inside = [(c.chunk_idx,) for c in chunks if c.char_start <= a and b <= c.char_end]
+        alts.update(inside or filter(None, [_cover(a, b, chunks)]))
+    return sorted(alts, key=lambda e: (len(e), e)), None
+
+
+def _cover(a: int, b: int, chunks: Sequence[Any]) -> Evidence | None:
+    """Greedy fewest chunks covering [a, b): from the chunk that reaches furthest among those
+    holding a, hop to the one reaching furthest among those starting before the covered end."""
+    out: list[int] = []
+    pos = a
+    while pos < b:
+        reach = [c for c in chunks if c.char_start <= pos < c.char_end]
+        if not reach:
+            return None
+        best = max(reach, key=lambda c: c.char_end)
+        out.append(best.chunk_idx)
+        pos = best.char_end
+    return tuple(sorted(out))
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -128,12 +151,13 @@ class Prepared:
     maps: list[DocMap | None]
     map_vecs: list[MapVectors | None]
     chunk_w: list[np.ndarray]  # per document (n_chunks, n_sections) overlap weights
-    evidence: list[list[int]]
-    used: np.ndarray  # question indices with evidence
+    evidence: list[list[Evidence]]  # per question, alternatives (any one found = found)
+    used: np.ndarray  # question indices whose answer is in the document (every one is counted)
     left_out: dict[str, int]
     q_vecs: np.ndarray
     timing: dict[str, float]
     map_errors: dict[str, str] = field(default_factory=dict)
+    evidence_kinds: dict[str, int] = field(default_factory=dict)  # inside one chunk / across chunks / beyond
     _ctx: dict[tuple[str, int, int], np.ndarray] = field(default_factory=dict)  # (pool, question, doc)
     _chunks: dict[tuple[int, float, float], np.ndarray] = field(default_factory=dict)  # (doc, gamma, tau)
     _ranks: dict[Any, dict[int, int]] = field(default_factory=dict)  # setting -> question -> rank
@@ -141,9 +165,10 @@ class Prepared:
 
 def encode_and_map(encoder: Encoder, ds: LongDocSet, *, encoded: Sequence[EncodedDoc] | None = None,
                    summarizer: Summarizer | None = None, params: MapParams | None = None,
-                   window_tokens: int = 256, overlap_tokens: int = 32, max_chunks: int = 256, block: int = 4,
-                   repeats: int = 1) -> tuple[list[EncodedDoc], list[DocMap | None], list[MapVectors | None],
-                                              dict[str, str], dict[str, float]]:
+                   window_tokens: int = 256, overlap_tokens: int = 32, max_chunks: int = MAX_CHUNKS, block: int = 4,
+                   repeats: int = 1, chunking: str = "sentences"
+                   ) -> tuple[list[EncodedDoc], list[DocMap | None], list[MapVectors | None], dict[str, str],
+                              dict[str, float]]:
     """Chunk + encode (the reindex cost) and map (the summarize cost), alternating by blocks of
     documents, so that their time ratio is robust to load on a shared machine while each step
     still batches like the pipeline does. With repeats > 1 each block is timed several times
@@ -164,7 +189,7 @@ def encode_and_map(encoder: Encoder, ds: LongDocSet, *, encoded: Sequence[Encode
             t0, c0 = time.perf_counter(), time.process_time()
             part = list(encoded[lo:lo + block]) if encoded is not None else encoder.encode_documents(
                 [(h, "", t) for h, t in zip(hashes, texts, strict=True)], window_tokens=window_tokens,
-                overlap_tokens=overlap_tokens, max_chunks=max_chunks)
+                overlap_tokens=overlap_tokens, max_chunks=max_chunks, sentences=_splitter(chunking))
             t1, c1 = time.perf_counter(), time.process_time()
             m, v = _map_block(encoder, texts, part, summarizer, params, errors)
             b_wall = np.minimum(b_wall, (t1 - t0, time.perf_counter() - t1))
@@ -184,6 +209,14 @@ def encode_and_map(encoder: Encoder, ds: LongDocSet, *, encoded: Sequence[Encode
     return out_enc, maps, vecs, errors, timing
 
 
+def _splitter(chunking: str):
+    """Sentence-aligned windows with overlap (an answer inside two adjacent sentences never falls
+    across a chunk boundary), or plain token windows."""
+    if chunking not in CHUNKINGS:
+        raise ValueError(f"unknown chunking {chunking!r}; choose one of {CHUNKINGS}")
+    return split_sentences if chunking == "sentences" else None
+
+
 def _map_block(encoder: Encoder, texts: Sequence[str], encoded: Sequence[EncodedDoc],
                summarizer: Summarizer | None, params: MapParams | None, errors: dict[str, str]
                ) -> tuple[list[DocMap | None], list[MapVectors | None]]:
@@ -200,26 +233,29 @@ def _map_block(encoder: Encoder, texts: Sequence[str], encoded: Sequence[Encoded
 
 def prepare(encoder: Encoder, ds: LongDocSet, *, encoded: Sequence[EncodedDoc] | None = None,
             summarizer: Summarizer | None = None, params: MapParams | None = None,
-            max_chunks: int = 256, timing_repeats: int = 1) -> Prepared:
+            max_chunks: int = MAX_CHUNKS, timing_repeats: int = 1, chunking: str = "sentences",
+            pools: Sequence[str] = POOLS) -> Prepared:
     """Encode (unless given), map, find evidence, encode the questions."""
     encoded, maps, map_vecs, errors, timing = encode_and_map(
-        encoder, ds, encoded=encoded, summarizer=summarizer, params=params, max_chunks=max_chunks,
+        encoder, ds, encoded=encoded, summarizer=summarizer, params=params, max_chunks=max_chunks, chunking=chunking,
         repeats=timing_repeats)
     chunk_w = [chunk_section_weights(m, e.chunks) if m else np.ones((len(e.chunks), 1), np.float32)
                for m, e in zip(maps, encoded, strict=True)]
-    evidence, used, left = _evidence(ds, encoded)
+    evidence, used, left, kinds = _evidence(ds, encoded)
     timing["encoded_chunk_tokens"] = sum(c.tok_end - c.tok_start for e in encoded for c in e.chunks)
     prep = Prepared(ds, encoded, maps, map_vecs, chunk_w, evidence, used, left,
-                    encoder.encode_queries(ds.questions), timing, errors)
-    for pool in POOLS:
+                    encoder.encode_queries(ds.questions), timing, errors, kinds)
+    for pool in pools:
         fill_context(prep, encoder, pool, {(i, d) for i, d in enumerate(ds.q_doc)})
     return prep
 
 
-def _evidence(ds: LongDocSet, encoded: Sequence[EncodedDoc]) -> tuple[list[list[int]], np.ndarray, dict[str, int]]:
+def _evidence(ds: LongDocSet, encoded: Sequence[EncodedDoc]
+              ) -> tuple[list[list[Evidence]], np.ndarray, dict[str, int], dict[str, int]]:
     norms = [normalize(t) for t in ds.texts]
     evidence, used = [], []
     left: dict[str, int] = {}
+    kinds: dict[str, int] = {"inside_one_chunk": 0, "across_chunks": 0, "beyond_indexed_chunks": 0}
     for i, (a, d) in enumerate(zip(ds.answers, ds.q_doc, strict=True)):
         if a.strip().lower().rstrip(".") in _YES_NO:
             ev, why = [], "yes_no_answer"
@@ -228,9 +264,11 @@ def _evidence(ds: LongDocSet, encoded: Sequence[EncodedDoc]) -> tuple[list[list[
         evidence.append(ev)
         if why:
             left[why] = left.get(why, 0) + 1
-        else:
-            used.append(i)
-    return evidence, np.asarray(used, dtype=np.int64), left
+            continue
+        used.append(i)
+        kind = ("beyond_indexed_chunks" if not ev else "inside_one_chunk" if len(ev[0]) == 1 else "across_chunks")
+        kinds[kind] += 1
+    return evidence, np.asarray(used, dtype=np.int64), left, kinds
 
 
 def fill_context(prep: Prepared, encoder: Encoder, pool: str, pairs: set[tuple[int, int]]) -> None:
@@ -243,3 +281,39 @@ def fill_context(prep: Prepared, encoder: Encoder, pool: str, pairs: set[tuple[i
         vecs = encode_in_context(encoder, ctx, [prep.ds.questions[i] for i, _ in with_map], pool=pool)
         prep._ctx.update({(pool, i, d): v for (i, d), v in zip(with_map, vecs, strict=True)})
     prep._ctx.update({(pool, i, d): prep.q_vecs[i] for i, d in todo if prep.maps[d] is None})
+
+
+# ----------------------------------------------------------------------------- encoding cache
+def encoded_cache_key(path: str | Path, chunking: str, encoder_key: str, max_chunks: int) -> str:
+    """Content address of one file's chunk encodings: the file's bytes, the chunking, the encoder."""
+    h = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return f"{Path(path).stem}-{h}-{chunking}-{max_chunks}-{encoder_key}"
+
+
+def save_encoded(file: Path, encoded: Sequence[EncodedDoc]) -> None:
+    """Plain arrays (no pickle): per chunk its document, index, token and character span; pooled
+    vectors; token vectors concatenated with their lengths. Written to a temporary name, then renamed."""
+    rows = [(d, c.chunk_idx, c.tok_start, c.tok_end, c.char_start, c.char_end)
+            for d, e in enumerate(encoded) for c in e.chunks]
+    toks = [t for e in encoded for t in e.tokens]
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(".tmp.npz")
+    np.savez(tmp, chunks=np.asarray(rows, np.int64).reshape(-1, 6),
+             pooled=np.concatenate([e.pooled for e in encoded]) if encoded else np.zeros((0, 0), np.float32),
+             tokens=np.concatenate(toks) if toks else np.zeros((0, 0), np.float16),
+             lengths=np.asarray([len(t) for t in toks], np.int64), hashes=np.asarray([e.content_hash for e in encoded]))
+    tmp.replace(file)
+
+
+def load_encoded(file: Path) -> list[EncodedDoc]:
+    from sidestep.text.chunking import Chunk
+
+    z = np.load(file, allow_pickle=False)
+    chunks, pooled, tokens, lengths = z["chunks"], z["pooled"], z["tokens"], z["lengths"]
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    out: list[EncodedDoc] = []
+    for d, h in enumerate(z["hashes"].tolist()):
+        rows = np.flatnonzero(chunks[:, 0] == d)
+        out.append(EncodedDoc(h, [Chunk(*map(int, chunks[r, 1:])) for r in rows], pooled[rows],
+                              [tokens[starts[r]:starts[r + 1]] for r in rows]))
+    return out

@@ -57,9 +57,14 @@ def chunk_scores(prep: Prepared, i: int, d: int, ms: MapSetting) -> np.ndarray:
     return doc_chunks(prep, d, ms.gamma, ms.tau) @ q
 
 
-def _rank(scores: np.ndarray, relevant: Sequence[int]) -> int:
-    best = scores[list(relevant)].max()
-    return int((scores > best).sum())
+MISS = 10**9  # rank of a question whose evidence is not among the scored chunks
+
+
+def _rank(scores: np.ndarray, alternatives: Sequence[Sequence[int]]) -> int:
+    """0-based rank at which the evidence is found: for each alternative (chunks that together hold
+    the answer) the rank of its worst chunk; the best alternative counts. No alternative: a miss."""
+    ranks = [max(int((scores > scores[c]).sum()) for c in alt) for alt in alternatives if len(alt)]
+    return min(ranks, default=MISS)
 
 
 def within_ranks(prep: Prepared, qs: np.ndarray, ms: MapSetting) -> np.ndarray:
@@ -156,7 +161,7 @@ def bag_corpus(prep: Prepared, qs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     c_ranks, d_ranks = [], []
     for row, i in enumerate(qs):
         d = prep.ds.q_doc[i]
-        c_ranks.append(_rank(scores[row], [offsets[d] + j for j in prep.evidence[i]]))
+        c_ranks.append(_rank(scores[row], [[offsets[d] + j for j in alt] for alt in prep.evidence[i]]))
         d_ranks.append(_doc_rank(dmax[row], d))
     return np.asarray(c_ranks, dtype=np.int64), np.asarray(d_ranks, dtype=np.int64)
 
@@ -186,12 +191,13 @@ def routed_corpus(prep: Prepared, encoder: Encoder, qs: np.ndarray, rs: RouteSet
         d_true = prep.ds.q_doc[i]
         d_ranks.append(_doc_rank(dscores[row], d_true))
         if d_true not in routed[row]:
-            c_ranks.append(10**9)
+            c_ranks.append(MISS)
             continue
         parts = {int(d): chunk_scores(prep, int(i), int(d), rs.chunks) + rs.doc_lambda * dscores[row, d]
                  for d in routed[row]}
-        best = parts[d_true][prep.evidence[i]].max()
-        c_ranks.append(int(sum((p > best).sum() for p in parts.values())))
+        at = int(sum(len(parts[int(d)]) for d in routed[row][:list(routed[row]).index(d_true)]))
+        merged = np.concatenate([parts[int(d)] for d in routed[row]])
+        c_ranks.append(_rank(merged, [[at + j for j in alt] for alt in prep.evidence[i]]))
     return np.asarray(c_ranks, dtype=np.int64), np.asarray(d_ranks, dtype=np.int64)
 
 

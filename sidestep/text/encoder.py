@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sidestep.text.chunking import Chunk, chunk_offsets
+from sidestep.text.chunking import Chunk, chunk_offsets, sentence_chunk_offsets
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -427,12 +427,15 @@ class Encoder:
         overlap_tokens: int = 32,
         max_chunks: int = 256,
         progress: Callable[[int], None] | None = None,
+        sentences: Callable[[str], Sequence[tuple[int, int]]] | None = None,
     ) -> list[EncodedDoc]:
         """Chunk and encode (content_hash, title, text) triples.
 
         Each document is tokenized once; windows of `window_tokens` (specials
         included, the model's document prompt not) slide with `overlap_tokens` of
-        overlap; every chunk is encoded.
+        overlap; every chunk is encoded. With `sentences` (text -> sentence char
+        spans), windows start and end on sentence boundaries and consecutive
+        windows share at least one sentence (`chunking.sentence_windows`).
         """
         plan = self.plan_documents(docs, window_tokens=window_tokens, overlap_tokens=overlap_tokens,
                                    max_chunks=max_chunks)
@@ -447,7 +450,10 @@ class Encoder:
         plans: list[list[Chunk]] = []
         seqs: list[list[int]] = []
         for d, (ids, offs) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
-            chunks = chunk_offsets(list(offs), size, min(overlap_tokens, size - 1), max_chunks, len(texts[d]))
+            ov = min(overlap_tokens, size - 1)
+            chunks = (chunk_offsets(list(offs), size, ov, max_chunks, len(texts[d])) if sentences is None else
+                      sentence_chunk_offsets(list(offs), [a for a, _ in sentences(texts[d])], size, ov, max_chunks,
+                                             len(texts[d])))
             plans.append(chunks)
             for c in chunks:
                 seqs.append(self.wrap_specials(ids[c.tok_start:c.tok_end]))

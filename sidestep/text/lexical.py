@@ -34,6 +34,14 @@ class BM25:
         return out
 
 
+    def score_all(self, queries: Sequence[str]) -> np.ndarray:
+        """(n_queries, n_docs) BM25 scores of every document (0 where a query has no indexed term)."""
+        toks = self._bm25s.tokenize(list(queries), stopwords="en", stemmer=self.stemmer, show_progress=False,
+                                    return_ids=False)
+        return np.stack([self.index.get_scores(q) if q else np.zeros(len(self.doc_ids)) for q in toks]
+                        ) if len(toks) else np.zeros((0, len(self.doc_ids)))
+
+
 def rrf(rankings: Sequence[Sequence[str]], k: int, c: int = 60) -> list[tuple[str, float]]:
     """Reciprocal-rank fusion (Cormack et al.): score = sum over rankings of 1 / (c + rank)."""
     fused: dict[str, float] = {}

@@ -14,7 +14,8 @@ from sidestep.cli import app
 
 runner = CliRunner()
 COMMANDS = ["ingest", "index", "reindex", "serve", "search", "eval", "export", "compare", "train-verifier",
-            "eval-longdoc", "eval-rec", "pretrain", "lab", "report", "rollback", "gc", "deploy", "status", "demo"]
+            "eval-longdoc", "eval-rec", "pretrain", "lab", "report", "rollback", "gc", "deploy", "status", "demo",
+            "eval-negation"]
 VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
 

@@ -313,12 +313,12 @@ def test_cross_fitting_holds_every_question_out_once_per_repeat_and_tunes_on_the
         maps.append(None)
         vecs.append(None)
         for j in (1, 3):
-            evidence.append([j])
+            evidence.append([(j,)])
             q_doc.append(d)
     n_q = len(q_doc)
     ds = P.LongDocSet("toy", ["x"] * n_docs, ["q"] * n_q, ["a"] * n_q, q_doc)
     # each question = its evidence
-    q_vecs = np.stack([encoded[d].pooled[e[0]] for d, e in zip(q_doc, evidence, strict=True)])
+    q_vecs = np.stack([encoded[d].pooled[e[0][0]] for d, e in zip(q_doc, evidence, strict=True)])
     prep = P.Prepared(ds, encoded, maps, vecs, [np.ones((5, 1), np.float32)] * n_docs, evidence,
                       np.arange(n_q), {}, q_vecs, {})
     for pool in P.POOLS:  # no maps: the "context" of a question is the question (no encoder needed)
@@ -387,10 +387,22 @@ def test_longdoc_evidence_is_the_chunk_holding_the_answer():
     assert [text[a:b] for a, b in spans] == ["10 games."]  # case and whitespace do not matter
     assert answer_spans(*normalize(text), "201") == []  # word boundaries: no match inside "2010"
     chunks = [Chunk(0, 0, 5, 0, 32), Chunk(1, 4, 9, 20, 45), Chunk(2, 8, 12, 42, len(text))]
-    assert evidence_chunks(spans, chunks) == ([0, 1], None)
+    assert evidence_chunks(spans, chunks) == ([(0,), (1,)], None)  # either chunk that holds it
     across = answer_spans(*normalize(text), "it won the title again")
-    assert evidence_chunks(across, chunks) == ([], "answer_across_chunk_boundary")
+    # across a boundary: counted, and found only when both chunks that hold its parts are
+    assert evidence_chunks(across, chunks) == ([(1, 2)], None)
     assert evidence_chunks([], chunks) == ([], "answer_not_in_document")
+    assert evidence_chunks(spans, chunks[:0]) == ([], None)  # beyond the indexed chunks: counted, as a miss
+
+
+def test_an_answer_across_two_chunks_is_found_only_when_both_rank_within_k():
+    from sidestep.eval.longdoc_scoring import MISS, _rank
+
+    scores = np.asarray([0.9, 0.1, 0.8, 0.5])
+    assert _rank(scores, [(0,)]) == 0 and _rank(scores, [(3,)]) == 2
+    assert _rank(scores, [(2, 3)]) == 2  # its worse chunk decides: both are in the top 3, not in the top 2
+    assert _rank(scores, [(1, 2), (3,)]) == 2  # the best alternative counts
+    assert _rank(scores, []) == MISS
 
 
 def test_map_store_round_trips_heading_vectors(tmp_path):
