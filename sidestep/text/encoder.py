@@ -438,11 +438,12 @@ class Encoder:
         windows share at least one sentence (`chunking.sentence_windows`).
         """
         plan = self.plan_documents(docs, window_tokens=window_tokens, overlap_tokens=overlap_tokens,
-                                   max_chunks=max_chunks)
+                                   max_chunks=max_chunks, sentences=sentences)
         return self.encode_plan(plan, progress=progress)
 
     def plan_documents(self, docs: Sequence[tuple[str, str, str]], *, window_tokens: int = 256,
-                       overlap_tokens: int = 32, max_chunks: int = 256) -> DocumentPlan:
+                       overlap_tokens: int = 32, max_chunks: int = 256,
+                       sentences: Callable[[str], Sequence[tuple[int, int]]] | None = None) -> DocumentPlan:
         """Tokenize and chunk (no encoding): the half of encode_documents a reader thread can run ahead."""
         size = min(window_tokens, self.max_seq - len(self.prompt_ids["document"])) - 2
         texts = [doc_text(t, x) for _, t, x in docs]
