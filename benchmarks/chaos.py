@@ -76,12 +76,15 @@ def use_root(root: Path) -> None:
         os.environ[k] = v
 
 
-def reindex(root: Path, *extra: str, kill_after: float | None = None) -> dict:
-    """Run `sidestep reindex` in its own process group; with kill_after, SIGKILL the group then."""
+def reindex(root: Path, *extra: str, kill_after: float | None = None, nice: int = 0) -> dict:
+    """Run `sidestep reindex` in its own process group; with kill_after, SIGKILL the group then. With nice,
+    at that CPU niceness (a batch job below the serving processes that share the machine)."""
     log = root / f"reindex-{time.monotonic_ns()}.log"
     with open(log, "w") as err, tempfile.TemporaryFile("w+") as out:
         t0 = time.monotonic()
-        p = subprocess.Popen([str(BIN / "sidestep"), "reindex", "--json", *extra], env=env_for(root), stdout=out,
+        prefix = ["nice", "-n", str(nice)] if nice else []
+        p = subprocess.Popen([*prefix, str(BIN / "sidestep"), "reindex", "--json", *extra], env=env_for(root),
+                             stdout=out,
                              stderr=err, text=True, start_new_session=True)
         try:
             rc = p.wait(timeout=kill_after if kill_after is not None else 900)

@@ -7,7 +7,9 @@ The sample corpus (a private copy, which the nightlies edit) is reindexed by the
 fresh data root and served by the real Ray Serve application with the `replicated` preset (two search
 replicas behind the proxy, so one can die). Capacity is measured first with 4 closed-loop clients; then
 an open-loop generator offers FRACTION x capacity (one /recommend for every three /search), each request
-retried once after 0.5 s if it fails. Reported: requests failed after the retry, the serving processes'
+retried once after 0.5 s if it fails. The nightlies run at CPU niceness `--nightly-nice` (10): on one
+machine the batch job yields the cores to the serving processes, as an operator sharing a box would run
+it. Reported: requests failed after the retry, the serving processes'
 RSS at the start and the end of the load (median of the first and last 10% of the samples), each
 nightly's outcome and what it published.
 
@@ -134,7 +136,7 @@ def capacity(url: str, seconds: float) -> float:
 
 
 def run(minutes: float, fraction: float, nightly_every: float, kill_at: float, capacity_s: float,
-        preset: str, resume: Path | None = None) -> dict:
+        preset: str, resume: Path | None = None, nightly_nice: int = 10) -> dict:
     from sidestep.serving.run import ServeHandle
 
     root = resume or make_root("ssb-soak-")
@@ -167,7 +169,7 @@ def run(minutes: float, fraction: float, nightly_every: float, kill_at: float, c
                 i += 1
                 changed = mutate(root / "src", run_id * 1000 + i, rng)  # a new change, also on a resumed root
                 started = time.monotonic() - t0
-                res = reindex(root)
+                res = reindex(root, nice=nightly_nice)
                 summary = res.pop("summary", {}) or {}
                 nightlies.append({"n": i, "started_s": round(started, 1), **res, "changed": changed,
                                   "published": summary.get("published", []), "failed": summary.get("failed", {}),
@@ -213,7 +215,8 @@ def run(minutes: float, fraction: float, nightly_every: float, kill_at: float, c
                                               for n in nightlies)
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"), "machine": machine(), "preset": preset,
-        "minutes": minutes, "fraction": fraction, "nightly_every_min": nightly_every, "setup_s": setup_s,
+        "minutes": minutes, "fraction": fraction, "nightly_every_min": nightly_every, "nightly_nice": nightly_nice,
+        "setup_s": setup_s,
         "capacity_qps": round(cap, 2), "offered_qps": round(rate, 2), "load": report,
         "replica_kill": kill, "nightlies": nightlies, "every_nightly_published": every_published,
         "rss_mb": {"start": round(start_mb), "end": round(end_mb), "growth_pct": round(growth, 2) if growth is not None
@@ -234,7 +237,8 @@ def render(res: dict) -> str:
              "/search and "
              f"/recommend at {res['fraction']:.0%} of the measured capacity ({res['capacity_qps']} answers/s → "
              f"{res['offered_qps']} offered/s), a nightly reindex with a corpus change every "
-             f"{res['nightly_every_min']:g} minutes, one search replica killed (kill -9) at "
+             f"{res['nightly_every_min']:g} minutes (niceness {res.get('nightly_nice', 0)}), "
+             "one search replica killed (kill -9) at "
              f"{res['replica_kill'].get('at_s', '-')} s (back after {res['replica_kill'].get('restart_s', '-')} s). "
              "Load average at the end: " + ", ".join(f"{x:.1f}" for x in res["loadavg"]) + ".", "",
              "| measure | value | target |", "|---|---|---|",
@@ -264,10 +268,12 @@ def main() -> None:
                     help="write the BENCHMARKS.md section (default: only for runs of 30 minutes or more)")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     ap.add_argument("--resume", type=Path, help="reuse the root of an earlier run (skips its first reindex)")
+    ap.add_argument("--nightly-nice", type=int, default=10,
+                    help="CPU niceness of the nightly reindexes (0: same priority as serving)")
     args = ap.parse_args()
     with contextlib.redirect_stdout(sys.stderr):  # Ray's driver prints worker deaths: stdout holds only the result
         res = run(args.minutes, args.fraction, args.nightly_every, args.kill_at, args.capacity_seconds, args.preset,
-                  args.resume)
+                  args.resume, args.nightly_nice)
     path = write_last_run("soak", res, default=str)
     if args.md if args.md is not None else args.minutes >= 30:
         splice(Path(BENCHMARKS_MD), render(res), START, END)
