@@ -161,11 +161,13 @@ class DomainReport(_Report):
     embed: EmbedReport
     summarize: SummarizeReport
     index: PublishResult
+    ranker: dict | None = None  # the ranker choice (sidestep.pipeline.rankers) where one was made
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         return cls([IngestReport.from_dict(i) for i in data["ingest"]], EmbedReport.from_dict(data["embed"]),
-                   SummarizeReport.from_dict(data["summarize"]), PublishResult.from_dict(data["index"]))
+                   SummarizeReport.from_dict(data["summarize"]), PublishResult.from_dict(data["index"]),
+                   data.get("ranker"))
 
 
 @dataclass

@@ -16,7 +16,7 @@ from sidestep.config import Settings, check_name
 
 DEFAULT_ROOT = "./var"
 SHARED = "shared"
-ARTIFACT_KINDS = ("indexes", "tables", "codebooks", "verifiers")
+ARTIFACT_KINDS = ("indexes", "tables", "codebooks", "verifiers", "rankers")
 
 
 def resolve_root(settings: Settings | None = None, override: str | os.PathLike | None = None) -> Path:
