@@ -185,8 +185,11 @@ class ReindexReport(_Report):
     staging_swept: int = 0
     tables: dict[str, dict] | None = None
     codebook: dict | None = None
+    # per domain without judgments: the general verifier fine-tuned on its own self-supervised lists, which won
+    # the gate (adapted, general, MaxSim, ...) and by how much, and whether the adapted one was published
+    adaptation: dict[str, dict] | None = None
 
-    _optional = ("tables", "codebook")
+    _optional = ("tables", "codebook", "adaptation")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
