@@ -128,7 +128,9 @@ class SearchService(VersionedDomains):
             general = ((stage.choice or {}).get("verifier") or {}).get("domain")
             if ranker == "fusion":
                 return self._fusion(stage, query)
-            if ranker == "pooled_cosine" or (general and self.verifier is not None and not self.verifier.has(general)):
+            unavailable = ranker == "pooled_cosine" or bool(general and not self.verifier.has(general)) \
+                if self.verifier is not None else False  # the Ray app: its verifier deployment decides
+            if unavailable:
                 stage.reason = f"no verifier is published for domain {name!r}: results are recall only"
                 if stage.choice is not None:
                     stage.reason += f" (pooled cosine chosen: {stage.choice['reason']})"

@@ -17,6 +17,7 @@ from sidestep.pipeline.ingest import ingest_source
 from sidestep.pipeline.rankers import choose_ranker
 from sidestep.pipeline.summarize import summarize_domain
 from sidestep.storage.rankers import load_choice, ranker_store
+from sidestep.storage.status import domain_status
 from sidestep.text.lexical import BM25, rrf
 
 SYLLABLES = ["qor", "vex", "tal", "mir", "zon", "bek", "lu", "dra", "fen", "sko", "py", "wat"]
@@ -65,6 +66,8 @@ def test_the_chosen_ranker_beats_dense_on_held_out_crops_and_is_a_versioned_arti
     assert stored["ranker"] == res["ranker"] and stored["version"] == ranker_store(jargon).current("jargon")
     again = choose_ranker(jargon, settings, "jargon", log=lambda *_: None)  # unchanged inputs: kept
     assert again["unchanged"] and not again["published"] and again["version"] == res["version"]
+    shown = domain_status(jargon)["domains"]["jargon"]["ranker"]  # `sidestep status` reports it
+    assert shown["ranker"] == res["ranker"] and shown["ndcg10"] == n and shown["version"] == res["version"]
 
 
 def test_search_follows_the_chosen_ranker(jargon, settings):
