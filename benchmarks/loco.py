@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--near-misses", type=int, default=1)
     ap.add_argument("--ranker-queries", type=int, default=100)
     ap.add_argument("--no-adapt", action="store_true")
+    ap.add_argument("--reuse-general", action="store_true",
+                    help="use the general verifier already published (trained without this corpus's judgments)")
     a = ap.parse_args()
     s = default_settings()
     s = s.model_copy(update={"verify": s.verify.model_copy(update={
@@ -126,10 +128,17 @@ def main() -> None:
         index_antonym(root, s)
         domains.append("antonym")
     labelled = [parse_labelled(f"{DIRS['scifact']}=scifact"), parse_labelled(f"{DIRS['msmarco']}=msmarco")]
-    g = train_general_verifier(root, s, labelled=labelled, domains=domains, leave_out=c, per_domain=a.per_domain)
+    if a.reuse_general:
+        m = load_verifier(root, GENERAL_DOMAIN)
+        judged = {x["domain"] for x in m.manifest["sources"]["labelled"]}
+        if c in judged:
+            raise SystemExit(f"the published general verifier read {c}'s judgments")
+        g = {"version": m.version, **m.manifest, "reused": True}
+    else:
+        g = train_general_verifier(root, s, labelled=labelled, domains=domains, leave_out=c, per_domain=a.per_domain)
     g.pop("self_supervised_positives", None)
-    res["general"] = {k: g[k] for k in ("version", "seconds", "data_seconds", "train_lists", "val_queries",
-                                        "val_ndcg10", "best_epoch", "sources", "leave_out")}
+    res["general"] = {k: g.get(k) for k in ("version", "seconds", "data_seconds", "train_lists", "val_queries",
+                                            "val_ndcg10", "best_epoch", "sources", "leave_out", "reused")}
     choice = choose_ranker(root, s, c, force=True)
     res["choice"] = {k: choice.get(k) for k in ("ranker", "reason", "ndcg10", "queries", "over_dense_ci95", "kinds")}
     general = load_verifier(root, GENERAL_DOMAIN)
