@@ -13,6 +13,7 @@ import pytest
 from sidestep.config import SAMPLES_DIR
 from sidestep.flows.evaluate import evaluate_flow, train_verifier_flow
 from sidestep.pipeline.adapt import ADAPTED, GENERAL, adapt_domain
+from sidestep.pipeline.evaluate import evaluate_domain
 from sidestep.pipeline.general import parse_labelled
 from sidestep.storage.rankers import GENERAL_DOMAIN, load_choice, publish_choice
 from sidestep.storage.verifiers import load_verifier, verifier_store
@@ -62,8 +63,7 @@ def test_general_verifier_trains_publishes_and_is_offered_through_the_gate(data_
     publish_choice(data_root, "hb", "v-test-general", {**choice, "ranker": GENERAL,
                                                        "verifier": {"domain": GENERAL_DOMAIN, "version": g.version}},
                    keep=5)
-    ev = evaluate_flow(dataset_dir=str(handbook), domain="hb", k=20, train_verifier=False,
-                       config_path=str(tmp_path / "fast.toml"))
+    ev = evaluate_domain(data_root, fast, str(handbook), "hb", k=20, verify=True)  # no reindex: the choice stays
     assert ev["verify"]["applied"] and ev["verify"]["verifier_kind"] == "general"
     assert ev["verify"]["verifier_domain"] == GENERAL_DOMAIN and f"{GENERAL} serves" in ev["verify"]["reason"]
     # adaptation: fine-tuned from the general verifier on hb's own lists, published only past the gate
