@@ -20,6 +20,7 @@ from sidestep.storage.rankers import load_choice, ranker_store
 from sidestep.storage.status import domain_status
 from sidestep.text.lexical import BM25, rrf
 
+QUERY = "which seal of the pump wears out on the {} valve"
 SYLLABLES = ["qor", "vex", "tal", "mir", "zon", "bek", "lu", "dra", "fen", "sko", "py", "wat"]
 
 
@@ -45,9 +46,15 @@ def jargon(tmp_path_factory, settings, encoder):
 
     base = tmp_path_factory.mktemp("jargon")
     root = DataRoot(base / "root")
-    corpus = base / "jargon.jsonl"
-    corpus.write_text("".join(json.dumps(d) + "\n" for d in _docs()))
-    ingest_source(root, SourceConfig(domain="jargon", path=str(corpus), format="jsonl"),
+    folder = base / "jargon"  # a BEIR folder: judged test queries, no train split
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": d["id"], "title": "", "text": d["text"]}) + "\n"
+                                                 for d in _docs()))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": QUERY.format(_name(i))}) + "\n"
+                                                  for i in range(0, 30, 3)))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{i}\td{i}\t1\n" for i in range(0, 30, 3)))
+    ingest_source(root, SourceConfig(domain="jargon", path=str(folder), format="beir"),
                   max_text_bytes=settings.ingest.max_text_bytes)
     embed_domain(root, settings, "jargon", show_progress=False)
     summarize_domain(root, settings, "jargon")
@@ -77,7 +84,7 @@ def test_search_follows_the_chosen_ranker(jargon, settings):
     from sidestep.storage.rankers import publish_choice
 
     svc = SearchService(settings, jargon)
-    q = f"which seal of the pump wears out on the {_name(7)} valve"
+    q = QUERY.format(_name(7))
     dense = svc.search(q, 5, "jargon", verify=False)["results"]
     for ranker in ("maxsim", "fusion", "pooled_cosine"):
         publish_choice(jargon, "jargon", f"v-test-{ranker}", {"ranker": ranker, "reason": f"{ranker} test",
@@ -103,3 +110,57 @@ def test_search_follows_the_chosen_ranker(jargon, settings):
             fused = rrf([[d for d, _ in lex], [h.doc_id for h in recall]], 100)
             assert got == [d for d, _ in fused[:5]]
             assert [h["score"] for h in out["results"]] == pytest.approx([s for _, s in fused[:5]])
+
+
+def test_the_general_verifier_is_offered_through_the_gate_served_evaluated_and_adapted(jargon, settings):
+    """train-verifier --general's pipeline on the tiny corpus: published as verifiers/general-verifier, offered to
+    the domain's ranker choice on held-out queries it never trained on; where chosen, search and eval apply it and
+    say so; the domain's adaptation from it is published only past its gate."""
+    from sidestep.pipeline.adapt import ADAPTED, GENERAL, adapt_domain
+    from sidestep.pipeline.evaluate import evaluate_domain
+    from sidestep.pipeline.general import LabelledSet, train_general_verifier
+    from sidestep.serving.core import SearchService
+    from sidestep.storage.rankers import GENERAL_DOMAIN, publish_choice
+    from sidestep.storage.verifiers import load_verifier
+
+    fast = settings.model_copy(update={"verify": settings.verify.model_copy(update={
+        "epochs": 1, "near_misses": 1, "ranker_queries": 10})})
+    quiet = lambda *_: None  # noqa: E731
+    folder = str(jargon.root.parent / "jargon")
+    judged = LabelledSet(folder, "jargon", "test")
+    res = train_general_verifier(jargon, fast, labelled=[judged],
+                                 domains=["jargon"], per_domain=12, log=quiet)
+    g = load_verifier(jargon, GENERAL_DOMAIN)
+    assert g.version == res["version"] and g.manifest["general"] and g.manifest["leave_out"] is None
+    lab, = g.manifest["sources"]["labelled"]
+    assert lab["split"] == "test" and lab["lists"] > 0 and sum(lab["near_misses"].values()) > 0
+    ss = g.manifest["sources"]["self_supervised"]["jargon"]
+    assert ss["queries"] == 12 and ss["kinds"]["crop"] == 12 and ss["lists"] > 0
+    trained = set(g.manifest["self_supervised_positives"]["jargon"])
+    assert trained
+    choice = choose_ranker(jargon, fast, "jargon", log=quiet)  # a new general verifier: chosen again
+    assert choice["published"] and choice["learned_offered"] == {GENERAL: g.version} and GENERAL in choice["ndcg10"]
+    assert choice["ranker"] != GENERAL or choice["ndcg10"][GENERAL] > max(
+        choice["ndcg10"][k] for k in ("pooled_cosine", "maxsim", "fusion"))
+    # where the general verifier is the choice, search and eval apply it and say which and why
+    publish_choice(jargon, "jargon", "v-test-general", {**choice, "ranker": GENERAL, "reason": "general test",
+                                                       "verifier": {"domain": GENERAL_DOMAIN, "version": g.version}},
+                   keep=5)
+    out = SearchService(fast, jargon).search(QUERY.format(_name(4)), 5, "jargon", verify=True)
+    assert out["verify"]["applied"] and out["verify"]["ranker"] == GENERAL
+    assert out["verify"]["verifier_version"] == g.version and "general test" in out["verify"]["reason"]
+    ev = evaluate_domain(jargon, fast, folder, "jargon", k=10, verify=True)
+    assert ev["verify"]["applied"] and ev["verify"]["verifier_kind"] == "general"
+    assert ev["verify"]["verifier_domain"] == GENERAL_DOMAIN and f"{GENERAL} serves" in ev["verify"]["reason"]
+    assert set(ev["baselines"]) == {"pooled_cosine", "maxsim", "bm25", "rrf_bm25_dense"}
+    # adaptation: fine-tuned from the general verifier on the domain's own lists, published only past the gate
+    ad = adapt_domain(jargon, fast, "jargon", per_domain=12, epochs=1, log=quiet)
+    assert set(ad["gate"]["ndcg10"]) == {GENERAL, ADAPTED, "maxsim", "pooled_cosine", "fusion"}
+    assert ad["published"] == (ad["winner"] == ADAPTED and ad["margin"] > 0)
+    assert ("published" if ad["published"] else "nothing published") in ad["reason"]
+    if ad["published"]:
+        assert load_verifier(jargon, "jargon").manifest["adapted_from"]["version"] == g.version
+    # leave-one-corpus-out: the left-out corpus's judgments are not read
+    loco = train_general_verifier(jargon, fast, labelled=[judged],
+                                  domains=["jargon"], leave_out="jargon", per_domain=12, log=quiet)
+    assert loco["sources"]["labelled"] == [] and loco["leave_out"] == "jargon"
