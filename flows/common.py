@@ -10,6 +10,7 @@ from sidestep.tasks.cluster import cluster_embed_task
 from sidestep.tasks.embed import embed_task
 from sidestep.tasks.index import publish_task
 from sidestep.tasks.ingest import ingest_task
+from sidestep.tasks.rankers import choose_ranker_task
 from sidestep.tasks.summarize import summarize_task
 
 
@@ -23,4 +24,7 @@ def index_domain(root: str, settings: Settings, domain: str, sources: Sequence[S
     emb = cluster_embed_task(root, settings, domain) if settings.ray.address else embed_task(root, settings, domain)
     maps = summarize_task(root, settings, domain)
     pub = publish_task(root, settings, domain, force=force)
-    return DomainReport(ingest=ingests, embed=emb, summarize=maps, index=pub)
+    # which ranker serves the domain while it has no verifier of its own (the best untrained one, or the
+    # general verifier where it beats them), chosen on its held-out self-supervised queries
+    ranker = choose_ranker_task(root, settings, domain)
+    return DomainReport(ingest=ingests, embed=emb, summarize=maps, index=pub, ranker=ranker)

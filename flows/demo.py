@@ -105,7 +105,10 @@ def run_demo(settings: Settings, root: DataRoot, *, port: int = 8000, console: C
             if res["published"]:
                 verified_domains.append(src.domain)
     if not verified_domains:
-        con.print("[yellow]no sample domain's verifier passed the gate: searches below are recall only[/yellow]")
+        con.print("[yellow]no sample domain's verifier passed the gate[/yellow]")
+    for d, r in summary.get("domains", {}).items():  # domains without a verifier: the ranker chosen at index time
+        if d not in verified_domains and (r.get("ranker") or {}).get("ranker"):
+            con.print(f"{d}: served by {r['ranker']['ranker']} ({r['ranker']['reason']})")
 
     con.rule("3. evaluation (Prefect flow → Parquet + DuckDB)")
     run_ids = []
@@ -113,7 +116,8 @@ def run_demo(settings: Settings, root: DataRoot, *, port: int = 8000, console: C
         if src.eval:
             res = evaluate_flow(dataset_dir=src.path, domain=src.domain)
             run_ids.append(res["run_id"])
-            main = "recall → verify" if res["verify"]["applied"] else "pooled cosine (recall only)"
+            main = ("recall → verify" if res["verify"]["applied"]
+                    else res["verify"].get("ranker", "pooled_cosine") + " (the domain's chosen ranker)")
             base = ", ".join(f"{n} {m['ndcg@10']:.4f}" for n, m in res["baselines"].items())
             con.print(f"{src.domain}: {res['queries']} queries → run {res['run_id']}; nDCG@10 {main} "
                       f"{res['metrics']['ndcg@10']:.4f}; baselines {base}")
@@ -143,6 +147,7 @@ def run_demo(settings: Settings, root: DataRoot, *, port: int = 8000, console: C
                 v = body["verify"]
                 how = (f"verify applied by verifier {v['verifier_version']} ({v.get('verified')} of "
                        f"{v.get('candidates')} candidates read)" if v["applied"]
+                       else f"served by {v['ranker']}: {v.get('reason')}" if v.get("ranker")
                        else f"verify not applied: {v.get('reason', 'not requested')}")
                 t = Table("#", "doc_id", "score", "recall", "title", title=f"[{domain}] {query}  →  index_version "
                           f"{body['index_version']}  ({body['timings_ms']['total']:.1f} ms)")

@@ -12,7 +12,12 @@ from sidestep.results import DomainReport
 from sidestep.storage.verifiers import verifier_store
 from sidestep.tasks.common import root_from, settings_from
 from sidestep.tasks.evaluate import evaluate_task
-from sidestep.tasks.verifier import train_verifier_self_supervised_task, train_verifier_task
+from sidestep.tasks.rankers import choose_ranker_task
+from sidestep.tasks.verifier import (
+    train_general_verifier_task,
+    train_verifier_self_supervised_task,
+    train_verifier_task,
+)
 
 from .common import index_domain
 
@@ -24,8 +29,10 @@ def _index(root: str, settings, dataset_dir: str, domain: str) -> DomainReport:
 
 
 @flow(name="train-verifier", log_prints=True)
-def train_verifier_flow(dataset_dir: str | None, domain: str, split: str = "train", seed: int = 0,
-                        config_path: str | None = None, self_supervised: bool = False) -> dict:
+def train_verifier_flow(dataset_dir: str | None, domain: str | None, split: str = "train", seed: int = 0,
+                        config_path: str | None = None, self_supervised: bool = False, general: bool = False,
+                        labelled: list[str] | None = None, leave_out: str | None = None,
+                        per_domain: int = 300) -> dict:
     """Index DATASET_DIR (a BEIR folder) into DOMAIN, then train and publish DOMAIN's verifier on its SPLIT
     qrels: hard negatives from recall's top candidates and structural near-misses of each positive.
 
@@ -42,9 +49,30 @@ def train_verifier_flow(dataset_dir: str | None, domain: str, split: str = "trai
         seed: Random seed, for reproducible runs.
         config_path: TOML config file; default: $SIDESTEP_CONFIG, else the embedded sample configuration.
         self_supervised: Train from the domain's own text, no labels (see above).
+        general: Train the general verifier instead (every domain without one of its own may be served by it,
+            where it beats the best untrained ranker on the domain's held-out self-supervised queries): from
+            the LABELLED sets' judgments and self-supervised lists of every indexed domain's text; then choose
+            every such domain's ranker again.
+        labelled: With general: labelled sets as DIR=DOMAIN[:SPLIT] (each indexed as DOMAIN first).
+        leave_out: With general: a domain whose judgments are not read (leave-one-corpus-out).
+        per_domain: With general: self-supervised queries drawn from each domain's text.
     """
     settings = settings_from(config_path)
     root = str(root_from(settings).root)
+    if general:
+        from sidestep.pipeline.general import parse_labelled
+
+        sets = [parse_labelled(x) for x in labelled or []]
+        for ls in sets:
+            _index(root, settings, ls.dataset_dir, ls.domain)
+        res = train_general_verifier_task(root, settings, [f"{s.dataset_dir}={s.domain}:{s.split}" for s in sets],
+                                          leave_out, per_domain, seed)
+        rdir = root_from(settings)
+        res["rankers"] = {d: (choose_ranker_task(root, settings, d) or {}).get("ranker")
+                          for d in rdir.domains_with_indexes() if verifier_store(rdir).current(d) is None}
+        return res
+    if domain is None:
+        raise ValueError("a domain is needed, unless the verifier is the general one")
     if self_supervised:
         if dataset_dir:
             _index(root, settings, dataset_dir, domain)

@@ -16,6 +16,7 @@ from sidestep.storage.sources import domains_in, sources_to_read
 from sidestep.storage.status import record_nightly
 from sidestep.tasks.common import root_from, settings_from
 from sidestep.tasks.rec import fit_codebooks_task, refresh_tables_task
+from sidestep.tasks.verifier import adapt_verifier_task
 
 from .common import index_domain
 
@@ -70,6 +71,11 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
             continue
         report.add(domain, built)
     _recommendation_stages(root, settings, [d for d in chosen if d not in report.failed], force, report)
+    for domain in [d for d in chosen if d not in report.failed]:  # domains without judgments: adapt the general one
+        adapted = adapt_verifier_task(root, settings, domain)
+        if adapted is not None:
+            report.adaptation = {**(report.adaptation or {}), domain: adapted}
+            log.info("adaptation %s: %s", domain, adapted.get("reason") or adapted.get("error"))
     log.info("reindex: %d domains, encoded=%d reused=%d summarized=%d maps_failed=%d published=%d "
              "quarantined=%d failed=%d pinned=%d", len(chosen), report.encoded, report.reused, report.summarized,
              report.maps_failed, len(report.published), report.quarantined, len(report.failed), len(report.pinned))

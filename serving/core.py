@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 
 from sidestep.config import Settings
+from sidestep.results import Hit
 from sidestep.retrieval.search import (
     IndexedCorpus,
     MapParamsSearch,
@@ -20,9 +21,13 @@ from sidestep.retrieval.search import (
     search_vectors,
 )
 from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.documents import DocumentStore
 from sidestep.storage.indexes import load_version
 from sidestep.storage.paths import DataRoot
-from sidestep.text.encoder import Encoder
+from sidestep.storage.rankers import load_choice, ranker_store
+from sidestep.storage.verifiers import verifier_store
+from sidestep.text.encoder import Encoder, doc_text
+from sidestep.text.lexical import BM25, rrf
 
 from .verify import VerifierService
 from .versions import VersionedDomains
@@ -43,6 +48,8 @@ class SearchService(VersionedDomains):
                                           max_query_tokens=e.max_query_tokens, fast_single=fast_encoder,
                                           device=e.device)
         self.verifier = VerifierService(settings, root) if verifier is True else (verifier or None)
+        self._choices: dict[str, tuple[str, dict]] = {}  # domain -> (choice version, choice)
+        self._bm25: dict[str, tuple[str, BM25]] = {}  # domain -> (index version, BM25 over its live documents)
         self.refresh()
 
     @property
@@ -115,8 +122,19 @@ class SearchService(VersionedDomains):
             stage.reason = "verification is disabled in this configuration (verify.enabled = false)"
         elif verify and (mode != "chunks" or doc_id is not None):
             stage.reason = "the verifier reranks whole-corpus chunk search only (mode 'chunks', no doc_id)"
-        elif verify and self.verifier is not None and not self.verifier.has(name):
-            stage.reason = f"no verifier is published for domain {name!r}: results are recall only"
+        elif verify and not self._own_verifier(name):
+            # no verifier of its own: the ranker chosen for it on its held-out self-supervised queries serves
+            stage.choice = self.ranker_choice(name)
+            ranker = (stage.choice or {}).get("ranker", "pooled_cosine")
+            general = ((stage.choice or {}).get("verifier") or {}).get("domain")
+            if ranker == "fusion":
+                return self._fusion(stage, query)
+            unavailable = ranker == "pooled_cosine" or bool(general and not self.verifier.has(general)) \
+                if self.verifier is not None else False  # the Ray app: its verifier deployment decides
+            if unavailable:
+                stage.reason = f"no verifier is published for domain {name!r}: results are recall only"
+                if stage.choice is not None:
+                    stage.reason += f" (pooled cosine chosen: {stage.choice['reason']})"
         if verify and stage.reason is None:
             t1 = time.perf_counter()
             qpieces = self.encoder.query_ids([query])[0]  # tokenized once: the encoder and the lexical features
@@ -132,12 +150,61 @@ class SearchService(VersionedDomains):
                                           qtok=qtok[0].astype(np.float32), qpieces=list(qpieces),
                                           doc_ids=[h.doc_id for h in head],
                                           recall=np.asarray([h.recall_score for h in head], np.float32))
+            if stage.choice is not None:  # no verifier of its own: the chosen ranker reranks recall's list
+                stage.request.ranker = "maxsim" if stage.choice["ranker"] == "maxsim" else "verifier"
+                stage.request.verifier_domain = (stage.choice.get("verifier") or {}).get("domain")
             return stage
         m = self.settings.maps
         params = MapParamsSearch(top_r=m.route_top_r, map_weight=m.map_weight, alpha=m.alpha, gamma=m.gamma,
                                  tau=m.tau)
         hits, timings = search_texts(self.encoder, corpus, [query], k, mode=mode, doc_id=doc_id, params=params)
         stage.hits, stage.timings = hits[0], timings
+        return stage
+
+    def _own_verifier(self, domain: str) -> bool:
+        if self.verifier is not None:
+            return self.verifier.has(domain)
+        return verifier_store(self.root).current(domain) is not None  # the Ray app's search replica
+
+    def ranker_choice(self, domain: str) -> dict | None:
+        """The domain's published ranker choice (storage/rankers.py), re-read when its CURRENT pointer moves;
+        None where none is published or it names dense recall alone."""
+        version = ranker_store(self.root).current(domain)
+        if version is None:
+            return None
+        cached = self._choices.get(domain)
+        if cached is None or cached[0] != version:
+            cached = (version, load_choice(self.root, domain, version))
+            self._choices[domain] = cached
+        return cached[1]
+
+    def _fusion(self, stage: RecallStage, query: str) -> RecallStage:
+        """Reciprocal-rank fusion of BM25 over the domain's live documents and dense recall (each one's top
+        100), the domain's chosen ranker; hits keep their recall scores, `score` is the fused one."""
+        corpus, k = stage.corpus, stage.k
+        t1 = time.perf_counter()
+        cached = self._bm25.get(stage.domain)
+        if cached is None or cached[0] != corpus.version:
+            docs = DocumentStore(self.root).read(stage.domain, include_deleted=False)
+            cached = (corpus.version, BM25(docs["doc_id"].to_pylist(), [doc_text(t or "", x) for t, x in zip(
+                docs["title"].to_pylist(), docs["text"].to_pylist(), strict=True)]))
+            self._bm25[stage.domain] = cached
+        depth = max(k, 100)
+        qvec = self.encoder.encode_queries([query])
+        t2 = time.perf_counter()
+        dense = search_vectors(corpus, qvec, depth)[0]
+        lex = cached[1].search([query], depth)[0]
+        rows = corpus.searcher.rows_by_doc
+        fused = [(d, s) for d, s in rrf([[d for d, _ in lex if d in rows], [h.doc_id for h in dense]], depth)][:k]
+        by_id = {h.doc_id: h for h in dense}
+        missing = [d for d, _ in fused if d not in by_id]
+        # BM25's own finds: their best chunk under the dense query, as recall would show them
+        for d, sc in zip(missing, corpus.searcher.best_chunk_scores(qvec[0], missing), strict=True):
+            r = int(rows[d][np.argmax(corpus.searcher.index.reconstruct_batch(rows[d]) @ qvec[0])])
+            by_id[d] = Hit(d, float(sc), float(sc), corpus.titles[r], corpus.snippets[r], int(corpus.chunk_idx[r]))
+        stage.hits = [replace(by_id[d], score=float(s)) for d, s in fused]
+        stage.timings = {"encode": (t2 - t1) * 1e3, "recall": (time.perf_counter() - t2) * 1e3}
+        stage.reason = None
         return stage
 
     def finish(self, stage: RecallStage, verified: dict | None) -> dict:
@@ -151,6 +218,18 @@ class SearchService(VersionedDomains):
             timings.update(verified["timings_ms"])
             info.update(applied=True, verifier_version=verified["verifier_version"], candidates=len(scores),
                         verified=verified.get("verified", len(scores)))
+            if verified.get("verifier_domain", stage.domain) != stage.domain:
+                info.update(ranker=f"verifier:{verified['verifier_domain']}",
+                            verifier_domain=verified["verifier_domain"], reason=self._why(stage))
+        elif stage.request is not None and verified and verified.get("ranker") == "maxsim":
+            scores = verified["scores"]
+            order = np.argsort(-np.asarray(scores), kind="stable")[:k]
+            hits = [replace(hits[i], score=float(scores[i])) for i in order] + hits[len(scores):k]
+            timings.update(verified["timings_ms"])
+            info.update(ranker="maxsim", candidates=len(scores), reason=self._why(stage))
+        elif stage.choice is not None and stage.request is None and stage.reason is None:  # fusion, in recall
+            hits = hits[:k]
+            info.update(ranker="fusion", reason=self._why(stage))
         else:
             hits = hits[:k]
             reason = (verified or {}).get("reason") or stage.reason
@@ -165,6 +244,12 @@ class SearchService(VersionedDomains):
             "verify": info,
             "timings_ms": {k2: round(v, 3) for k2, v in timings.items()},
         }
+
+    @staticmethod
+    def _why(stage: RecallStage) -> str:
+        c = stage.choice or {}
+        return (f"no verifier of its own for domain {stage.domain!r}: {c.get('ranker')} serves, chosen on its "
+                f"held-out self-supervised queries ({c.get('reason')})")
 
     def health(self) -> dict:
         """status: "ok" (every domain with a CURRENT pointer serves), "degraded" (some domain serves

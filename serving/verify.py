@@ -7,12 +7,13 @@ verifier deployment wraps `verify_batch` in `@serve.batch`.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 import numpy as np
 
 from sidestep.config import Settings
-from sidestep.retrieval.search import TokenView, VerifyRequest, rerank
+from sidestep.retrieval.search import TokenView, VerifyRequest, maxsim_rerank, rerank
 from sidestep.storage.indexes import load_token_view
 from sidestep.storage.paths import DataRoot
 from sidestep.storage.verifiers import LoadedVerifier, load_verifier, verifier_store
@@ -71,13 +72,25 @@ class VerifierService(VersionedDomains):
         """Score each request's candidates (recall's, in a search's RecallStage.request)."""
         out: list[dict] = []
         groups: dict[str, list[int]] = {}  # maps are per query; one model forward per verifier version
+        owner: dict[int, str] = {}  # request -> the domain whose verifier scores it
         for i, r in enumerate(requests):
-            ver = self.loaded.get(r.domain)
+            # the domain's own verifier first; else the ranker chosen for it (the general verifier, or MaxSim)
+            by = r.domain if r.domain in self.loaded else (r.verifier_domain if r.ranker == "verifier" else None)
+            ver = self.loaded.get(by) if by else None
             out.append({"applied": False, "reason": f"no verifier is published for domain {r.domain!r}"})
             if ver is not None:
-                groups.setdefault(f"{r.domain}/{ver.version}", []).append(i)
+                owner[i] = by
+                groups.setdefault(f"{by}/{ver.version}", []).append(i)
+            elif r.ranker == "maxsim" and r.domain not in self.loaded:
+                t0 = time.perf_counter()
+                ms, ms_time = maxsim_rerank(self.view(r.domain, r.index_version), np.asarray(r.qtok, np.float32),
+                                            r.doc_ids, self.settings.verify.max_doc_tokens)
+                out[i] = {"applied": False, "ranker": "maxsim", "scores": ms.tolist(),
+                          "timings_ms": {"maxsim": ms_time, "token_view": (time.perf_counter() - t0) * 1e3 - ms_time},
+                          "reason": f"no verifier is published for domain {r.domain!r}: MaxSim, its chosen ranker"}
         for idx in groups.values():
-            ver = self.loaded[requests[idx[0]].domain]
+            by = owner[idx[0]]
+            ver = self.loaded[by]
             batch = [requests[i] for i in idx]
             scored = rerank(ver.model, [self.view(r.domain, r.index_version) for r in batch],
                             [np.asarray(r.qtok, np.float32) for r in batch], [r.qpieces for r in batch],
@@ -86,4 +99,6 @@ class VerifierService(VersionedDomains):
             for i, (scores, timings, verified) in zip(idx, scored, strict=True):
                 out[i] = {"applied": True, "verifier_version": ver.version, "scores": scores.tolist(),
                           "timings_ms": timings, "batch": len(idx), "verified": verified}
+                if by != requests[i].domain:
+                    out[i]["verifier_domain"] = by
         return out

@@ -170,11 +170,13 @@ class DomainReport(_Report):
     embed: EmbedReport
     summarize: SummarizeReport
     index: PublishResult
+    ranker: dict | None = None  # the ranker choice (sidestep.pipeline.rankers) where one was made
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         return cls([IngestReport.from_dict(i) for i in data["ingest"]], EmbedReport.from_dict(data["embed"]),
-                   SummarizeReport.from_dict(data["summarize"]), PublishResult.from_dict(data["index"]))
+                   SummarizeReport.from_dict(data["summarize"]), PublishResult.from_dict(data["index"]),
+                   data.get("ranker"))
 
 
 @dataclass
@@ -194,8 +196,11 @@ class ReindexReport(_Report):
     codebook: dict | None = None
     pinned: list[dict] = field(default_factory=list)  # domains a rollback pins: nothing published over them
     embed_nodes: list[str] | None = None  # on a Ray cluster: every node whose encoders wrote shards this run
+    # per domain without judgments: the general verifier fine-tuned on its own self-supervised lists, which won
+    # the gate (adapted, general, MaxSim, ...) and by how much, and whether the adapted one was published
+    adaptation: dict[str, dict] | None = None
 
-    _optional = ("tables", "codebook", "embed_nodes")
+    _optional = ("tables", "codebook", "embed_nodes", "adaptation")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:

@@ -18,7 +18,7 @@ from .rootcheck import refuse_url
 
 DEFAULT_ROOT = "./var"
 SHARED = "shared"
-ARTIFACT_KINDS = ("indexes", "tables", "codebooks", "verifiers")
+ARTIFACT_KINDS = ("indexes", "tables", "codebooks", "verifiers", "rankers")
 
 
 def resolve_root(settings: Settings | None = None, override: str | os.PathLike | None = None) -> Path:

@@ -15,7 +15,7 @@ from .sources import SourceRegistry
 def domain_status(root: DataRoot) -> dict:
     store, docs, quarantine = IndexStore(root), DocumentStore(root), QuarantineStore(root)
     tables, books = IndexStore(root, "tables"), IndexStore(root, "codebooks")
-    verifiers = IndexStore(root, "verifiers")
+    verifiers, rankers = IndexStore(root, "verifiers"), IndexStore(root, "rankers")
     recorded: dict[str, list[str]] = {}
     for s in SourceRegistry(root).sources():
         recorded.setdefault(s.domain, []).append(s.path)
@@ -44,6 +44,7 @@ def domain_status(root: DataRoot) -> dict:
             "tables_version": _current(tables, d)[0],
             "tables_versions": len(tables.versions(d)),
             "verifier_version": _current(verifiers, d)[0],
+            "ranker": _ranker(rankers, d, _current(verifiers, d)[0]),
             "sources": recorded.get(d, []),
             "pin": read_pin(store, d),
             "tables_pin": read_pin(tables, d),
@@ -55,6 +56,20 @@ def domain_status(root: DataRoot) -> dict:
     out["codebook_version"] = books.current(SHARED)
     out["last_nightly"] = last_nightly(root)
     return out
+
+
+def _ranker(rankers: IndexStore, domain: str, own_verifier: str | None) -> dict | None:
+    """Which ranker serves the domain's searches: its own verifier where it has one, else the ranker chosen for it
+    on its held-out self-supervised queries (why, and the figures), else None (dense recall)."""
+    if own_verifier:
+        return {"ranker": "verifier", "reason": f"the domain's own verifier {own_verifier}"}
+    m = rankers.current_manifest(domain)
+    if not m:
+        return None
+    c = m.get("choice", {})
+    return {"ranker": c.get("ranker"), "reason": c.get("reason"), "ndcg10": c.get("ndcg10"),
+            "queries": c.get("queries"), "verifier": c.get("verifier"), "version": m.get("version"),
+            "index_version": c.get("index_version")}
 
 
 def record_nightly(root: DataRoot, summary: dict, *, run_name: str | None, started_at: str, seconds: float) -> None:

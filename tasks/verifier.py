@@ -33,3 +33,36 @@ def train_verifier_self_supervised_task(root: str, settings: Settings, domain: s
     out = train_verifier_self_supervised(DataRoot(Path(root)), settings, domain, seed=seed, log=log.info)
     log.info(summary_line(out))
     return out
+
+
+@task(name="train-general-verifier", **TRAIN_RETRY, cache_policy=NO_CACHE, tags=["verifier"])
+def train_general_verifier_task(root: str, settings: Settings, labelled: list[str], leave_out: str | None = None,
+                                per_domain: int = 300, seed: int = 0) -> dict:
+    """The general verifier from every labelled set (DIR=DOMAIN[:SPLIT]) and every domain's own text."""
+    from sidestep.pipeline.general import parse_labelled, train_general_verifier
+
+    log = get_run_logger()
+    out = train_general_verifier(DataRoot(Path(root)), settings, labelled=[parse_labelled(x) for x in labelled],
+                                 leave_out=leave_out, per_domain=per_domain, seed=seed, log=log.info)
+    out.pop("self_supervised_positives", None)
+    return out
+
+
+@task(name="adapt-verifier", cache_policy=NO_CACHE, tags=["verifier"])
+def adapt_verifier_task(root: str, settings: Settings, domain: str) -> dict | None:
+    """Nightly: DOMAIN (no judgments) gets the general verifier fine-tuned on its own self-supervised lists, published
+    only past the gate. None where there is nothing to adapt (no general verifier; a verifier trained on the
+    domain's judgments; adaptation off); a failure is logged and leaves the domain as it was."""
+    from sidestep.pipeline.adapt import adapt_domain, needs_adaptation
+
+    r = DataRoot(Path(root))
+    if not settings.verify.nightly_adapt or not needs_adaptation(r, domain):
+        return None
+    log = get_run_logger()
+    try:
+        out = adapt_domain(r, settings, domain, log=log.info)
+    except Exception as e:  # the domain keeps serving what it served
+        log.warning("adaptation of %s failed: %s: %s", domain, type(e).__name__, e)
+        return {"domain": domain, "error": f"{type(e).__name__}: {e}"}
+    out.pop("gate", None)
+    return out

@@ -40,7 +40,11 @@ def eval_(
                trec_out=trec_out).as_dict()
     _emit(res, as_json)
     if not as_json:
-        main = "recall -> verify" if res["verify"]["applied"] else "pooled cosine (recall only)"
+        v = res["verify"]
+        main = {"maxsim": "MaxSim (chosen ranker)", "rrf_bm25_dense": "BM25 + dense fusion (chosen ranker)"}.get(
+            v.get("ranker"), "pooled cosine (recall only)")
+        if v["applied"]:
+            main = f"recall -> verify ({v.get('verifier_kind', 'own')} verifier)"
         t = Table("configuration", "ndcg@10", "mrr@10", "recall@100",
                   title=f"{domain} {split} ({res['queries']} queries, {res['index_version']})")
         for name, m in {main: res["metrics"], **res["baselines"]}.items():
@@ -53,15 +57,16 @@ def eval_(
                       f"{c['p50_verify_stage_ms']:.1f} vs {c['p50_maxsim_ms']:.1f} ms; token store "
                       f"{c['token_store']}, {c['bytes_per_doc'] / 1024:.1f} KB/document; the model read "
                       f"{res['verify'].get('verify_top') or 'all'} of {res['verify']['candidates']} candidates")
-        if res["verify"]["requested"] and not res["verify"]["applied"]:
-            err.print(f"[yellow]note:[/yellow] {res['verify']['reason']}")
+        if v["requested"] and v.get("reason"):
+            err.print(f"[yellow]note:[/yellow] {v['reason']}")
         out.print(f"runs stored as {res['run_group']}-* in {_root().eval_db()}")
         if res.get("trec_out"):
             out.print(f"TREC run {res['run_id']} written to {res['trec_out']}")
 
 
 def train_verifier(
-    domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to index the corpus into and train for.")],
+    domain: Annotated[str | None, typer.Option("--domain", "-d", help="Domain to index the corpus into and train "
+                                                                      "for (not with --general).")] = None,
     dataset_dir: Annotated[str | None, typer.Argument(help="A BEIR folder with qrels/train.tsv (optional with "
                                                       "--self-supervised).")] = None,
     split: Annotated[str, typer.Option(help="qrels split to train on (never test).")] = "train",
@@ -71,12 +76,36 @@ def train_verifier(
                                                   "as its positive, structural near-misses), and publish only if "
                                                   "the verifier beats pooled cosine and MaxSim on held-out "
                                                   "documents' titles.")] = False,
+    general: Annotated[bool, typer.Option("--general", help="Train the general verifier: every --labelled set's "
+                                          "judgments plus self-supervised lists (titles, heading questions, "
+                                          "sentence crops, near-misses) from every indexed domain's text; then "
+                                          "choose each domain's ranker again (it serves a domain without a "
+                                          "verifier of its own only where it beats the best untrained ranker).")
+                 ] = False,
+    labelled: Annotated[list[str] | None, typer.Option("--labelled", help="With --general: DIR=DOMAIN[:SPLIT], a "
+                                                       "BEIR folder's judgments (indexed as DOMAIN); repeatable.")
+                        ] = None,
+    leave_out: Annotated[str | None, typer.Option("--leave-out", help="With --general: a domain whose judgments "
+                                                  "are not read (leave-one-corpus-out).")] = None,
+    per_domain: Annotated[int, typer.Option(help="With --general: self-supervised queries per domain.")] = 300,
     as_json: JsonOpt = False,
 ) -> None:
     """Train and publish DOMAIN's verifier: positives from the train qrels, hard negatives from recall's top
     candidates, structural near-misses of each positive (negation, antonym, role swap, number, condition).
     With --self-supervised, from the domain's stored text alone (DATASET_DIR optional). Serving hot-loads
     the new version; curves go to DuckDB (verifier_curves)."""
+    if general:
+        from sidestep.flows.evaluate import train_verifier_flow
+
+        res = _run(train_verifier_flow, as_json, dataset_dir=None, domain=None, seed=seed, general=True,
+                   labelled=list(labelled or []), leave_out=leave_out, per_domain=per_domain)
+        _emit(res, as_json)
+        if not as_json:
+            out.print(f"general verifier {res['version']}: {res['train_lists']} training lists, validation nDCG@10 "
+                      f"{res['val_ndcg10']}, {res['seconds']:.0f} s; rankers now: {res.get('rankers')}")
+        return
+    if domain is None:
+        _fail("--domain is required (unless --general)", as_json, 2)
     if dataset_dir is None and not self_supervised:
         _fail("DATASET_DIR is required (a BEIR folder with train qrels), unless --self-supervised", as_json, 2)
     if dataset_dir is not None and not Path(dataset_dir).is_dir():

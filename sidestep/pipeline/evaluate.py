@@ -18,6 +18,7 @@ from sidestep.storage.atomic import write_parquet
 from sidestep.storage.documents import DocumentStore
 from sidestep.storage.indexes import load_current, load_token_view
 from sidestep.storage.paths import DataRoot
+from sidestep.storage.rankers import GENERAL_DOMAIN, load_choice
 from sidestep.storage.verifiers import load_verifier
 from sidestep.storage.warehouse import Warehouse
 from sidestep.text.encoder import doc_text
@@ -109,6 +110,25 @@ def _lexical(root: DataRoot, domain: str, qids: list[str], queries: dict[str, st
     return out
 
 
+def choice_summary(choice: dict) -> dict:
+    """What eval reports of a domain's ranker choice: which ranker, why, and the held-out figures."""
+    return {k: choice.get(k) for k in ("ranker", "reason", "ndcg10", "queries", "kinds", "best_untrained", "margin",
+                                       "over_dense", "over_dense_ci95", "verifier", "version", "index_version")}
+
+
+def verifier_kind(loaded, domain: str) -> str:
+    """own (trained on the domain's judgments), self-supervised, adapted (fine-tuned from the general verifier on
+    the domain's own self-supervised lists), general, or another domain's."""
+    m = loaded.manifest or {}
+    if loaded.domain == GENERAL_DOMAIN:
+        return "general"
+    if loaded.domain != domain:
+        return f"from domain {loaded.domain!r}"
+    if m.get("adapted_from"):
+        return "adapted"
+    return "self-supervised" if m.get("self_supervised") else "own"
+
+
 def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *, k: int = 100,
                     split: str = "test", min_rel: int = 1, out: str | None = None, label: str = "main",
                     group_id: str | None = None, verify: bool = False, verifier_from: str | None = None,
@@ -131,8 +151,17 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
     qids = list(queries)
     loaded = load_verifier(root, verifier_from or domain) if verify else None
     verify_info: dict = {"requested": verify, "applied": False}
+    choice = load_choice(root, domain) if verify and loaded is None and verifier_from is None else None
     if verify and loaded is None:
         verify_info["reason"] = f"no verifier is published for domain {verifier_from or domain!r}"
+    if choice is not None:  # no verifier of its own: the ranker chosen on its held-out self-supervised queries
+        verify_info.update(ranker_choice=choice_summary(choice), reason=(
+            f"no verifier of its own for domain {domain!r}: {choice['ranker']} serves, chosen on its held-out "
+            f"self-supervised queries ({choice['reason']})"))
+        if choice.get("verifier"):
+            loaded = load_verifier(root, choice["verifier"]["domain"])
+    if loaded is not None:
+        verify_info["verifier_kind"] = verifier_kind(loaded, domain)
     t0 = time.perf_counter()
     runs: dict[str, dict[str, list]] = {}
     cost: dict[str, float] = {}
@@ -162,6 +191,9 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
         runs.update(_lexical(root, domain, qids, queries, k, runs.get("pooled_cosine")))
     seconds = time.perf_counter() - t0
     main_name = "verifier" if verify_info["applied"] else "pooled_cosine"
+    if choice is not None and not verify_info["applied"] and choice["ranker"] in ("maxsim", "fusion") and baselines:
+        main_name = {"maxsim": "maxsim", "fusion": "rrf_bm25_dense"}[choice["ranker"]]
+    verify_info["ranker"] = main_name
     group_id = group_id or f"{domain}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     base_cfg = {"k": k, "split": split, "index": corpus.manifest.get("index"),
                 "encoder": corpus.manifest.get("encoder"), "chunking": corpus.manifest.get("chunking")}

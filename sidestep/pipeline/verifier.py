@@ -127,9 +127,12 @@ def fit_query_adapter(qids: list[str], qtoks, hits, qrels: dict, val_set: set[in
 
 
 def training_lists(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *, split: str = "train",
-                   seed: int = 0, log=print) -> TrainingLists:
-    """Mine DATASET_DIR's SPLIT qrels (never the test split) against DOMAIN's current index."""
-    check_training_split(split)
+                   seed: int = 0, log=print, allow_test: bool = False, near_miss_cap: int | None = None
+                   ) -> TrainingLists:
+    """Mine DATASET_DIR's SPLIT qrels (never the test split, unless allow_test: the general verifier reads a
+    corpus's only judgments, and is then never evaluated on that corpus in-domain) against DOMAIN's index."""
+    if not allow_test:
+        check_training_split(split)
     t0 = time.perf_counter()
     v = settings.verify
     ix = settings.index
@@ -156,8 +159,12 @@ def training_lists(root: DataRoot, settings: Settings, dataset_dir: str, domain:
     # near-misses of every positive, encoded in one pass
     nm_items, nm_owner, kinds = [], [], Counter()
     for j, q in enumerate(qids):
-        for d, rel in qrels.get(q, {}).items():
-            if rel > 0 and d in text_of and d in view.pieces:
+        pos = [d for d, rel in qrels.get(q, {}).items() if rel > 0]
+        if near_miss_cap is not None:  # only positives in the recall list can be paired: the best-recalled few
+            ranked = [h.doc_id for h in hits[j]]
+            pos = [d for d in ranked if d in set(pos)][:near_miss_cap]
+        for d in pos:
+            if d in text_of and d in view.pieces:
                 for nm in near_misses(texts[j], text_of[d][1], n=v.near_misses, seed=seed):
                     nm_items.append((text_of[d][0], nm.text))
                     nm_owner.append((j, d))

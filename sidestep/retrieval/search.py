@@ -96,6 +96,10 @@ class VerifyRequest:
     qpieces: list[int]  # the query's word-piece ids, specials included
     doc_ids: list[str]  # recall's candidates, best first
     recall: np.ndarray  # (n,) float32 recall scores of doc_ids
+    # which reranker: "verifier" (the domain's own, or verifier_domain's: the general verifier a domain without
+    # one of its own was chosen for) or "maxsim" (untrained late interaction, the domain's chosen ranker)
+    ranker: str = "verifier"
+    verifier_domain: str | None = None
 
 
 @dataclass
@@ -113,6 +117,7 @@ class RecallStage:
     timings: dict[str, float] = field(default_factory=dict)
     request: VerifyRequest | None = None
     reason: str | None = None
+    choice: dict | None = None  # the domain's ranker choice (storage/rankers.py) when it has no verifier of its own
 
 
 def verify_top_of(model: Verifier, override: int | None) -> int:

@@ -68,3 +68,57 @@ def gate(verifier: Sequence[np.ndarray], maxsim: Sequence[np.ndarray], pooled: S
     ndcg10 = {VERIFIER: mean_ndcg10(verifier, gains), "maxsim": mean_ndcg10(maxsim, gains),
               "pooled_cosine": mean_ndcg10(pooled, gains)}
     return decide(ndcg10, len(gains))
+
+
+# the untrained rankers a domain without a verifier of its own may be served by, cheapest first (a tie keeps
+# the cheaper: pooled cosine is recall's own order, fusion adds BM25, MaxSim reads every candidate's tokens)
+UNTRAINED = ("pooled_cosine", "fusion", "maxsim")
+
+
+@dataclass(frozen=True)
+class RankerChoice:
+    """Which ranker serves a domain that has no verifier of its own, chosen on its held-out self-supervised
+    queries: the best untrained ranker, unless a learned one (the general or an adapted verifier) beats it."""
+
+    ranker: str  # one of UNTRAINED, or the name of a learned candidate (e.g. "verifier:general-verifier")
+    ndcg10: dict[str, float]
+    queries: int
+    best_untrained: str
+    margin: float  # the chosen ranker minus the best untrained one (0 when an untrained one is chosen)
+    over_dense: float  # the chosen ranker minus pooled cosine (dense recall alone)
+    over_dense_ci95: tuple[float, float]
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"ranker": self.ranker, "ndcg10": dict(self.ndcg10), "queries": self.queries,
+                "best_untrained": self.best_untrained, "margin": self.margin, "over_dense": self.over_dense,
+                "over_dense_ci95": list(self.over_dense_ci95), "reason": self.reason}
+
+
+def choose_ranker(per_query: Mapping[str, Sequence[float]], *, ci=None) -> RankerChoice:
+    """per_query: every ranker's per-query nDCG@10 on the same held-out queries (each of UNTRAINED required;
+    any other key is a learned candidate). The best untrained ranker serves unless a learned one beats it
+    strictly; ci(a, b) -> (lo, hi) is the paired interval of mean(a - b) reported against dense."""
+    missing = set(UNTRAINED) - set(per_query)
+    if missing:
+        raise ValueError(f"the ranker choice needs every untrained ranker; missing {sorted(missing)}")
+    n = len(per_query["pooled_cosine"])
+    means = {k: float(np.mean(v)) if len(v) else 0.0 for k, v in per_query.items()}
+    if n < 1:
+        return RankerChoice("pooled_cosine", means, 0, "pooled_cosine", 0.0, 0.0, (0.0, 0.0),
+                            "no held-out self-supervised query: dense recall serves")
+    best_u = max(UNTRAINED, key=lambda k: (means[k], -UNTRAINED.index(k)))
+    learned = [k for k in per_query if k not in UNTRAINED]
+    best_l = max(learned, key=lambda k: means[k]) if learned else None
+    fig = ", ".join(f"{k} {means[k]:.4f}" for k in sorted(means, key=lambda k: -means[k]))
+    if best_l is not None and means[best_l] > means[best_u]:
+        chosen, margin = best_l, means[best_l] - means[best_u]
+        why = f"{best_l} beats the best untrained ranker ({best_u}) by {margin:+.4f}"
+    else:
+        chosen, margin = best_u, 0.0
+        why = (f"{best_u} is the best untrained ranker" + (f"; {best_l} does not beat it "
+                                                          f"({means[best_l] - means[best_u]:+.4f})" if best_l else ""))
+    lo_hi = ci(per_query[chosen], per_query["pooled_cosine"]) if ci and chosen != "pooled_cosine" else (0.0, 0.0)
+    over = means[chosen] - means["pooled_cosine"]
+    return RankerChoice(chosen, means, n, best_u, margin, over, lo_hi,
+                        f"held-out self-supervised nDCG@10 on {n} queries ({fig}): {why}")

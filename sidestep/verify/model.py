@@ -277,7 +277,7 @@ def _sample_rows(e: Example, rows: int, rng: np.random.Generator) -> Example:
 def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]], cfg: VerifierConfig, dim: int,
         *, epochs: int = 30, batch_queries: int = 16, lr: float = 1e-3, weight_decay: float = 1e-4,
         seed: int = 0, patience: int = 6, near_miss_weight: float = 0.3, list_rows: int = 32,
-        log=None) -> tuple[Verifier, list[dict]]:
+        log=None, init: Verifier | None = None) -> tuple[Verifier, list[dict]]:
     """Listwise training; the epoch with the best validation nDCG@10 (val: candidates + gains) is kept.
 
     Each epoch reads every positive, its near-misses and `list_rows` rows of the list drawn at random
@@ -285,10 +285,17 @@ def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = Verifier(cfg, dim)
+    if init is not None:  # fine-tuning: start from another verifier's weights (the general one); its epoch 0 competes
+        model.load_state_dict(init.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * max(1, -(-len(examples) // batch_queries))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     best, best_state, curve, bad = -1.0, None, [], 0
+    if init is not None and val:
+        best = float(np.mean([ndcg_of_scores(s, g) for s, (_, g) in zip(score(model, [c for c, _ in val]), val,
+                                                                         strict=True)]))
+        best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        curve.append({"epoch": 0, "loss": None, "val_ndcg10": best})
     for epoch in range(1, epochs + 1):
         model.train()
         order = rng.permutation(len(examples))

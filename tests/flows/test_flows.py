@@ -209,9 +209,13 @@ def test_evaluate_flow_stores_the_run_and_sql_metrics_match_ir_measures(data_roo
     res = evaluate_flow(dataset_dir=str(folder), domain="handbook", k=20, out=str(out))
     assert set(res["metrics"]) == {"ndcg@10", "mrr@10", "recall@100"}
     assert res["queries"] == 24
-    # no train qrels, so no verifier: recall only, with the untrained baselines of the same run beside it
+    # no train qrels, so no verifier: the ranker chosen at index time on the domain's held-out self-supervised
+    # queries (the best untrained one), with the other untrained rankers of the same run beside it
     assert not res["verify"]["applied"] and "no verifier" in res["verify"]["reason"]
-    assert set(res["baselines"]) == {"maxsim", "bm25", "rrf_bm25_dense"}
+    chosen = res["verify"]["ranker_choice"]["ranker"]
+    main = {"maxsim": "maxsim", "fusion": "rrf_bm25_dense"}.get(chosen, "pooled_cosine")
+    assert res["verify"]["ranker"] == main and f"{chosen} serves" in res["verify"]["reason"]
+    assert set(res["baselines"]) == {"pooled_cosine", "maxsim", "bm25", "rrf_bm25_dense"} - {main}
     run = pq.read_table(out)
     assert run.column_names == ["query_id", "doc_id", "rank", "score"]
     assert run.num_rows == 24 * 20

@@ -82,6 +82,7 @@ def test_the_recall_stage_pickles_and_runs_through_the_verify_stage_the_ray_app_
     from sidestep.serving.verify import VerifierService
 
     svc = SearchService(settings, sample.root, verifier=None)  # the Ray app's search replica
+    svc.ranker_choice = lambda domain: None  # no ranker chosen for the domain (tests/pipeline/test_rankers.py)
     stage = svc.recall_stage("database backups", 3, "handbook", True)
     assert isinstance(stage, RecallStage) and isinstance(stage.request, VerifyRequest)
     req = pickle.loads(pickle.dumps(stage.request))

@@ -1,0 +1,57 @@
+"""Self-supervised queries from unlabelled text (titles, heading questions, sentence crops: the piece is always
+taken out of its positive) and the ranker choice made on them (the best untrained ranker unless a learned one
+beats it strictly)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidestep.verify.crops import ndcg10_single, paired_ci, pseudo_queries
+from sidestep.verify.gate import choose_ranker
+
+TEXT = ("Pumps are checked weekly. The qorvex valve leaks when the seal is worn out. "
+        "Technicians replace the seal every spring before the season. Logs are kept for a year.")
+
+
+def test_each_kind_takes_its_piece_out_of_the_positive():
+    titles = ["Checking the pumps weekly", "", ""]
+    texts = [TEXT, "## Storing fresh herbs\nWrap the herbs in a damp towel and keep them cold for a week.", TEXT]
+    got = {p.pos: p for p in pseudo_queries(titles, texts, 10, seed=0)}
+    assert got[0].kind == "title" and got[0].query == titles[0] and got[0].doc_text == TEXT
+    assert got[1].kind == "heading" and got[1].query == "what about storing fresh herbs?"
+    assert "Storing fresh herbs" not in got[1].doc_text and got[1].doc_text.startswith("Wrap the herbs")
+    assert got[2].kind == "crop" and got[2].query in TEXT and got[2].query not in got[2].doc_text
+    assert got[2].query != "Pumps are checked weekly."  # never the first sentence of a longer text
+    assert 5 <= len(got[2].query.split()) <= 30
+    assert pseudo_queries(titles, texts, 10, seed=0) == pseudo_queries(titles, texts, 10, seed=0)
+    assert len(pseudo_queries(titles, texts, 2, seed=0)) == 2
+    assert pseudo_queries(["", ""], ["One sentence only here.", ""], 5, seed=0) == []  # nothing would be left
+    with pytest.raises(ValueError, match="unknown pseudo-query kinds"):
+        pseudo_queries(titles, texts, 3, seed=0, kinds=("title", "summary"))
+
+
+def test_ndcg_of_one_relevant_document_and_the_paired_interval():
+    assert ndcg10_single(["a", "b"], "a") == 1.0
+    assert ndcg10_single(["b", "a"], "a") == pytest.approx(1 / 1.5849625)
+    assert ndcg10_single([str(i) for i in range(20)], "12") == 0.0
+    lo, hi = paired_ci([1.0] * 30, [0.0] * 30)
+    assert lo == hi == 1.0
+    lo, hi = paired_ci([1, 0] * 20, [0, 1] * 20)
+    assert lo < 0 < hi
+
+
+def test_the_best_untrained_ranker_serves_unless_a_learned_one_beats_it():
+    dense, fusion, maxsim = [0.2, 0.4, 0.3], [0.5, 0.5, 0.5], [0.9, 0.8, 0.7]
+    c = choose_ranker({"pooled_cosine": dense, "fusion": fusion, "maxsim": maxsim}, ci=paired_ci)
+    assert c.ranker == "maxsim" and c.best_untrained == "maxsim" and c.margin == 0.0
+    assert c.over_dense == pytest.approx(0.8 - 0.3) and c.over_dense_ci95[0] > 0
+    assert "maxsim is the best untrained ranker" in c.reason and c.queries == 3
+
+    learned = choose_ranker({"pooled_cosine": dense, "fusion": fusion, "maxsim": maxsim, "verifier:g": [1, 1, 0.7]})
+    assert learned.ranker == "verifier:g" and learned.margin == pytest.approx(0.9 - 0.8)
+    tie = choose_ranker({"pooled_cosine": dense, "fusion": fusion, "maxsim": maxsim, "verifier:g": maxsim})
+    assert tie.ranker == "maxsim" and "verifier:g does not beat it (+0.0000)" in tie.reason
+    cheap = choose_ranker({"pooled_cosine": fusion, "fusion": fusion, "maxsim": fusion})
+    assert cheap.ranker == "pooled_cosine"  # a tie keeps the cheapest
+    with pytest.raises(ValueError, match="missing"):
+        choose_ranker({"pooled_cosine": dense, "maxsim": maxsim})
