@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 from sidestep.pipeline.rec import rec_domains
 from sidestep.results import ReindexReport
 from sidestep.storage.artifacts import IndexStore
-from sidestep.storage.paths import DataRoot
+from sidestep.storage.paths import ARTIFACT_KINDS, DataRoot
 from sidestep.storage.sources import domains_in, sources_to_read
 from sidestep.storage.status import record_nightly
 from sidestep.tasks.common import root_from, settings_from
@@ -71,7 +71,8 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
             continue
         report.add(domain, built)
     _recommendation_stages(root, settings, [d for d in chosen if d not in report.failed], force, report)
-    for domain in [d for d in chosen if d not in report.failed]:  # domains without judgments: adapt the general one
+    pinned = {p["domain"] for p in report.pinned}  # a rollback froze them: nothing is published over them
+    for domain in [d for d in chosen if d not in report.failed and d not in pinned]:  # adapt the general verifier
         adapted = adapt_verifier_task(root, settings, domain)
         if adapted is not None:
             report.adaptation = {**(report.adaptation or {}), domain: adapted}
@@ -89,7 +90,7 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
 
 def sweep_staging(root: DataRoot) -> int:
     """Staging folders a killed run left behind, in every store, removed before this run starts."""
-    return sum(IndexStore(root, kind).sweep_staging() for kind in ("indexes", "tables", "codebooks", "verifiers"))
+    return sum(IndexStore(root, kind).sweep_staging() for kind in ARTIFACT_KINDS)
 
 
 def _run_name() -> str | None:

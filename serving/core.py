@@ -49,6 +49,7 @@ class SearchService(VersionedDomains):
                                           device=e.device)
         self.verifier = VerifierService(settings, root) if verifier is True else (verifier or None)
         self._choices: dict[str, tuple[str, dict]] = {}  # domain -> (choice version, choice)
+        self.choice_errors: dict[str, str] = {}  # domain -> why its published ranker choice cannot be used
         self._bm25: dict[str, tuple[str, BM25]] = {}  # domain -> (index version, BM25 over its live documents)
         self.refresh()
 
@@ -129,8 +130,9 @@ class SearchService(VersionedDomains):
             general = ((stage.choice or {}).get("verifier") or {}).get("domain")
             if ranker == "fusion":
                 return self._fusion(stage, query)
-            unavailable = ranker == "pooled_cosine" or bool(general and not self.verifier.has(general)) \
-                if self.verifier is not None else False  # the Ray app: its verifier deployment decides
+            # in the Ray app (no in-process verifier) the verifier deployment decides whether `general` loads
+            unavailable = ranker == "pooled_cosine" or (
+                bool(general) and self.verifier is not None and not self.verifier.has(general))
             if unavailable:
                 stage.reason = f"no verifier is published for domain {name!r}: results are recall only"
                 if stage.choice is not None:
@@ -164,18 +166,27 @@ class SearchService(VersionedDomains):
     def _own_verifier(self, domain: str) -> bool:
         if self.verifier is not None:
             return self.verifier.has(domain)
-        return verifier_store(self.root).current(domain) is not None  # the Ray app's search replica
+        try:  # the Ray app's search replica
+            return verifier_store(self.root).current(domain) is not None
+        except (OSError, ValueError):  # an unusable CURRENT: the verifier deployment decides (it may hold one)
+            return True
 
     def ranker_choice(self, domain: str) -> dict | None:
         """The domain's published ranker choice (storage/rankers.py), re-read when its CURRENT pointer moves;
         None where none is published or it names dense recall alone."""
-        version = ranker_store(self.root).current(domain)
-        if version is None:
-            return None
         cached = self._choices.get(domain)
-        if cached is None or cached[0] != version:
-            cached = (version, load_choice(self.root, domain, version))
-            self._choices[domain] = cached
+        try:
+            version = ranker_store(self.root).current(domain)
+            if version is None:
+                return None
+            if cached is None or cached[0] != version:
+                cached = (version, load_choice(self.root, domain, version))
+                self._choices[domain] = cached
+            self.choice_errors.pop(domain, None)
+        except (OSError, ValueError, RuntimeError) as e:  # a damaged choice costs only itself: keep the last good
+            self.choice_errors[domain] = f"ranker choice unusable ({type(e).__name__}: {e})" + (
+                f"; serving the previous choice {cached[0]}" if cached else "; serving recall order")
+            return cached[1] if cached else None
         return cached[1]
 
     def _fusion(self, stage: RecallStage, query: str) -> RecallStage:
@@ -260,6 +271,7 @@ class SearchService(VersionedDomains):
         out = {"status": status,
                "domains": {d: c.version for d, c in sorted(self.corpora.items())},
                "errors": dict(self.errors),
+               "ranker_errors": dict(self.choice_errors),
                "fallback": dict(self.fallback),
                "unavailable": unavailable,
                "bad_entries": dict(self.bad_entries)}

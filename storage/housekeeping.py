@@ -14,6 +14,7 @@ version, CURRENT, a pin or a live replica references is ever listed."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -101,7 +102,13 @@ def plan(root: DataRoot, *, quarantine_days: float = DEFAULT_QUARANTINE_DAYS, no
         domains = [SHARED] if kind == "codebooks" else [p.name for p in sorted(base.iterdir()) if p.is_dir()]
         for domain in domains:
             if kind != "codebooks" and not _is_domain_name(domain):
-                continue  # a folder that is no domain (a stray copy): not ours to touch
+                # a folder that is no domain (a stray copy, `Handbook-BAK`): not ours to touch, but the shards its
+                # versions read stay (an operator may rename it back)
+                if kind == "indexes":
+                    for v in sorted(q for q in (base / domain).iterdir() if q.is_dir() and (q / MANIFEST).is_file()):
+                        if not _references(v, referenced):
+                            unsure.append(rel(v))
+                continue
             store = IndexStore(root, kind)
             folder = store.base(domain)
             keep = set(store.protected(domain)) if folder.is_dir() else set()
@@ -149,6 +156,20 @@ def plan(root: DataRoot, *, quarantine_days: float = DEFAULT_QUARANTINE_DAYS, no
                 elif f.name.startswith(".") and f.name.endswith(".tmp") and _age(f, now) > min_age_s:
                     add(f, "temp_file", "temporary file of an interrupted write")
 
+    # ingest leftovers beside each domain's partition: a killed run's staging file (nobody holds its lock) and
+    # temporary files of interrupted atomic writes (documents and quarantine)
+    for base in (root.root / "documents", q):
+        if not base.is_dir():
+            continue
+        for f in sorted(base.rglob(".*")):
+            if not f.is_file():
+                continue
+            if f.name.startswith(".staging-") and f.name.endswith(".parquet"):
+                if not _file_busy(f):
+                    add(f, "staging", "staged documents of an ingest run that did not finish")
+            elif f.name.endswith(".tmp") and _age(f, now) > min_age_s:
+                add(f, "temp_file", "temporary file of an interrupted write")
+
     # replicas that stopped reporting
     for p, beat in read_heartbeats(root):
         if beat is None:
@@ -162,11 +183,25 @@ def plan(root: DataRoot, *, quarantine_days: float = DEFAULT_QUARANTINE_DAYS, no
 
 def apply(root: DataRoot, p: GcPlan) -> GcPlan:
     """Remove what `p` lists. Version folders and staging folders are removed holding their domain's
-    publish lock (a busy domain is skipped), and a folder that gained a manifest meanwhile is kept."""
+    publish lock (a busy domain is skipped), and a folder that gained a manifest meanwhile is kept. Embedding
+    shards are checked again just before (an ingest or publish since the plan may need one now)."""
     p.apply = True
+    still_orphan = None
+    if any(i.kind == "embedding_shard" for i in p.items):
+        still_orphan = {i.path for i in plan(root).items if i.kind == "embedding_shard"}
     for item in p.items:
         path = root.root / item.path
         if not path.exists():
+            continue
+        if item.kind == "embedding_shard" and item.path not in still_orphan:
+            p.skipped[item.path] = "referenced or needed again since the plan"
+            continue
+        if item.kind == "staging" and path.is_file():
+            if _file_busy(path):
+                p.skipped[item.path] = "an ingest run holds it"
+                continue
+            path.unlink()
+            p.removed.append(item.path)
             continue
         try:
             if item.kind in ("leftover_folder", "staging"):
@@ -208,6 +243,20 @@ def _busy(store: IndexStore, domain: str) -> bool:
         return True
 
 
+def _file_busy(path: Path) -> bool:
+    """True while a live ingest run holds the staging file's lock (storage/staging.py)."""
+    try:
+        with open(path, "rb") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return True
+
+
 def _references(version: Path, out: dict[str, set[str]]) -> bool:
     """Add the embedding shards an index version reads (its manifest's list, else its chunk table's);
     False when that cannot be told."""
@@ -234,6 +283,7 @@ def _live_hashes(root: DataRoot) -> set[str]:
     docs, out = DocumentStore(root), set()
     for d in root.domains_with_documents():
         with contextlib.suppress(ValueError, OSError):
-            t = docs.read(d, include_deleted=False)
-            out.update(t["content_hash"].to_pylist())
+            t = docs.columns(d, ["content_hash", "deleted"])  # never the texts
+            out.update(h for h, gone in zip(t["content_hash"].to_pylist(), t["deleted"].to_pylist(), strict=True)
+                       if not gone)
     return out

@@ -12,6 +12,8 @@ held in memory.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -76,16 +78,27 @@ class Staging:
 
     def __init__(self, root: DataRoot, domain: str, run_id: str):
         folder = root.documents(domain)
+        self._made_folder = not folder.is_dir()
         folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
         self.path = folder / f".staging-{run_id}.parquet"
         self._out: _Batcher | None = _Batcher(self.path, STAGED, "snappy")
+        # held while the run lives: `sidestep gc` collects a staging file only when nobody holds it (a killed run)
+        self._lock = open(self.path, "rb")  # noqa: SIM115 (closed in __exit__)
+        fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX)
 
     def __enter__(self) -> Staging:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
-        self.path.unlink(missing_ok=True)
+        try:
+            self.close()
+            self.path.unlink(missing_ok=True)
+        finally:
+            self._lock.close()
+        if self._made_folder:  # a first ingest that published nothing leaves no (phantom) domain behind
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()  # only when empty
 
     def add(self, doc: Document) -> None:
         assert self._out is not None, "staging is closed"

@@ -52,7 +52,8 @@ def domain_status(root: DataRoot) -> dict:
         if problem:
             out["domains"][d]["current_error"] = problem
     out["quarantined"] = quarantine.count()
-    out["bad_entries"] = {k: v for kind in (store, tables, verifiers) for k, v in kind.invalid_entries().items()}
+    out["bad_entries"] = {k: v for kind in (store, tables, verifiers, rankers)
+                          for k, v in kind.invalid_entries().items()}
     out["codebook_version"] = books.current(SHARED)
     out["last_nightly"] = last_nightly(root)
     return out
@@ -63,7 +64,10 @@ def _ranker(rankers: IndexStore, domain: str, own_verifier: str | None) -> dict 
     on its held-out self-supervised queries (why, and the figures), else None (dense recall)."""
     if own_verifier:
         return {"ranker": "verifier", "reason": f"the domain's own verifier {own_verifier}"}
-    m = rankers.current_manifest(domain)
+    try:
+        m = rankers.current_manifest(domain)
+    except (OSError, ValueError, RuntimeError) as e:  # a damaged choice: say so, do not fail the whole status
+        return {"ranker": None, "reason": f"ranker choice unusable: {type(e).__name__}: {e}"}
     if not m:
         return None
     c = m.get("choice", {})

@@ -18,6 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from sidestep.config import Settings
+from sidestep.pipeline.common import encoder_for
 from sidestep.pipeline.embed import embed_report, encode_shard, plan_embed
 from sidestep.results import EmbedReport
 from sidestep.storage.embeddings import EmbeddingStore
@@ -29,18 +30,21 @@ from .common import RETRY
 class ShardEncoder:
     """A Ray Data actor: loads the encoder once, then turns each batch of documents into one shard."""
 
-    def __init__(self, root: str, settings: Settings, key: str, dim: int):
+    def __init__(self, root: str, settings: Settings, key: str, dim: int, n_documents: int):
         import ray
 
         self.settings = settings
         self.store = EmbeddingStore(DataRoot(Path(root)), key, dim)
         self.node = ray.get_runtime_context().get_node_id()
+        # the same batch backend the single process would choose for this job (the store key says int8 or not)
+        self.backend = encoder_for(settings).prepare_documents(n_documents)
 
     def __call__(self, batch: dict) -> dict:
         docs = [(str(h), None if t is None else str(t), str(x))
                 for h, t, x in zip(batch["content_hash"], batch["title"], batch["text"], strict=True)]
         info = encode_shard(self.settings, self.store, docs)
-        return {"shard": [info.shard], "rows": [info.rows], "docs": [len(docs)], "node": [self.node]}
+        return {"shard": [info.shard], "rows": [info.rows], "docs": [len(docs)], "node": [self.node],
+                "backend": [self.backend]}
 
 
 @contextlib.contextmanager
@@ -88,7 +92,7 @@ def embed_on_cluster(root: str, settings: Settings, domain: str, address: str, l
         ds = ray.data.from_items(items, override_num_blocks=batches)
         # max_restarts=0: an encoder whose node dies fails the job (and Prefect retries the task, which encodes
         # only what no complete shard holds yet) instead of waiting for a restart the cluster may not have room for
-        out = ds.map_batches(ShardEncoder, fn_constructor_args=(root, settings, plan.key, plan.dim),
+        out = ds.map_batches(ShardEncoder, fn_constructor_args=(root, settings, plan.key, plan.dim, len(plan.pending)),
                              batch_size=size, batch_format="numpy", concurrency=n,
                              num_cpus=settings.ray.encoder_cpus, max_restarts=0, max_task_retries=0)
         rows = out.take_all()
@@ -97,7 +101,8 @@ def embed_on_cluster(root: str, settings: Settings, domain: str, address: str, l
     chunks = sum(int(r["rows"]) for r in rows)
     log(f"embed {domain}: {sum(int(r['docs']) for r in rows)} documents in {len(rows)} shards on {len(nodes)} "
         f"node(s) {nodes}, {chunks} chunks, {seconds:.1f} s")
-    return embed_report(plan, chunks, seconds, nodes=nodes, cluster=address)
+    backends = sorted({str(r["backend"]) for r in rows})
+    return embed_report(plan, chunks, seconds, nodes=nodes, cluster=address, backend=",".join(backends) or None)
 
 
 def run_remote(settings: Settings, fn, *args, **kwargs):

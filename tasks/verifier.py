@@ -53,16 +53,21 @@ def adapt_verifier_task(root: str, settings: Settings, domain: str) -> dict | No
     """Nightly: DOMAIN (no judgments) gets the general verifier fine-tuned on its own self-supervised lists, published
     only past the gate. None where there is nothing to adapt (no general verifier; a verifier trained on the
     domain's judgments; adaptation off); a failure is logged and leaves the domain as it was."""
-    from sidestep.pipeline.adapt import adapt_domain, needs_adaptation
+    from sidestep.pipeline.adapt import adapt_domain, attempt_key, last_attempt, needs_adaptation, record_attempt
 
     r = DataRoot(Path(root))
     if not settings.verify.nightly_adapt or not needs_adaptation(r, domain):
         return None
     log = get_run_logger()
+    key = attempt_key(r, settings, domain)
+    if key is not None and key == last_attempt(r, domain):
+        return None  # same index, general verifier and settings as the last attempt: the same outcome
     try:
         out = adapt_domain(r, settings, domain, log=log.info)
     except Exception as e:  # the domain keeps serving what it served
         log.warning("adaptation of %s failed: %s: %s", domain, type(e).__name__, e)
         return {"domain": domain, "error": f"{type(e).__name__}: {e}"}
     out.pop("gate", None)
+    if key is not None:
+        record_attempt(r, domain, key, out)
     return out

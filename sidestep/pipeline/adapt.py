@@ -40,9 +40,43 @@ def needs_adaptation(root: DataRoot, domain: str) -> bool:
     own = store.current_manifest(domain)
     if own is None:
         return True
-    if not (own.get("adapted_from") or own.get("self_supervised")):
-        return False  # trained on the domain's judgments
+    if not own.get("adapted_from"):
+        # trained on the domain's judgments, or its own self-supervised verifier (which passed its own gate and is
+        # not a rival of this gate): the nightly leaves it alone
+        return False
     return (own.get("adapted_from") or {}).get("version") != general
+
+
+def attempt_key(root: DataRoot, settings: Settings, domain: str) -> str | None:
+    """What an adaptation attempt depends on: the domain's index version, the general verifier's, the domain's own
+    verifier's and the verify settings. The nightly skips a domain whose last attempt had the same key (the same
+    inputs and seed give the same outcome), so a gate loss is not retrained every night."""
+    index = IndexStore(root).current(domain)
+    if index is None:
+        return None
+    store = verifier_store(root)
+    return digest({"index": index, "general": store.current(GENERAL_DOMAIN), "own": store.current(domain),
+                   "verify": settings.verify.model_dump(mode="json")})
+
+
+def last_attempt(root: DataRoot, domain: str) -> str | None:
+    import json
+
+    path = root.runs() / "adapt" / f"{domain}.json"
+    try:
+        return json.loads(path.read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def record_attempt(root: DataRoot, domain: str, key: str, outcome: dict) -> None:
+    import json
+
+    from sidestep.storage.atomic import write_text
+
+    folder = root.runs() / "adapt"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / f"{domain}.json", json.dumps({"key": key, "outcome": outcome}, default=str))
 
 
 def adapt_domain(root: DataRoot, settings: Settings, domain: str, *, per_domain: int = 300, epochs: int | None = None,

@@ -110,6 +110,24 @@ def test_search_follows_the_chosen_ranker(jargon, settings):
             fused = rrf([[d for d, _ in lex], [h.doc_id for h in recall]], 100)
             assert got == [d for d, _ in fused[:5]]
             assert [h["score"] for h in out["results"]] == pytest.approx([s for _, s in fused[:5]])
+    # a damaged choice costs only itself: the last good one keeps serving and /healthz says why
+    current = ranker_store(jargon).base("jargon") / "CURRENT"
+    good = current.read_text()
+    current.write_text("../../etc\n")
+    try:
+        out = svc.search(q, 5, "jargon", verify=True)
+        assert [h["doc_id"] for h in out["results"]] == [h["doc_id"] for h in dense]  # pooled cosine, as before
+        assert "ranker choice unusable" in svc.health()["ranker_errors"]["jargon"]
+    finally:
+        current.write_text(good)
+    svc.search(q, 5, "jargon", verify=True)
+    assert "jargon" not in svc.health()["ranker_errors"]
+    # the Ray app's search replica (its verifier is a separate deployment) ranks a pooled-cosine choice as the
+    # command line does: recall order, no request to the verifier deployment
+    replica = SearchService(settings, jargon, encoder=svc.encoder, verifier=None)
+    stage = replica.recall_stage(q, 5, "jargon", True)
+    assert stage.request is None and "pooled cosine chosen" in stage.reason
+    assert [h["doc_id"] for h in replica.finish(stage, None)["results"]] == [h["doc_id"] for h in dense]
 
 
 def test_the_general_verifier_is_offered_through_the_gate_served_evaluated_and_adapted(jargon, settings):
