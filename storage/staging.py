@@ -78,7 +78,9 @@ class Staging:
 
     def __init__(self, root: DataRoot, domain: str, run_id: str):
         folder = root.documents(domain)
-        self._made_folder = not folder.is_dir()
+        # the folders this run creates (the domain's, and documents/ on a fresh root), removed again when empty
+        self._made = [p for p in (folder, *folder.parents) if p.is_relative_to(root.root) and p != root.root
+                      and not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.path = folder / f".staging-{run_id}.parquet"
@@ -96,9 +98,9 @@ class Staging:
             self.path.unlink(missing_ok=True)
         finally:
             self._lock.close()
-        if self._made_folder:  # a first ingest that published nothing leaves no (phantom) domain behind
+        for made in self._made:  # a first ingest that wrote nothing leaves no (phantom) domain behind
             with contextlib.suppress(OSError):
-                self.folder.rmdir()  # only when empty
+                made.rmdir()  # only when empty
 
     def add(self, doc: Document) -> None:
         assert self._out is not None, "staging is closed"
