@@ -509,7 +509,7 @@ def hot_swap(root: Path) -> dict:
 
 
 def render(res: dict) -> str:
-    lines = [START, "## Operations: faults (issue 6)", "",
+    lines = [START, "## Operations: faults", "",
              f"Measured {res['date']} on this {res['cpus']}-core machine by `benchmarks/chaos.py` (`make chaos`), "
              "against the real stack: `sidestep reindex` processes, Ray Serve on loopback, the sample corpus.", "",
              "| scenario | trials / requests | outcome |", "|---|---|---|"]

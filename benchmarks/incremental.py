@@ -71,7 +71,7 @@ def render(res: dict) -> str:
     rows = [f"| {n} | {r['changed_docs']} | {r['encoded']} | {r['reused']} | {r['summarized']} | {codec(r)} | "
             f"{r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['wall_s'] / full['wall_s']:.3f} |" for n, r in runs.items()]
     return "\n".join([
-        START, "## Operations: incremental nightly (issue 6)", "",
+        START, "## Operations: incremental nightly", "",
         f"Measured {res['date']} on this {res['cpus']}-core machine by `benchmarks/incremental.py`: the real "
         f"`sidestep reindex` on SciFact ({full['encoded']} documents) in one fresh data root; process start, model "
         "load and Prefect are in every figure. `incremental` follows an edit of "

@@ -115,7 +115,7 @@ def main() -> None:
     write_last_run("ops", res)
     hs = res["hot_swap"]
     section = "\n".join([
-        START, "## Operations: hot swap under load (issue 6)", "",
+        START, "## Operations: hot swap under load", "",
         f"Measured {res['date']} on this {res['cpus']}-core machine by `benchmarks/ops.py`: the sample corpus served "
         f"by Ray Serve on loopback, {hs['clients']} clients sending /search for {hs['seconds']:.0f} s while another "
         f"process published {len(hs['published'])} new versions of `{DOMAIN}` (forced republish).", "",

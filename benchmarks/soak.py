@@ -13,7 +13,7 @@ it. Reported: requests failed after the retry, the serving processes'
 RSS at the start and the end of the load (median of the first and last 10% of the samples), each
 nightly's outcome and what it published.
 
-Targets (issue: hardening): zero failed requests after one retry, RSS growth under 5%, every nightly
+Targets: zero failed requests after one retry, RSS growth under 5%, every nightly
 published.
 
 Usage: .venv/bin/python benchmarks/soak.py [--minutes 30] [--fraction 0.7] [--nightly-every 5] [--json]

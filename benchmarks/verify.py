@@ -277,7 +277,7 @@ def _row(name: str, m: dict) -> str:
 
 def render(r: dict) -> str:
     sf, ms, pq, ant, http = (r.get(k) for k in ("scifact", "msmarco", "pq", "antonym", "http"))
-    out = [START, "## Recall, then verify (issue 4)", ""]
+    out = [START, "## Recall, then verify", ""]
     meta = r.get("meta", {})
     out.append(f"Measured {meta.get('date')} on this {meta.get('cpus')}-core machine by `benchmarks/verify.py`; "
                "every baseline comes from the same run. " + meta.get("note", ""))
