@@ -130,9 +130,10 @@ class SearchService(VersionedDomains):
             general = ((stage.choice or {}).get("verifier") or {}).get("domain")
             if ranker == "fusion":
                 return self._fusion(stage, query)
-            # in the Ray app (no in-process verifier) the verifier deployment decides whether `general` loads
-            unavailable = ranker == "pooled_cosine" or (
-                bool(general) and self.verifier is not None and not self.verifier.has(general))
+            if self.verifier is not None:
+                unavailable = ranker == "pooled_cosine" or bool(general and not self.verifier.has(general))
+            else:  # the Ray app: its verifier deployment decides, unless pooled cosine was chosen outright
+                unavailable = stage.choice is not None and ranker == "pooled_cosine"
             if unavailable:
                 stage.reason = f"no verifier is published for domain {name!r}: results are recall only"
                 if stage.choice is not None:
