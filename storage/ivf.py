@@ -23,7 +23,7 @@ from faiss.contrib.ondisk import merge_ondisk
 
 from sidestep.retrieval.ivfpq import RerankedIndex
 
-from .atomic import write_with
+from .atomic import fsync_file, write_with
 
 IVF_INDEX = "index.faiss"
 IVF_DATA = "index.ivfdata"
@@ -70,7 +70,7 @@ def write_ivfpq(folder: Path, trained: faiss.Index, shards: Sequence[faiss.Index
         merged = faiss.clone_index(trained)
         with stdout_to_stderr():
             merge_ondisk(merged, names, str(folder / IVF_DATA))
-        _fsync(folder / IVF_DATA)
+        fsync_file(folder / IVF_DATA)
         write_with(folder / IVF_INDEX, lambda tmp: faiss.write_index(merged, str(tmp)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -78,14 +78,6 @@ def write_ivfpq(folder: Path, trained: faiss.Index, shards: Sequence[faiss.Index
     if vectors is not None:
         save_vectors(folder / VECTORS, vectors)
     return {f: (folder / f).stat().st_size for f in (IVF_INDEX, IVF_DATA, IVF_TRAINED, VECTORS)}
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_ivfpq(folder: Path, *, nprobe: int = 32, refine_k: int = 100) -> RerankedIndex:
