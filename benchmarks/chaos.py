@@ -77,13 +77,14 @@ def use_root(root: Path) -> None:
 
 
 def reindex(root: Path, *extra: str, kill_after: float | None = None, nice: int = 0) -> dict:
-    """Run `sidestep reindex` in its own process group; with kill_after, SIGKILL the group then. With nice,
-    at that CPU niceness (a batch job below the serving processes that share the machine)."""
+    """Run `sidestep reindex` in its own session (as cron or a scheduler would); with kill_after, SIGKILL its
+    process group then. `nice` is its `--nice` (a batch job below the serving processes that share the
+    machine: leading its own session, it lowers its autogroup too, which plain `nice` does not)."""
     log = root / f"reindex-{time.monotonic_ns()}.log"
     with open(log, "w") as err, tempfile.TemporaryFile("w+") as out:
         t0 = time.monotonic()
-        prefix = ["nice", "-n", str(nice)] if nice else []
-        p = subprocess.Popen([*prefix, str(BIN / "sidestep"), "reindex", "--json", *extra], env=env_for(root),
+        p = subprocess.Popen([str(BIN / "sidestep"), "reindex", "--json", "--nice", str(nice), *extra],
+                             env=env_for(root),
                              stdout=out,
                              stderr=err, text=True, start_new_session=True)
         try:

@@ -7,11 +7,12 @@ The sample corpus (a private copy, which the nightlies edit) is reindexed by the
 fresh data root and served by the real Ray Serve application with the `replicated` preset (two search
 replicas behind the proxy, so one can die). Capacity is measured first with 4 closed-loop clients; then
 an open-loop generator offers FRACTION x capacity (one /recommend for every three /search), each request
-retried once after 0.5 s if it fails. The nightlies run at CPU niceness `--nightly-nice` (10): on one
-machine the batch job yields the cores to the serving processes, as an operator sharing a box would run
-it. Reported: requests failed after the retry, the serving processes'
-RSS at the start and the end of the load (median of the first and last 10% of the samples), each
-nightly's outcome and what it published.
+retried once if it fails, after the answer's Retry-After (0.5 s without one). The nightlies run as `sidestep
+reindex --nice N` (`--nightly-nice`, 10) in their own session, as cron would start them: on one machine the
+batch job yields the cores to the serving processes (it lowers its session's autogroup as well, without
+which Linux shares the CPU per session and niceness changes nothing). Reported: requests failed after the
+retry, the serving processes' RSS at the start and the end of the load (median of the first and last 10%
+of the samples), each nightly's outcome and what it published.
 
 Targets: zero failed requests after one retry, RSS growth under 5%, every nightly
 published.
@@ -48,7 +49,8 @@ PORT = 8771
 
 
 class OpenLoop:
-    """Requests offered at a fixed rate (not waiting for answers), each retried once after 0.5 s."""
+    """Requests offered at a fixed rate (not waiting for answers), each retried once after its Retry-After
+    (0.5 s when the answer gives none)."""
 
     def __init__(self, url: str, rate: float, workers: int = 64):
         self.url, self.rate = url, rate
@@ -64,7 +66,7 @@ class OpenLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._offer, daemon=True)
 
-    def _request(self, n: int) -> tuple[object, str]:
+    def _request(self, n: int) -> tuple[object, str, float]:
         if n % 4 == 3:
             body = {"history": [str(x) for x in (n % 40, (n * 7) % 40, (n * 13) % 40)], "k": 5, "domain": "shop"}
             path = "/recommend"
@@ -72,16 +74,21 @@ class OpenLoop:
             body = {"query": QUERIES[n % len(QUERIES)], "domain": SEARCH_DOMAINS[n % len(SEARCH_DOMAINS)], "k": 5}
             path = "/search"
         try:
-            return self.client.post(path, json=body).status_code, path
+            r = self.client.post(path, json=body)
         except httpx.HTTPError as e:
-            return type(e).__name__, path
+            return type(e).__name__, path, 0.5
+        try:  # a 503 says when to come back (Retry-After), as HTTP clients' retry policies honour
+            wait = max(0.5, float(r.headers.get("retry-after", 0.5)))
+        except ValueError:
+            wait = 0.5
+        return r.status_code, path, wait
 
     def _one(self, n: int, due: float) -> None:
-        code, path = self._request(n)
+        code, path, wait = self._request(n)
         first = code
         if code != 200:
-            time.sleep(0.5)
-            code, path = self._request(n)
+            time.sleep(wait)
+            code, path, _ = self._request(n)
         with self.lock:
             self.codes[str(first)] += 1
             self.latency.append(time.monotonic() - due)

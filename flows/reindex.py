@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.runtime import deployment
 
 from sidestep.pipeline.rec import rec_domains
+from sidestep.priority import lower_priority
 from sidestep.results import ReindexReport
 from sidestep.storage.artifacts import IndexStore
 from sidestep.storage.paths import ARTIFACT_KINDS, DataRoot
@@ -57,6 +59,8 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
                          f"in {root}; ingest first (`sidestep ingest PATH --domain D`, or `sidestep index PATH "
                          f"--domain D` for both steps); known here: {known}")
     log = get_run_logger()
+    if deployment.id:  # a scheduled or UI run has its own process: lower it below serving (the CLI does its own)
+        log.info("priority: %s", lower_priority(settings.nightly_niceness).note)
     report = ReindexReport(staging_swept=sweep_staging(DataRoot(Path(root))))
     for domain in chosen:
         try:

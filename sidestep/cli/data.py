@@ -86,11 +86,20 @@ def reindex(
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="Run the embed stage as a Ray Data job "
                                                     "on this Ray cluster (HOST:PORT of its head; overrides the "
                                                     "config's [ray] address).")] = None,
+    nice: Annotated[int | None, typer.Option("--nice", min=0, max=19, help="CPU niceness of this run (default: "
+                                             "the config's nightly_niceness, 10), so that serving on the same "
+                                             "machine keeps the cores; started in its own session (setsid), the "
+                                             "run also lowers its session's autogroup.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the nightly reindex now: ingest → embed → index → publish, per configured domain."""
-    res = _run(_engine().reindex, as_json, domain or None, force=force, skip_ingest=skip_ingest,
+    from sidestep.priority import lower_priority
+
+    engine = _engine()
+    priority = lower_priority(engine.settings.nightly_niceness if nice is None else nice)
+    res = _run(engine.reindex, as_json, domain or None, force=force, skip_ingest=skip_ingest,
                ray_address=ray_address).as_dict()
+    res["priority"] = priority.as_dict()
     _emit(res, as_json)
     if not as_json:
         t = Table("domain", "documents", "encoded", "reused", "version", "published")

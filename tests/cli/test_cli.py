@@ -56,7 +56,10 @@ def test_log_json_writes_one_json_object_per_line_with_run_ids(data_root, tmp_pa
     assert records and len(records) == len([x for x in r.stderr.splitlines() if x.strip()])  # nothing else
     runs = {x["flow_run_id"] for x in records if x.get("flow_run_id")}
     assert len(runs) == 1 and any(x.get("task_run_id") for x in records)
-    assert json.loads(r.stdout.strip().splitlines()[-1])["published"][0]["domain"] == "tiny"
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["published"][0]["domain"] == "tiny"
+    # the batch job ran below serving: the config's nightly_niceness (10) unless the caller was nicer already
+    assert summary["priority"]["niceness"] == max(10, os.getpriority(os.PRIO_PROCESS, 0))
 
 
 def test_ingest_of_a_missing_path_is_a_clear_json_error_and_writes_nothing(data_root):

@@ -1,0 +1,64 @@
+"""A batch job lowers its own CPU priority, and its session's autogroup only when it leads that session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sidestep.priority import lower_priority
+
+CHILD = """
+import json, os, sys
+from sidestep.priority import lower_priority
+p = lower_priority(int(sys.argv[1]))
+print(json.dumps({**p.as_dict(), "pid": os.getpid(), "sid": os.getsid(0)}))
+"""
+HAS_AUTOGROUP = Path("/proc/self/autogroup").exists()
+
+
+def _child(niceness: int, new_session: bool) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(niceness)], capture_output=True, text=True, check=True,
+                         start_new_session=new_session, timeout=60)
+    return json.loads(out.stdout)
+
+
+def _own_autogroup() -> int | None:
+    return int(Path("/proc/self/autogroup").read_text().split()[-1]) if HAS_AUTOGROUP else None
+
+
+def test_a_session_leader_lowers_its_process_and_its_autogroup():
+    before = _own_autogroup()
+    r = _child(7, new_session=True)
+    assert r["pid"] == r["sid"]
+    assert r["niceness"] == 7
+    if HAS_AUTOGROUP:
+        assert r["autogroup"] == 7, r
+        assert "autogroup niceness 0 -> 7" in r["note"]
+    else:
+        assert r["autogroup"] is None
+    assert _own_autogroup() == before  # the launcher's session is untouched
+
+
+def test_a_job_inside_someone_elses_session_leaves_that_session_alone():
+    before = _own_autogroup()
+    r = _child(9, new_session=False)
+    assert r["niceness"] == 9
+    assert r["autogroup"] == before
+    if HAS_AUTOGROUP and (before or 0) < 9:
+        assert "not the leader of its own session" in r["note"]
+    assert _own_autogroup() == before
+
+
+def test_it_never_raises_a_priority_and_rejects_nonsense():
+    code = ("import os, json; os.nice(5); from sidestep.priority import lower_priority; "
+            "print(json.dumps(lower_priority(2).as_dict()))")
+    r = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                  timeout=60).stdout)
+    assert r["niceness"] == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
+    with pytest.raises(ValueError, match="between 0 and 19"):
+        lower_priority(20)
