@@ -52,7 +52,7 @@ class OpenLoop:
     """Requests offered at a fixed rate (not waiting for answers), each retried once after its Retry-After
     (0.5 s when the answer gives none)."""
 
-    def __init__(self, url: str, rate: float, workers: int = 64):
+    def __init__(self, url: str, rate: float, workers: int = 512):
         self.url, self.rate = url, rate
         self.client = httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_connections=workers))
         self.pool = ThreadPoolExecutor(max_workers=workers)
@@ -62,6 +62,7 @@ class OpenLoop:
         self.failed_at: list[float] = []  # seconds into the load
         self.t0 = time.monotonic()
         self.latency: list[float] = []
+        self.by_minute: dict[int, list[tuple[float, float]]] = {}  # minute due -> (from due, first try's answer)
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._offer, daemon=True)
@@ -84,7 +85,9 @@ class OpenLoop:
         return r.status_code, path, wait
 
     def _one(self, n: int, due: float) -> None:
+        sent = time.monotonic()
         code, path, wait = self._request(n)
+        served_s = time.monotonic() - sent  # the server's part: from sending the first try to its answer
         first = code
         if code != 200:
             time.sleep(wait)
@@ -92,6 +95,7 @@ class OpenLoop:
         with self.lock:
             self.codes[str(first)] += 1
             self.latency.append(time.monotonic() - due)
+            self.by_minute.setdefault(int((due - self.t0) // 60), []).append((self.latency[-1], served_s))
             if first == 200:
                 self.outcomes["ok"] += 1
             elif code == 200:
@@ -132,7 +136,18 @@ class OpenLoop:
                 "ok_after_retry": self.outcomes["ok_after_retry"],
                 "failed_after_retry": self.outcomes["failed"], "first_try_status": dict(self.codes),
                 "latency_ms": {"p50": q(0.5), "p99": q(0.99), "max": q(1.0)}, "failures": self.failures,
-                "failed_by_minute": dict(sorted(Counter(int(a // 60) for a in self.failed_at).items()))}
+                "failed_by_minute": dict(sorted(Counter(int(a // 60) for a in self.failed_at).items())),
+                "by_minute": {m: _minute(v) for m, v in sorted(self.by_minute.items())}}
+
+
+def _minute(samples: list[tuple[float, float]]) -> dict:
+    """One minute of requests (by when they were due): how many, their latency from when they were due
+    (which counts a wait in this client when the server falls behind) and the server's answer time."""
+    due = sorted(a for a, _ in samples)
+    served = sorted(b for _, b in samples)
+    q = (lambda xs, f: round(1000 * xs[int(f * (len(xs) - 1))], 1))  # noqa: E731
+    return {"requests": len(samples), "p50_ms": q(due, 0.5), "p99_ms": q(due, 0.99),
+            "served_p50_ms": q(served, 0.5), "served_p99_ms": q(served, 0.99)}
 
 
 def capacity(url: str, seconds: float) -> float:
@@ -254,6 +269,9 @@ def render(res: dict) -> str:
              f"{'✓' if t['zero_failed_after_retry'] else '✗'} |",
              f"| ok only after the retry | {load['ok_after_retry']} | |",
              f"| latency p50 / p99 (ms, from when due) | {load['latency_ms']['p50']} / {load['latency_ms']['p99']} | |",
+             *([f"| worst minute's p99 from when due / of the server's answer (ms) | "
+                f"{max(m['p99_ms'] for m in load['by_minute'].values())} / "
+                f"{max(m['served_p99_ms'] for m in load['by_minute'].values())} | |"] if load.get("by_minute") else []),
              f"| serving RSS start → end (MB) | {rss['start']} → {rss['end']} ({rss['growth_pct']}%) | < 5% "
              f"{'✓' if t['rss_growth_under_5pct'] else '✗'} |",
              f"| nightlies published | {sum(bool(n['published']) for n in res['nightlies'])} of "
