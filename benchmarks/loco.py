@@ -31,7 +31,7 @@ from sidestep.retrieval.search import maxsim_rerank, rerank
 from sidestep.storage.artifacts import IndexStore
 from sidestep.storage.indexes import load_current, load_token_view
 from sidestep.storage.paths import DataRoot
-from sidestep.storage.rankers import GENERAL_DOMAIN
+from sidestep.storage.rankers import GENERAL_DOMAIN, load_choice
 from sidestep.storage.verifiers import load_verifier
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -39,6 +39,30 @@ if not DATA.is_dir():
     DATA = Path("/work/shared/data")
 OUT = Path(__file__).with_name("loco_last_run.json")
 DIRS = {"scifact": DATA / "scifact", "msmarco": DATA / "msmarco-5k"}
+
+
+RUN_OF = {"pooled_cosine": "pooled_cosine", "maxsim": "maxsim", "fusion": "rrf_bm25_dense"}
+
+
+def served(res: dict) -> dict:
+    """The test figure of what the domain would be served: its adapted verifier where one passed the gate, else
+    the ranker chosen on its held-out self-supervised queries (the general verifier, or an untrained one)."""
+    ev = res.get("eval_general")
+    if ev is None:
+        return {}
+    if (res.get("adaptation") or {}).get("published") and "eval_adapted" in res:
+        name, m, run = "verifier:adapted", res["eval_adapted"]["metrics"], "verifier"
+        ev = res["eval_adapted"]
+    elif res["choice"]["ranker"] in RUN_OF:
+        name = res["choice"]["ranker"]
+        run = RUN_OF[name]
+        m = ev["baselines"][run]
+    else:
+        name, m, run = res["choice"]["ranker"], ev["metrics"], "verifier"
+    out = {"ranker": name, "ndcg@10": m.get("ndcg@10")}
+    if "no_overlap" in ev:
+        out["no_overlap_ndcg@10"] = ev["no_overlap"][run]["ndcg@10"]
+    return out
 
 
 def no_overlap_ndcg(root: DataRoot, run_id: str, dataset: Path) -> dict:
@@ -115,6 +139,8 @@ def main() -> None:
     ap.add_argument("--no-adapt", action="store_true")
     ap.add_argument("--reuse-general", action="store_true",
                     help="use the general verifier already published (trained without this corpus's judgments)")
+    ap.add_argument("--reuse-choice", action="store_true",
+                    help="use the corpus's ranker choice already published (made with this general verifier offered)")
     a = ap.parse_args()
     s = default_settings()
     s = s.model_copy(update={"verify": s.verify.model_copy(update={
@@ -124,8 +150,9 @@ def main() -> None:
     t0 = time.perf_counter()
     res: dict = {"corpus": c, "args": vars(a), "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
     domains = ["scifact", "msmarco"]
-    if c == "antonym":
+    if c == "antonym" and IndexStore(root).current("antonym") is None:  # indexed once per root
         index_antonym(root, s)
+    if c == "antonym":
         domains.append("antonym")
     labelled = [parse_labelled(f"{DIRS['scifact']}=scifact"), parse_labelled(f"{DIRS['msmarco']}=msmarco")]
     if a.reuse_general:
@@ -139,7 +166,11 @@ def main() -> None:
     g.pop("self_supervised_positives", None)
     res["general"] = {k: g.get(k) for k in ("version", "seconds", "data_seconds", "train_lists", "val_queries",
                                             "val_ndcg10", "best_epoch", "sources", "leave_out", "reused")}
-    choice = choose_ranker(root, s, c, force=True)
+    choice = load_choice(root, c) if a.reuse_choice else None
+    if choice is not None and (choice.get("learned_offered") or {}).get(f"verifier:{GENERAL_DOMAIN}") != g["version"]:
+        raise SystemExit(f"{c}'s published ranker choice was not made with general verifier {g['version']}")
+    if choice is None:
+        choice = choose_ranker(root, s, c, force=True)
     res["choice"] = {k: choice.get(k) for k in ("ranker", "reason", "ndcg10", "queries", "over_dense_ci95", "kinds")}
     general = load_verifier(root, GENERAL_DOMAIN)
     verifiers = {"general": general}
@@ -160,6 +191,7 @@ def main() -> None:
             if c == "scifact":
                 res[f"eval_{name}"]["no_overlap"] = {
                     n: no_overlap_ndcg(root, rid, DIRS[c]) for n, rid in ev["run_ids"].items()}
+    res["served"] = served(res)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     res["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     prev = json.loads(OUT.read_text()) if OUT.is_file() else {}

@@ -107,7 +107,7 @@ def adapt_domain(root: DataRoot, settings: Settings, domain: str, *, per_domain:
                 "seconds": round(time.perf_counter() - t0, 1)}
     model, curve = fit(train, val, VerifierConfig.from_dict(general.model.cfg.as_dict()), enc.dim,
                        epochs=epochs or max(3, v.epochs // 2), near_miss_weight=v.near_miss_weight, seed=seed,
-                       patience=v.patience, lr=3e-4, log=log, init=general.model)
+                       patience=v.patience, lr=3e-4, log=log, init=general.model, val_top=v.train_top)
     best = max(curve, key=lambda c: c["val_ndcg10"]) if curve else {}
     top, _ = choose_verify_top(model, val, choices=[k for k in VERIFY_TOP_CHOICES
                                                     if not v.train_top or k <= v.train_top])

@@ -152,7 +152,7 @@ def train_general_verifier(root: DataRoot, settings: Settings, *, labelled: list
         raise ValueError("no training list: give a labelled set or index a domain with text")
     t_data = time.perf_counter() - t0
     model, curve = fit(examples, val, VerifierConfig(), enc.dim, epochs=v.epochs, near_miss_weight=v.near_miss_weight,
-                       seed=seed, patience=v.patience, log=log)
+                       seed=seed, patience=v.patience, log=log, val_top=v.train_top)
     best = max(curve, key=lambda c: c["val_ndcg10"]) if curve else {}
     top, top_ndcg = choose_verify_top(model, val, choices=[k for k in VERIFY_TOP_CHOICES
                                                            if not v.train_top or k <= v.train_top])

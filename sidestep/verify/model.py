@@ -274,11 +274,26 @@ def _sample_rows(e: Example, rows: int, rng: np.random.Generator) -> Example:
     return Example(Candidates(c.feats[idx], c.qtok, c.glob[idx], c.maxsim[idx]), e.labels[idx], pairs)
 
 
+def val_ndcg10(model: Verifier, val: Sequence[tuple[Candidates, np.ndarray]], top: int = 0) -> float:
+    """Mean nDCG@10 of validation lists (candidates + gains), each scored whole, or as served when `top` > 0:
+    only its pre-score top `top` scored, the rest below them in pre-score order (`cascade`)."""
+    if not val:
+        return 0.0
+    scores = score(model, [c for c, _ in val])
+    if top:
+        scores = [s if c.rows is not None else cascade(prescore(c.glob), s, top)
+                  for s, (c, _) in zip(scores, val, strict=True)]
+    return float(np.mean([ndcg_of_scores(s, g) for s, (_, g) in zip(scores, val, strict=True)]))
+
+
 def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]], cfg: VerifierConfig, dim: int,
         *, epochs: int = 30, batch_queries: int = 16, lr: float = 1e-3, weight_decay: float = 1e-4,
         seed: int = 0, patience: int = 6, near_miss_weight: float = 0.3, list_rows: int = 32,
-        log=None, init: Verifier | None = None) -> tuple[Verifier, list[dict]]:
+        log=None, init: Verifier | None = None, val_top: int = 0) -> tuple[Verifier, list[dict]]:
     """Listwise training; the epoch with the best validation nDCG@10 (val: candidates + gains) is kept.
+    val_top: validate each list as the verify stage serves it, only the pre-score's top val_top scored and the
+    rest below them (give train_top: a model trained on served rows never learns to sort the list's bottom, so
+    scoring the whole list measures what serving never shows; 0: the whole list).
 
     Each epoch reads every positive, its near-misses and `list_rows` rows of the list drawn at random
     (list statistics were computed on the whole list beforehand, so a sample sees serving's scale)."""
@@ -292,8 +307,7 @@ def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     best, best_state, curve, bad = -1.0, None, [], 0
     if init is not None and val:
-        best = float(np.mean([ndcg_of_scores(s, g) for s, (_, g) in zip(score(model, [c for c, _ in val]), val,
-                                                                         strict=True)]))
+        best = val_ndcg10(model, val, val_top)
         best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
         curve.append({"epoch": 0, "loss": None, "val_ndcg10": best})
     for epoch in range(1, epochs + 1):
@@ -326,8 +340,7 @@ def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]
             sched.step()
             total += float(loss.detach())
             nb += 1
-        scores = score(model, [c for c, _ in val])
-        v = float(np.mean([ndcg_of_scores(s, g) for s, (_, g) in zip(scores, val, strict=True)])) if val else 0.0
+        v = val_ndcg10(model, val, val_top)
         curve.append({"epoch": epoch, "loss": total / max(nb, 1), "val_ndcg10": v})
         if log:
             log(f"epoch {epoch}: loss {total / max(nb, 1):.4f} val nDCG@10 {v:.4f}")

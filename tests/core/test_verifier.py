@@ -33,6 +33,7 @@ from sidestep.verify.model import (
     n_parameters,
     score,
     served_rows,
+    val_ndcg10,
 )
 from sidestep.verify.nearmiss import KINDS, content_words, near_misses
 
@@ -331,3 +332,28 @@ def test_training_lists_are_what_the_verify_stage_serves():
     lonely = torch.zeros(24, dtype=torch.bool)
     lonely[[outside, 20]] = True
     assert served_rows(Example(c, lonely), 8, 20) is None  # no positive in the served top: no list
+
+
+def test_validation_can_score_lists_as_the_verify_stage_serves_them():
+    """A model trained on served rows (the pre-score top) is validated on the same view: with val_top only the
+    pre-score top is scored, so a list whose relevant document the model favours but serving never shows it
+    counts as served (fine-tuning's epoch 0 included), not as the whole list would score it."""
+    torch.manual_seed(5)
+    rng = np.random.default_rng(9)
+    model = Verifier(VerifierConfig(width=32, ff=64), 16).eval()
+    q, docs, pieces, idf, rec = _list(rng, n_docs=60)
+    c = prepare(q, [3, 7, 11, 20, 41], docs, pieces, idf, rec, 24)
+    full = score(model, [c])[0]
+    best = int(np.argmax(full))
+    gains = np.zeros(60, np.float32)
+    gains[best] = 1
+    prior = prescore(c.glob).numpy()
+    assert int(np.argsort(-prior, kind="stable").tolist().index(best)) >= 8  # outside the served top 8
+    served = ndcg_of_scores(cascade(prior, full, 8), gains)
+    assert val_ndcg10(model, [(c, gains)]) == 1.0 and served < 1.0
+    assert val_ndcg10(model, [(c, gains)], 8) == pytest.approx(served)
+    assert val_ndcg10(model, [(prepare(q, [3, 7, 11, 20, 41], docs, pieces, idf, rec, 24, verify_top=8), gains)],
+                      8) == pytest.approx(served)  # a list already prepared as served is not cascaded twice
+    ex = Example(c, torch.tensor(gains > 0))
+    _, curve = fit([ex], [(c, gains)], VerifierConfig(width=32, ff=64), 16, epochs=1, init=model, val_top=8)
+    assert curve[0]["epoch"] == 0 and curve[0]["val_ndcg10"] == pytest.approx(served)
