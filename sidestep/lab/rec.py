@@ -26,7 +26,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -184,7 +184,7 @@ def train_run(model: SeqRec, domain: str, arm: Arm, data: RecData, cfg: RecLabCo
         loss.backward()
         opt.step()
         done = step
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % cfg.eval_every == 0 or step == cfg.steps:
             v = valid()
             curve.append({"step": step, "valid_ndcg@10": v, "loss": float(np.mean(losses))})
@@ -240,6 +240,11 @@ def run_rec(domains: dict[str, RecLabData], cfg: RecLabConfig | None = None, see
     cfg = cfg or RecLabConfig()
     if seeds < 1:
         raise ValueError("seeds must be >= 1")
+    if not domains:
+        raise ValueError("the rec task needs at least one domain")
+    # k-means needs a few items per codeword: a small catalogue gets fewer codewords, in both arms alike
+    fewest = min(d.data.n_items for d in domains.values())
+    cfg = replace(cfg, bits=min(cfg.bits, max(1, int(math.log2(max(fewest // 2, 2))))))
     say = log or (lambda _m: None)
     src, dst = cfg.source, cfg.target
     transfer = src in domains and dst in domains and src != dst

@@ -44,7 +44,7 @@ def test_commitment_loss_has_the_vq_vae_form_in_value_and_gradients():
     loss = commitment_loss(z, q, beta)
     n = z.numel()
     sq = ((z - q) ** 2).sum() / n
-    assert float(loss.detach()) == pytest.approx((1 + beta) * float(sq), rel=1e-12)
+    assert float(loss.detach()) == pytest.approx((1 + beta) * float(sq.detach()), rel=1e-12)
     loss.backward()
     # beta * |z - sg(q)|^2 moves only the encoder, |sg(z) - q|^2 only the codeword
     assert torch.allclose(z.grad, 2 * beta * (z - q).detach() / n)
