@@ -45,7 +45,7 @@ from sidestep.rec.training import evaluate, popularity_ranks, text_ranks
 __all__ = ["ARMS", "RecLabConfig", "RecLabData", "report_rows", "run_rec"]
 
 ARMS = ("frozen", "learned")
-DEFAULT_USERS: int | None = 3000  # seeded user sample per domain of `sidestep lab rec` (None: every user)
+DEFAULT_USERS: int | None = 1000  # seeded user sample per domain of `sidestep lab rec` (None: every user)
 Log = Callable[[str], None]
 
 
@@ -64,17 +64,18 @@ class RecLabConfig:
     positions: int = 8  # code positions (PQ sub-quantizers / RQ levels)
     bits: int = 6  # 64 codewords per position, both arms
     hidden: int = 64
-    layers: int = 2
+    layers: int = 1
     heads: int = 2
     inner: int = 128
     dropout: float = 0.2
     max_history: int = 20
-    steps: int = 300  # per training run, both arms, in-domain and transfer
-    batch: int = 256
+    steps: int = 150  # per training run, both arms, in-domain and transfer
+    batch: int = 128
     lr: float = 2e-3
     eval_every: int = 50
     latent: int = 32  # RQ-VAE latent width
-    quantiser_steps: int = 300  # reconstruction pre-fit of the RQ-VAE (the analogue of fitting OPQ)
+    opq_iterations: int = 10
+    quantiser_steps: int = 150  # reconstruction pre-fit of the RQ-VAE (the analogue of fitting OPQ)
     aux_weight: float = 1.0  # weight of reconstruction + commitment during joint training
     tau: float = 1.0  # softmax temperature of the straight-through one-hot (distances in latent units)
     quantiser_lr: float = 1e-3
@@ -111,7 +112,8 @@ class Arm:
             self.fixed = torch.from_numpy(codes.astype(np.int64))
         elif kind == "frozen":
             t0 = time.perf_counter()
-            book = fit_codebook(vectors, CodebookSpec(positions=cfg.positions, bits=cfg.bits, seed=seed))
+            book = fit_codebook(vectors, CodebookSpec(positions=cfg.positions, bits=cfg.bits, seed=seed,
+                                                          opq_iterations=cfg.opq_iterations))
             self.book = book
             self.fixed = torch.from_numpy(book.encode(vectors).astype(np.int64))
             self.fit_info = {"fit_seconds": time.perf_counter() - t0, "relative_error": book.fit_error}
