@@ -580,7 +580,8 @@ class Warehouse:
                 "SELECT metric, value FROM longdoc_metrics WHERE run_id = ? ORDER BY metric",
                 [longdoc_run[0]["run_id"]]).to_pylist()}
         return {"eval_runs": runs, "query_deltas": deltas, "verifier_curves": verifier, "rec_curves": rec_curves,
-                "rec_metrics": rec_metrics, "lab": lab, "lab_retrieval": lab_retrieval, "longdoc": longdoc, "lab_rec": lab_rec}
+                "rec_metrics": rec_metrics, "lab": lab, "lab_retrieval": lab_retrieval, "longdoc": longdoc,
+                "lab_rec": lab_rec}
 
     def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
         """Any SQL against the warehouse, as an Arrow table."""
