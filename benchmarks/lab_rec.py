@@ -35,7 +35,8 @@ def render(run: dict) -> str:
     lines = [START, "## The gradient lab: rec, frozen codes against codes learned end to end", "",
              f"Run {run['date']} ({run.get('machine', '')}): `{run['command']}`; {run['wall_s']:.0f} s wall, "
              f"{run['cpu_s']:.0f} s CPU, peak RSS {run['peak_rss_mb']} MB, load average "
-             f"{' '.join(run['loadavg_start'])} at the start and {' '.join(run['loadavg_end'])} at the end. {run.get('note', '')}", "",
+             f"{' '.join(run['loadavg_start'])} at the start and {' '.join(run['loadavg_end'])} at the end. "
+             f"{run.get('note', '')}", "",
              f"Same sequence model for both arms ({cfg['layers']} Transformer layer, hidden {cfg['hidden']}, "
              f"{cfg['positions']} code positions x {1 << cfg['bits']} codewords), {cfg['steps']} Adam steps of batch "
              f"{cfg['batch']} per training run, a wall-clock cap of {res['run_cap_seconds'] or 0:.0f} s per run "
