@@ -144,8 +144,9 @@ class Arm:
 
 
 def train_run(model: SeqRec, domain: str, arm: Arm, data: RecData, cfg: RecLabConfig, mode: str, seed: int, *,
-              deadline: float | None = None) -> dict:
-    """``cfg.steps`` steps of full-softmax cross-entropy (or until ``deadline``); mode "scratch" trains the
+              cap: float | None = None) -> dict:
+    """``cfg.steps`` steps of full-softmax cross-entropy (or until ``cap`` seconds of the training loop, counted
+    from its first step: the set-up and the step-0 evaluation are not charged to it); mode "scratch" trains the
     encoder, the domain's table and (learned arm) the quantiser, "table-only" the domain's table alone. The
     best validation NDCG@10 checkpoint is restored; returns its test ranks, the curve, time and memory."""
     torch.manual_seed(seed)
@@ -177,6 +178,7 @@ def train_run(model: SeqRec, domain: str, arm: Arm, data: RecData, cfg: RecLabCo
     best, best_step, best_state = valid(), 0, snap()
     curve = [{"step": 0, "valid_ndcg@10": best, "loss": math.nan}]
     t0, done, losses = time.perf_counter(), 0, []
+    deadline = None if cap is None else time.monotonic() + cap
     for step in range(1, cfg.steps + 1):
         if deadline is not None and time.monotonic() > deadline:
             break
@@ -252,7 +254,6 @@ def run_rec(domains: dict[str, RecLabData], cfg: RecLabConfig | None = None, see
     transfer = src in domains and dst in domains and src != dst
     runs_per_seed = len(ARMS) * (len(domains) + (2 if transfer else 0))
     cap = None if budget_seconds is None else budget_seconds / max(runs_per_seed * seeds, 1)
-    deadline = (lambda: None) if cap is None else (lambda: time.monotonic() + cap)
     report: dict = {"task": "rec", "config": {**asdict(cfg), "seeds": seeds, "budget_seconds": budget_seconds,
                                               "arms": list(ARMS)},
                     "run_cap_seconds": cap, "truncated": False, "domains": {}, "transfer": None}
@@ -277,7 +278,7 @@ def run_rec(domains: dict[str, RecLabData], cfg: RecLabConfig | None = None, see
                     torch.manual_seed(seed)
                     arm = Arm(kind, d.vectors, cfg, seed)
                     model = SeqRec(seq_config(cfg), cfg.positions, 1 << cfg.bits, [name])
-                    run = train_run(model, name, arm, d.data, cfg, "scratch", seed, deadline=deadline())
+                    run = train_run(model, name, arm, d.data, cfg, "scratch", seed, cap=cap)
                     fits.setdefault((name, kind), []).append({**arm.fit_info,
                                                              **_code_diag(arm.codes(), 1 << cfg.bits)})
                     keep("in_domain", name, kind, run)
@@ -301,11 +302,11 @@ def run_rec(domains: dict[str, RecLabData], cfg: RecLabConfig | None = None, see
                      "steps_done": 0})
                 base = copy.deepcopy(model.encoder.state_dict())
                 keep("transfer", dst, kind, train_run(model, dst, tarm, tgt.data, cfg, "table-only", seed,
-                                                      deadline=deadline()))
+                                                      cap=cap))
                 model.add_domain(dst)  # a fresh table: nothing of the source's table carries over
                 model.encoder.load_state_dict(base)
                 keep("no_transfer", dst, kind, train_run(model, dst, tarm, tgt.data, cfg, "table-only", seed,
-                                                         deadline=deadline()))
+                                                         cap=cap))
     for name, d in domains.items():
         pop = popularity_ranks(popularity(d.data), d.data.test)
         text = text_ranks(np.vstack([np.zeros((1, d.vectors.shape[1]), np.float32), d.vectors]), d.data.test)

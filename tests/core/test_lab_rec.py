@@ -153,3 +153,11 @@ def test_table_only_transfer_leaves_the_encoder_and_the_source_quantiser_untouch
                        eval_every=2, latent=4, quantiser_steps=3, source="b", target="a", bootstrap=50)
     run_rec({"a": synthetic_domain("a"), "b": synthetic_domain("b", seed=1)}, cfg, seeds=1)
     assert snaps == {"frozen": [True, True], "learned": [True, True]}
+
+
+def test_a_budget_of_zero_stops_every_run_before_its_first_step_and_says_so():
+    cfg = RecLabConfig(positions=2, bits=3, hidden=16, layers=1, inner=32, max_history=10, steps=5, batch=32,
+                       eval_every=5, latent=4, quantiser_steps=2, source="b", target="a", bootstrap=20)
+    rep = run_rec({"a": synthetic_domain("a"), "b": synthetic_domain("b", seed=1)}, cfg, seeds=1, budget_seconds=0.0)
+    assert rep["truncated"] and rep["run_cap_seconds"] == 0.0
+    assert all(r["steps_done"] == [0] for d in rep["domains"].values() for r in d["arms"].values())
