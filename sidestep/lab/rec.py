@@ -72,7 +72,7 @@ class RecLabConfig:
     steps: int = 150  # per training run, both arms, in-domain and transfer
     batch: int = 128
     lr: float = 2e-3
-    eval_every: int = 50
+    eval_every: int = 25
     latent: int = 32  # RQ-VAE latent width
     opq_iterations: int = 10
     quantiser_steps: int = 150  # reconstruction pre-fit of the RQ-VAE (the analogue of fitting OPQ)
@@ -196,6 +196,11 @@ def train_run(model: SeqRec, domain: str, arm: Arm, data: RecData, cfg: RecLabCo
             if v > best:
                 best, best_step, best_state = v, step, snap()
     seconds = time.perf_counter() - t0
+    if done and curve[-1]["step"] != done:  # stopped by the cap between evaluations: the last state counts too
+        v = valid()
+        curve.append({"step": done, "valid_ndcg@10": v, "loss": float(np.mean(losses)) if losses else math.nan})
+        if v > best:
+            best, best_step, best_state = v, done, snap()
     model.load_state_dict(best_state[0])
     if extra:
         arm.quantiser.load_state_dict(best_state[1])
