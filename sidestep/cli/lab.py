@@ -38,7 +38,7 @@ def lab(
     min_rel: Annotated[list[str] | None, typer.Option("--min-rel", help="retrieval: DOMAIN=GRADE, the lowest "
                                                       "grade counted relevant for Recall@10 (default 1).")] = None,
     steps: Annotated[int | None, typer.Option(help="retrieval: training steps per run (default 200); rec: the "
-                                              "same for every training run (default 150).")] = None,
+                                              "same for every training run (default 100).")] = None,
     users: Annotated[int | None, typer.Option(help="rec: a seeded sample of this many users per domain (0: all; "
                                               "default: sidestep.lab.rec.DEFAULT_USERS).")] = None,
     as_json: JsonOpt = False,

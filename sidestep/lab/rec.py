@@ -45,7 +45,7 @@ from sidestep.rec.training import evaluate, popularity_ranks, text_ranks
 __all__ = ["ARMS", "RecLabConfig", "RecLabData", "report_rows", "run_rec"]
 
 ARMS = ("frozen", "learned")
-DEFAULT_USERS: int | None = 1000  # seeded user sample per domain of `sidestep lab rec` (None: every user)
+DEFAULT_USERS: int | None = 500  # seeded user sample per domain of `sidestep lab rec` (None: every user)
 Log = Callable[[str], None]
 
 
@@ -69,7 +69,7 @@ class RecLabConfig:
     inner: int = 128
     dropout: float = 0.2
     max_history: int = 20
-    steps: int = 150  # per training run, both arms, in-domain and transfer
+    steps: int = 100  # per training run, both arms, in-domain and transfer
     batch: int = 128
     lr: float = 2e-3
     eval_every: int = 25
