@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from sidestep.tasks.lab import check_lab_task, planted_task, retrieval_task, store_lab_task
+from sidestep.tasks.lab import check_lab_task, planted_task, rec_task, retrieval_task, store_lab_task
 
 
 @flow(name="lab", log_prints=True)
@@ -20,8 +20,8 @@ def lab_flow(task: str = "planted", estimators: list[str] | None = None, seeds: 
 
     Args:
         task: Lab task: planted (synthetic, exact gradient by enumeration); retrieval (a query-side scorer trained
-            through the hard top 10 of recall's 100 candidates, on judged corpora already indexed); rec is not built
-            yet.
+            through the hard top 10 of recall's 100 candidates, on judged corpora already indexed); rec (frozen OPQ/PQ
+            codes against codes learned end to end by straight-through, in-domain and table-only transfer).
         estimators: Estimators to run (default: all of them).
         seeds: Seeds of each optimisation run (mean and std are reported over them).
         budget_seconds: Wall-clock cap: optimisation runs stop early and grid cells are skipped once it is spent.
@@ -29,12 +29,15 @@ def lab_flow(task: str = "planted", estimators: list[str] | None = None, seeds: 
         options: Overrides of the task's own settings, e.g. {"draws": 200, "grid_k": [1, 2], "steps": 100}
             for planted (the fields of sidestep.lab.planted.PlantedConfig); for retrieval the fields of
             sidestep.lab.retrieval.RetrievalConfig plus "datasets": [{"dir": BEIR folder, "domain": its indexed
-            domain, "rel": the lowest relevant grade}].
+            domain, "rel": the lowest relevant grade}]; for rec the fields of sidestep.lab.rec.RecLabConfig plus
+            "datasets": [{"dir": recommendation folder, "domain": name}] and "users" (a seeded user sample).
     """
     check_lab_task(task)
     t0 = time.perf_counter()
     if task == "retrieval":
         report = retrieval_task(config_path, estimators, seeds, budget_seconds, options)
+    elif task == "rec":
+        report = rec_task(config_path, seeds, budget_seconds, options)
     else:
         report = planted_task(estimators, seeds, budget_seconds, options)
     run_id = f"lab-{task}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -564,6 +564,14 @@ class Warehouse:
                     "SELECT estimator, metric, step, avg(value) AS value, stddev_pop(value) AS std FROM lab_results "
                     "WHERE run_id = ? AND section = 'curve' GROUP BY ALL ORDER BY estimator, metric, step",
                     [rid]).to_pylist()}
+        rec_lab_run = self.query("SELECT run_id, task, started_at, seconds FROM lab_runs WHERE task = 'rec' "
+                                 "ORDER BY started_at DESC, run_id LIMIT 1").to_pylist()
+        lab_rec = None
+        if rec_lab_run:
+            lab_rec = {**rec_lab_run[0], "results": self.query(
+                "SELECT section, estimator, metric, value FROM lab_results WHERE run_id = ? AND seed IS NULL AND "
+                "section IN ('result', 'control', 'delta') ORDER BY section, estimator, metric",
+                [rec_lab_run[0]["run_id"]]).to_pylist()}
         longdoc_run = self.query("SELECT run_id, dataset, started_at FROM longdoc_runs "
                                  "ORDER BY started_at DESC, run_id LIMIT 1").to_pylist()
         longdoc = None
@@ -572,7 +580,8 @@ class Warehouse:
                 "SELECT metric, value FROM longdoc_metrics WHERE run_id = ? ORDER BY metric",
                 [longdoc_run[0]["run_id"]]).to_pylist()}
         return {"eval_runs": runs, "query_deltas": deltas, "verifier_curves": verifier, "rec_curves": rec_curves,
-                "rec_metrics": rec_metrics, "lab": lab, "lab_retrieval": lab_retrieval, "longdoc": longdoc}
+                "rec_metrics": rec_metrics, "lab": lab, "lab_retrieval": lab_retrieval, "longdoc": longdoc,
+                "lab_rec": lab_rec}
 
     def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
         """Any SQL against the warehouse, as an Arrow table."""

@@ -8,15 +8,17 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from sidestep.lab import rec as lab_rec
 from sidestep.lab import retrieval as lab_retrieval
 from sidestep.lab.planted import PlantedConfig, report_rows, run_planted
 from sidestep.pipeline.lab import retrieval_data
+from sidestep.pipeline.labrec import rec_lab_data
 from sidestep.storage.warehouse import Warehouse
 
 from .common import RETRY, root_from, settings_from
 
-AVAILABLE = ("planted", "retrieval")
-PLANNED = ("rec",)
+AVAILABLE = ("planted", "retrieval", "rec")
+PLANNED: tuple[str, ...] = ()
 
 
 def check_lab_task(name: str) -> None:
@@ -75,7 +77,31 @@ def retrieval_task(config_path: str | None, estimators: list[str] | None, seeds:
     return lab_retrieval.run_retrieval(data, cfg, estimators, seeds, budget_seconds, log=log.info)
 
 
+def rec_inputs(options: dict[str, Any] | None) -> tuple[list[dict], int | None, lab_rec.RecLabConfig]:
+    """``options["datasets"]``: [{"dir": a recommendation folder, "domain": its name}], ``options["users"]``: a
+    seeded user sample per domain (all users when absent); the rest RecLabConfig fields."""
+    opts = dict(options or {})
+    datasets, users = opts.pop("datasets", None), opts.pop("users", lab_rec.DEFAULT_USERS)
+    if not datasets:
+        raise ValueError("the rec task needs datasets: a recommendation folder per domain (`--dataset DOMAIN=DIR`)")
+    return list(datasets), users, _config(lab_rec.RecLabConfig, opts, "rec")
+
+
+@task(name="lab-rec", cache_policy=NO_CACHE, tags=["lab"])
+def rec_task(config_path: str | None, seeds: int, budget_seconds: float | None, options: dict[str, Any] | None,
+             ) -> dict:
+    log = get_run_logger()
+    datasets, users, cfg = rec_inputs(options)
+    settings = settings_from(config_path)
+    root = root_from(settings)
+    data = {d["domain"]: rec_lab_data(root, settings, d["dir"], d["domain"], users=users, seed=cfg.seed,
+                                      max_history=cfg.max_history, log=log.info) for d in datasets}
+    return lab_rec.run_rec(data, cfg, seeds, budget_seconds, log=log.info)
+
+
 def lab_rows(report: dict) -> list[dict]:
+    if report["task"] == "rec":
+        return lab_rec.report_rows(report)
     return lab_retrieval.report_rows(report) if report["task"] == "retrieval" else report_rows(report)
 
 

@@ -208,6 +208,9 @@ def _rec_metrics(data: Mapping[str, Any], sec: Section, add: Callable) -> None:
 def _lab(data: Mapping[str, Any], sec: Section, add: Callable) -> None:
     _lab_planted(data, sec, add)
     _lab_retrieval(data, sec, add)
+    from sidestep.eval.report_labrec import lab_rec_figure
+
+    lab_rec_figure(data, add, _figure, _GREY)
 
 
 def _lab_retrieval(data: Mapping[str, Any], sec: Section, add: Callable) -> None:

@@ -255,7 +255,9 @@ def controls(data: RetrievalData, k: int = 10) -> dict:
     out = {}
     for name, fn in rankers.items():
         v = float(evaluate(fn, data, val, k)["ndcg@10"].mean()) if len(val) else 0.0
-        out[name] = {"val_ndcg@10": v, "test": _summary(evaluate(fn, data, test, k), data, test)}
+        pq = evaluate(fn, data, test, k)
+        out[name] = {"val_ndcg@10": v, "test": _summary(pq, data, test),
+                     "test_per_query": {m: x.tolist() for m, x in pq.items()}}
     best = max((n for n in out if n != "identity"), key=lambda n: out[n]["val_ndcg@10"])
     out["best_untrained"] = {**out[best], "ranker": best}
     return out
@@ -278,8 +280,43 @@ def aggregate(per_seed: list[dict]) -> dict:
     steps = sorted({c["step"] for r in per_seed for c in r["curve"]})
     out["curve"] = [[s, _mean_std([c["val_ndcg@10"] for r in per_seed for c in r["curve"] if c["step"] == s])[0]]
                     for s in steps]
-    out["per_seed"] = [{k: r[k] for k in ("test", "best_step", "val_ndcg@10", "steps_done", "seconds", "saved_mb",
-                                          "scale", "mix", "adapter_distance", "curve")} for r in per_seed]
+    out["per_seed"] = [{**{k: r[k] for k in ("test", "best_step", "val_ndcg@10", "steps_done", "seconds", "saved_mb",
+                                             "scale", "mix", "adapter_distance", "curve")},
+                        "test_per_query": {m: np.asarray(v).tolist() for m, v in r["test_per_query"].items()}}
+                       for r in per_seed]
+    return out
+
+
+# paired differences reported with bootstrap intervals over test queries, pooled over seeds
+PAIRS = (("sidestep", "best_untrained"), ("straight_through", "sidestep"))
+
+
+def intervals(data: RetrievalData, runs: dict, ctl: dict, draws: int = 2000, seed: int = 0) -> dict:
+    """``A-B`` -> {all, no_overlap} -> metric -> paired bootstrap 95% interval of A - B over test queries, every
+    seed of an estimator kept per query (an untrained control is the same on every seed)."""
+    from sidestep.lab.bootstrap import paired_bootstrap
+
+    test = data.rows("test")
+    alone = np.asarray([data.no_overlap[int(i)] for i in test], dtype=bool)
+
+    def per_query(name: str, m: str, seeds: int) -> np.ndarray | None:
+        if name in runs:
+            return np.asarray([ps["test_per_query"][m] for ps in runs[name]["per_seed"]], dtype=np.float64)
+        if name in ctl:
+            return np.tile(np.asarray(ctl[name]["test_per_query"][m], dtype=np.float64), (seeds, 1))
+        return None
+
+    out: dict = {}
+    for a, b in PAIRS:
+        seeds = max((len(runs[n]["per_seed"]) for n in (a, b) if n in runs), default=1)
+        for m in ("ndcg@10", "recall@10"):
+            pa, pb = per_query(a, m, seeds), per_query(b, m, seeds)
+            if pa is None or pb is None:
+                continue
+            cell = out.setdefault(f"{a}-{b}", {"all": {}, "no_overlap": {}})
+            cell["all"][m] = paired_bootstrap(pa, pb, draws=draws, seed=seed)
+            if alone.any():
+                cell["no_overlap"][m] = paired_bootstrap(pa[:, alone], pb[:, alone], draws=draws, seed=seed)
     return out
 
 
@@ -316,7 +353,7 @@ def run_retrieval(datasets: list[RetrievalData], cfg: RetrievalConfig | None = N
                 "queries": {s: len(data.rows(s)) for s in SPLITS},
                 "trainable_queries": int((data.gains[data.rows("train")] > 0).any(-1).sum()),
                 "candidates": int(data.cand.shape[1]), "features": list(data.feature_names), "notes": data.notes,
-                "controls": ctl, "estimators": runs}
+                "controls": ctl, "estimators": runs, "intervals": intervals(data, runs, ctl, seed=cfg.seed)}
     first = next(iter(report["datasets"].values()), {"estimators": {}})
     report["estimators"] = {n: {k: v for k, v in r.items() if k not in ("per_seed", "curve")}
                             for n, r in first["estimators"].items()}
@@ -352,4 +389,9 @@ def report_rows(report: dict) -> list[dict]:
                 for c in ps["curve"]:
                     add("curve", name, f"{ds}/val_ndcg@10", c["val_ndcg@10"], seed=seed, step=c["step"])
                     add("curve", name, f"{ds}/train_hard_loss", c["train_hard_loss"], seed=seed, step=c["step"])
+        for pair, by_subset in d.get("intervals", {}).items():
+            for subset, by_metric in by_subset.items():
+                for m, ci in by_metric.items():
+                    for q in ("mean", "lo", "hi"):
+                        add("delta", pair, f"{ds}/{subset}/{m}_{q}", ci[q])
     return rows

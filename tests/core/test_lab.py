@@ -287,11 +287,16 @@ def test_run_planted_stops_at_the_budget_but_keeps_the_headline():
     assert all(run["per_seed"][0]["steps_done"] == 0 for run in r["optimisation"]["estimators"].values())
 
 
-def test_unbuilt_lab_tasks_are_refused_clearly():
-    from sidestep.tasks.lab import check_lab_task, planted_config, retrieval_inputs
+def test_lab_tasks_and_their_options_are_checked_before_any_work():
+    from sidestep.tasks.lab import check_lab_task, planted_config, rec_inputs, retrieval_inputs
 
-    with pytest.raises(NotImplementedError, match="lab task 'rec' is not built yet; available: planted, retrieval"):
-        check_lab_task("rec")
+    check_lab_task("rec")
+    with pytest.raises(ValueError, match="needs datasets"):
+        rec_inputs({"steps": 3})
+    with pytest.raises(ValueError, match="unknown rec options"):
+        rec_inputs({"datasets": [{"dir": "x", "domain": "d"}], "stepz": 3})
+    datasets, users, cfg = rec_inputs({"datasets": [{"dir": "x", "domain": "d"}], "users": None, "steps": 7})
+    assert users is None and cfg.steps == 7
     check_lab_task("retrieval")
     with pytest.raises(ValueError, match="needs datasets"):
         retrieval_inputs({"steps": 3})

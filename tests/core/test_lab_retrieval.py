@@ -145,9 +145,29 @@ def test_training_is_wired_and_every_estimator_moves_the_scorer():
         moved = [p["adapter_distance"] for p in r["per_seed"]]
         assert all(m > 0 for m in moved), (name, moved)  # a gradient reached the query side
     rows = report_rows(rep)
-    assert {r["section"] for r in rows} == {"control", "result", "curve"}
+    assert {r["section"] for r in rows} == {"control", "result", "curve", "delta"}
     assert any(r["metric"] == "tiny/val_ndcg@10" and r["step"] == 6 for r in rows)
     assert all(math.isfinite(r["value"]) for r in rows)
+
+
+def test_per_query_results_are_kept_and_paired_intervals_pool_every_seed():
+    rep = run_retrieval([tiny_data()], TINY, estimators=["sidestep", "straight_through"], seeds=2)
+    ds = rep["datasets"]["tiny"]
+    side = np.asarray([ps["test_per_query"]["ndcg@10"] for ps in ds["estimators"]["sidestep"]["per_seed"]])
+    st = np.asarray([ps["test_per_query"]["ndcg@10"] for ps in ds["estimators"]["straight_through"]["per_seed"]])
+    best = np.asarray(ds["controls"]["best_untrained"]["test_per_query"]["ndcg@10"])
+    assert side.shape == st.shape == (2, 4) and best.shape == (4,)
+    assert side.mean(1) == pytest.approx([ps["test"]["ndcg@10"] for ps in ds["estimators"]["sidestep"]["per_seed"]])
+    ci = ds["intervals"]
+    assert set(ci) == {"sidestep-best_untrained", "straight_through-sidestep"}
+    a = ci["sidestep-best_untrained"]["all"]["ndcg@10"]
+    assert a["seeds"] == 2 and a["units"] == 4 and a["mean"] == pytest.approx(float((side - best).mean()))
+    b = ci["straight_through-sidestep"]["all"]["ndcg@10"]
+    assert b["mean"] == pytest.approx(float((st - side).mean())) and b["lo"] <= b["mean"] <= b["hi"]
+    alone = np.asarray([tiny_data().no_overlap[int(i)] for i in tiny_data().rows("test")])
+    if alone.any():
+        n = ci["straight_through-sidestep"]["no_overlap"]["ndcg@10"]
+        assert n["units"] == int(alone.sum()) and n["mean"] == pytest.approx(float((st - side)[:, alone].mean()))
 
 
 def test_the_controls_are_the_untrained_rankers():

@@ -61,6 +61,14 @@ def wh(tmp_path):
             {"section": "curve", "estimator": e, "seed": seed, "step": s, "metric": "sf/val_ndcg@10",
              "value": 0.6 + 0.01 * s + 0.01 * seed} for e in ("sidestep", "reinforce") for seed in (0, 1)
             for s in (0, 10, 20)])
+        time.sleep(0.002)
+        w.record_lab(run_id="lab-3", task="rec", config={}, rows=[
+            {"section": "result", "estimator": a, "metric": f"{st}/sci/{m}", "value": v}
+            for a in ("frozen", "learned") for st in ("in_domain", "transfer")
+            for m, v in (("ndcg@10_mean", 0.05), ("ndcg@10_std", 0.01))] + [
+            {"section": "result", "estimator": "frozen", "seed": 0, "metric": "in_domain/sci/ndcg@10", "value": 0.05},
+            {"section": "control", "estimator": "popularity", "metric": "in_domain/sci/ndcg@10", "value": 0.02},
+            {"section": "delta", "estimator": "learned-frozen", "metric": "in_domain/sci/ndcg@10_mean", "value": 0.0}])
         w.record_longdoc(run_id="ld-1", dataset="l", config={}, report={
             "bag_of_chunks": {"recall@1": 0.3, "recall@3": 0.5}, "map_conditioned": {"recall@1": 0.4},
             "per_document": [{"recall@1": 0.9}]})
@@ -89,6 +97,9 @@ def test_report_data_picks_the_main_runs_and_the_latest_of_everything(wh):
     assert ret["run_id"] == "lab-2" and len(ret["results"]) == 10  # per-seed rows are left out: means only
     sidestep = {r["step"]: r for r in ret["curve"] if r["estimator"] == "sidestep"}
     assert sidestep[10]["value"] == pytest.approx(0.705) and sidestep[10]["std"] == pytest.approx(0.005)
+    rec = data["lab_rec"]
+    assert rec["run_id"] == "lab-3" and len(rec["results"]) == 10  # means, controls and deltas; no per-seed rows
+    assert data["lab_retrieval"]["run_id"] == "lab-2" and data["lab"]["run_id"] == "lab-1"
     only = wh.report_data("other")
     assert {r["domain"] for r in only["eval_runs"]} == {"other"} and only["verifier_curves"] == []
     assert only["rec_metrics"] == [] and only["lab"] is not None  # the lab belongs to no domain
@@ -101,7 +112,8 @@ def test_the_report_draws_a_figure_for_each_section_with_data(wh):
     page, figures, notes = render_report(data, domain=None)
     assert figures == ["eval-metrics-other", "eval-metrics-tiny", "query-deltas-tiny", "verifier-curve-tiny",
                        "rec-curve-shop-sidestep", "codebook-usage", "rec-metrics-shop", "lab-bias-variance",
-                       "lab-curves", "lab-retrieval-curves-sf", "lab-retrieval-test-sf", "longdoc", "latency"]
+                       "lab-curves", "lab-retrieval-curves-sf", "lab-retrieval-test-sf", "lab-rec", "longdoc",
+                       "latency"]
     assert notes == {}
     assert page.count("<svg") == len(figures) and page.count("<figure") == len(figures)
     ids = re.findall(r'\sid="([^"]+)"', page)
