@@ -25,12 +25,12 @@ PRESETS: dict[str, dict[str, dict]] = {
                      "max_queued_requests": 64, "health_check_period_s": 5, "health_check_timeout_s": 30},
     },
     # the same machine with two search replicas, so that one can die without the endpoint going dark. The
-    # proxy's queue (max_queued_requests is per caller, and the proxy is the one caller) holds what the
-    # survivor cannot answer while a killed replica restarts: at 70% of two replicas' capacity one replica
-    # is short ~20 answers/s, for the ~15 s a replica needs to load (measured by benchmarks/soak.py).
+    # proxy's queue (max_queued_requests is per caller: here the proxy) stays short: with 384 a replica kill
+    # at 70% load never recovered (answers slowed to the clients' timeout; the cause was not isolated); with
+    # 32 a kill at the same load cost no request (benchmarks/soak.py).
     "replicated": {
         "search": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 16,
-                   "max_queued_requests": 384, "backpressure_config": BACKPRESSURE,
+                   "max_queued_requests": 32, "backpressure_config": BACKPRESSURE,
                    "health_check_period_s": 2, "health_check_timeout_s": 30},
         "recommend": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.2}, "max_ongoing_requests": 16,
                       "max_queued_requests": 64, "health_check_period_s": 5, "health_check_timeout_s": 30},
