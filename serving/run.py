@@ -22,12 +22,6 @@ APP_NAME = "sidestep"
 # opens a port per replica, is used only with one search replica: `direct_ingress_env`.)
 SERVE_LOOPS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
-# Ray starts its worker processes, and so every replica and the proxy, at niceness 15 (RAY_worker_niceness):
-# right for batch tasks, wrong for serving, where anything else on the machine would then come first; a
-# nightly at niceness 10 (`nightly_niceness`) took the cores from the replicas instead of yielding them.
-# Serving runs at the niceness of the process that starts it, as Ray's job supervisor does for drivers.
-SERVE_PRIORITY = {"RAY_worker_niceness": "0"}
-
 
 def direct_ingress_env(port: int) -> dict[str, str]:
     """Ray Serve's direct ingress with the public port as the only replica port: the search replica's
@@ -128,7 +122,7 @@ class ServeHandle:
 
     def start(self) -> ServeHandle:
         # Ray needs its own HOME (see storage/runtime.py); remember the caller's environment to restore it.
-        serve_env = {k: os.environ.get(k, v) for k, v in {**SERVE_LOOPS, **SERVE_PRIORITY}.items()}
+        serve_env = {k: os.environ.get(k, v) for k, v in SERVE_LOOPS.items()}
         check_auth(self.host, load_settings(self.config_path).serve.token_env, insecure=self.insecure)
         _check_port(self.host, self.port)
         # the public port: the search replica's own (direct ingress) or, with several replicas, the proxy's

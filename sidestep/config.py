@@ -282,9 +282,9 @@ class Settings(_Strict):
     data_root: str | None = Field(None, description="Data root; $SIDESTEP_HOME wins; default ./var.")
     default_domain: str | None = Field(None, description="Domain searched when a request names none.")
     nightly_cron: str = Field("0 2 * * *", description="Cron (UTC) of the nightly reindex deployment.")
-    nightly_niceness: int = Field(10, ge=0, le=19, description="CPU niceness of `sidestep reindex` and of the "
-                                  "nightly deployment's runs, so that on a machine shared with serving the batch "
-                                  "job yields the cores (a run that leads its own session also lowers its "
+    nightly_niceness: int = Field(0, ge=0, le=19, description="CPU niceness of `sidestep reindex` and of the "
+                                  "nightly deployment's runs; 10 on a machine shared with serving, so that the "
+                                  "batch job yields the cores (a run that leads its own session also lowers its "
                                   "session's autogroup, without which Linux shares the CPU per session); 0: "
                                   "the same priority as everything else.")
     sources: list[SourceConfig] = Field(default_factory=list)

@@ -87,8 +87,9 @@ def reindex(
                                                     "on this Ray cluster (HOST:PORT of its head; overrides the "
                                                     "config's [ray] address).")] = None,
     nice: Annotated[int | None, typer.Option("--nice", min=0, max=19, help="CPU niceness of this run (default: "
-                                             "the config's nightly_niceness, 10), so that serving on the same "
-                                             "machine keeps the cores; started in its own session (setsid), the "
+                                             "the config's nightly_niceness, 0; 10 beside serving), so that "
+                                             "serving on the same machine keeps the cores; started in its own "
+                                             "session (setsid), the "
                                              "run also lowers its session's autogroup.")] = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -49,8 +49,9 @@ def test_log_json_writes_one_json_object_per_line_with_run_ids(data_root, tmp_pa
     (tmp_path / "c.jsonl").write_text('{"id": "a", "text": "Herons wait by the weir at dawn."}\n')
     (tmp_path / "s.toml").write_text(f'[[sources]]\ndomain = "tiny"\npath = "{tmp_path / "c.jsonl"}"\n'
                                      'format = "jsonl"\n[maps]\nenabled = false\n')
-    r = subprocess.run([str(exe), "--log-json", "--config", str(tmp_path / "s.toml"), "reindex", "--json"],
-                       capture_output=True, text=True, timeout=300, env={**os.environ, "PREFECT_LOGGING_LEVEL": "INFO"})
+    r = subprocess.run([str(exe), "--log-json", "--config", str(tmp_path / "s.toml"), "reindex", "--json",
+                        "--nice", "7"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PREFECT_LOGGING_LEVEL": "INFO"})
     assert r.returncode == 0, r.stderr[-2000:]
     records = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
     assert records and len(records) == len([x for x in r.stderr.splitlines() if x.strip()])  # nothing else
@@ -58,8 +59,8 @@ def test_log_json_writes_one_json_object_per_line_with_run_ids(data_root, tmp_pa
     assert len(runs) == 1 and any(x.get("task_run_id") for x in records)
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["published"][0]["domain"] == "tiny"
-    # the batch job ran below serving: the config's nightly_niceness (10) unless the caller was nicer already
-    assert summary["priority"]["niceness"] == max(10, os.getpriority(os.PRIO_PROCESS, 0))
+    # the batch job ran below serving: at --nice 7 unless the caller was nicer already
+    assert summary["priority"]["niceness"] == max(7, os.getpriority(os.PRIO_PROCESS, 0))
 
 
 def test_ingest_of_a_missing_path_is_a_clear_json_error_and_writes_nothing(data_root):

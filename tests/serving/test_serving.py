@@ -473,17 +473,6 @@ def test_a_killed_search_replica_comes_back_on_the_same_port(server):
     assert [p.pid for p in _search_replicas()] != [victims[0].pid]
 
 
-def test_replicas_run_at_the_servers_priority_not_rays_batch_niceness(server):
-    """Ray starts its workers at niceness 15; serving ones there would yield the cores to any batch job on
-    the machine (a nightly at niceness 10 took them). Every replica and the proxy run at the niceness of
-    `sidestep serve` itself."""
-    assert server.get("/healthz").status_code == 200
-    serving = [p for p in psutil.process_iter(["cmdline"])
-               if any("ServeReplica:sidestep:" in part or "ProxyActor" in part for part in p.info["cmdline"] or [])]
-    assert len(serving) >= 3, [p.info["cmdline"] for p in serving]  # search, recommend, verifier (+ proxy)
-    assert {p.nice() for p in serving} == {os.getpriority(os.PRIO_PROCESS, 0)}
-
-
 def _index_in_subprocess(root, src: Path, domain: str) -> subprocess.Popen:
     """`sidestep index SRC --domain DOMAIN` into the served data root, as a user runs it."""
     env = {**os.environ, "SIDESTEP_HOME": str(root.root)}
