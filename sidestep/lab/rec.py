@@ -17,7 +17,7 @@ scratch ("no_transfer"); "zero_shot" is the source's table read with no training
 
 Controls in the same run: popularity and text-only (recency-weighted mean of the history's text vectors,
 nothing trained). Every figure is mean ± std over seeds, with paired bootstrap intervals of learned - frozen
-over test users, pooled over seeds (``sidestep.lab.bootstrap``).
+over test users, pooled over seeds (``sidestep.eval.bootstrap``).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from sidestep.eval.bootstrap import mean_std, paired_bootstrap
 from sidestep.eval.metrics import ndcg_of_target_ranks
-from sidestep.lab.bootstrap import paired_bootstrap
 from sidestep.lab.planted import one_thread
 from sidestep.lab.quantiser import RQCodes, pretrain_quantiser
 from sidestep.lab.retrieval import saved_bytes
@@ -219,17 +219,13 @@ def _summary(run: dict) -> dict:
             **{k: run[k] for k in ("valid_ndcg@10", "best_step", "steps_done", "seconds", "saved_mb", "curve")}}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    v = np.asarray(values, dtype=np.float64)
-    return (float(v.mean()), float(v.std())) if len(v) else (math.nan, math.nan)
-
 
 def aggregate(per_seed: list[dict]) -> dict:
     out: dict = {}
     for m in ("recall@10", "ndcg@10"):
-        out[f"{m}_mean"], out[f"{m}_std"] = _mean_std([r["test"][m] for r in per_seed])
+        out[f"{m}_mean"], out[f"{m}_std"] = mean_std([r["test"][m] for r in per_seed])
     for k in ("seconds", "saved_mb"):
-        out[f"{k}_mean"], out[f"{k}_std"] = _mean_std([r[k] for r in per_seed])
+        out[f"{k}_mean"], out[f"{k}_std"] = mean_std([r[k] for r in per_seed])
     out["steps_done"] = [r["steps_done"] for r in per_seed]
     out["per_seed"] = per_seed
     return out

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from sidestep.eval.bootstrap import mean_std, paired_bootstrap
 from sidestep.lab.estimators import ESTIMATORS, surrogate
 from sidestep.lab.judge import CascadeJudge
 from sidestep.lab.planted import one_thread
@@ -263,22 +264,18 @@ def controls(data: RetrievalData, k: int = 10) -> dict:
     return out
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    v = np.asarray([x for x in values if not math.isnan(x)], dtype=np.float64)
-    return (float(v.mean()), float(v.std())) if len(v) else (math.nan, math.nan)
-
 
 def aggregate(per_seed: list[dict]) -> dict:
     """Mean and std over seeds of the test metrics (best-validation checkpoint), time and memory."""
     out: dict = {}
     for m in ("ndcg@10", "recall@10", "no_overlap_ndcg@10", "no_overlap_recall@10"):
-        out[f"{m}_mean"], out[f"{m}_std"] = _mean_std([r["test"][m] for r in per_seed])
-        out[f"last_{m}_mean"], out[f"last_{m}_std"] = _mean_std([r["test_last"][m] for r in per_seed])
-    out["seconds_mean"], out["seconds_std"] = _mean_std([r["seconds"] for r in per_seed])
+        out[f"{m}_mean"], out[f"{m}_std"] = mean_std([r["test"][m] for r in per_seed])
+        out[f"last_{m}_mean"], out[f"last_{m}_std"] = mean_std([r["test_last"][m] for r in per_seed])
+    out["seconds_mean"], out["seconds_std"] = mean_std([r["seconds"] for r in per_seed])
     out["saved_mb"] = max(r["saved_mb"] for r in per_seed)
     out["steps_done"] = [r["steps_done"] for r in per_seed]
     steps = sorted({c["step"] for r in per_seed for c in r["curve"]})
-    out["curve"] = [[s, _mean_std([c["val_ndcg@10"] for r in per_seed for c in r["curve"] if c["step"] == s])[0]]
+    out["curve"] = [[s, mean_std([c["val_ndcg@10"] for r in per_seed for c in r["curve"] if c["step"] == s])[0]]
                     for s in steps]
     out["per_seed"] = [{**{k: r[k] for k in ("test", "best_step", "val_ndcg@10", "steps_done", "seconds", "saved_mb",
                                              "scale", "mix", "adapter_distance", "curve")},
@@ -294,7 +291,6 @@ PAIRS = (("sidestep", "best_untrained"), ("straight_through", "sidestep"))
 def intervals(data: RetrievalData, runs: dict, ctl: dict, draws: int = 2000, seed: int = 0) -> dict:
     """``A-B`` -> {all, no_overlap} -> metric -> paired bootstrap 95% interval of A - B over test queries, every
     seed of an estimator kept per query (an untrained control is the same on every seed)."""
-    from sidestep.lab.bootstrap import paired_bootstrap
 
     test = data.rows("test")
     alone = np.asarray([data.no_overlap[int(i)] for i in test], dtype=bool)

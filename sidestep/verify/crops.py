@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sidestep.eval.bootstrap import paired_bootstrap
+
 KINDS = ("title", "heading", "crop")
 _SENT = re.compile(r"[^.!?\n]+[.!?]?")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
@@ -112,9 +114,7 @@ def ndcg10_single(ranked: Sequence[str], positive: str) -> float:
 
 def paired_ci(a: Sequence[float], b: Sequence[float], *, reps: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95% paired bootstrap interval of mean(a - b) over queries."""
-    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    if not len(d):
+    if not len(a):
         return 0.0, 0.0
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(reps, len(d)))].mean(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+    ci = paired_bootstrap(np.asarray(a, np.float64), np.asarray(b, np.float64), draws=reps, seed=seed)
+    return ci["lo"], ci["hi"]

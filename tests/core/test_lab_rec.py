@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from sidestep.eval.bootstrap import paired_bootstrap
 from sidestep.ingest.records import Interaction
-from sidestep.lab.bootstrap import paired_bootstrap
 from sidestep.lab.quantiser import RQCodes, commitment_loss, straight_through, straight_through_onehot
 from sidestep.lab.rec import ARMS, RecLabConfig, RecLabData, report_rows, run_rec
 from sidestep.rec.data import build_splits

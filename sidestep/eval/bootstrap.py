@@ -1,10 +1,21 @@
-"""Paired bootstrap intervals over test units (users, queries), pooled over seeds."""
+"""Paired bootstrap intervals over test units (users, queries), pooled over seeds, and the mean ± std over
+seeds that sits beside them."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["paired_bootstrap"]
+__all__ = ["mean_std", "paired_bootstrap"]
+
+_BLOCK_ELEMENTS = 1 << 22  # resampled indices drawn at once: 32 MiB of int64
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and (population) std of the finite-or-inf values, skipping NaN; (nan, nan) when none is left."""
+    v = np.asarray([x for x in values if not math.isnan(x)], dtype=np.float64)
+    return (float(v.mean()), float(v.std())) if len(v) else (math.nan, math.nan)
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, draws: int = 2000, seed: int = 0) -> dict:
@@ -22,8 +33,9 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, draws: int = 2000, seed: i
                 "units": 0, "seeds": int(a2.shape[0])}
     rng = np.random.default_rng(seed)
     means = np.empty(draws)
-    for s in range(0, draws, 256):  # blocks bound the (draws, units) index matrix's memory
-        k = min(256, draws - s)
+    block = max(1, min(draws, _BLOCK_ELEMENTS // n))  # blocks bound the (draws, units) index matrix's memory
+    for s in range(0, draws, block):
+        k = min(block, draws - s)
         means[s:s + k] = d[rng.integers(0, n, size=(k, n))].mean(1)
     return {"mean": float(d.mean()), "lo": float(np.quantile(means, 0.025)), "hi": float(np.quantile(means, 0.975)),
             "p_above_0": float((means > 0).mean()), "units": int(n), "seeds": int(a2.shape[0])}
