@@ -93,7 +93,7 @@ def embed_on_cluster(root: str, settings: Settings, domain: str, address: str, l
         # max_restarts=0: an encoder whose node dies fails the job (and Prefect retries the task, which encodes
         # only what no complete shard holds yet) instead of waiting for a restart the cluster may not have room for
         out = ds.map_batches(ShardEncoder, fn_constructor_args=(root, settings, plan.key, plan.dim, len(plan.pending)),
-                             batch_size=size, batch_format="numpy", concurrency=n,
+                             batch_size=size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n),
                              num_cpus=settings.ray.encoder_cpus, max_restarts=0, max_task_retries=0)
         rows = out.take_all()
     seconds = time.perf_counter() - t0

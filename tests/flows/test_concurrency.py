@@ -9,16 +9,21 @@ import sys
 
 import pytest
 
+from sidestep.config import SAMPLES_DIR
 from sidestep.storage.artifacts import IndexStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_two_concurrent_reindex_runs_publish_exactly_once(data_root, tmp_path):
+    # the sample handbook without document maps: what the two runs race for is the publish
+    config = tmp_path / "handbook.toml"
+    config.write_text(f'[maps]\nenabled = false\n\n[[sources]]\ndomain = "handbook"\n'
+                      f'path = "{SAMPLES_DIR / "handbook"}"\nformat = "beir"\n')
     procs = []
     for i in range(2):
-        env = {**os.environ, "SIDESTEP_HOME": str(data_root.root), "PREFECT_HOME": str(tmp_path / f"prefect{i}")}
-        env.pop("SIDESTEP_CONFIG", None)
+        env = {**os.environ, "SIDESTEP_HOME": str(data_root.root), "PREFECT_HOME": str(tmp_path / f"prefect{i}"),
+               "SIDESTEP_CONFIG": str(config)}
         procs.append(subprocess.Popen([sys.executable, "-m", "sidestep", "reindex", "--domain", "handbook",
                                        "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []

@@ -85,12 +85,14 @@ def test_the_nightly_flow_fits_codebooks_and_publishes_tables_for_domains_with_i
     assert {"entropy_bits_mean", "dead_codewords", "colliding_items", "quant_error"} <= {r["metric"] for r in rows}
 
 
-def _shop(tmp_path, extra: str = ""):
-    """A copy of the sample shop the test may edit, its config, and its first reindex's summary."""
+def _shop(tmp_path, rec: str = ""):
+    """A copy of the sample shop the test may edit, its config, and its first reindex's summary. The first
+    training is short (what these tests check is what a second reindex does with its result); `rec` adds
+    lines to the config's [rec] table."""
     shop = tmp_path / "shop"
     shutil.copytree(SAMPLES_DIR / "shop", shop)
     cfg = tmp_path / "sidestep.toml"
-    write_config(cfg, f'[[sources]]\ndomain = "shop"\npath = "{shop}"\nformat = "lcrec"\n{extra}')
+    write_config(cfg, f'[rec]\nepochs = 8\n{rec}\n[[sources]]\ndomain = "shop"\npath = "{shop}"\nformat = "lcrec"\n')
     return shop, cfg, _json(runner.invoke(app, ["--config", str(cfg), "reindex", "--json"]))
 
 
@@ -180,7 +182,7 @@ def test_a_new_item_gets_codes_from_the_existing_codebook_and_is_recommendable_w
 
 
 def test_new_interactions_warm_start_the_serving_tables_for_a_few_epochs(data_root, tmp_path):
-    shop, cfg, first = _shop(tmp_path, "[rec]\nwarm_epochs = 2\n")
+    shop, cfg, first = _shop(tmp_path, "warm_epochs = 2\n")
     assert first["tables"]["shop"]["mode"] == "scratch"
     old = load_table_version(data_root, "shop")
     inter = json.loads((shop / "shop.inter.json").read_text())

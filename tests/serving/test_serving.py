@@ -122,6 +122,28 @@ def test_healthz_reports_every_published_domain(server, sample):
     assert body["domains"] == {d: store.current(d) for d in sample.root.domains_with_indexes()}
 
 
+def test_the_python_client_against_sidestep_serve(server, sample):
+    """sidestep.Client against the real server: its results are the ones the in-process engine gives, and a
+    wrong token or an unknown domain is an APIError with the server's message."""
+    import sidestep
+
+    url = str(server.base_url)
+    client = sidestep.Client(url, token=TOKEN)
+    assert client.healthz()["domains"] == server.get("/healthz").json()["domains"]
+    hits = client.search("how do I roll back a release", domain="handbook", k=5, verify=False)
+    local = sidestep.open(sample.root.root).search("how do I roll back a release", domain="handbook", k=5,
+                                                   verify=False)
+    assert [h.doc_id for h in hits] == [h.doc_id for h in local] and len(hits) == 5
+    recs = client.recommend(["0", "2"], domain="shop", k=3)
+    assert len(recs) == 3 and all(isinstance(r, sidestep.RecommendedItem) for r in recs)
+    with pytest.raises(sidestep.APIError) as e:
+        sidestep.Client(url, token="wrong").search("anything", domain="handbook")
+    assert e.value.status == 401
+    with pytest.raises(sidestep.APIError) as e:
+        client.search("anything", domain="no-such-domain")
+    assert e.value.status == 404 and "no-such-domain" in e.value.message
+
+
 def test_search_answers_with_the_index_version_and_ranked_results(server, sample):
     r = server.post("/search", json={"query": "where do herons nest", "domain": "field-notes", "k": 3})
     assert r.status_code == 200, r.text
