@@ -26,6 +26,7 @@ class LocalPrefect:
         self.log_dir = Path(log_dir or self.home / "logs")
         self.server: subprocess.Popen | None = None
         self.runner: subprocess.Popen | None = None
+        self.started = False
 
     @property
     def api_url(self) -> str:
@@ -44,16 +45,22 @@ class LocalPrefect:
         """The server, then (unless runner=False: an API for flows run elsewhere) the runner of every
         deployment. server=False: a server already listens on host:port; start the runner against it."""
         self.home.mkdir(parents=True, exist_ok=True)
-        if server:
-            self.server = self._spawn([sys.executable, "-m", "prefect", "server", "start", "--host", self.host,
-                                       "--port", str(self.port)], "server")
-        self._wait(lambda: httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200, timeout, "server")
-        if not runner:
-            return self
-        self.runner = self._spawn([sys.executable, "-m", "sidestep.flows.deployments"], "runner")
-        from sidestep.flows.deployments import deployments
+        self.started = True
+        try:
+            if server:
+                self.server = self._spawn([sys.executable, "-m", "prefect", "server", "start", "--host", self.host,
+                                           "--port", str(self.port)], "server")
+            self._wait(lambda: httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200, timeout,
+                       "server")
+            if not runner:
+                return self
+            self.runner = self._spawn([sys.executable, "-m", "sidestep.flows.deployments"], "runner")
+            from sidestep.flows.deployments import deployments
 
-        self.wait_deployments(len(deployments()), timeout)
+            self.wait_deployments(len(deployments()), timeout)
+        except BaseException:  # a start that failed (or was interrupted) leaves nothing running
+            self.stop()
+            raise
         return self
 
     def _wait(self, ok, timeout: float, what: str) -> None:
@@ -83,7 +90,9 @@ class LocalPrefect:
                 p.wait()
 
     def __enter__(self) -> LocalPrefect:
-        return self.start()
+        """`with LocalPrefect(...) as p` starts it; `with p.start(...)` enters what is already started (a
+        second start would spawn a second runner and orphan the first)."""
+        return self if self.started else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -4,9 +4,11 @@ triggered through the API publishes a version."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 
 from sidestep.flows.ui import LocalPrefect
@@ -36,6 +38,14 @@ def test_deployments_are_listed_and_a_triggered_nightly_run_publishes(data_root,
         run_id = p.run_deployment("nightly-reindex", "nightly", {"domains": ["handbook", "shop"]})
         run = p.wait_flow_run(run_id, timeout=600)
         assert run["state"]["type"] == "COMPLETED", run["state"]
+    # the runner it started has stopped with it, and no other runner of this data root was left behind
+    left = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if "sidestep.flows.deployments" in " ".join(proc.info["cmdline"] or []) and \
+                    proc.environ().get("SIDESTEP_HOME") == str(data_root.root):
+                left.append(proc.pid)
+    assert not left, f"runner processes left running: {left}"
     assert IndexStore(data_root).current("handbook") is not None
     assert IndexStore(data_root).current("recipes") is None  # only the domains asked for
     assert table_store(data_root).current("shop") is not None
