@@ -88,6 +88,7 @@ class LocalPrefect:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        self.started = False
 
     def __enter__(self) -> LocalPrefect:
         """`with LocalPrefect(...) as p` starts it; `with p.start(...)` enters what is already started (a

@@ -16,10 +16,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_two_concurrent_reindex_runs_publish_exactly_once(data_root, tmp_path):
-    # the sample handbook without document maps: what the two runs race for is the publish
+    # the sample handbook (and its ranker budget) without document maps: what the two runs race for is the publish
     config = tmp_path / "handbook.toml"
     config.write_text(f'[maps]\nenabled = false\n\n[[sources]]\ndomain = "handbook"\n'
-                      f'path = "{SAMPLES_DIR / "handbook"}"\nformat = "beir"\n')
+                      f'path = "{SAMPLES_DIR / "handbook"}"\nformat = "beir"\n\n[verify]\nranker_queries = 40\n')
     procs = []
     for i in range(2):
         env = {**os.environ, "SIDESTEP_HOME": str(data_root.root), "PREFECT_HOME": str(tmp_path / f"prefect{i}"),

@@ -45,6 +45,9 @@ def test_deployments_are_listed_and_a_triggered_nightly_run_publishes(data_root,
             if "sidestep.flows.deployments" in " ".join(proc.info["cmdline"] or []) and \
                     proc.environ().get("SIDESTEP_HOME") == str(data_root.root):
                 left.append(proc.pid)
+    for pid in left:  # a leak fails the test, and does not outlive it
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
     assert not left, f"runner processes left running: {left}"
     assert IndexStore(data_root).current("handbook") is not None
     assert IndexStore(data_root).current("recipes") is None  # only the domains asked for
