@@ -89,8 +89,7 @@ def reindex(
     nice: Annotated[int | None, typer.Option("--nice", min=0, max=19, help="CPU niceness of this run (default: "
                                              "the config's nightly_niceness, 0; 10 beside serving), so that "
                                              "serving on the same machine keeps the cores; started in its own "
-                                             "session (setsid), the "
-                                             "run also lowers its session's autogroup.")] = None,
+                                             "session (setsid), the run also lowers its session's autogroup.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the nightly reindex now: ingest → embed → index → publish, per configured domain."""

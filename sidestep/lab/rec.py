@@ -219,7 +219,6 @@ def _summary(run: dict) -> dict:
             **{k: run[k] for k in ("valid_ndcg@10", "best_step", "steps_done", "seconds", "saved_mb", "curve")}}
 
 
-
 def aggregate(per_seed: list[dict]) -> dict:
     out: dict = {}
     for m in ("recall@10", "ndcg@10"):

@@ -264,7 +264,6 @@ def controls(data: RetrievalData, k: int = 10) -> dict:
     return out
 
 
-
 def aggregate(per_seed: list[dict]) -> dict:
     """Mean and std over seeds of the test metrics (best-validation checkpoint), time and memory."""
     out: dict = {}
@@ -291,7 +290,6 @@ PAIRS = (("sidestep", "best_untrained"), ("straight_through", "sidestep"))
 def intervals(data: RetrievalData, runs: dict, ctl: dict, draws: int = 2000, seed: int = 0) -> dict:
     """``A-B`` -> {all, no_overlap} -> metric -> paired bootstrap 95% interval of A - B over test queries, every
     seed of an estimator kept per query (an untrained control is the same on every seed)."""
-
     test = data.rows("test")
     alone = np.asarray([data.no_overlap[int(i)] for i in test], dtype=bool)
 

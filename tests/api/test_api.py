@@ -130,5 +130,3 @@ def test_a_refused_request_is_a_clear_exception(fake_server, monkeypatch):
     with pytest.raises(sidestep.APIError, match="404: unknown domain 'other'") as e:
         sidestep.Client(fake_server, token="s3cret").recommend(["i1"], domain="other")
     assert e.value.status == 404
-
-

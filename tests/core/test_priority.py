@@ -13,7 +13,7 @@ from sidestep.priority import _autogroup_nice, lower_priority
 
 CHILD = """
 import json, os, sys
-from sidestep.priority import _autogroup_nice, lower_priority
+from sidestep.priority import lower_priority
 p = lower_priority(int(sys.argv[1]))
 print(json.dumps({**p.as_dict(), "pid": os.getpid(), "sid": os.getsid(0)}))
 """
@@ -28,12 +28,8 @@ def _child(niceness: int, new_session: bool) -> dict:
     return json.loads(out.stdout)
 
 
-def _own_autogroup() -> int | None:
-    return _autogroup_nice()
-
-
 def test_a_session_leader_lowers_its_process_and_its_autogroup():
-    before = _own_autogroup()
+    before = _autogroup_nice()
     r = _child(7, new_session=True)
     assert r["pid"] == r["sid"]
     assert r["niceness"] == max(7, os.getpriority(os.PRIO_PROCESS, 0))  # never above what it inherited
@@ -42,17 +38,17 @@ def test_a_session_leader_lowers_its_process_and_its_autogroup():
         assert "autogroup niceness 0 -> 7" in r["note"]
     else:
         assert r["autogroup"] is None
-    assert _own_autogroup() == before  # the launcher's session is untouched
+    assert _autogroup_nice() == before  # the launcher's session is untouched
 
 
 def test_a_job_inside_someone_elses_session_leaves_that_session_alone():
-    before = _own_autogroup()
+    before = _autogroup_nice()
     r = _child(9, new_session=False)
     assert r["niceness"] == max(9, os.getpriority(os.PRIO_PROCESS, 0))
     assert r["autogroup"] == before
     if HAS_AUTOGROUP and (before or 0) < 9:
         assert "not the leader of its own session" in r["note"]
-    assert _own_autogroup() == before
+    assert _autogroup_nice() == before
 
 
 def test_it_never_raises_a_priority_and_rejects_nonsense():
