@@ -29,9 +29,10 @@ run: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/sidestep demo --keep-serving
 
-# the layer contracts first (a few seconds), then the suite
+# the layer contracts first (a few seconds), then the suite in two workers (whole files each: a module's
+# server starts once); most tests wait on a server or a subprocess, so two workers fit two cores
 test: lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: lint-imports
 	$(BIN)/ruff check sidestep storage tasks flows serving tests benchmarks

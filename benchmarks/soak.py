@@ -7,7 +7,10 @@ The sample corpus (a private copy, which the nightlies edit) is reindexed by the
 fresh data root and served by the real Ray Serve application with the `replicated` preset (two search
 replicas behind the proxy, so one can die). Capacity is measured first with 4 closed-loop clients; then
 an open-loop generator offers FRACTION x capacity (one /recommend for every three /search), each request
-retried once if it fails, after the answer's Retry-After (0.5 s without one). The nightlies run as `sidestep
+retried once if it fails, after the answer's Retry-After (0.5 s without one). Both run in a client process of
+their own, in its own session, as clients on other machines would: inside the serving processes' session its
+threads (niceness 0) would outrank Ray's workers (niceness 15) for the CPU, and the more requests were
+waiting, the more of the replicas' CPU the generator's own threads would take. The nightlies run as `sidestep
 reindex --nice N` (`--nightly-nice`, 10) in their own session, as cron would start them: on one machine the
 batch job yields the cores to the serving processes (it lowers its session's autogroup as well, without
 which Linux shares the CPU per session and niceness changes nothing). Reported: requests failed after the
@@ -28,6 +31,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -157,6 +161,49 @@ def capacity(url: str, seconds: float) -> float:
     return load.report()["ok"] / seconds
 
 
+def client_main(url: str, fraction: float, capacity_s: float, seconds: float, out: Path) -> None:
+    """The client process: capacity, then the open loop for `seconds`; one line on stdout when the load
+    starts ("load <capacity> <rate>"), the report as JSON in `out` when every request has its answer."""
+    cap = capacity(url, capacity_s)
+    rate = max(0.5, fraction * cap)
+    with OpenLoop(url, rate) as load:
+        print(f"load {cap} {rate}", flush=True)
+        time.sleep(seconds)
+    out.write_text(json.dumps(load.report()))
+
+
+class ClientProcess:
+    """benchmarks/soak.py --client-for URL in a session of its own (see the module's docstring)."""
+
+    def __init__(self, url: str, fraction: float, capacity_s: float, seconds: float, out: Path):
+        self.out = out
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--client-for", url, "--fraction", str(fraction), "--capacity-seconds",
+             str(capacity_s), "--client-seconds", str(seconds), "--client-out", str(out)],
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+    def started(self) -> tuple[float, float]:
+        """Blocks until the open loop starts; returns (capacity, offered rate)."""
+        line = self.proc.stdout.readline().split()
+        if len(line) != 3 or line[0] != "load":
+            self.proc.kill()
+            raise SystemExit(f"the soak's client process did not start its load (exit {self.proc.wait()})")
+        return float(line[1]), float(line[2])
+
+    def report(self, timeout: float) -> dict:
+        if self.proc.wait(timeout=timeout) != 0:
+            raise SystemExit(f"the soak's client process failed (exit {self.proc.returncode})")
+        return json.loads(self.out.read_text())
+
+    def __enter__(self) -> ClientProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def run(minutes: float, fraction: float, nightly_every: float, kill_at: float, capacity_s: float,
         preset: str, resume: Path | None = None, nightly_nice: int = 10) -> dict:
     from sidestep.serving.run import ServeHandle
@@ -177,9 +224,7 @@ def run(minutes: float, fraction: float, nightly_every: float, kill_at: float, c
     duration = minutes * 60
     with ServeHandle(data, port=PORT, preset=preset) as h:
         setup_s = round(time.monotonic() - t_setup, 1)
-        cap = capacity(h.url, capacity_s)
-        rate = max(0.5, fraction * cap)
-        print(f"soak: capacity {cap:.1f} answers/s, offering {rate:.1f}/s for {minutes:g} min", file=sys.stderr)
+        client = ClientProcess(h.url, fraction, capacity_s, duration, root / "client-report.json")
         stop = threading.Event()
 
         def nightly_loop(t0: float) -> None:
@@ -199,8 +244,10 @@ def run(minutes: float, fraction: float, nightly_every: float, kill_at: float, c
                 print(f"soak: nightly {i} at {started:.0f} s: rc {res.get('rc')}, published "
                       f"{len(summary.get('published', []))}", file=sys.stderr)
 
-        with OpenLoop(h.url, rate) as load:
+        with client:
+            cap, rate = client.started()
             t0 = time.monotonic()
+            print(f"soak: capacity {cap:.1f} answers/s, offering {rate:.1f}/s for {minutes:g} min", file=sys.stderr)
             worker = threading.Thread(target=nightly_loop, args=(t0,), daemon=True)
             worker.start()
             killed = False
@@ -221,7 +268,7 @@ def run(minutes: float, fraction: float, nightly_every: float, kill_at: float, c
                     killed = True
                 time.sleep(min(10.0, max(0.0, duration - now)))
             stop.set()
-        report = load.report()
+            report = client.report(timeout=600)  # the open loop ends on its own clock; its requests drain
         worker.join(timeout=900)  # a nightly that started counts: wait for it
         health = httpx.get(h.url + "/healthz", timeout=30)
         served = {}
@@ -295,7 +342,13 @@ def main() -> None:
     ap.add_argument("--resume", type=Path, help="reuse the root of an earlier run (skips its first reindex)")
     ap.add_argument("--nightly-nice", type=int, default=10,
                     help="CPU niceness of the nightly reindexes (0: same priority as serving)")
+    ap.add_argument("--client-for", help=argparse.SUPPRESS)  # the client process (ClientProcess)
+    ap.add_argument("--client-seconds", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--client-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.client_for:
+        client_main(args.client_for, args.fraction, args.capacity_seconds, args.client_seconds, args.client_out)
+        return
     with contextlib.redirect_stdout(sys.stderr):  # Ray's driver prints worker deaths: stdout holds only the result
         res = run(args.minutes, args.fraction, args.nightly_every, args.kill_at, args.capacity_seconds, args.preset,
                   args.resume, args.nightly_nice)

@@ -39,8 +39,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-_PREFECT = LocalPrefect(_BASE / "prefect", port=_free_port()).start(timeout=180, runner=False)
-os.environ["PREFECT_API_URL"] = _PREFECT.api_url
+_PREFECT: LocalPrefect | None = None
+
+
+def pytest_configure(config):
+    """Start the session's Prefect server, except in pytest-xdist's controller, which runs no test (each
+    worker starts its own)."""
+    global _PREFECT
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    _PREFECT = LocalPrefect(_BASE / "prefect", port=_free_port()).start(timeout=180, runner=False)
+    os.environ["PREFECT_API_URL"] = _PREFECT.api_url
 
 from sidestep.config import default_settings, load_settings  # noqa: E402
 from sidestep.storage.paths import DataRoot  # noqa: E402
@@ -50,8 +59,20 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def pytest_sessionfinish(session, exitstatus):
-    _PREFECT.stop()
+    if _PREFECT is not None:
+        _PREFECT.stop()
     shutil.rmtree(_BASE, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _cli_environment(monkeypatch):
+    """The CLI's callback writes --home and --config into os.environ (its subprocesses read them there): a test
+    that runs the CLI in this process gets them back as they were, whichever test runs next."""
+    for name in ("SIDESTEP_HOME", "SIDESTEP_CONFIG"):
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")
