@@ -4,8 +4,8 @@ killed with kill -9 halfway; writes benchmarks/soak_last_run.json (and, for a fu
 more, the soak section of BENCHMARKS.md).
 
 The sample corpus (a private copy, which the nightlies edit) is reindexed by the real nightly flow into a
-fresh data root and served by the real Ray Serve application with the `replicated` preset (two search
-replicas behind the proxy, so one can die). Capacity is measured first with 4 closed-loop clients; then
+fresh data root and served by the real Ray Serve application with the `replicated` preset (three search
+replicas on two cores behind the proxy, so one can die). Capacity is measured first with 4 closed-loop clients; then
 an open-loop generator offers FRACTION x capacity (one /recommend for every three /search), each request
 retried once if it fails, after the answer's Retry-After (0.5 s without one). Both run in a client process of
 their own, in its own session, as clients on other machines would: inside the serving processes' session its

@@ -24,12 +24,14 @@ PRESETS: dict[str, dict[str, dict]] = {
         "verifier": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 32,
                      "max_queued_requests": 64, "health_check_period_s": 5, "health_check_timeout_s": 30},
     },
-    # the same machine with two search replicas, so that one can die without the endpoint going dark. The
-    # proxy's queue (max_queued_requests is per caller: here the proxy) stays short: with 384 a replica kill
-    # at 70% load never recovered (answers slowed to the clients' timeout; the cause was not isolated); with
-    # 32 a kill at the same load cost no request (benchmarks/soak.py).
+    # the same machine with one search replica more than it has cores (3 on 2), so that one can die without
+    # the endpoint going dark or its capacity falling: each replica encodes on one thread, so 2 replicas
+    # on 2 cores left the survivor of a kill one core for 70% of the pair's load while its replacement
+    # started (653 of 2,456 requests failed after a retry in a 1-minute soak; with 3: 0 of 2,228). The
+    # proxy's queue (max_queued_requests is per caller: here the proxy) stays short, so an overload is
+    # answered with 503 at once instead of waiting (benchmarks/soak.py).
     "replicated": {
-        "search": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 16,
+        "search": {"num_replicas": 3, "ray_actor_options": {"num_cpus": 0.4}, "max_ongoing_requests": 16,
                    "max_queued_requests": 32, "backpressure_config": BACKPRESSURE,
                    "health_check_period_s": 2, "health_check_timeout_s": 30},
         "recommend": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.2}, "max_ongoing_requests": 16,
