@@ -26,6 +26,7 @@ Usage: .venv/bin/python benchmarks/soak.py [--minutes 30] [--fraction 0.7] [--ni
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -36,7 +37,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,13 +53,13 @@ PORT = 8771
 
 
 class OpenLoop:
-    """Requests offered at a fixed rate (not waiting for answers), each retried once after its Retry-After
-    (0.5 s when the answer gives none)."""
+    """Requests offered at a fixed rate (not waiting for answers) from one asyncio loop, at most `in_flight` at a
+    time (the rest wait their turn, which counts in their latency from when due), each retried once after its
+    Retry-After (0.5 s when the answer gives none). One thread: a pool of hundreds of client threads spent
+    most of a core on the GIL once a backlog formed, which on a 2-core machine is the server's CPU."""
 
-    def __init__(self, url: str, rate: float, workers: int = 512):
-        self.url, self.rate = url, rate
-        self.client = httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_connections=workers))
-        self.pool = ThreadPoolExecutor(max_workers=workers)
+    def __init__(self, url: str, rate: float, in_flight: int = 512):
+        self.url, self.rate, self.in_flight = url, rate, in_flight
         self.outcomes: Counter = Counter()  # ok | ok_after_retry | failed
         self.codes: Counter = Counter()  # first-try status codes
         self.failures: list[dict] = []
@@ -67,11 +67,8 @@ class OpenLoop:
         self.t0 = time.monotonic()
         self.latency: list[float] = []
         self.by_minute: dict[int, list[tuple[float, float]]] = {}  # minute due -> (from due, first try's answer)
-        self.lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._offer, daemon=True)
 
-    def _request(self, n: int) -> tuple[object, str, float]:
+    async def _request(self, client: httpx.AsyncClient, n: int) -> tuple[object, str, float]:
         if n % 4 == 3:
             body = {"history": [str(x) for x in (n % 40, (n * 7) % 40, (n * 13) % 40)], "k": 5, "domain": "shop"}
             path = "/recommend"
@@ -79,7 +76,7 @@ class OpenLoop:
             body = {"query": QUERIES[n % len(QUERIES)], "domain": SEARCH_DOMAINS[n % len(SEARCH_DOMAINS)], "k": 5}
             path = "/search"
         try:
-            r = self.client.post(path, json=body)
+            r = await client.post(path, json=body)
         except httpx.HTTPError as e:
             return type(e).__name__, path, 0.5
         try:  # a 503 says when to come back (Retry-After), as HTTP clients' retry policies honour
@@ -88,49 +85,49 @@ class OpenLoop:
             wait = 0.5
         return r.status_code, path, wait
 
-    def _one(self, n: int, due: float) -> None:
-        sent = time.monotonic()
-        code, path, wait = self._request(n)
-        served_s = time.monotonic() - sent  # the server's part: from sending the first try to its answer
-        first = code
-        if code != 200:
-            time.sleep(wait)
-            code, path, _ = self._request(n)
-        with self.lock:
-            self.codes[str(first)] += 1
-            self.latency.append(time.monotonic() - due)
-            self.by_minute.setdefault(int((due - self.t0) // 60), []).append((self.latency[-1], served_s))
-            if first == 200:
-                self.outcomes["ok"] += 1
-            elif code == 200:
-                self.outcomes["ok_after_retry"] += 1
-            else:
-                self.outcomes["failed"] += 1
-                self.failed_at.append(round(due - self.t0, 1))
-                if len(self.failures) < 50:
-                    self.failures.append({"path": path, "first": str(first), "retry": str(code),
-                                          "at_s": round(due - self.t0, 1)})
+    async def _one(self, client: httpx.AsyncClient, slots: asyncio.Semaphore, n: int, due: float) -> None:
+        async with slots:
+            sent = time.monotonic()
+            code, path, wait = await self._request(client, n)
+            served_s = time.monotonic() - sent  # the server's part: from sending the first try to its answer
+            first = code
+            if code != 200:
+                await asyncio.sleep(wait)
+                code, path, _ = await self._request(client, n)
+        self.codes[str(first)] += 1
+        self.latency.append(time.monotonic() - due)
+        self.by_minute.setdefault(int((due - self.t0) // 60), []).append((self.latency[-1], served_s))
+        if first == 200:
+            self.outcomes["ok"] += 1
+        elif code == 200:
+            self.outcomes["ok_after_retry"] += 1
+        else:
+            self.outcomes["failed"] += 1
+            self.failed_at.append(round(due - self.t0, 1))
+            if len(self.failures) < 50:
+                self.failures.append({"path": path, "first": str(first), "retry": str(code),
+                                      "at_s": round(due - self.t0, 1)})
 
-    def _offer(self) -> None:
-        t0, n = self.t0, 0
-        while not self._stop.is_set():
-            due = t0 + n / self.rate
-            now = time.monotonic()
-            if due > now:
-                time.sleep(due - now)
-            self.pool.submit(self._one, n, due)
-            n += 1
+    async def _offer(self, seconds: float, on_start) -> None:
+        limits = httpx.Limits(max_connections=self.in_flight, max_keepalive_connections=self.in_flight)
+        slots = asyncio.Semaphore(self.in_flight)
+        async with httpx.AsyncClient(base_url=self.url, timeout=30, limits=limits) as client:
+            self.t0 = time.monotonic()
+            on_start(self.t0)
+            tasks: set[asyncio.Task] = set()
+            n = 0
+            while (due := self.t0 + n / self.rate) < self.t0 + seconds:
+                if (delay := due - time.monotonic()) > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(self._one(client, slots, n, due))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                n += 1
+            await asyncio.gather(*tasks)  # every request offered gets its answer
 
-    def __enter__(self) -> OpenLoop:
-        self.t0 = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.pool.shutdown(wait=True)
-        self.client.close()
+    def run(self, seconds: float, on_start=lambda t0: None) -> None:
+        """Offers load for `seconds`, then waits for every answer; on_start(t0) when the first is due."""
+        asyncio.run(self._offer(seconds, on_start))
 
     def report(self) -> dict:
         lat = sorted(self.latency)
@@ -163,13 +160,21 @@ def capacity(url: str, seconds: float) -> float:
 
 def client_main(url: str, fraction: float, capacity_s: float, seconds: float, out: Path) -> None:
     """The client process: capacity, then the open loop for `seconds`; one line on stdout when the load
-    starts ("load <capacity> <rate>"), the report as JSON in `out` when every request has its answer."""
+    starts ("load <capacity> <rate> <its start on the monotonic clock, which every process shares>"), the
+    report as JSON in `out` when every request has its answer."""
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
     cap = capacity(url, capacity_s)
     rate = max(0.5, fraction * cap)
-    with OpenLoop(url, rate) as load:
-        print(f"load {cap} {rate}", flush=True)
-        time.sleep(seconds)
+    load = OpenLoop(url, rate)
+    load.run(seconds, on_start=lambda t0: print(f"load {cap} {rate} {t0}", flush=True))
     out.write_text(json.dumps(load.report()))
+
+
+def _exit_with_parent() -> None:
+    """The client's stdin is a pipe from the soak, which closes however the soak ends (kill -9 included): then
+    the client stops offering load (in a session of its own, no signal to the soak's group reaches it)."""
+    sys.stdin.read()
+    os._exit(3)
 
 
 class ClientProcess:
@@ -180,18 +185,24 @@ class ClientProcess:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--client-for", url, "--fraction", str(fraction), "--capacity-seconds",
              str(capacity_s), "--client-seconds", str(seconds), "--client-out", str(out)],
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
 
-    def started(self) -> tuple[float, float]:
-        """Blocks until the open loop starts; returns (capacity, offered rate)."""
-        line = self.proc.stdout.readline().split()
-        if len(line) != 3 or line[0] != "load":
-            self.proc.kill()
-            raise SystemExit(f"the soak's client process did not start its load (exit {self.proc.wait()})")
-        return float(line[1]), float(line[2])
+    def started(self) -> tuple[float, float, float]:
+        """Blocks until the open loop starts; returns (capacity, offered rate, the load's start)."""
+        for text in self.proc.stdout:  # anything a library prints before the line is skipped
+            line = text.split()
+            if len(line) == 4 and line[0] == "load":
+                return float(line[1]), float(line[2]), float(line[3])
+        self.proc.kill()
+        raise SystemExit(f"the soak's client process did not start its load (exit {self.proc.wait()})")
 
-    def report(self, timeout: float) -> dict:
-        if self.proc.wait(timeout=timeout) != 0:
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise SystemExit(f"the soak's client process ended during the load (exit {self.proc.returncode})")
+
+    def report(self) -> dict:
+        """Waits for every request's answer (after a backlog, that can take many minutes)."""
+        if self.proc.wait() != 0:
             raise SystemExit(f"the soak's client process failed (exit {self.proc.returncode})")
         return json.loads(self.out.read_text())
 
@@ -245,13 +256,13 @@ def run(minutes: float, fraction: float, nightly_every: float, kill_at: float, c
                       f"{len(summary.get('published', []))}", file=sys.stderr)
 
         with client:
-            cap, rate = client.started()
-            t0 = time.monotonic()
+            cap, rate, t0 = client.started()
             print(f"soak: capacity {cap:.1f} answers/s, offering {rate:.1f}/s for {minutes:g} min", file=sys.stderr)
             worker = threading.Thread(target=nightly_loop, args=(t0,), daemon=True)
             worker.start()
             killed = False
             while (now := time.monotonic() - t0) < duration:
+                client.check()
                 rss.append((round(now, 1), serving_rss_mb()))
                 if not killed and now >= kill_at * duration:
                     pids = sorted(replica_pids("search"))
@@ -268,7 +279,7 @@ def run(minutes: float, fraction: float, nightly_every: float, kill_at: float, c
                     killed = True
                 time.sleep(min(10.0, max(0.0, duration - now)))
             stop.set()
-            report = client.report(timeout=600)  # the open loop ends on its own clock; its requests drain
+            report = client.report()  # the open loop ends on its own clock; its requests drain
         worker.join(timeout=900)  # a nightly that started counts: wait for it
         health = httpx.get(h.url + "/healthz", timeout=30)
         served = {}

@@ -29,9 +29,10 @@ PRESETS: dict[str, dict[str, dict]] = {
     # on 2 cores left the survivor of a kill one core for 70% of the pair's load while its replacement
     # started (653 of 2,456 requests failed after a retry in a 1-minute soak; with 3: 0 of 2,228). The
     # proxy's queue (max_queued_requests is per caller: here the proxy) stays short, so an overload is
-    # answered with 503 at once instead of waiting (benchmarks/soak.py).
+    # answered with 503 at once instead of waiting (benchmarks/soak.py). The CPUs declared (1.4 of 2) leave room
+    # for a replacement while a replica that failed its health check is still stopping.
     "replicated": {
-        "search": {"num_replicas": 3, "ray_actor_options": {"num_cpus": 0.4}, "max_ongoing_requests": 16,
+        "search": {"num_replicas": 3, "ray_actor_options": {"num_cpus": 0.3}, "max_ongoing_requests": 16,
                    "max_queued_requests": 32, "backpressure_config": BACKPRESSURE,
                    "health_check_period_s": 2, "health_check_timeout_s": 30},
         "recommend": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.2}, "max_ongoing_requests": 16,

@@ -11,7 +11,9 @@ shell or supervisor that launched it, and stay so after the job ends.
 
 from __future__ import annotations
 
+import errno
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,9 +55,16 @@ def lower_priority(niceness: int) -> Priority:
             notes.append("autogroup left as it is (not the leader of its own session; start the job with "
                          "setsid for its niceness to count against other sessions)")
         else:
-            try:
-                AUTOGROUP.write_text(str(niceness))
-                notes.append(f"autogroup niceness {group} -> {niceness}")
-            except OSError as e:
-                notes.append(f"autogroup left as it is ({e.strerror or e})")
+            for attempt in range(3):
+                try:
+                    AUTOGROUP.write_text(str(niceness))
+                    notes.append(f"autogroup niceness {group} -> {niceness}")
+                    break
+                except OSError as e:
+                    # without CAP_SYS_ADMIN the kernel takes one autogroup write per 100 ms, machine-wide
+                    if e.errno == errno.EAGAIN and attempt < 2:
+                        time.sleep(0.11)
+                        continue
+                    notes.append(f"autogroup left as it is ({e.strerror or e})")
+                    break
     return Priority(os.getpriority(os.PRIO_PROCESS, 0), _autogroup_nice(), "; ".join(notes) or "unchanged")

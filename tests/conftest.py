@@ -51,6 +51,9 @@ def pytest_configure(config):
     _PREFECT = LocalPrefect(_BASE / "prefect", port=_free_port()).start(timeout=180, runner=False)
     os.environ["PREFECT_API_URL"] = _PREFECT.api_url
 
+
+# Nothing this file imports may import prefect: Prefect reads its settings once, when prefect.context is
+# imported, and PREFECT_API_URL is set only in pytest_configure, after this file is imported.
 from sidestep.config import default_settings, load_settings  # noqa: E402
 from sidestep.storage.paths import DataRoot  # noqa: E402
 
@@ -58,21 +61,25 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def pytest_sessionfinish(session, exitstatus):
+def pytest_unconfigure(config):
+    """Also after `pytest --help` or `--markers`, which configure but run no session."""
     if _PREFECT is not None:
         _PREFECT.stop()
     shutil.rmtree(_BASE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
-def _cli_environment(monkeypatch):
-    """The CLI's callback writes --home and --config into os.environ (its subprocesses read them there): a test
-    that runs the CLI in this process gets them back as they were, whichever test runs next."""
-    for name in ("SIDESTEP_HOME", "SIDESTEP_CONFIG"):
-        if name in os.environ:
-            monkeypatch.setenv(name, os.environ[name])
+def _cli_environment():
+    """The CLI's callback writes --home and --config into os.environ (its subprocesses read them there): after a
+    test that runs the CLI in this process they are put back as they were, whichever test runs next."""
+    names = ("SIDESTEP_HOME", "SIDESTEP_CONFIG")
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
         else:
-            monkeypatch.delenv(name, raising=False)
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

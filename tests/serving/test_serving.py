@@ -7,6 +7,7 @@ Ray's start-up through every request of this module, connected outside loopback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import psutil
 import pytest
 
 from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.paths import DataRoot
 from sidestep.storage.rankers import load_choice
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -60,7 +62,8 @@ def _stop(proc: subprocess.Popen) -> None:
 def served(sample, tmp_path_factory):
     """`sidestep serve --preset test` in a subprocess (under strace where it is installed); yields an
     authenticated client and the connect() log."""
-    os.environ["SIDESTEP_HOME"] = str(sample.root.root)  # for the publishes this module starts
+    home = pytest.MonkeyPatch()  # for the publishes this module starts; undone when the module ends
+    home.setenv("SIDESTEP_HOME", str(sample.root.root))
     port = _free_port()
     log = tmp_path_factory.mktemp("net") / "connect.log"
     env = {**os.environ, "SIDESTEP_API_TOKEN": TOKEN}
@@ -88,6 +91,7 @@ def served(sample, tmp_path_factory):
             yield client, log
     finally:
         _stop(proc)
+        home.undo()
     # stopped: nothing listens any more
     with pytest.raises(httpx.HTTPError):
         httpx.get(url + "/healthz", timeout=2)
@@ -454,7 +458,6 @@ def test_a_taken_port_is_a_clear_error_and_starts_nothing(tmp_path):
     import ray
 
     from sidestep.serving.run import ServeHandle
-    from sidestep.storage.paths import DataRoot
 
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
@@ -465,20 +468,23 @@ def test_a_taken_port_is_a_clear_error_and_starts_nothing(tmp_path):
     assert not ray.is_initialized()
 
 
-def _search_replicas() -> list[psutil.Process]:
+def _search_replicas(root: DataRoot) -> list[psutil.Process]:
+    """This module's search replicas: those serving `root` (another test worker may serve its own)."""
     out = []
     for p in psutil.process_iter(["cmdline"]):
         if "ServeReplica:sidestep:search" in " ".join(p.info["cmdline"] or []):
-            out.append(p)
+            with contextlib.suppress(psutil.Error):
+                if p.environ().get("SIDESTEP_HOME") == str(root.root):
+                    out.append(p)
     return out
 
 
-def test_a_killed_search_replica_comes_back_on_the_same_port(server):
+def test_a_killed_search_replica_comes_back_on_the_same_port(server, sample):
     """The single search replica holds the public port itself (direct ingress). kill -9 it while this
     client holds a keep-alive connection, so the dead replica's side of it lingers on the port: Ray
     restarts the replica, it binds the same port again, and searches answer."""
     assert server.get("/healthz").status_code == 200  # the keep-alive connection is open
-    victims = _search_replicas()
+    victims = _search_replicas(sample.root)
     assert len(victims) == 1
     victims[0].kill()
     victims[0].wait(timeout=30)
@@ -492,7 +498,7 @@ def test_a_killed_search_replica_comes_back_on_the_same_port(server):
             last = e
         time.sleep(1)
     assert isinstance(last, httpx.Response) and last.status_code == 200, last
-    assert [p.pid for p in _search_replicas()] != [victims[0].pid]
+    assert [p.pid for p in _search_replicas(sample.root)] != [victims[0].pid]
 
 
 def _index_in_subprocess(root, src: Path, domain: str) -> subprocess.Popen:
