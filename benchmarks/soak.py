@@ -8,9 +8,9 @@ fresh data root and served by the real Ray Serve application with the `replicate
 replicas on two cores behind the proxy, so one can die). Capacity is measured first with 4 closed-loop clients; then
 an open-loop generator offers FRACTION x capacity (one /recommend for every three /search), each request
 retried once if it fails, after the answer's Retry-After (0.5 s without one). Both run in a client process of
-their own, in its own session, as clients on other machines would: inside the serving processes' session its
-threads (niceness 0) would outrank Ray's workers (niceness 15) for the CPU, and the more requests were
-waiting, the more of the replicas' CPU the generator's own threads would take. The nightlies run as `sidestep
+their own, in its own session, as clients on other machines would: inside the serving processes' session it
+(niceness 0) would outrank Ray's workers (niceness 15) for the CPU, and the more requests were waiting, the
+more of the replicas' CPU the generator would take. The nightlies run as `sidestep
 reindex --nice N` (`--nightly-nice`, 10) in their own session, as cron would start them: on one machine the
 batch job yields the cores to the serving processes (it lowers its session's autogroup as well, without
 which Linux shares the CPU per session and niceness changes nothing). Reported: requests failed after the

@@ -92,9 +92,7 @@ def data_root(tmp_path_factory, monkeypatch) -> DataRoot:
     """A fresh, empty data root for one test, made the process default."""
     p = Path(tempfile.mkdtemp(prefix="r-", dir=_BASE))
     monkeypatch.setenv("SIDESTEP_HOME", str(p))
-    # recorded so that teardown removes it again even if a CLI call in the test sets it
-    monkeypatch.setenv("SIDESTEP_CONFIG", "")
-    monkeypatch.delenv("SIDESTEP_CONFIG")
+    monkeypatch.delenv("SIDESTEP_CONFIG", raising=False)  # a CLI call's --config is undone by _cli_environment
     return DataRoot(p)
 
 
