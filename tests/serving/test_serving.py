@@ -59,6 +59,18 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
+def sample(sample, tmp_path_factory):
+    """This module's own copy of the session's sample root: it publishes indexes, a verifier and a new
+    domain there, which tests of other modules run later by the same worker must not see (one of them
+    expects the handbook to have no verifier)."""
+    from types import SimpleNamespace
+
+    copy = tmp_path_factory.mktemp("served-root") / "root"
+    shutil.copytree(sample.root.root, copy, symlinks=True, ignore=shutil.ignore_patterns("ray", "prefect", "replicas"))
+    return SimpleNamespace(root=DataRoot(copy), summary=sample.summary)
+
+
+@pytest.fixture(scope="module")
 def served(sample, tmp_path_factory):
     """`sidestep serve --preset test` in a subprocess (under strace where it is installed); yields an
     authenticated client and the connect() log."""
