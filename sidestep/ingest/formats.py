@@ -152,7 +152,8 @@ def _peek_id(raw: str, opts: _Options) -> str | None:
 
 def _json_error(exc: Exception) -> str:
     if isinstance(exc, json.JSONDecodeError):
-        return f"{exc.msg.lower()} at column {exc.colno}"
+        msg = exc.msg.lower()  # some end in "at" already ("unterminated string starting at")
+        return f"{msg} column {exc.colno}" if msg.endswith(" at") else f"{msg} at column {exc.colno}"
     if isinstance(exc, RecursionError):
         return "nesting too deep"
     return str(exc).lower()

@@ -10,9 +10,12 @@ import numpy as np
 
 class BM25:
     def __init__(self, doc_ids: Sequence[str], texts: Sequence[str]):
+        import logging
+
         import bm25s
         import Stemmer
 
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each index build at DEBUG into the run's log
         self._bm25s = bm25s
         self.stemmer = Stemmer.Stemmer("english")
         self.doc_ids = list(doc_ids)

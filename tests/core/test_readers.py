@@ -123,6 +123,14 @@ def test_jsonl_configurable_fields(tmp_path: Path) -> None:
     assert [(d.doc_id, d.title, d.text) for d in result.documents] == [("k1", "", "hello")]
 
 
+def test_a_malformed_json_line_says_where_it_breaks(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"id": "a", "text": "x"}\n{"id": "broken", "title": "cut off\n{"id" 1}\n')
+    reasons = sorted(b.reason for b in read_source(path).bad)
+    assert reasons == ["malformed_json: expecting ':' delimiter at column 7",
+                       "malformed_json: unterminated string starting at column 27"]
+
+
 def test_json_array_file(tmp_path: Path) -> None:
     path = tmp_path / "docs.json"
     path.write_text(json.dumps([{"id": "a", "text": "x"}, 3, {"id": "b", "text": "y"}]))
