@@ -80,7 +80,7 @@ class EncoderConfig(_Strict):
 
 class IndexConfig(_Strict):
     exact_max_vectors: int = Field(
-        200_000, ge=0, description="Exact inner-product search up to this many chunk vectors; HNSW above."
+        200_000, ge=0, description="Exact inner-product search up to this many chunk vectors; scale_kind above."
     )
     hnsw_m: int = Field(32, ge=4, le=128)
     hnsw_ef_construction: int = Field(200, ge=8)
