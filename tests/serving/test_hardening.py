@@ -23,7 +23,7 @@ import pytest
 
 from sidestep.storage.artifacts import IndexStore, new_version_name
 from sidestep.storage.paths import DataRoot
-from tests.serving.test_serving import AUTH, REPO, TOKEN, _free_port
+from tests.serving.test_serving import AUTH, REPO, TOKEN, _free_port, copy_data_root
 
 # the first test includes the sample's nightly and the server's start: minutes on a loaded machine
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -47,9 +47,7 @@ def _cli(root: DataRoot, *args: str, timeout: float = 600) -> dict:
 @pytest.fixture(scope="module")
 def damaged(sample):
     """A copy of the sample root, damaged as described above; returns (root, facts)."""
-    root = DataRoot(Path(tempfile.mkdtemp(prefix="dmg-", dir=sample.root.root.parent)))
-    shutil.rmtree(root.root)
-    shutil.copytree(sample.root.root, root.root, ignore=shutil.ignore_patterns("ray", "prefect", "replicas"))
+    root = copy_data_root(sample.root, Path(tempfile.mkdtemp(prefix="dmg-", dir=sample.root.root.parent)) / "root")
     store = IndexStore(root)
     shutil.copytree(store.base("handbook"), root.root / "indexes" / "Handbook-BAK")  # the operator's backup copy
     notes_v1 = store.current("field-notes")

@@ -65,9 +65,15 @@ def sample(sample, tmp_path_factory):
     expects the handbook to have no verifier)."""
     from types import SimpleNamespace
 
-    copy = tmp_path_factory.mktemp("served-root") / "root"
-    shutil.copytree(sample.root.root, copy, symlinks=True, ignore=shutil.ignore_patterns("ray", "prefect", "replicas"))
-    return SimpleNamespace(root=DataRoot(copy), summary=sample.summary)
+    return SimpleNamespace(root=copy_data_root(sample.root, tmp_path_factory.mktemp("served-root") / "root"),
+                           summary=sample.summary)
+
+
+def copy_data_root(src: DataRoot, dst: Path) -> DataRoot:
+    """A copy of a data root's artifacts at dst (not yet existing), without the runtimes (Ray, Prefect) or the
+    replica records of the servers that used it."""
+    shutil.copytree(src.root, dst, symlinks=True, ignore=shutil.ignore_patterns("ray", "prefect", "replicas"))
+    return DataRoot(dst)
 
 
 @pytest.fixture(scope="module")
