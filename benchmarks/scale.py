@@ -81,7 +81,11 @@ class Generator:
         self.scale = float(np.sqrt((1 / self.nn_cos - 1) / trace))
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        c = self.centers[rng.integers(0, len(self.centers), n)]
+        return self.around(self.centers[rng.integers(0, len(self.centers), n)], rng)
+
+    def around(self, c: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One noisy unit-norm copy of each row of `c`."""
+        n = len(c)
         z = rng.standard_normal((n, self.chol.shape[1]), dtype=np.float32) @ self.chol.T
         s = self.scale * rng.uniform(0.5, 1.5, (n, 1)).astype(np.float32)
         x = c + s * z
