@@ -50,6 +50,22 @@ class ChunkingConfig(_Strict):
     window_tokens: int = Field(256, ge=16, le=512, description="Tokens per chunk, [CLS] and [SEP] included.")
     overlap_tokens: int = Field(32, ge=0, description="Tokens shared by consecutive chunks of a document.")
     max_chunks_per_doc: int = Field(256, ge=1, description="Longer documents keep their first chunks only.")
+    boundaries: Literal["tokens", "sentences"] = Field(
+        "tokens", description="Where chunks start and end: tokens (fixed windows sliding by window - overlap "
+                              "tokens), or sentences (windows that start and end on sentence boundaries, each "
+                              "sharing at least one whole sentence with the next, so a span inside two adjacent "
+                              "sentences is never cut by a chunk boundary).")
+
+    def identity(self) -> dict:
+        """What fingerprints and cache keys hold of the chunking: every field, except `boundaries` at its
+        default (keys of versions, maps and embeddings made before it existed stay what they were)."""
+        d = self.model_dump()
+        if d["boundaries"] == "tokens":
+            del d["boundaries"]
+        return d
+
+    def is_default(self) -> bool:
+        return self == ChunkingConfig()
 
 
 class EncoderConfig(_Strict):

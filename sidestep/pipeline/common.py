@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 
 from sidestep.config import Settings
+from sidestep.fingerprint import digest
 from sidestep.text.encoder import Encoder, encoder_key
 
 Log = Callable[[str], None]
@@ -26,5 +27,10 @@ def encoder_for(settings: Settings) -> Encoder:
 
 
 def store_key(settings: Settings) -> str:
-    """The key document embeddings are stored under for these settings (int8 vectors have their own)."""
-    return encoder_key(settings.encoder.model_path, settings.encoder.quantize)
+    """The key document embeddings are stored under for these settings: the encoder's (int8 vectors have
+    their own), and the chunking where it is not the default, since a shard holds chunks, not documents
+    (cached embeddings of another chunking are never reused as if they were this one's)."""
+    key = encoder_key(settings.encoder.model_path, settings.encoder.quantize)
+    if settings.chunking.is_default():
+        return key
+    return f"{key}-chunks-{digest(settings.chunking.identity(), length=8)}"

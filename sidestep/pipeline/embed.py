@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sidestep.config import Settings
+from sidestep.docmaps.sentences import split_sentences
 from sidestep.results import EmbedReport
 from sidestep.storage.documents import DocumentStore
 from sidestep.storage.embeddings import EmbeddingStore, ShardInfo
@@ -59,13 +60,19 @@ def plan_embed(root: DataRoot, settings: Settings, domain: str) -> EmbedPlan:
     return EmbedPlan(domain, key, dim, docs.num_rows, docs.num_rows - todo.num_rows, list(seen.values()))
 
 
+def sentence_splitter(settings: Settings) -> Callable[[str], list[tuple[int, int]]] | None:
+    """Sentence spans of a text where chunks follow sentences ([chunking] boundaries), else None."""
+    return split_sentences if settings.chunking.boundaries == "sentences" else None
+
+
 def encode_shard(settings: Settings, store: EmbeddingStore, batch: Sequence[Doc],
                  progress: Callable[[int], None] | None = None) -> ShardInfo:
     """Chunk and encode one batch of documents and write it as one immutable shard."""
     ch = settings.chunking
     encoded = encoder_for(settings).encode_documents(batch, window_tokens=ch.window_tokens,
                                                      overlap_tokens=ch.overlap_tokens,
-                                                     max_chunks=ch.max_chunks_per_doc, progress=progress)
+                                                     max_chunks=ch.max_chunks_per_doc, progress=progress,
+                                                     sentences=sentence_splitter(settings))
     return store.write(encoded)
 
 
@@ -97,7 +104,7 @@ def embed_domain(root: DataRoot, settings: Settings, domain: str, *, show_progre
 
             def plan_shard(batch):
                 return enc.plan_documents(batch, window_tokens=ch.window_tokens, overlap_tokens=ch.overlap_tokens,
-                                          max_chunks=ch.max_chunks_per_doc)
+                                          max_chunks=ch.max_chunks_per_doc, sentences=sentence_splitter(settings))
 
             for batch, planned in _ahead(shards, plan_shard):
                 encoded = enc.encode_plan(planned, progress=lambda n: bar.advance(job, n))

@@ -39,7 +39,7 @@ log = logging.getLogger("sidestep.retrieval.index")
 
 def fingerprint(settings: Settings, key: str, docs: pa.Table, mapped: set[str] | None = None) -> str:
     """Everything the index content depends on; equal fingerprints → nothing to publish."""
-    params = {"encoder": key, "chunking": settings.chunking.model_dump(), "index": settings.index.model_dump(
+    params = {"encoder": key, "chunking": settings.chunking.identity(), "index": settings.index.model_dump(
         include={"exact_max_vectors", "hnsw_m", "hnsw_ef_construction"}),
         "maps": sorted(mapped) if mapped is not None else None}
     # the index kind above the exact threshold and its build parameters, named only where they differ from
@@ -122,7 +122,7 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
         "index": params.as_dict() | ({"vectors_encoded_since_fit": since_fit} if params.kind == "ivfpq_rerank"
                                       else {}),
         "encoder": key,
-        "chunking": settings.chunking.model_dump(),
+        "chunking": settings.chunking.identity(),
         "embeddings": {"encoder": key, "shards": sorted(set(out["shard"]))},
     }
     if settings.maps.enabled:
@@ -208,7 +208,7 @@ def _ivf_build(settings: Settings, store: IndexStore, domain: str, out: dict[str
         return fresh, 0
     built = manifest.get("index", {})
     if (built.get("kind") != "ivfpq_rerank" or built.get("pq_m") != spec.m or manifest.get("encoder") != encoder
-            or manifest.get("chunking") != settings.chunking.model_dump()
+            or manifest.get("chunking") != settings.chunking.identity()
             or (ix.ivf_nlist and built.get("nlist") != ix.ivf_nlist)):
         return fresh, 0
     folder = store.path(domain, now)

@@ -46,7 +46,7 @@ def map_key(settings: Settings) -> str:
     s = summarizer_for(settings)
     return s.name + "-" + digest({"encoder": store_key(settings), "summarizer": s.params(),
                                   "vectors": 2, "name": s.name, "params": map_params(settings).__dict__,
-                                  "chunking": settings.chunking.model_dump()}, length=10)
+                                  "chunking": settings.chunking.identity()}, length=10)
 
 
 def summarize_domain(root: DataRoot, settings: Settings, domain: str,
