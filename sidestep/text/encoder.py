@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sidestep.text.chunking import Chunk, chunk_offsets, sentence_chunk_offsets
+from sidestep.text.onnx_batch import INT8_SCHEME
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -127,7 +128,7 @@ def encoder_key(model_path: str | os.PathLike | None, quantize: str = "none") ->
             h.update(f"{f.name}:{f.stat().st_size}".encode())
     name = "all-minilm-l6-v2" if path == packaged_model_path() else path.name.lower()
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:40].strip(".-_") or "encoder"
-    return f"{name}-{h.hexdigest()[:10]}" + ("" if quantize == "none" else f"-{quantize}")
+    return f"{name}-{h.hexdigest()[:10]}" + ("" if quantize == "none" else f"-{quantize}-{INT8_SCHEME}")
 
 
 def model_dim(model_path: str | os.PathLike | None) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 from sidestep.config import EncoderConfig
 from sidestep.text.encoder import AUTO_ONNX_MIN_DOCS, Encoder, encoder_key
-from sidestep.text.onnx_batch import length_buckets
+from sidestep.text.onnx_batch import INT8_SCHEME, length_buckets
 
 DOCS = [
     ("h-short", "Tides", "The moon pulls the sea."),
@@ -120,6 +120,11 @@ def test_int8_vectors_are_close_but_stored_under_their_own_key(encoder):
     q8 = Encoder(backend="onnx", quantize="int8")
     assert q8.prepare_documents(1) == "onnx"
     assert q8.key == encoder_key(None, "int8") != encoder.key
+    assert q8.key.endswith(f"-int8-{INT8_SCHEME}")  # vectors of another int8 scheme never share a cache
+    # the first layer's products stay fp32 (the layer quantization moves most), every later layer is int8
+    kept, quantized = q8._batch.kept_fp32, q8._batch.int8_products
+    assert kept and all("/layer.0/" in n for n in kept)
+    assert quantized == 5 * len(kept)  # the other five layers' products, each quantized
     fast = q8.encode_documents(DOCS)
     ref = encoder.encode_documents(DOCS)
     cos = np.concatenate([(f.pooled * r.pooled).sum(1) for f, r in zip(fast, ref, strict=True)])
