@@ -90,6 +90,14 @@ def run_demo(settings: Settings, root: DataRoot, *, port: int = 8000, console: C
     from sidestep.serving.run import ServeHandle
 
     con = console or Console()
+    needed, have = sorted({d for d, _ in sample_queries()}), {s.domain for s in settings.sources}
+    if not set(needed) <= have:  # the demo queries the sample's domains: say so before minutes of work
+        names = ", ".join(sorted(have)) or "none"
+        con.print(f"sidestep demo runs the sample corpus, and this config's sources ({names}) do not include "
+                  f"its domains ({', '.join(needed)}). Drop --config / unset SIDESTEP_CONFIG for "
+                  "the demo; for your own data use `sidestep reindex` and `sidestep serve`.", style="red",
+                  markup=False, highlight=False)
+        return 2
     con.rule("1. nightly reindex (Prefect flow)")
     summary = nightly_reindex()
     con.print(f"encoded {summary['encoded']} documents, reused {summary['reused']}, mapped "
@@ -121,10 +129,12 @@ def run_demo(settings: Settings, root: DataRoot, *, port: int = 8000, console: C
             base = ", ".join(f"{n} {m['ndcg@10']:.4f}" for n, m in res["baselines"].items())
             con.print(f"{src.domain}: {res['queries']} queries → run {res['run_id']}; nDCG@10 {main} "
                       f"{res['metrics']['ndcg@10']:.4f}; baselines {base}")
-    with Warehouse(root.eval_db(), read_only=True) as wh:
-        ids = ", ".join(f"'{r}'" for r in run_ids)
-        rows = wh.query(f"SELECT domain, index_version, n_queries, ndcg_10, mrr_10, recall_100 FROM run_metrics "
-                        f"WHERE run_id IN ({ids}) ORDER BY domain").to_pylist() if run_ids else []
+    rows = []
+    if run_ids:  # no source marked `eval = true`: nothing evaluated, and no evaluation database to read
+        with Warehouse(root.eval_db(), read_only=True) as wh:
+            ids = ", ".join(f"'{r}'" for r in run_ids)
+            rows = wh.query(f"SELECT domain, index_version, n_queries, ndcg_10, mrr_10, recall_100 FROM "
+                            f"run_metrics WHERE run_id IN ({ids}) ORDER BY domain").to_pylist()
     t = Table("domain", "index_version", "queries", "nDCG@10", "MRR@10", "Recall@100",
               title="evaluation summary (SQL over eval.duckdb)")
     for r in rows:

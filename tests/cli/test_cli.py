@@ -41,6 +41,20 @@ def test_train_verifier_needs_a_folder_unless_self_supervised_and_demo_can_keep_
     assert "--keep-serving" in runner.invoke(app, ["demo", "--help"]).output
 
 
+def test_demo_with_a_config_of_other_sources_says_so_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIDESTEP_HOME", str(tmp_path / "root"))
+    (tmp_path / "s.toml").write_text(f'[[sources]]\ndomain = "bees"\npath = "{tmp_path / "b.jsonl"}"\n'
+                                     'format = "jsonl"\n')
+    (tmp_path / "empty.toml").write_text("[verify]\nranker_queries = 0\n")
+    for cfg, named in (("s.toml", "(bees)"), ("empty.toml", "(none)")):
+        r = runner.invoke(app, ["--config", str(tmp_path / cfg), "demo"])
+        assert r.exit_code == 2, r.output
+        text = " ".join(r.output.split())
+        assert f"this config's sources {named} do not include its domains (" in text and "handbook" in text
+        assert "SIDESTEP_CONFIG" in text
+    assert not (tmp_path / "root" / "indexes").exists()  # nothing was indexed
+
+
 @pytest.mark.slow
 def test_log_json_writes_one_json_object_per_line_with_run_ids(data_root, tmp_path):
     exe = VENV_BIN / "sidestep"
