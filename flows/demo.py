@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import shlex
-import signal
 import socket
-import threading
 import time
 
 import httpx
@@ -71,14 +69,9 @@ def try_next(root: DataRoot, url: str, queries: list[tuple[str, str]], *, servin
 
 def _wait_for_stop(con: Console) -> None:
     """Block until Ctrl-C (SIGINT) or SIGTERM; the caller's `with` then stops the server cleanly."""
-    stop = threading.Event()
-    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+    from sidestep.serving.run import wait_for_stop
+
+    wait_for_stop()
     con.print("stopping")
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import signal
 import socket
+import threading
 import time
 
 import httpx
@@ -14,6 +17,8 @@ from sidestep.storage import runtime
 from sidestep.storage.paths import DataRoot
 
 APP_NAME = "sidestep"
+
+log = logging.getLogger("sidestep.serving")
 
 
 # Replicas run their request handling, user code and router on one event loop instead of three: the
@@ -106,6 +111,28 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def wait_for_stop() -> int:
+    """Block until SIGINT (Ctrl-C) or SIGTERM and return which. Both are handled explicitly: a process
+    started with SIGINT ignored (a shell's background job, some process supervisors) never gets Python's
+    KeyboardInterrupt, and would otherwise ignore Ctrl-C and leave its servers up. The previous handlers
+    are restored before returning, so the caller's cleanup can still be interrupted."""
+    stop = threading.Event()
+    got: list[int] = []
+
+    def handler(signum, _frame) -> None:
+        got.append(signum)
+        stop.set()
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    return got[0]
+
+
 class ServeHandle:
     """Context manager: a local Ray (2 CPUs, no dashboard) + Serve on host:port; stops everything on exit."""
 
@@ -167,13 +194,26 @@ class ServeHandle:
             time.sleep(0.5)
         raise TimeoutError(f"serving did not become ready at {self.url} in {self.ready_timeout_s}s: {last}")
 
-    def stop(self) -> None:
+    def stop(self, shutdown_timeout_s: float = 45.0) -> None:
+        """Serve's graceful shutdown (replicas drain their requests), bounded: past `shutdown_timeout_s` Ray
+        is shut down anyway, which stops every process this handle's Ray started, so a stop always ends
+        with nothing left listening."""
         import ray
         from ray import serve
 
         try:
             if ray.is_initialized():  # serve.shutdown() would otherwise start a default Ray just to stop it
-                serve.shutdown()
+                done = threading.Event()
+
+                def graceful() -> None:
+                    try:
+                        serve.shutdown()
+                    finally:
+                        done.set()
+
+                threading.Thread(target=graceful, name="serve-shutdown", daemon=True).start()
+                if not done.wait(shutdown_timeout_s):
+                    log.warning("Serve did not shut down within %.0f s; stopping Ray", shutdown_timeout_s)
         finally:
             if ray.is_initialized():
                 ray.shutdown()

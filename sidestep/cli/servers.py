@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 import typer
@@ -21,7 +20,7 @@ def serve(
 
     Fails closed: a non-loopback --host needs $SIDESTEP_API_TOKEN (or --insecure), and a token variable
     that is set but empty is an error."""
-    from sidestep.serving.run import InsecureServe, ServeHandle, check_auth
+    from sidestep.serving.run import InsecureServe, ServeHandle, check_auth, wait_for_stop
 
     s = _settings()
     bind = host or s.serve.host
@@ -31,11 +30,8 @@ def serve(
         _fail(str(e), False, 2)
     with ServeHandle(_root(), host=bind, port=port or s.serve.port, preset=preset, insecure=insecure) as h:
         err.print(f"serving on {h.url}  (docs: {h.url}/docs)  Ctrl-C to stop")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            err.print("stopping")
+        wait_for_stop()
+        err.print("stopping")
 
 
 def deploy(
@@ -46,16 +42,14 @@ def deploy(
     """Start a local Prefect server (SQLite under the data root) with its UI, and a runner serving every
     deployment (the nightly one on its cron schedule) until Ctrl-C."""
     from sidestep.flows.ui import LocalPrefect
+    from sidestep.serving.run import wait_for_stop
 
     root = _root()
     with LocalPrefect(root.prefect_home(), host=host, port=port, env={"SIDESTEP_HOME": str(root.root)}) as p:
         names = sorted(f"{d['name']}" for d in p.deployments())
         err.print(f"Prefect UI on {p.ui_url}  ·  {len(names)} deployments  ·  Ctrl-C to stop")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            err.print("stopping the runner, then the server")
+        wait_for_stop()
+        err.print("stopping the runner, then the server")
 
 
 def demo(

@@ -46,16 +46,23 @@ def _loopback(addr: str) -> bool:
     return addr.startswith("127.") or addr in ("::1", "::ffff:127.0.0.1", "0.0.0.0", "::")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Ctrl-C to `sidestep serve` (strace's child where it runs under strace), as an operator stops it."""
+def _sigint_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop(proc: subprocess.Popen) -> bool:
+    """Ctrl-C to `sidestep serve` (strace's child where it runs under strace), as an operator stops it;
+    False when it had to be killed after 90 s."""
     target = psutil.Process(proc.pid).children() if STRACE else [psutil.Process(proc.pid)]
     for p in target:
         p.send_signal(signal.SIGINT)
     try:
         proc.wait(timeout=90)
+        return True
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +98,10 @@ def served(sample, tmp_path_factory):
     if STRACE:
         cmd = [STRACE, "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect", "-e", "signal=none", "-o", str(log),
                *cmd]
+    # started with SIGINT ignored, as a shell starts a background job: Ctrl-C must still stop it (the
+    # teardown below checks that nothing listens afterwards)
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_ignored)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -108,8 +117,9 @@ def served(sample, tmp_path_factory):
         with httpx.Client(base_url=url, timeout=60, headers=AUTH) as client:
             yield client, log
     finally:
-        _stop(proc)
+        stopped = _stop(proc)
         home.undo()
+    assert stopped, "sidestep serve ignored Ctrl-C for 90 s"
     # stopped: nothing listens any more
     with pytest.raises(httpx.HTTPError):
         httpx.get(url + "/healthz", timeout=2)
