@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import BENCHMARKS_MD, DATA, bench_env, machine, read_last_run, splice, write_last_run
+from common import BENCHMARKS_MD, DATA, bench_env, machine, ray_rss_mb, read_last_run, splice, write_last_run
 from numpy.lib.format import open_memmap
 from scale import Generator
 
@@ -142,7 +142,7 @@ def build_scaled(root: DataRoot, src: Path, src_manifest: dict, vectors: int, wo
 
 def serve_and_measure(root: DataRoot, queries: dict[str, str], qrels: dict[str, dict[str, int]]) -> dict:
     import httpx
-    from verify import in_process, one_client
+    from verify import in_process, one_client, wait_verified
 
     from sidestep.serving.core import SearchService
     from sidestep.serving.run import ServeHandle
@@ -157,12 +157,7 @@ def serve_and_measure(root: DataRoot, queries: dict[str, str], qrels: dict[str, 
     out["in_process_load_s"] = round(time.perf_counter() - t0, 1)
     with ServeHandle(root, port=PORT, preset="local") as h, httpx.Client(base_url=h.url, timeout=120) as c:
         t1 = time.perf_counter()
-        deadline = time.monotonic() + 600  # the replicas load the version and the token view lazily
-        while time.monotonic() < deadline:
-            r = c.post("/search", json={**body, "query": texts[0]})
-            if r.status_code == 200 and r.json()["verify"]["applied"]:
-                break
-            time.sleep(1)
+        wait_verified(c, body, texts[0], 600)  # a 2 M-vector version takes longer to load and check
         out["first_verified_answer_s"] = round(time.perf_counter() - t1, 1)
         for q in texts[:10]:
             c.post("/search", json={**body, "query": q})
@@ -177,13 +172,8 @@ def serve_and_measure(root: DataRoot, queries: dict[str, str], qrels: dict[str, 
                 hits = c.post("/search", json={**body, "query": q, "verify": v}).json()["results"]
                 found[mode] += any(hit["doc_id"].split("~")[0] in rel for hit in hits[:10])
         out["found_at_10"] = {k: v / len(queries) for k, v in found.items()}
-        out["serving_rss_mb"] = _serving_rss()
+        out["serving_rss_mb"] = ray_rss_mb()
     return out
-
-
-def _serving_rss() -> float:
-    from common import ray_rss_mb
-    return ray_rss_mb()
 
 
 def run(a) -> dict:

@@ -114,6 +114,17 @@ def one_client(c, body: dict, queries: list[str]) -> dict:
             "stage_p50_ms": {k: statistics.median(v) for k, v in stages.items()}}
 
 
+def wait_verified(c, body: dict, query: str, timeout_s: float) -> None:
+    """Until the endpoint answers `query` with verify applied: the verifier deployment loads the verifier
+    and the version's token view lazily, on its first request."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = c.post("/search", json={**body, "query": query})
+        if r.status_code == 200 and r.json()["verify"]["applied"]:
+            return
+        time.sleep(1)
+
+
 def http_bench(root: Path, domain: str, queries: list[str], clients: int = 8, seconds: float = 30) -> dict:
     from sidestep.serving.core import SearchService
     from sidestep.serving.run import ServeHandle
@@ -124,12 +135,7 @@ def http_bench(root: Path, domain: str, queries: list[str], clients: int = 8, se
     for q in queries[:10]:  # warm: compiled reductions, the encoder's ONNX session, the token view
         service.search(q, 10, domain, True)
     with ServeHandle(DataRoot(root), port=8766, preset="local") as h, httpx.Client(base_url=h.url, timeout=60) as c:
-        deadline = time.monotonic() + 120  # the verifier deployment loads the verifier and token view lazily
-        while time.monotonic() < deadline:
-            r = c.post("/search", json={**body, "query": queries[0]})
-            if r.status_code == 200 and r.json()["verify"]["applied"]:
-                break
-            time.sleep(1)
+        wait_verified(c, body, queries[0], 120)
         for q in queries[:10]:
             c.post("/search", json={**body, "query": q})
         before = in_process(service, domain, queries[:100])
