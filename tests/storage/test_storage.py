@@ -130,6 +130,40 @@ def test_pq_tokens_of_unchanged_documents_are_copied_and_the_codec_kept(tmp_path
     assert fifth["codec_reused"] and fifth["docs_encoded_since_fit"] == 7
 
 
+def test_token_codes_are_faiss_codes_whether_documents_are_quantized_together_or_one_by_one(tmp_path, monkeypatch):
+    """write_pq_tokens quantizes many documents per call, through a BLAS nearest-centroid search: its codes are
+    faiss's own encoder's (IndexPQ.sa_encode, one document at a time), with spans that cut them per document."""
+    import faiss
+
+    from sidestep.storage import tokens
+    from sidestep.storage.tokens import PQTokenSource, pad, write_pq_tokens
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 32)).astype(np.float32)  # clustered, as token vectors are
+    docs = {f"d{i}": (centres[rng.integers(0, 40, n)] + 0.3 * rng.normal(size=(n, 32))).astype(np.float32)
+            for i, n in enumerate(rng.integers(20, 120, 90))}
+    monkeypatch.setattr(tokens, "ENCODE_BLOCK", 1500)  # several blocks, each cutting between documents
+    stats = write_pq_tokens(tmp_path, _Tokens(docs), m=7, sample_tokens=4000)
+    src = PQTokenSource(tmp_path)
+    assert src.codec.pq.nbits == 8 and stats["tokens"] == sum(map(len, docs.values())) > 3 * 1500
+    ours, theirs = [], []
+    for d, v in docs.items():
+        x = v / np.linalg.norm(v, axis=1, keepdims=True)
+        theirs.append(src.codec.sa_encode(pad(x, src.codec.d)))
+        s, e = src._span[d]
+        ours.append(np.asarray(src.codes[s:e]))
+    ours, theirs = np.concatenate(ours), np.concatenate(theirs)
+    assert ours.shape == theirs.shape and (ours == theirs).mean() > 0.9999, (ours == theirs).mean()
+    x = pad(np.concatenate([v / np.linalg.norm(v, axis=1, keepdims=True) for v in docs.values()]), src.codec.d)
+    err = [float(((src.codec.sa_decode(c) - x) ** 2).sum(1).mean()) for c in (ours, theirs)]
+    assert err[0] == pytest.approx(err[1], rel=1e-6)
+    # the BLAS path itself, on more vectors than its small-input cut-off, against faiss's encoder
+    many = np.ascontiguousarray(x[:3000])
+    faiss.normalize_L2(many)
+    assert (tokens.pq_encode(src.codec, many) == src.codec.sa_encode(many)).mean() > 0.9999
+    assert src.codec.pq.assign_index is None  # nothing left pointing at the temporary flat index
+
+
 def test_a_pq_size_that_does_not_divide_the_dimension_pads_it_and_scores_like_the_decoded_vectors(tmp_path):
     """7 bytes for 32-d tokens: 7 sub-spaces of 5, the last 3 dimensions zero. The store hands out 32-d
     vectors, and scoring its codes through lookup tables equals scoring those vectors."""
