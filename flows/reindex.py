@@ -81,9 +81,10 @@ def nightly_reindex(domains: list[str] | None = None, force: bool = False, skip_
         if adapted is not None:
             report.adaptation = {**(report.adaptation or {}), domain: adapted}
             log.info("adaptation %s: %s", domain, adapted.get("reason") or adapted.get("error"))
-    log.info("reindex: %d domains, encoded=%d reused=%d summarized=%d maps_failed=%d published=%d "
-             "quarantined=%d failed=%d pinned=%d", len(chosen), report.encoded, report.reused, report.summarized,
-             report.maps_failed, len(report.published), report.quarantined, len(report.failed), len(report.pinned))
+    log.info("reindex: %d domains, encoded=%d reused=%d summarized=%d maps_failed=%d unmapped_short=%d "
+             "published=%d quarantined=%d failed=%d pinned=%d", len(chosen), report.encoded, report.reused,
+             report.summarized, report.maps_failed, report.unmapped_short, len(report.published), report.quarantined,
+             len(report.failed), len(report.pinned))
     summary = report.as_dict()
     record_nightly(DataRoot(Path(root)), summary, run_name=_run_name(), started_at=started,
                    seconds=time.perf_counter() - t0)

@@ -131,6 +131,9 @@ class MapsConfig(_Strict):
     llm_endpoint: str | None = Field(None, description="Base URL of an OpenAI-compatible API (llm summarizer).")
     llm_model: str | None = Field(None, description="Model name for the llm summarizer.")
     llm_api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    min_chunks: int = Field(3, ge=1, description=(
+        "Documents of fewer chunks get no map: their chunks already hold the whole text, and map search judges "
+        "a document without a map by its chunks. 1 maps every document."))
     section_budget_chars: int = Field(300, ge=40, description="Length budget of a section summary.")
     global_budget_chars: int = Field(600, ge=40, description="Length budget of the global summary.")
     # Defaults: the settings `sidestep eval-longdoc` (benchmarks/longdoc.py) chose most often over its folds,

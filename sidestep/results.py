@@ -131,6 +131,7 @@ class SummarizeReport(_Report):
     summarized: int = 0
     reused: int = 0
     failed: int = 0
+    unmapped_short: int = 0  # live documents below maps.min_chunks: no map, searched by their chunks
     seconds: float = 0.0
 
     _optional = ("summarizer",)
@@ -189,6 +190,7 @@ class ReindexReport(_Report):
     reused: int = 0
     summarized: int = 0
     maps_failed: int = 0
+    unmapped_short: int = 0  # live documents below maps.min_chunks (no map by design, not a failure)
     published: list[dict] = field(default_factory=list)
     quarantined: int = 0
     staging_swept: int = 0
@@ -213,6 +215,7 @@ class ReindexReport(_Report):
         self.domains[domain] = built
         self.summarized += built.summarize.summarized
         self.maps_failed += built.summarize.failed
+        self.unmapped_short += built.summarize.unmapped_short
         self.encoded += built.embed.encoded
         self.reused += built.embed.reused
         if built.embed.nodes is not None:

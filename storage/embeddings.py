@@ -66,6 +66,14 @@ class EmbeddingStore:
     def known(self) -> set[str]:
         return set(self.catalog()["content_hash"].to_pylist())
 
+    def chunk_counts(self) -> dict[str, int]:
+        """Chunks stored per content hash (by chunk index, so a content written twice counts once)."""
+        cat = self.catalog()
+        if cat.num_rows == 0:
+            return {}
+        g = cat.group_by("content_hash").aggregate([("chunk_idx", "max")])
+        return dict(zip(g["content_hash"].to_pylist(), (n + 1 for n in g["chunk_idx_max"].to_pylist()), strict=True))
+
     def write(self, docs: Sequence[EncodedDoc]) -> ShardInfo:
         """Write one immutable shard; .npy first, .parquet last (its presence marks completion)."""
         shard = uuid.uuid4().hex[:16]

@@ -19,6 +19,6 @@ from .common import RETRY
 def summarize_task(root: str, settings: Settings, domain: str) -> SummarizeReport:
     logger = get_run_logger()
     out = summarize_domain(DataRoot(Path(root)), settings, domain, log=logger.info)
-    logger.info("summarize %s: summarized=%d reused=%d failed=%d seconds=%.1f", out.domain, out.summarized,
-                out.reused, out.failed, out.seconds)
+    logger.info("summarize %s: summarized=%d reused=%d failed=%d unmapped_short=%d seconds=%.1f", out.domain,
+                out.summarized, out.reused, out.failed, out.unmapped_short, out.seconds)
     return out

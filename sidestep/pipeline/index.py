@@ -31,7 +31,7 @@ from sidestep.text.encoder import doc_text, load_tokenizer, model_dim
 from sidestep.verify.candidates import idf_table
 
 from .common import store_key
-from .summarize import map_key
+from .summarize import map_key, map_wanted
 
 SNIPPET_CHARS = 280
 log = logging.getLogger("sidestep.retrieval.index")
@@ -61,8 +61,11 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
     dim = model_dim(settings.encoder.model_path)
     map_store = MapStore(root, map_key(settings), dim) if settings.maps.enabled else None
     hashes = set(docs["content_hash"].to_pylist())
+    emb = EmbeddingStore(root, key, dim)
+    # documents below maps.min_chunks are published without a map, even where an earlier setting built one
+    mapped = map_store.known() & map_wanted(settings, emb, hashes) if map_store else None
     # the fingerprint needs only which documents have maps; the maps themselves are read to publish
-    fp = fingerprint(settings, key, docs, map_store.known() & hashes if map_store else None)
+    fp = fingerprint(settings, key, docs, mapped)
     store = IndexStore(root)
     pin = active_pin(store, domain)  # a rollback holds the domain until unpinned or newer documents arrive
     if pin is not None:
@@ -73,8 +76,7 @@ def publish_domain(root: DataRoot, settings: Settings, domain: str, *, force: bo
     if docs.num_rows == 0:
         return PublishResult(domain, False, store.current(domain), reason="no live documents")
     t0 = time.perf_counter()
-    maps = map_store.gather(hashes) if map_store else {}
-    emb = EmbeddingStore(root, key, dim)
+    maps = map_store.gather(mapped) if map_store else {}
     rows, pooled = emb.gather(docs["content_hash"].to_pylist())
     by_hash: dict[str, list[int]] = {}
     for i, h in enumerate(rows["content_hash"].to_pylist()):

@@ -57,14 +57,16 @@ def summarize_domain(root: DataRoot, settings: Settings, domain: str,
     dim = model_dim(settings.encoder.model_path)
     store = MapStore(root, map_key(settings), dim)
     known = store.known()
+    emb = EmbeddingStore(root, store_key(settings), dim)  # where the embed stage wrote them
+    hashes = set(docs["content_hash"].to_pylist())
+    wanted = map_wanted(settings, emb, hashes)
     rows = [r for r in docs.select(["doc_id", "title", "text", "content_hash"]).to_pylist()
-            if r["content_hash"] not in known]
+            if r["content_hash"] not in known and r["content_hash"] in wanted]
     pending = list({r["content_hash"]: r for r in rows}.values())
     t0 = time.perf_counter()
     done, failed = 0, []
     if pending:
         enc = encoder_for(settings)
-        emb = EmbeddingStore(root, enc.key, dim)
         summ, params = summarizer_for(settings), map_params(settings)
         for s in range(0, len(pending), BATCH):
             batch = pending[s:s + BATCH]
@@ -86,5 +88,16 @@ def summarize_domain(root: DataRoot, settings: Settings, domain: str,
     if failed:
         QuarantineStore(root).write(domain, f"maps-{uuid.uuid4().hex[:8]}", "summarize", failed)
     seconds = time.perf_counter() - t0
+    short = sum(h not in wanted for h in docs["content_hash"].to_pylist())
     return SummarizeReport(domain=domain, enabled=True, summarizer=store.dir.name, summarized=done,
-                           reused=docs.num_rows - len(rows), failed=len(failed), seconds=round(seconds, 3))
+                           reused=docs.num_rows - len(rows) - short, failed=len(failed), unmapped_short=short,
+                           seconds=round(seconds, 3))
+
+
+def map_wanted(settings: Settings, emb: EmbeddingStore, hashes: set[str]) -> set[str]:
+    """The contents that get a map: every one of at least maps.min_chunks chunks, and every one with no
+    stored chunks (its map fails, and is quarantined, saying so)."""
+    if settings.maps.min_chunks <= 1:
+        return set(hashes)
+    counts = emb.chunk_counts()
+    return {h for h in hashes if counts.get(h, 0) >= settings.maps.min_chunks or h not in counts}

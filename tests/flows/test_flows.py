@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import ir_measures
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from ir_measures import RR, R, nDCG
@@ -21,7 +23,7 @@ from sidestep.ingest.readers import SourceError
 from sidestep.retrieval.search import search_texts
 from sidestep.storage.artifacts import IndexStore
 from sidestep.storage.documents import DocumentStore, QuarantineStore
-from sidestep.storage.indexes import load_current
+from sidestep.storage.indexes import load_current, read_chunks
 from sidestep.storage.status import domain_status
 from sidestep.storage.warehouse import Warehouse
 
@@ -54,15 +56,23 @@ def test_nightly_reindex_publishes_every_configured_domain(sample, settings):
     last = status["last_nightly"]
     assert last["outcome"] == "completed" and last["encoded"] == s["encoded"] and last["run"]
     assert status["domains"]["shop"]["tables_version"] and status["codebook_version"]
-    # every document got a map, and the index versions carry them
-    assert s["summarized"] == s["encoded"] and s["maps_failed"] == 0
+    # every document of at least maps.min_chunks chunks got a map, the index versions carry them; the shorter
+    # ones have none (their chunks hold their whole text)
+    long_docs = {}
+    for d in settings.domains():
+        n = Counter(read_chunks(store, d, store.current(d))["doc_id"].to_pylist())
+        long_docs[d] = {x for x, c in n.items() if c >= settings.maps.min_chunks}
+    assert settings.maps.min_chunks == 3 and 0 < len(long_docs["handbook"]) < 60
+    assert s["summarized"] == sum(map(len, long_docs.values())) and s["maps_failed"] == 0
+    assert s["unmapped_short"] == s["encoded"] - s["summarized"]
     m = store.current_manifest("handbook")
-    assert m["maps"]["documents_with_map"] == 60 and "maps.parquet" in m["files"]
+    assert m["maps"]["documents_with_map"] == len(long_docs["handbook"]) and "maps.parquet" in m["files"]
 
 
 def test_map_search_routes_by_maps_and_conditions_the_query(sample, encoder):
     corpus = load_current(IndexStore(sample.root), "handbook")
-    assert corpus.maps is not None and corpus.maps.has_map.all()
+    chunks = np.bincount(corpus.maps.chunk_doc, minlength=len(corpus.maps.doc_ids))
+    assert corpus.maps is not None and (corpus.maps.has_map == (chunks >= 3)).all() and corpus.maps.has_map.any()
     hits, timings = search_texts(encoder, corpus, ["how do I undo a bad deploy"], 5, mode="map")
     assert hits[0][0].doc_id == "hb-029" and len({h.doc_id for h in hits[0]}) == 5
     assert "map_search" in timings
@@ -77,6 +87,7 @@ def _reindex_recipes_with_llm(endpoint: str, tmp_path, monkeypatch) -> dict:
     """The nightly flow over the sample recipes with the LLM summarizer pointed at `endpoint`."""
     write_config(tmp_path / "c.toml", f"""
 [maps]
+min_chunks = 1
 summarizer = "llm"
 llm_endpoint = "{endpoint}"
 llm_model = "fake"

@@ -37,6 +37,7 @@ def test_ingest_embed_publish_without_prefect_and_an_unchanged_corpus_publishes_
     corpus = tmp_path / "tiny.jsonl"
     corpus.write_text("".join(json.dumps(d) + "\n" for d in DOCS) + "{not json\n")
     source = SourceConfig(domain="tiny", path=str(corpus), format="jsonl")
+    settings = _every_document_mapped(settings)  # one-chunk documents: no map by default (the test below)
     ing, emb, maps, pub = _build(data_root, settings, source)
     assert isinstance(ing, IngestReport) and (ing.read, ing.new, ing.quarantined, ing.live_documents) == (4, 3, 1, 3)
     assert isinstance(emb, EmbedReport) and (emb.documents, emb.encoded, emb.reused) == (3, 3, 0)
@@ -58,6 +59,44 @@ def test_ingest_embed_publish_without_prefect_and_an_unchanged_corpus_publishes_
     ing3, emb3, _, pub3 = _build(data_root, settings, source)
     assert (ing3.tombstoned, ing3.live_documents, emb3.encoded) == (1, 2, 0)
     assert pub3.published and pub3.parent == pub.version and pub3.documents == 2
+
+
+def _every_document_mapped(settings):
+    return settings.model_copy(update={"maps": settings.maps.model_copy(update={"min_chunks": 1})})
+
+
+def test_documents_shorter_than_min_chunks_get_no_map_and_the_setting_decides_what_is_published(
+        data_root, settings, tmp_path):
+    """maps.min_chunks: only documents of that many chunks are summarized (the map of a one-window document
+    repeats it), publish carries maps for those alone, and changing the setting publishes a version that
+    follows it. Also with sentence-aligned chunks, whose embeddings live under their own store key."""
+    from sidestep.config import ChunkingConfig
+    from sidestep.storage.artifacts import IndexStore
+    from sidestep.storage.indexes import load_current
+
+    long_text = " ".join(f"Rule {i}: change requests of class {i} need {i + 1} reviewers and a rollback plan."
+                         for i in range(60))
+    corpus = tmp_path / "mixed.jsonl"
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in [*DOCS, {"id": "long", "title": "Change policy",
+                                                                      "text": long_text}]))
+    source = SourceConfig(domain="tiny", path=str(corpus), format="jsonl")
+    small = {"window_tokens": 64, "overlap_tokens": 8}
+    for boundaries in ("tokens", "sentences"):
+        chunked = settings.model_copy(update={"chunking": ChunkingConfig(**small, boundaries=boundaries)})
+        _, emb, maps, pub = _build(data_root, chunked, source)
+        assert emb.chunks_encoded >= 3 + 3 and pub.published
+        assert (maps.summarized, maps.failed, maps.unmapped_short) == (1, 0, 3), (boundaries, maps)
+        corpus_ = load_current(IndexStore(data_root), "tiny")
+        by_doc = dict(zip(corpus_.maps.doc_ids, corpus_.maps.has_map.tolist(), strict=True))
+        assert by_doc == {"a": False, "b": False, "c": False, "long": True}, boundaries
+
+        every = chunked.model_copy(update={"maps": chunked.maps.model_copy(update={"min_chunks": 1})})
+        _, _, maps1, pub1 = _build(data_root, every, source)  # the short ones summarized now, a new version
+        assert (maps1.summarized, maps1.reused, maps1.unmapped_short) == (3, 1, 0) and pub1.published
+        assert load_current(IndexStore(data_root), "tiny").maps.has_map.all()
+        _, _, maps3, pub3 = _build(data_root, chunked, source)  # back to 3: their stored maps are not published
+        assert (maps3.summarized, maps3.reused, maps3.unmapped_short) == (0, 1, 3) and pub3.published
+        assert load_current(IndexStore(data_root), "tiny").maps.has_map.tolist() == [False, False, False, True]
 
 
 def test_the_pipeline_layer_imports_no_prefect_no_ray_and_no_layer_above():
