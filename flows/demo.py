@@ -94,7 +94,8 @@ def run_demo(settings: Settings, root: DataRoot, *, port: int = 8000, console: C
     con.rule("1. nightly reindex (Prefect flow)")
     summary = nightly_reindex()
     con.print(f"encoded {summary['encoded']} documents, reused {summary['reused']}, mapped "
-              f"{summary['summarized']} (maps failed {summary['maps_failed']}), published "
+              f"{summary['summarized']} (maps failed {summary['maps_failed']}, "
+              f"{summary.get('unmapped_short', 0)} too short for a map), published "
               f"{len(summary['published'])} version(s), quarantined {summary['quarantined']}")
 
     con.rule("2. self-supervised verifiers (Prefect flow; no judgment read, published only past the gate)")

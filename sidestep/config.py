@@ -133,7 +133,8 @@ class MapsConfig(_Strict):
     llm_api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
     min_chunks: int = Field(3, ge=1, description=(
         "Documents of fewer chunks get no map: their chunks already hold the whole text, and map search judges "
-        "a document without a map by its chunks. 1 maps every document."))
+        "a document without a map by its best chunk (with map_weight > 0, mapped documents are routed by a "
+        "blend with their map's score instead). 1 maps every document."))
     section_budget_chars: int = Field(300, ge=40, description="Length budget of a section summary.")
     global_budget_chars: int = Field(600, ge=40, description="Length budget of the global summary.")
     # Defaults: the settings `sidestep eval-longdoc` (benchmarks/longdoc.py) chose most often over its folds,

@@ -67,11 +67,15 @@ class EmbeddingStore:
         return set(self.catalog()["content_hash"].to_pylist())
 
     def chunk_counts(self) -> dict[str, int]:
-        """Chunks stored per content hash (by chunk index, so a content written twice counts once)."""
-        cat = self.catalog()
-        if cat.num_rows == 0:
+        """Chunks stored per content hash (by chunk index, so a content written twice counts once); reads two
+        columns of each shard's table, or the catalog where it is already loaded."""
+        cols = ["content_hash", "chunk_idx"]
+        parts = ([self._catalog.select(cols)] if self._catalog is not None
+                 else [pq.read_table(self.dir / f"{s}.parquet", columns=cols) for s in self.shard_ids()])
+        parts = [t for t in parts if t.num_rows]
+        if not parts:
             return {}
-        g = cat.group_by("content_hash").aggregate([("chunk_idx", "max")])
+        g = pa.concat_tables(parts).group_by("content_hash").aggregate([("chunk_idx", "max")])
         return dict(zip(g["content_hash"].to_pylist(), (n + 1 for n in g["chunk_idx_max"].to_pylist()), strict=True))
 
     def write(self, docs: Sequence[EncodedDoc]) -> ShardInfo:

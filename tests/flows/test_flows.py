@@ -71,8 +71,9 @@ def test_nightly_reindex_publishes_every_configured_domain(sample, settings):
 
 def test_map_search_routes_by_maps_and_conditions_the_query(sample, encoder):
     corpus = load_current(IndexStore(sample.root), "handbook")
+    assert corpus.maps is not None
     chunks = np.bincount(corpus.maps.chunk_doc, minlength=len(corpus.maps.doc_ids))
-    assert corpus.maps is not None and (corpus.maps.has_map == (chunks >= 3)).all() and corpus.maps.has_map.any()
+    assert (corpus.maps.has_map == (chunks >= 3)).all() and corpus.maps.has_map.any()
     hits, timings = search_texts(encoder, corpus, ["how do I undo a bad deploy"], 5, mode="map")
     assert hits[0][0].doc_id == "hb-029" and len({h.doc_id for h in hits[0]}) == 5
     assert "map_search" in timings
