@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sidestep.retrieval.faissblas import blas_assignment
 from sidestep.verify.features import FlatTokens, flatten_tokens
 
 from .atomic import write_parquet, write_with
@@ -170,12 +171,8 @@ def train_pq(sample: np.ndarray, m: int, nbits: int = 8) -> faiss.Index:
     codec.pq.cp.min_points_per_centroid = 1  # few tokens are expected on small corpora: no warning for it
     # k-means assignment through BLAS: faiss's default (no BLAS below 128,000 query vectors) is fast
     # only for the sub-space widths it has kernels for; 9-d sub-spaces (43 bytes) trained 10x slower
-    saved = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = 20
-    try:
+    with blas_assignment():
         codec.train(x)
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = saved
     return codec
 
 
@@ -281,12 +278,10 @@ def pq_encode(codec: faiss.IndexPQ, x: np.ndarray) -> np.ndarray:
     codes = np.empty((len(x), pqz.code_size), np.uint8)
     flat = faiss.IndexFlatL2(pqz.dsub)  # held here: the quantizer keeps only a pointer to it
     pqz.assign_index = flat
-    saved = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = 20
     try:
-        pqz.compute_codes_with_assign_index(faiss.swig_ptr(x), faiss.swig_ptr(codes), len(x))
+        with blas_assignment():
+            pqz.compute_codes_with_assign_index(faiss.swig_ptr(x), faiss.swig_ptr(codes), len(x))
     finally:
-        faiss.cvar.distance_compute_blas_threshold = saved
         pqz.assign_index = None
     return codes
 

@@ -148,3 +148,37 @@ def test_small_corpora_shrink_nlist_and_bits():
     index = build_ivfpq(x, IVFPQSpec(nlist=64, m=16, nprobe=64, refine_k=300))
     assert faiss.extract_index_ivf(index.ivf).nlist <= 300 // 39
     assert (index.search(x[:5], 1)[1][:, 0] == np.arange(5)).all()
+
+
+def test_the_blas_threshold_is_restored_when_two_threads_lower_it_at_once():
+    """faiss's BLAS threshold is one global: a thread that entered while another held it lowered must not save
+    the lowered value and restore it after the first thread put the original back."""
+    import threading
+    import time
+
+    import faiss
+
+    from sidestep.retrieval.faissblas import blas_assignment
+
+    original = faiss.cvar.distance_compute_blas_threshold
+    assert original != 20
+    first_in, seen = threading.Event(), []
+
+    def first():
+        with blas_assignment():
+            seen.append(faiss.cvar.distance_compute_blas_threshold)
+            first_in.set()
+            time.sleep(0.2)
+
+    def second():
+        first_in.wait()
+        with blas_assignment():
+            seen.append(faiss.cvar.distance_compute_blas_threshold)
+            time.sleep(0.4)  # leaves after the first thread
+
+    threads = [threading.Thread(target=f) for f in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [20, 20] and faiss.cvar.distance_compute_blas_threshold == original
