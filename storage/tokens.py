@@ -236,7 +236,7 @@ ENCODE_BLOCK = 65_536  # token vectors quantized per call (100 MB of float32 at 
 
 def _encode_docs(codec: faiss.IndexPQ, source: TokenSource, doc_ids: list[str]) -> dict[str, np.ndarray]:
     """PQ codes of each document's tokens, the documents' tokens quantized together in blocks of about
-    ENCODE_BLOCK vectors (one call per document paid faiss's per-call cost some 5,000 times a SciFact run)."""
+    ENCODE_BLOCK vectors, so that pq_encode's BLAS search works on large matrices."""
     out: dict[str, np.ndarray] = {}
     batch: list[tuple[str, np.ndarray]] = []
     rows = 0
