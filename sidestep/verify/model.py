@@ -109,15 +109,16 @@ class Verifier(nn.Module):
         return self.head(self.norm(h)).squeeze(-1) + self.skip(glob).squeeze(-1)
 
     def _cls_only(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
-        """The encoder in eval mode, with the last layer computed for the [CLS] slot only: the head
-        reads nothing else. Equal to encoder(x)[:, 0] (a test holds them).
+        """The encoder with the last layer computed for the [CLS] slot only: the head reads nothing else.
+        Equal to encoder(x)[:, 0] in eval mode (a test holds them), and in training mode with the same dropout
+        on every path that reaches [CLS] (the attention weights, the attention's and the feed-forward's outputs).
 
         [CLS]'s attention needs every position's key and value, but not their projections: its score
         against position j is q . (W_k y_j + b_k) = (W_k^T q) . y_j + q . b_k, and the last term is the
         same for every j, so softmax drops it; its output is sum_j a_j (W_v y_j + b_v) =
-        W_v (sum_j a_j y_j) + b_v, since the weights sum to 1. So the query is folded into W_k once
-        per candidate and the value projection applied once to the weighted mean, instead of projecting
-        every position's key and value (two thirds of the last layer's work)."""
+        W_v (sum_j a_j y_j) + (sum_j a_j) b_v (the weights sum to 1 but where dropout drops some). So the
+        query is folded into W_k once per candidate and the value projection applied once to the weighted
+        mean, instead of projecting every position's key and value (two thirds of the last layer's work)."""
         *first, last = self.encoder.layers
         for layer in first:
             x = layer(x, src_key_padding_mask=pad)
@@ -132,10 +133,16 @@ class Verifier(nn.Module):
         logits = torch.einsum("nhd,nld->nhl", qk, y)
         if pad is not None:
             logits = logits.masked_fill(pad[:, None, :], float("-inf"))
-        mean = torch.einsum("nhl,nld->nhd", logits.softmax(-1), y)  # each head's weighted mean of y
-        ctx = torch.einsum("nhd,hed->nhe", mean, w_v.view(heads, dh, d)).reshape(n, d) + b_v
-        h = x[:, 0] + att.out_proj(ctx)
-        return h + last.linear2(last.activation(last.linear1(last.norm2(h))))
+        weights = logits.softmax(-1)
+        if self.training and att.dropout > 0:
+            weights = nn.functional.dropout(weights, att.dropout)
+            bias = (weights.sum(-1)[..., None] * b_v.view(heads, dh)).reshape(n, d)
+        else:
+            bias = b_v
+        mean = torch.einsum("nhl,nld->nhd", weights, y)  # each head's weighted mean of y
+        ctx = torch.einsum("nhd,hed->nhe", mean, w_v.view(heads, dh, d)).reshape(n, d) + bias
+        h = x[:, 0] + last.dropout1(att.out_proj(ctx))
+        return h + last.dropout2(last.linear2(last.dropout(last.activation(last.linear1(last.norm2(h))))))
 
 
 def n_parameters(model: nn.Module) -> int:
@@ -179,6 +186,27 @@ def collate(items: Sequence[Candidates], model: Verifier | None = None
         qmask[r:r + cn, :cq] = True
         r += cn
     return feats, qtok, qmask, glob, [c.feats.shape[0] for c in items]
+
+
+def train_logits(model: Verifier, items: Sequence[Candidates]) -> torch.Tensor:
+    """Training-mode logits of several queries' candidates, concatenated in item order. Queries of one length
+    share a forward pass with no padding, each query's term computed once and broadcast over its candidates.
+    The same logits as `model(*collate(items, model), projected=True)` (padded positions are masked, so they
+    change nothing; the last layer is computed for [CLS] alone, `Verifier._cls_only`) for less work: a batch
+    padded to its longest query spends most of its products on padding, a padding mask sends attention to a
+    slower kernel, and the last layer's other positions reach no logit."""
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(items):
+        groups.setdefault(c.feats.shape[1], []).append(i)
+    parts: list[torch.Tensor] = [torch.zeros(0)] * len(items)
+    for idx in groups.values():
+        x = torch.cat([model.inputs(items[i].feats, model.query_term(items[i].qtok)[None], items[i].glob)
+                       for i in idx])
+        glob = torch.cat([items[i].glob for i in idx])
+        logits = model.readout(model._cls_only(x, None), glob)
+        for i, part in zip(idx, torch.split(logits, [items[i].feats.shape[0] for i in idx]), strict=True):
+            parts[i] = part
+    return torch.cat(parts)
 
 
 def score(model: Verifier, items: Sequence[Candidates]) -> list[np.ndarray]:
@@ -316,8 +344,7 @@ def fit(examples: Sequence[Example], val: Sequence[tuple[Candidates, np.ndarray]
         total, nb = 0.0, 0
         for s in range(0, len(order), batch_queries):
             batch = [_sample_rows(examples[i], list_rows, rng) for i in order[s:s + batch_queries]]
-            feats, qtok, qmask, glob, sizes = collate([e.cands for e in batch], model)
-            logits = model(feats, qtok, qmask, glob, projected=True)
+            logits = train_logits(model, [e.cands for e in batch])
             keep, pairs, r = [], [], 0
             for e in batch:
                 n = e.cands.feats.shape[0]

@@ -33,6 +33,7 @@ from sidestep.verify.model import (
     n_parameters,
     score,
     served_rows,
+    train_logits,
     val_ndcg10,
 )
 from sidestep.verify.nearmiss import KINDS, content_words, near_misses
@@ -158,6 +159,33 @@ def test_padding_does_not_change_a_query_score():
     np.testing.assert_allclose(alone, padded.numpy(), atol=1e-5)
     np.testing.assert_allclose(ref.numpy(), fast.numpy(), atol=1e-5)
     assert n_parameters(model) < 2_000_000
+
+
+def test_training_logits_and_gradients_equal_the_padded_full_encoder():
+    """Training runs queries of one length together without padding, and the last layer for [CLS] only;
+    without dropout its logits and every gradient must equal the padded batch through every position of every
+    layer, and with dropout the [CLS] path must still be dropped out (training logits vary between calls)."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(2)
+    items = [_cands(rng, n_q=3), _cands(rng, n_q=6, n_docs=4), _cands(rng, n_q=3, n_docs=5), _cands(rng, n_q=1)]
+    model = Verifier(VerifierConfig(width=32, ff=64, dropout=0.0), 16).train()
+    feats, qtok, qmask, glob, _ = collate(items, model)
+    pad = torch.cat([torch.zeros_like(qmask[:, :1]), ~qmask], 1)
+    x = model.inputs(feats, model.query_term(qtok, projected=True), glob)
+    ref = model.readout(model.encoder(x, src_key_padding_mask=pad)[:, 0], glob)
+    ref.square().sum().backward()
+    want = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    got = train_logits(model, items)
+    got.square().sum().backward()
+    np.testing.assert_allclose(got.detach().numpy(), ref.detach().numpy(), atol=1e-5)
+    for k, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), want[k].numpy(), atol=1e-5, err_msg=k)
+    dropped = Verifier(VerifierConfig(width=32, ff=64, dropout=0.5), 16).train()
+    assert not torch.allclose(train_logits(dropped, items), train_logits(dropped, items))
+    dropped.eval()
+    np.testing.assert_allclose(train_logits(dropped, items).detach().numpy(),
+                               np.concatenate(score(dropped, items)), atol=1e-5)
 
 
 def test_losses_send_gradient_to_every_part():
