@@ -85,7 +85,7 @@ class Verifier(nn.Module):
         projected: qtok already went through `qproj` ((N, nq, qproj), as `collate(..., model)` gives)."""
         x = self.inputs(feats, self.query_term(qtok, projected), glob)
         pad = None if bool(qmask.all()) else torch.cat([torch.zeros_like(qmask[:, :1]), ~qmask], 1)
-        h = self.encoder(x, src_key_padding_mask=pad)[:, 0] if self.training else self._cls_only(x, pad)
+        h = self._cls_only(x, pad)
         return self.readout(h, glob)
 
     def query_term(self, qtok: torch.Tensor, projected: bool = False) -> torch.Tensor:
