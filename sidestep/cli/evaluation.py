@@ -80,7 +80,8 @@ def train_verifier(
                                           "judgments plus self-supervised lists (titles, heading questions, "
                                           "sentence crops, near-misses) from every indexed domain's text; then "
                                           "choose each domain's ranker again (it serves a domain without a "
-                                          "verifier of its own only where it beats the best untrained ranker).")
+                                          "verifier of its own only where it beats the best untrained ranker "
+                                          "beyond the paired 95% interval of the difference).")
                  ] = False,
     labelled: Annotated[list[str] | None, typer.Option("--labelled", help="With --general: DIR=DOMAIN[:SPLIT], a "
                                                        "BEIR folder's judgments (indexed as DOMAIN); repeatable.")

@@ -1,7 +1,8 @@
 """adapt_domain: a domain without judgments gets its own verifier by fine-tuning the general verifier on its own
 self-supervised lists (sidestep.pipeline.general.self_supervised_lists; no label read), published only where it
 beats the general verifier, untrained MaxSim and the best untrained ranker on the domain's held-out
-self-supervised queries (documents whose pseudo-queries trained neither model). The general verifier itself
+self-supervised queries (documents whose pseudo-queries trained neither model), and beats the best of them by
+more than chance: the paired 95% interval of that difference lies above zero. The general verifier itself
 competes as the fine-tuning's epoch 0, as the identity competes for the query adapter.
 """
 
@@ -126,7 +127,7 @@ def adapt_domain(root: DataRoot, settings: Settings, domain: str, *, per_domain:
     out.update(gate={"ndcg10": res.ndcg10, "queries": res.queries, "kinds": info["kinds"]}, winner=res.ranker,
                runner_up=runner_up, margin=margin, margin_ci95=[lo, hi], best_epoch=best.get("epoch"),
                val_ndcg10=best.get("val_ndcg10"), epochs_run=len(curve), verify_top=top)
-    if res.ranker == ADAPTED and margin > 0:
+    if res.ranker == ADAPTED and margin > 0 and lo > 0:  # beyond chance against every rival, the general included
         fp = digest({"index": corpus.version, "general": general.version, "seed": seed, "per_domain": per_domain,
                      "cfg": model.cfg.as_dict()})
         version = new_version_name(fp)
@@ -142,7 +143,8 @@ def adapt_domain(root: DataRoot, settings: Settings, domain: str, *, per_domain:
                      + ", ".join(f"{k} {x:.4f}" for k, x in sorted(res.ndcg10.items(), key=lambda kv: -kv[1]))
                      + (f"; the adapted verifier wins by {margin:+.4f} over {runner_up} (95% CI {lo:+.4f} to "
                         f"{hi:+.4f}): published" if out["published"] else
-                        f"; {res.ranker} wins (adapted {margin:+.4f} against {runner_up}): nothing published"))
+                        f"; {res.ranker} wins (adapted {margin:+.4f} against {runner_up}, 95% CI {lo:+.4f} to "
+                        f"{hi:+.4f}): nothing published"))
     out["seconds"] = round(time.perf_counter() - t0, 1)
     log(f"adaptation of {domain!r}: {out['reason']} ({out['seconds']:.0f} s)")
     return out

@@ -6,8 +6,9 @@ label read). Published under the data root as `verifiers/general-verifier/<versi
 
 A leave-one-corpus-out run names the corpus left out (`leave_out`): its judgments are never read, though its
 unlabelled text still gives self-supervised lists, as in production. Search serves the general verifier on a
-domain only where it beats the best untrained ranker on that domain's held-out self-supervised queries
-(sidestep.pipeline.rankers; the documents whose pseudo-queries trained it are never held-out queries).
+domain only where it beats the best untrained ranker on that domain's held-out self-supervised queries, beyond
+the paired 95% interval of the difference (sidestep.pipeline.rankers; the documents whose pseudo-queries trained
+it are never held-out queries).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ its text with the query's piece removed (re-encoded, tokens and chunk vectors as
 no query finds itself verbatim. The rankers are the ones search can serve: pooled cosine (recall's order),
 MaxSim over the recall list's tokens, reciprocal-rank fusion of BM25 and dense recall, and each learned
 verifier offered (the general verifier; a domain's adapted one), which reranks the recall list as served.
-The best untrained ranker serves unless a learned one beats it (sidestep.verify.gate.choose_ranker).
+The best untrained ranker serves unless a learned one beats it beyond its paired 95% interval
+(sidestep.verify.gate.choose_ranker).
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def choose_ranker(root: DataRoot, settings: Settings, domain: str, *, seed: int 
     learned = learned_candidates(root, domain)
     fp = digest({"index": corpus.version, "learned": {k: x.version for k, x in sorted(learned.items())},
                  "n": v.ranker_queries, "seed": seed, "candidates": v.candidates, "max_doc_tokens": v.max_doc_tokens,
-                 "verify_top": v.verify_top})
+                 "verify_top": v.verify_top, "rule": "learned-beyond-ci95"})
     current = load_choice(root, domain)
     if current is not None and current.get("fingerprint") == fp and not force:
         return {**current, "published": False, "unchanged": True}

@@ -40,15 +40,24 @@ def test_ndcg_of_one_relevant_document_and_the_paired_interval():
     assert lo < 0 < hi
 
 
-def test_the_best_untrained_ranker_serves_unless_a_learned_one_beats_it():
+def test_the_best_untrained_ranker_serves_unless_a_learned_one_beats_it_beyond_chance():
     dense, fusion, maxsim = [0.2, 0.4, 0.3], [0.5, 0.5, 0.5], [0.9, 0.8, 0.7]
     c = choose_ranker({"pooled_cosine": dense, "fusion": fusion, "maxsim": maxsim}, ci=paired_ci)
     assert c.ranker == "maxsim" and c.best_untrained == "maxsim" and c.margin == 0.0
     assert c.over_dense == pytest.approx(0.8 - 0.3) and c.over_dense_ci95[0] > 0
     assert "maxsim is the best untrained ranker" in c.reason and c.queries == 3
 
-    learned = choose_ranker({"pooled_cosine": dense, "fusion": fusion, "maxsim": maxsim, "verifier:g": [1, 1, 0.7]})
+    learned = choose_ranker({"pooled_cosine": dense * 10, "fusion": fusion * 10, "maxsim": maxsim * 10,
+                             "verifier:g": [1, 1, 0.7] * 10})
     assert learned.ranker == "verifier:g" and learned.margin == pytest.approx(0.9 - 0.8)
+    assert learned.learned_ci95[0] > 0 and "95% CI" in learned.reason
+    # ahead on the mean, but inside its interval: on 3 queries one of which it ties, chance cannot be ruled out
+    lucky = choose_ranker({"pooled_cosine": dense, "fusion": fusion, "maxsim": maxsim, "verifier:g": [1, 1, 0.7]})
+    assert lucky.ranker == "maxsim" and lucky.margin == 0.0 and lucky.learned_ci95[0] <= 0 < lucky.learned_ci95[1]
+    assert "verifier:g leads it by +0.1000, inside its 95% interval" in lucky.reason
+    mixed = [m + d for m, d in zip(maxsim * 20, [0.3, -0.25] * 30, strict=True)]  # +0.025 on the mean, noisy
+    assert choose_ranker({"pooled_cosine": dense * 20, "fusion": fusion * 20, "maxsim": maxsim * 20,
+                          "verifier:g": mixed}).ranker == "maxsim"
     tie = choose_ranker({"pooled_cosine": dense, "fusion": fusion, "maxsim": maxsim, "verifier:g": maxsim})
     assert tie.ranker == "maxsim" and "verifier:g does not beat it (+0.0000)" in tie.reason
     cheap = choose_ranker({"pooled_cosine": fusion, "fusion": fusion, "maxsim": fusion})
