@@ -171,7 +171,8 @@ def main() -> None:
         raise SystemExit(f"{c}'s published ranker choice was not made with general verifier {g['version']}")
     if choice is None:
         choice = choose_ranker(root, s, c, force=True)
-    res["choice"] = {k: choice.get(k) for k in ("ranker", "reason", "ndcg10", "queries", "over_dense_ci95", "kinds")}
+    res["choice"] = {k: choice.get(k) for k in ("ranker", "reason", "ndcg10", "queries", "over_dense_ci95",
+                                                "learned_ci95", "kinds")}
     general = load_verifier(root, GENERAL_DOMAIN)
     verifiers = {"general": general}
     if not a.no_adapt:

@@ -25,7 +25,7 @@ def index_domain(root: str, settings: Settings, domain: str, sources: Sequence[S
     maps = summarize_task(root, settings, domain)
     pub = publish_task(root, settings, domain, force=force)
     # which ranker serves the domain while it has no verifier of its own (the best untrained one, or the
-    # general verifier where it beats them), chosen on its held-out self-supervised queries
+    # general verifier where it beats them beyond chance), chosen on its held-out self-supervised queries
     # (not over a domain a rollback pinned: its choice stays with the version it was rolled back to)
     ranker = None if pub.pinned else choose_ranker_task(root, settings, domain, force=force)
     return DomainReport(ingest=ingests, embed=emb, summarize=maps, index=pub, ranker=ranker)

@@ -50,7 +50,8 @@ def train_verifier_flow(dataset_dir: str | None, domain: str | None, split: str 
         config_path: TOML config file; default: $SIDESTEP_CONFIG, else the embedded sample configuration.
         self_supervised: Train from the domain's own text, no labels (see above).
         general: Train the general verifier instead (every domain without one of its own may be served by it,
-            where it beats the best untrained ranker on the domain's held-out self-supervised queries): from
+            where it beats the best untrained ranker on the domain's held-out self-supervised queries beyond the
+            paired 95% interval of the difference): from
             the LABELLED sets' judgments and self-supervised lists of every indexed domain's text; then choose
             every such domain's ranker again.
         labelled: With general: labelled sets as DIR=DOMAIN[:SPLIT] (each indexed as DOMAIN first).

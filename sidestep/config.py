@@ -259,11 +259,13 @@ class VerifyConfig(_Strict):
         200, ge=0, description="Held-out self-supervised queries (titles, heading questions, sentence crops of the "
                                "domain's own documents) the ranker of a domain without its own verifier is chosen "
                                "on, at index time: the best of pooled cosine, MaxSim and BM25 + dense fusion, or "
-                               "the general verifier where it beats them. 0: dense recall serves, as before.")
+                               "the general verifier where it beats them beyond the paired 95% interval of the "
+                               "difference. 0: dense recall serves, as before.")
     nightly_adapt: bool = Field(
         True, description="Nightly: each domain without judgments gets the general verifier fine-tuned on its own "
                           "self-supervised lists, published only where it beats the general verifier, MaxSim and "
-                          "the best untrained ranker on the domain's held-out self-supervised queries.")
+                          "the best untrained ranker on the domain's held-out self-supervised queries (the best "
+                          "of them beyond the paired 95% interval of the difference).")
     batch_max_size: int = Field(8, ge=1, description="Requests the verifier deployment scores together.")
     batch_wait_s: float = Field(0.0, ge=0, description="How long the verifier waits to fill a batch. Requests "
                                 "queued while it scores the previous batch fill the next one without any wait; "

@@ -127,7 +127,9 @@ def adapt_domain(root: DataRoot, settings: Settings, domain: str, *, per_domain:
     out.update(gate={"ndcg10": res.ndcg10, "queries": res.queries, "kinds": info["kinds"]}, winner=res.ranker,
                runner_up=runner_up, margin=margin, margin_ci95=[lo, hi], best_epoch=best.get("epoch"),
                val_ndcg10=best.get("val_ndcg10"), epochs_run=len(curve), verify_top=top)
-    if res.ranker == ADAPTED and margin > 0 and lo > 0:  # beyond chance against every rival, the general included
+    # the adapted verifier won on the mean (choose_ranker: beyond chance against the best untrained ranker), and
+    # beats the best other rival, the general verifier included, beyond chance too
+    if res.ranker == ADAPTED and margin > 0 and lo > 0:
         fp = digest({"index": corpus.version, "general": general.version, "seed": seed, "per_domain": per_domain,
                      "cfg": model.cfg.as_dict()})
         version = new_version_name(fp)

@@ -113,7 +113,8 @@ def _lexical(root: DataRoot, domain: str, qids: list[str], queries: dict[str, st
 def choice_summary(choice: dict) -> dict:
     """What eval reports of a domain's ranker choice: which ranker, why, and the held-out figures."""
     return {k: choice.get(k) for k in ("ranker", "reason", "ndcg10", "queries", "kinds", "best_untrained", "margin",
-                                       "over_dense", "over_dense_ci95", "verifier", "version", "index_version")}
+                                       "over_dense", "over_dense_ci95", "learned_ci95", "verifier", "version",
+                                       "index_version")}
 
 
 def verifier_kind(loaded, domain: str) -> str:

@@ -1,6 +1,6 @@
 """Self-supervised queries from unlabelled text (titles, heading questions, sentence crops: the piece is always
 taken out of its positive) and the ranker choice made on them (the best untrained ranker unless a learned one
-beats it strictly)."""
+beats it beyond the paired 95% interval of the difference)."""
 
 from __future__ import annotations
 
