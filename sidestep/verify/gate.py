@@ -100,14 +100,13 @@ class RankerChoice:
                 "reason": self.reason}
 
 
-def choose_ranker(per_query: Mapping[str, Sequence[float]], *, ci=None) -> RankerChoice:
+def choose_ranker(per_query: Mapping[str, Sequence[float]], *, ci=paired_ci) -> RankerChoice:
     """per_query: every ranker's per-query nDCG@10 on the same held-out queries (each of UNTRAINED required;
     any other key is a learned candidate). The best untrained ranker serves unless the best learned one beats it
     by more than chance: the lower end of the paired 95% interval of their difference, ci(a, b) -> (lo, hi), above
     zero. A learned model costs more to serve and was fitted to these queries' neighbours; a lead inside its
     interval is not a gain (on a 90-query antonym probe, a general verifier ahead of MaxSim by +0.0043 on 191
     held-out queries preferred the right document in 87.8% of pairs, MaxSim in 96.7%)."""
-    ci = ci or paired_ci  # None: the paired bootstrap
     missing = set(UNTRAINED) - set(per_query)
     if missing:
         raise ValueError(f"the ranker choice needs every untrained ranker; missing {sorted(missing)}")

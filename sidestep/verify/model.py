@@ -188,46 +188,38 @@ def collate(items: Sequence[Candidates], model: Verifier | None = None
     return feats, qtok, qmask, glob, [c.feats.shape[0] for c in items]
 
 
-def train_logits(model: Verifier, items: Sequence[Candidates]) -> torch.Tensor:
-    """Training-mode logits of several queries' candidates, concatenated in item order. Queries of one length
-    share a forward pass with no padding, each query's term computed once and broadcast over its candidates.
-    The same logits as `model(*collate(items, model), projected=True)` (padded positions are masked, so they
-    change nothing; the last layer is computed for [CLS] alone, `Verifier._cls_only`) for less work: a batch
-    padded to its longest query spends most of its products on padding, a padding mask sends attention to a
-    slower kernel, and the last layer's other positions reach no logit."""
+def _logits_by_length(model: Verifier, items: Sequence[Candidates]) -> list[torch.Tensor]:
+    """Each query's candidate logits, in item order. Queries of one length share a forward pass and lengths are
+    not mixed, so no batch carries padding (padding changes no logit, since padded positions are masked, but a
+    padding mask sends attention to a slower kernel and a padded batch spends its products on padding); each
+    query's term is computed once and broadcast over its candidates (`Verifier.query_term`), and the last layer
+    runs for [CLS] alone (`Verifier._cls_only`)."""
+    out: list[torch.Tensor] = [torch.zeros(0)] * len(items)
     groups: dict[int, list[int]] = {}
     for i, c in enumerate(items):
         groups.setdefault(c.feats.shape[1], []).append(i)
-    parts: list[torch.Tensor] = [torch.zeros(0)] * len(items)
     for idx in groups.values():
-        x = torch.cat([model.inputs(items[i].feats, model.query_term(items[i].qtok)[None], items[i].glob)
-                       for i in idx])
-        glob = torch.cat([items[i].glob for i in idx])
+        xs = [model.inputs(items[i].feats, model.query_term(items[i].qtok)[None], items[i].glob) for i in idx]
+        x = xs[0] if len(xs) == 1 else torch.cat(xs)
+        glob = items[idx[0]].glob if len(idx) == 1 else torch.cat([items[i].glob for i in idx])
         logits = model.readout(model._cls_only(x, None), glob)
         for i, part in zip(idx, torch.split(logits, [items[i].feats.shape[0] for i in idx]), strict=True):
-            parts[i] = part
-    return torch.cat(parts)
+            out[i] = part
+    return out
+
+
+def train_logits(model: Verifier, items: Sequence[Candidates]) -> torch.Tensor:
+    """Training-mode logits of several queries' candidates, concatenated in item order (`_logits_by_length`):
+    the same logits as `model(*collate(items, model), projected=True)`, for less work."""
+    return torch.cat(_logits_by_length(model, items))
 
 
 def score(model: Verifier, items: Sequence[Candidates]) -> list[np.ndarray]:
-    """Logits per query. Queries of the same length share one forward pass; lengths are not mixed,
-    so no batch carries padding (padding changes no score, but the masked softmax costs more). Each
-    query's term is computed once and broadcast over its candidates (`Verifier.query_term`)."""
+    """Logits per query (`_logits_by_length`), each list in list order (`_whole_list`)."""
     if model.training:  # eval() walks every submodule: 0.6 ms of each served query when called every time
         model.eval()
-    out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(items)
-    groups: dict[int, list[int]] = {}
-    for i, c in enumerate(items):
-        groups.setdefault(c.feats.shape[1], []).append(i)
     with torch.inference_mode():
-        for idx in groups.values():
-            xs = [model.inputs(items[i].feats, model.query_term(items[i].qtok)[None], items[i].glob) for i in idx]
-            x = xs[0] if len(xs) == 1 else torch.cat(xs)
-            glob = items[idx[0]].glob if len(idx) == 1 else torch.cat([items[i].glob for i in idx])
-            logits = model.readout(model._cls_only(x, None), glob)
-            for i, part in zip(idx, torch.split(logits, [items[i].feats.shape[0] for i in idx]), strict=True):
-                out[i] = _whole_list(items[i], part.numpy())
-    return out
+        return [_whole_list(c, t.numpy()) for c, t in zip(items, _logits_by_length(model, items), strict=True)]
 
 
 def _whole_list(c: Candidates, logits: np.ndarray) -> np.ndarray:
