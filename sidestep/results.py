@@ -78,6 +78,12 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def skipped_preview(paths: list[str], shown: int = 5) -> str:
+    """The first few skipped paths, and how many more: one readable line however many files were skipped."""
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more
+
+
 @dataclass
 class IngestReport(_Report):
     """One source read into one domain: counts of what the incremental upsert did."""
@@ -95,6 +101,7 @@ class IngestReport(_Report):
     duplicates: int
     interactions: int
     live_documents: int
+    skipped: list[str] = field(default_factory=list)  # files in a text folder not read: not .txt/.md
 
 
 @dataclass

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from sidestep.config import SourceConfig
 from sidestep.ingest.readers import SourceError
 from sidestep.pipeline.ingest import ingest_source
-from sidestep.results import IngestReport
+from sidestep.results import IngestReport, skipped_preview
 from sidestep.storage.paths import DataRoot
 
 from .common import RETRY
@@ -25,4 +25,7 @@ def ingest_task(root: str, source: SourceConfig, max_text_bytes: int, run_id: st
     get_run_logger().info(
         "ingest %s: read=%d new=%d updated=%d unchanged=%d tombstoned=%d quarantined=%d interactions=%d",
         out.domain, out.read, out.new, out.updated, out.unchanged, out.tombstoned, out.quarantined, out.interactions)
+    if out.skipped:
+        get_run_logger().warning("ingest %s: %d file(s) not read (a text folder reads only .txt and .md): %s",
+                                 out.domain, len(out.skipped), skipped_preview(out.skipped))
     return out

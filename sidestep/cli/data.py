@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from sidestep.results import skipped_preview
+
 from .common import (
     DomainOpt,
     FormatOpt,
@@ -49,6 +51,7 @@ def ingest(
                                                          "live_documents")})
         if res["quarantined"]:
             err.print(f"[yellow]{res['quarantined']} record(s) quarantined[/yellow]: see `sidestep status`")
+        _say_skipped(res["skipped"])
 
 
 def index(
@@ -75,7 +78,14 @@ def index(
                                    "quarantined": res["quarantined"], "encoded": res["encoded"],
                                    "published": ", ".join(p["version"] for p in res["published"]) or "nothing new",
                                    "serving": res["version"] or "-"})
+        _say_skipped(res["ingest"].get("skipped") or [])
         err.print(f'next: sidestep search "..." --domain {domain}')
+
+
+def _say_skipped(paths: list[str]) -> None:
+    if paths:
+        err.print(f"[yellow]{len(paths)} file(s) not read[/yellow] (a text folder reads only .txt and .md): "
+                  f"{skipped_preview(paths)}")
 
 
 def reindex(

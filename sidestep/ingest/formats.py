@@ -269,6 +269,18 @@ def _text_files(root: Path) -> Iterator[str]:
         yield rel
 
 
+def skipped_text_files(root: Path) -> list[str]:
+    """Relative posix paths of the regular files a text folder holds but does not read (not .txt/.md; hidden
+    files such as .DS_Store left out), so that an ingest can say what it did not read instead of staying silent."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and not name.lower().endswith(TEXT_SUFFIXES):
+                out.append(Path(dirpath, name).relative_to(root).as_posix())
+    return sorted(out)
+
+
 def _text_entries(root: Path) -> list[tuple[str, str]]:
     """(relative path, "file" | "symlink" | a special kind such as "fifo") of every .txt/.md entry and every
     linked folder.

@@ -18,11 +18,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidestep.config import FORMATS
-from sidestep.ingest.formats import _iter_csv, _iter_json_records, _iter_parquet, _iter_textdir, _text_files
+from sidestep.ingest.formats import (
+    _iter_csv,
+    _iter_json_records,
+    _iter_parquet,
+    _iter_textdir,
+    _text_files,
+    skipped_text_files,
+)
 from sidestep.ingest.recbole import atomic_inter, has_atomic_header, read_recbole
 from sidestep.ingest.recformats import _read_lcrec, _read_unisrec
 from sidestep.ingest.records import RAW_PREVIEW_CHARS, BadRecord, Document, Interaction
@@ -53,6 +60,7 @@ class SourceStream:
     interactions: list[Interaction]
     bad_interactions: list[BadRecord]
     format: str
+    skipped: list[str] = field(default_factory=list)  # files of a text folder not read (not .txt/.md)
 
 
 @dataclass
@@ -159,7 +167,8 @@ def stream_source(
     opts = _Options(id_field, title_field, text_field, max_text_bytes)
     items, interactions, inter_bad = _dispatch(p, fmt, opts)
     validated = (item if isinstance(item, BadRecord) else validate_record(item, max_text_bytes) for item in items)
-    return SourceStream(validated, interactions, inter_bad, fmt)
+    skipped = skipped_text_files(p) if fmt == "textdir" else []
+    return SourceStream(validated, interactions, inter_bad, fmt, skipped)
 
 
 def _dispatch(p: Path, fmt: str, opts: _Options) -> tuple[Iterable[Item], list[Interaction], list[BadRecord]]:

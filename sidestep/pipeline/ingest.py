@@ -56,4 +56,5 @@ def ingest_source(root: DataRoot, source: SourceConfig, *, max_text_bytes: int,
     return IngestReport(domain=source.domain, source=source.path, format=stream.format, run_id=run_id,
                         read=n_read, new=counts["new"], updated=counts["updated"],
                         unchanged=counts["unchanged"], tombstoned=len(tombstoned), quarantined=n_bad,
-                        duplicates=dedupe.n_duplicates, interactions=n_inter, live_documents=live)
+                        duplicates=dedupe.n_duplicates, interactions=n_inter, live_documents=live,
+                        skipped=stream.skipped)

@@ -65,6 +65,25 @@ def _every_document_mapped(settings):
     return settings.model_copy(update={"maps": settings.maps.model_copy(update={"min_chunks": 1})})
 
 
+def test_a_text_folder_reports_every_file_it_does_not_read(data_root, settings, tmp_path):
+    """A PDF or a binary dropped in a notes folder is not read (only .txt/.md are), and the ingest says so by
+    name rather than staying silent; hidden files (.DS_Store) and hidden folders are not listed."""
+    notes = tmp_path / "notes"
+    (notes / "sub").mkdir(parents=True)
+    (notes / ".git").mkdir()
+    (notes / "a.md").write_text("# Hives\n\nThe queen was laying well in hive one.\n")
+    (notes / "sub" / "b.TXT").write_text("Varroa counts were low in the spring.\n")
+    (notes / "report.pdf").write_bytes(b"%PDF-1.4 not text")
+    (notes / "sub" / "scale.bin").write_bytes(bytes(range(256)))
+    (notes / ".DS_Store").write_bytes(b"\0\1")
+    (notes / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    rep = ingest_source(data_root, SourceConfig(domain="tiny", path=str(notes)),
+                        max_text_bytes=settings.ingest.max_text_bytes)
+    assert (rep.format, rep.read, rep.new, rep.quarantined) == ("textdir", 2, 2, 0)
+    assert rep.skipped == ["report.pdf", "sub/scale.bin"]
+    assert IngestReport.from_dict(json.loads(json.dumps(rep.as_dict()))).skipped == rep.skipped
+
+
 def test_documents_shorter_than_min_chunks_get_no_map_and_the_setting_decides_what_is_published(
         data_root, settings, tmp_path):
     """maps.min_chunks: only documents of that many chunks are summarized (the map of a one-window document
