@@ -47,8 +47,9 @@ def eval_(
             main = f"recall -> verify ({v.get('verifier_kind', 'own')} verifier)"
         t = Table("configuration", "ndcg@10", "mrr@10", "recall@100",
                   title=f"{domain} {split} ({res['queries']} queries, {res['index_version']})")
+        label = {"general_verifier": "recall -> verify (general verifier, not served)"}
         for name, m in {main: res["metrics"], **res["baselines"]}.items():
-            t.add_row(name, *(f"{m[c]:.4f}" for c in ("ndcg@10", "mrr@10", "recall@100")))
+            t.add_row(label.get(name, name), *(f"{m[c]:.4f}" for c in ("ndcg@10", "mrr@10", "recall@100")))
         out.print(t)
         c = res.get("cost") or {}
         if c.get("verify_over_maxsim"):
@@ -59,6 +60,10 @@ def eval_(
                       f"{res['verify'].get('verify_top') or 'all'} of {res['verify']['candidates']} candidates")
         if v["requested"] and v.get("reason"):
             err.print(f"[yellow]note:[/yellow] {v['reason']}")
+        if v.get("weighed"):
+            w = v["weighed"]
+            err.print(f"[yellow]note:[/yellow] the {w['verifier_kind']} verifier {w['verifier_version']} the choice "
+                      f"weighed was applied too (its row above); it does not serve this domain, for the reason above")
         out.print(f"runs stored as {res['run_group']}-* in {_root().eval_db()}")
         if res.get("trec_out"):
             out.print(f"TREC run {res['run_id']} written to {res['trec_out']}")

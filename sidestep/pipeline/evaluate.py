@@ -13,7 +13,7 @@ from sidestep.config import Settings
 from sidestep.eval.beir import load_qrels, load_queries
 from sidestep.retrieval.search import maxsim_rerank, rerank, search_texts, verify_top_of
 from sidestep.storage import schemas
-from sidestep.storage.artifacts import IndexStore
+from sidestep.storage.artifacts import CorruptArtifact, IndexStore
 from sidestep.storage.atomic import write_parquet
 from sidestep.storage.documents import DocumentStore
 from sidestep.storage.indexes import load_current, load_token_view
@@ -161,6 +161,17 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
             f"self-supervised queries ({choice['reason']})"))
         if choice.get("verifier"):
             loaded = load_verifier(root, choice["verifier"]["domain"])
+    # a learned ranker the choice weighed and did not pick (the general verifier, inside its interval or
+    # behind): eval still applies that same version, as a row beside the served ranker, so that its figure on
+    # this corpus is known (a version pruned since is not applied)
+    weighed = None
+    if choice is not None and loaded is None:
+        for name, version in (choice.get("learned_offered") or {}).items():
+            try:
+                weighed = load_verifier(root, name.split(":", 1)[-1], version)
+            except CorruptArtifact as e:  # pruned or damaged since the choice: eval goes on without its row
+                verify_info["weighed_error"] = str(e)
+            break
     if loaded is not None:
         verify_info["verifier_kind"] = verifier_kind(loaded, domain)
     t0 = time.perf_counter()
@@ -168,13 +179,19 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
     cost: dict[str, float] = {}
     if verify or baselines:
         view = load_token_view(root, settings, domain, corpus.version)
-        runs, spent = _verified(enc, corpus, view, loaded, qids, queries, k, max(k, settings.verify.candidates),
-                                settings.verify.max_doc_tokens, settings.verify.verify_top)
+        runs, spent = _verified(enc, corpus, view, loaded or weighed, qids, queries, k,
+                                max(k, settings.verify.candidates), settings.verify.max_doc_tokens,
+                                settings.verify.verify_top)
         cost = {"per_query_maxsim_ms": _mean(spent["maxsim_ms"]),
                 "per_query_token_maps_ms": _mean(spent["token_maps_ms"]),
                 "per_query_verifier_ms": _mean(spent["verify_ms"]), "bytes_per_doc": view.source.bytes_per_doc(),
                 "token_store": view.source.kind}
-        if loaded is not None:
+        if weighed is not None:
+            verify_info["weighed"] = {
+                "verifier_kind": verifier_kind(weighed, domain), "verifier_version": weighed.version,
+                "served": False, "learned_offered": (choice or {}).get("learned_offered"),
+                "why": f"{choice['ranker']} serves: {choice['reason']}"}
+        if loaded is not None or weighed is not None:
             stage = np.add(spent["token_maps_ms"], spent["verify_ms"])
             cost["verify_over_maxsim"] = (float(stage.mean()) / cost["per_query_maxsim_ms"]
                                           if cost["per_query_maxsim_ms"] else None)
@@ -183,9 +200,10 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
             cost["p50_maxsim_ms"] = float(np.median(spent["maxsim_ms"])) if spent["maxsim_ms"] else None
             cost["p50_verify_over_maxsim"] = (cost["p50_verify_stage_ms"] / cost["p50_maxsim_ms"]
                                               if cost["p50_maxsim_ms"] else None)
-            verify_info.update(applied=True, verifier_version=loaded.version, verifier_domain=loaded.domain,
-                               candidates=max(k, settings.verify.candidates),
-                               verify_top=verify_top_of(loaded.model, settings.verify.verify_top))
+            verify_info.update(candidates=max(k, settings.verify.candidates),
+                               verify_top=verify_top_of((loaded or weighed).model, settings.verify.verify_top))
+        if loaded is not None:
+            verify_info.update(applied=True, verifier_version=loaded.version, verifier_domain=loaded.domain)
     else:
         runs["pooled_cosine"] = _recall_only(enc, corpus, qids, queries, k)
     if baselines:
@@ -194,6 +212,8 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
     main_name = "verifier" if verify_info["applied"] else "pooled_cosine"
     if choice is not None and not verify_info["applied"] and choice["ranker"] in ("maxsim", "fusion") and baselines:
         main_name = {"maxsim": "maxsim", "fusion": "rrf_bm25_dense"}[choice["ranker"]]
+    if weighed is not None and "verifier" in runs:  # stored under its own name: it is not the served ranker
+        runs["general_verifier"] = runs.pop("verifier")
     verify_info["ranker"] = main_name
     group_id = group_id or f"{domain}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     base_cfg = {"k": k, "split": split, "index": corpus.manifest.get("index"),
@@ -204,9 +224,11 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
         for name, ranking in runs.items():
             run = _run_table(ranking)
             run_id = f"{group_id}-{name}"
-            config = {**base_cfg, "variant": name, "verify": name == "verifier",
-                      "stage": {"pooled_cosine": "recall", "verifier": "recall+verify"}.get(name, name),
-                      **({"verifier_version": verify_info.get("verifier_version")} if name == "verifier" else {})}
+            verified = name in ("verifier", "general_verifier")
+            config = {**base_cfg, "variant": name, "verify": verified,
+                      "stage": "recall+verify" if verified else {"pooled_cosine": "recall"}.get(name, name),
+                      **({"verifier_version": verify_info.get("verifier_version")
+                          or verify_info.get("weighed", {}).get("verifier_version")} if verified else {})}
             wh.record_run(run_id=run_id, dataset=str(Path(dataset_dir).resolve()), domain=domain,
                           index_version=corpus.version, config=config, results=run, qrels=qrels, queries=qids,
                           min_rel=min_rel, label=label if name == main_name else name, group_id=group_id)

@@ -171,6 +171,18 @@ def test_the_general_verifier_is_offered_through_the_gate_served_evaluated_and_a
     assert ev["verify"]["applied"] and ev["verify"]["verifier_kind"] == "general"
     assert ev["verify"]["verifier_domain"] == GENERAL_DOMAIN and f"{GENERAL} serves" in ev["verify"]["reason"]
     assert set(ev["baselines"]) == {"pooled_cosine", "maxsim", "bm25", "rrf_bm25_dense"}
+    # where it was weighed and MaxSim won, MaxSim serves and eval still applies the general verifier, as a row
+    # of its own beside it (the same figure as when it served), saying which verifier and why it does not serve
+    publish_choice(jargon, "jargon", "v-test-weighed", {**choice, "ranker": "maxsim", "verifier": None,
+                                                      "reason": "maxsim test"}, keep=5)
+    ev2 = evaluate_domain(jargon, fast, folder, "jargon", k=10, verify=True)
+    assert not ev2["verify"]["applied"] and ev2["verify"]["ranker"] == "maxsim"
+    assert ev2["metrics"] == ev["baselines"]["maxsim"]
+    assert set(ev2["baselines"]) == {"pooled_cosine", "general_verifier", "bm25", "rrf_bm25_dense"}
+    assert ev2["baselines"]["general_verifier"] == ev["metrics"]
+    w = ev2["verify"]["weighed"]
+    assert (w["verifier_kind"], w["verifier_version"], w["served"]) == ("general", g.version, False)
+    assert w["why"] == "maxsim serves: maxsim test"
     # adaptation: fine-tuned from the general verifier on the domain's own lists, published only past the gate
     ad = adapt_domain(jargon, fast, "jargon", per_domain=12, epochs=1, log=quiet)
     assert set(ad["gate"]["ndcg10"]) == {GENERAL, ADAPTED, "maxsim", "pooled_cosine", "fusion"}

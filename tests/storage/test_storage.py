@@ -74,6 +74,9 @@ def test_embedded_defaults_name_the_sample_corpus():
     assert all(DataRoot(SAMPLES_DIR).root.joinpath(src.path).exists() for src in s.sources)
     with pytest.raises(ValueError):
         Settings.model_validate({"sources": [{"domain": "../x", "path": "p"}]})
+    # the embedded defaults serve a user's own corpus too (eval, index): nothing in them is sized for the
+    # sample's small domains, whose ranker choice is bounded by their document counts anyway
+    assert s.verify == Settings().verify and s.index == Settings().index and s.encoder == Settings().encoder
 
 
 class _Tokens:
