@@ -47,7 +47,9 @@ def eval_(
             main = f"recall -> verify ({v.get('verifier_kind', 'own')} verifier)"
         t = Table("configuration", "ndcg@10", "mrr@10", "recall@100",
                   title=f"{domain} {split} ({res['queries']} queries, {res['index_version']})")
-        label = {"general_verifier": "recall -> verify (general verifier, not served)"}
+        g = v.get("general") or {}
+        label = {"general_verifier": "recall -> verify (general verifier, " + (
+            "leave-one-corpus-out" if g.get("leave_one_corpus_out") else "read these judgments") + ", not served)"}
         for name, m in {main: res["metrics"], **res["baselines"]}.items():
             t.add_row(label.get(name, name), *(f"{m[c]:.4f}" for c in ("ndcg@10", "mrr@10", "recall@100")))
         out.print(t)
@@ -60,10 +62,16 @@ def eval_(
                       f"{res['verify'].get('verify_top') or 'all'} of {res['verify']['candidates']} candidates")
         if v["requested"] and v.get("reason"):
             err.print(f"[yellow]note:[/yellow] {v['reason']}")
-        if v.get("weighed"):
-            w = v["weighed"]
-            err.print(f"[yellow]note:[/yellow] the {w['verifier_kind']} verifier {w['verifier_version']} the choice "
-                      f"weighed was applied too (its row above); it does not serve this domain, for the reason above")
+        if g.get("error"):
+            err.print(f"[yellow]note:[/yellow] the general verifier {g['verifier_version']} could not be applied "
+                      f"beside the served ranker: {g['error']}")
+        elif g:
+            err.print(f"[yellow]note:[/yellow] the general verifier {g['verifier_version']} was applied too (its row "
+                      f"above; " + ("it read none of this corpus's judgments, so its row is the leave-one-corpus-out "
+                                    "figure" if g["leave_one_corpus_out"] else "it was trained on this corpus's "
+                                    "judgments, so its row is not a leave-one-corpus-out figure")
+                      + ("); it does not serve, for the reason above" if v.get("ranker_choice")
+                         else f"); it does not serve: {g['why']}"))
         out.print(f"runs stored as {res['run_group']}-* in {_root().eval_db()}")
         if res.get("trec_out"):
             out.print(f"TREC run {res['run_id']} written to {res['trec_out']}")

@@ -19,7 +19,7 @@ from sidestep.storage.documents import DocumentStore
 from sidestep.storage.indexes import load_current, load_token_view
 from sidestep.storage.paths import DataRoot
 from sidestep.storage.rankers import GENERAL_DOMAIN, load_choice
-from sidestep.storage.verifiers import load_verifier
+from sidestep.storage.verifiers import LoadedVerifier, load_verifier
 from sidestep.storage.warehouse import Warehouse
 from sidestep.text.encoder import doc_text
 from sidestep.text.lexical import BM25, rrf
@@ -53,11 +53,13 @@ def _recall_only(enc, corpus, qids: list[str], queries: dict[str, str], k: int) 
 
 
 def _verified(enc, corpus, view, verifier, qids: list[str], queries: dict[str, str], k: int, depth: int,
-              max_doc_tokens: int, verify_top: int | None = None
+              max_doc_tokens: int, verify_top: int | None = None, others: dict | None = None
               ) -> tuple[dict[str, dict[str, list]], dict[str, list[float]]]:
     """Recall to `depth`, then rerank the same candidates two ways: MaxSim (untrained late interaction)
-    and the verifier, one query at a time as serving does; times each stage."""
-    runs: dict[str, dict[str, list]] = {"pooled_cosine": {}, "maxsim": {}, "verifier": {}}
+    and the verifier, one query at a time as serving does; times each stage. `others` (run name -> verifier)
+    rerank the same candidates too, untimed: rows beside the served ranker."""
+    others = others or {}
+    runs: dict[str, dict[str, list]] = {"pooled_cosine": {}, "maxsim": {}, "verifier": {}, **{n: {} for n in others}}
     spent: dict[str, list[float]] = {"maxsim_ms": [], "token_maps_ms": [], "verify_ms": []}
     warm_up()  # compile the map reductions before the clock runs, as a serving replica does at start
     for s in range(0, len(qids), QUERY_BATCH):
@@ -82,6 +84,10 @@ def _verified(enc, corpus, view, verifier, qids: list[str], queries: dict[str, s
                     spent["token_maps_ms"].append(t["token_maps"])
                     spent["verify_ms"].append(t["verify"])
                     runs["verifier"][q] = _top(ids, sc, k)
+            for name, other in others.items():
+                (sc, _, _), = rerank(other.model, [view], [toks[j]], [pieces[j]], [ids], [rec], max_doc_tokens,
+                                     verify_top)
+                runs[name][q] = _top(ids, sc, k)
     if verifier is None:
         del runs["verifier"]
     return runs, spent
@@ -130,6 +136,44 @@ def verifier_kind(loaded, domain: str) -> str:
     return "self-supervised" if m.get("self_supervised") else "own"
 
 
+GENERAL_ROW = "general_verifier"  # the general verifier's run beside a ranker that is not it
+
+
+def _general_beside(root: DataRoot, domain: str, dataset_dir: str, served, choice: dict | None
+                    ) -> tuple[LoadedVerifier | None, dict | None]:
+    """The general verifier eval applies beside the served ranker when that is not the general verifier itself,
+    and what eval says of it: which version, whether it read this corpus's judgments (if not, its row is the
+    leave-one-corpus-out figure), and why it does not serve.
+
+    Beside a ranker choice it is the version that choice weighed (its figure is the one the choice turned
+    down); beside a domain's own verifier, the current one. A version pruned or damaged since costs only its
+    row."""
+    if served is not None and served.domain == GENERAL_DOMAIN:
+        return None, None
+    if served is None:
+        if choice is None or not choice.get("learned_offered"):
+            return None, None
+        name, version = next(iter(choice["learned_offered"].items()))
+        gdomain, why = name.split(":", 1)[-1], f"{choice['ranker']} serves: {choice['reason']}"
+    else:
+        gdomain, version = GENERAL_DOMAIN, None
+        why = f"the {verifier_kind(served, domain)} verifier {served.version} serves"
+    try:
+        general = load_verifier(root, gdomain, version)
+    except CorruptArtifact as e:
+        return None, {"verifier_kind": "general", "verifier_version": version, "served": False,
+                      "error": str(e)}
+    if general is None:
+        return None, None
+    m = general.manifest or {}
+    here = str(Path(dataset_dir).resolve())
+    read = [lab.get("domain") for lab in (m.get("sources") or {}).get("labelled", [])
+            if lab.get("domain") == domain or lab.get("dataset") == here]
+    return general, {"verifier_kind": "general", "verifier_version": general.version, "served": False,
+                     "read_judgments_of_this_corpus": bool(read), "leave_one_corpus_out": not read,
+                     "leave_out": m.get("leave_out"), "why": why}
+
+
 def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *, k: int = 100,
                     split: str = "test", min_rel: int = 1, out: str | None = None, label: str = "main",
                     group_id: str | None = None, verify: bool = False, verifier_from: str | None = None,
@@ -161,17 +205,10 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
             f"self-supervised queries ({choice['reason']})"))
         if choice.get("verifier"):
             loaded = load_verifier(root, choice["verifier"]["domain"])
-    # a learned ranker the choice weighed and did not pick (the general verifier, inside its interval or
-    # behind): eval still applies that same version, as a row beside the served ranker, so that its figure on
-    # this corpus is known (a version pruned since is not applied)
-    weighed = None
-    if choice is not None and loaded is None:
-        for name, version in (choice.get("learned_offered") or {}).items():
-            try:
-                weighed = load_verifier(root, name.split(":", 1)[-1], version)
-            except CorruptArtifact as e:  # pruned or damaged since the choice: eval goes on without its row
-                verify_info["weighed_error"] = str(e)
-            break
+    general, general_info = (_general_beside(root, domain, dataset_dir, loaded, choice) if verify
+                             else (None, None))
+    if general_info is not None:
+        verify_info["general"] = general_info
     if loaded is not None:
         verify_info["verifier_kind"] = verifier_kind(loaded, domain)
     t0 = time.perf_counter()
@@ -179,19 +216,14 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
     cost: dict[str, float] = {}
     if verify or baselines:
         view = load_token_view(root, settings, domain, corpus.version)
-        runs, spent = _verified(enc, corpus, view, loaded or weighed, qids, queries, k,
+        runs, spent = _verified(enc, corpus, view, loaded, qids, queries, k,
                                 max(k, settings.verify.candidates), settings.verify.max_doc_tokens,
-                                settings.verify.verify_top)
+                                settings.verify.verify_top, {GENERAL_ROW: general} if general else None)
         cost = {"per_query_maxsim_ms": _mean(spent["maxsim_ms"]),
                 "per_query_token_maps_ms": _mean(spent["token_maps_ms"]),
                 "per_query_verifier_ms": _mean(spent["verify_ms"]), "bytes_per_doc": view.source.bytes_per_doc(),
                 "token_store": view.source.kind}
-        if weighed is not None:
-            verify_info["weighed"] = {
-                "verifier_kind": verifier_kind(weighed, domain), "verifier_version": weighed.version,
-                "served": False, "learned_offered": (choice or {}).get("learned_offered"),
-                "why": f"{choice['ranker']} serves: {choice['reason']}"}
-        if loaded is not None or weighed is not None:
+        if loaded is not None:
             stage = np.add(spent["token_maps_ms"], spent["verify_ms"])
             cost["verify_over_maxsim"] = (float(stage.mean()) / cost["per_query_maxsim_ms"]
                                           if cost["per_query_maxsim_ms"] else None)
@@ -200,10 +232,9 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
             cost["p50_maxsim_ms"] = float(np.median(spent["maxsim_ms"])) if spent["maxsim_ms"] else None
             cost["p50_verify_over_maxsim"] = (cost["p50_verify_stage_ms"] / cost["p50_maxsim_ms"]
                                               if cost["p50_maxsim_ms"] else None)
-            verify_info.update(candidates=max(k, settings.verify.candidates),
-                               verify_top=verify_top_of((loaded or weighed).model, settings.verify.verify_top))
-        if loaded is not None:
-            verify_info.update(applied=True, verifier_version=loaded.version, verifier_domain=loaded.domain)
+            verify_info.update(applied=True, verifier_version=loaded.version, verifier_domain=loaded.domain,
+                               candidates=max(k, settings.verify.candidates),
+                               verify_top=verify_top_of(loaded.model, settings.verify.verify_top))
     else:
         runs["pooled_cosine"] = _recall_only(enc, corpus, qids, queries, k)
     if baselines:
@@ -212,8 +243,6 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
     main_name = "verifier" if verify_info["applied"] else "pooled_cosine"
     if choice is not None and not verify_info["applied"] and choice["ranker"] in ("maxsim", "fusion") and baselines:
         main_name = {"maxsim": "maxsim", "fusion": "rrf_bm25_dense"}[choice["ranker"]]
-    if weighed is not None and "verifier" in runs:  # stored under its own name: it is not the served ranker
-        runs["general_verifier"] = runs.pop("verifier")
     verify_info["ranker"] = main_name
     group_id = group_id or f"{domain}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     base_cfg = {"k": k, "split": split, "index": corpus.manifest.get("index"),
@@ -224,11 +253,12 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
         for name, ranking in runs.items():
             run = _run_table(ranking)
             run_id = f"{group_id}-{name}"
-            verified = name in ("verifier", "general_verifier")
+            verified = name in ("verifier", GENERAL_ROW)
+            version = (general_info or {}).get("verifier_version") if name == GENERAL_ROW \
+                else verify_info.get("verifier_version")
             config = {**base_cfg, "variant": name, "verify": verified,
                       "stage": "recall+verify" if verified else {"pooled_cosine": "recall"}.get(name, name),
-                      **({"verifier_version": verify_info.get("verifier_version")
-                          or verify_info.get("weighed", {}).get("verifier_version")} if verified else {})}
+                      **({"verifier_version": version} if verified else {})}
             wh.record_run(run_id=run_id, dataset=str(Path(dataset_dir).resolve()), domain=domain,
                           index_version=corpus.version, config=config, results=run, qrels=qrels, queries=qids,
                           min_rel=min_rel, label=label if name == main_name else name, group_id=group_id)

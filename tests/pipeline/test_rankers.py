@@ -139,7 +139,7 @@ def test_the_general_verifier_is_offered_through_the_gate_served_evaluated_and_a
     from sidestep.pipeline.general import LabelledSet, train_general_verifier
     from sidestep.serving.core import SearchService
     from sidestep.storage.rankers import GENERAL_DOMAIN, publish_choice
-    from sidestep.storage.verifiers import load_verifier
+    from sidestep.storage.verifiers import load_verifier, publish_verifier
 
     fast = settings.model_copy(update={"verify": settings.verify.model_copy(update={
         "epochs": 1, "near_misses": 1, "ranker_queries": 10})})
@@ -180,9 +180,10 @@ def test_the_general_verifier_is_offered_through_the_gate_served_evaluated_and_a
     assert ev2["metrics"] == ev["baselines"]["maxsim"]
     assert set(ev2["baselines"]) == {"pooled_cosine", "general_verifier", "bm25", "rrf_bm25_dense"}
     assert ev2["baselines"]["general_verifier"] == ev["metrics"]
-    w = ev2["verify"]["weighed"]
+    w = ev2["verify"]["general"]
     assert (w["verifier_kind"], w["verifier_version"], w["served"]) == ("general", g.version, False)
     assert w["why"] == "maxsim serves: maxsim test"
+    assert w["read_judgments_of_this_corpus"] and not w["leave_one_corpus_out"]  # it read jargon's judgments
     # adaptation: fine-tuned from the general verifier on the domain's own lists, published only past the gate
     ad = adapt_domain(jargon, fast, "jargon", per_domain=12, epochs=1, log=quiet)
     assert set(ad["gate"]["ndcg10"]) == {GENERAL, ADAPTED, "maxsim", "pooled_cosine", "fusion"}
@@ -194,3 +195,14 @@ def test_the_general_verifier_is_offered_through_the_gate_served_evaluated_and_a
     loco = train_general_verifier(jargon, fast, labelled=[judged],
                                   domains=["jargon"], leave_out="jargon", per_domain=12, log=quiet)
     assert loco["sources"]["labelled"] == [] and loco["leave_out"] == "jargon"
+    # beside a domain's own verifier, eval applies the current general verifier too: here one that read none of
+    # the corpus's judgments, so its row is the leave-one-corpus-out figure beside the in-domain one
+    if not ad["published"]:
+        publish_verifier(jargon, "jargon", "v-test-own", g.model, {}, keep=5)
+    own = load_verifier(jargon, "jargon")
+    ev3 = evaluate_domain(jargon, fast, folder, "jargon", k=10, verify=True)
+    assert ev3["verify"]["applied"] and ev3["verify"]["verifier_version"] == own.version
+    w = ev3["verify"]["general"]
+    assert (w["verifier_version"], w["leave_one_corpus_out"], w["leave_out"]) == (loco["version"], True, "jargon")
+    assert w["why"] == f"the {ev3['verify']['verifier_kind']} verifier {own.version} serves"
+    assert set(ev3["baselines"]) == {"pooled_cosine", "maxsim", "general_verifier", "bm25", "rrf_bm25_dense"}
