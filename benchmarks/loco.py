@@ -186,7 +186,8 @@ def main() -> None:
         min_rel = 1
         for name in verifiers:
             ev = evaluate_domain(root, s, str(DIRS[c]), c, k=100, split="test", min_rel=min_rel, verify=True,
-                                 verifier_from=GENERAL_DOMAIN if name == "general" else c, label=f"loco-{name}")
+                                 verifier_from=GENERAL_DOMAIN if name == "general" else c, label=f"loco-{name}",
+                                 general_beside=False)  # the general verifier has its own evaluation here
             res[f"eval_{name}"] = {"metrics": ev["metrics"], "baselines": ev["baselines"], "verify": ev["verify"],
                                    "run_ids": ev["run_ids"]}
             if c == "scifact":

@@ -78,9 +78,9 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def skipped_preview(paths: list[str], shown: int = 5) -> str:
+def skipped_preview(count: int, paths: list[str], shown: int = 5) -> str:
     """The first few skipped paths, and how many more: one readable line however many files were skipped."""
-    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    more = f" and {count - min(shown, len(paths))} more" if count > min(shown, len(paths)) else ""
     return ", ".join(paths[:shown]) + more
 
 
@@ -101,7 +101,8 @@ class IngestReport(_Report):
     duplicates: int
     interactions: int
     live_documents: int
-    skipped: list[str] = field(default_factory=list)  # files in a text folder not read: not .txt/.md
+    skipped: int = 0  # files in a text folder not read: not .txt/.md
+    skipped_files: list[str] = field(default_factory=list)  # the first of them by path (at most 20)
 
 
 @dataclass

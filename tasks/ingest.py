@@ -27,5 +27,5 @@ def ingest_task(root: str, source: SourceConfig, max_text_bytes: int, run_id: st
         out.domain, out.read, out.new, out.updated, out.unchanged, out.tombstoned, out.quarantined, out.interactions)
     if out.skipped:
         get_run_logger().warning("ingest %s: %d file(s) not read (a text folder reads only .txt and .md): %s",
-                                 out.domain, len(out.skipped), skipped_preview(out.skipped))
+                                 out.domain, out.skipped, skipped_preview(out.skipped, out.skipped_files))
     return out

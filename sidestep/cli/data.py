@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from sidestep.results import skipped_preview
@@ -51,7 +52,7 @@ def ingest(
                                                          "live_documents")})
         if res["quarantined"]:
             err.print(f"[yellow]{res['quarantined']} record(s) quarantined[/yellow]: see `sidestep status`")
-        _say_skipped(res["skipped"])
+        _say_skipped(res["skipped"], res["skipped_files"])
 
 
 def index(
@@ -78,14 +79,14 @@ def index(
                                    "quarantined": res["quarantined"], "encoded": res["encoded"],
                                    "published": ", ".join(p["version"] for p in res["published"]) or "nothing new",
                                    "serving": res["version"] or "-"})
-        _say_skipped(res["ingest"].get("skipped") or [])
+        _say_skipped(res["ingest"].get("skipped") or 0, res["ingest"].get("skipped_files") or [])
         err.print(f'next: sidestep search "..." --domain {domain}')
 
 
-def _say_skipped(paths: list[str]) -> None:
-    if paths:
-        err.print(f"[yellow]{len(paths)} file(s) not read[/yellow] (a text folder reads only .txt and .md): "
-                  f"{skipped_preview(paths)}")
+def _say_skipped(count: int, paths: list[str]) -> None:
+    if count:
+        err.print(f"[yellow]{count} file(s) not read[/yellow] (a text folder reads only .txt and .md): "
+                  f"{escape(skipped_preview(count, paths))}")
 
 
 def reindex(

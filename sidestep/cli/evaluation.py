@@ -48,8 +48,11 @@ def eval_(
         t = Table("configuration", "ndcg@10", "mrr@10", "recall@100",
                   title=f"{domain} {split} ({res['queries']} queries, {res['index_version']})")
         g = v.get("general") or {}
-        label = {"general_verifier": "recall -> verify (general verifier, " + (
-            "leave-one-corpus-out" if g.get("leave_one_corpus_out") else "read these judgments") + ", not served)"}
+        read = ("judgments read: not recorded" if g.get("leave_one_corpus_out") is None
+                else "leave-one-corpus-out" if g["leave_one_corpus_out"]
+                else "trained on these test judgments" if g.get("trained_on_evaluated_split")
+                else "read this corpus's judgments")
+        label = {"general_verifier": f"recall -> verify (general verifier, {read}, not served)"}
         for name, m in {main: res["metrics"], **res["baselines"]}.items():
             t.add_row(label.get(name, name), *(f"{m[c]:.4f}" for c in ("ndcg@10", "mrr@10", "recall@100")))
         out.print(t)
@@ -66,12 +69,15 @@ def eval_(
             err.print(f"[yellow]note:[/yellow] the general verifier {g['verifier_version']} could not be applied "
                       f"beside the served ranker: {g['error']}")
         elif g:
+            what = {None: "its manifest does not say which judgments it read",
+                    True: "it read none of this corpus's judgments, so its row is the leave-one-corpus-out figure",
+                    False: "it was trained on this corpus's judgments"
+                           + (f", {split} split included: its row is scored on its own training judgments"
+                              if g.get("trained_on_evaluated_split") else "")
+                           + ", so its row is not a leave-one-corpus-out figure"}[g.get("leave_one_corpus_out")]
             err.print(f"[yellow]note:[/yellow] the general verifier {g['verifier_version']} was applied too (its row "
-                      f"above; " + ("it read none of this corpus's judgments, so its row is the leave-one-corpus-out "
-                                    "figure" if g["leave_one_corpus_out"] else "it was trained on this corpus's "
-                                    "judgments, so its row is not a leave-one-corpus-out figure")
-                      + ("); it does not serve, for the reason above" if v.get("ranker_choice")
-                         else f"); it does not serve: {g['why']}"))
+                      f"above; {what}); it does not serve"
+                      + (", for the reason above" if v.get("ranker_choice") else f": {g['why']}"))
         out.print(f"runs stored as {res['run_group']}-* in {_root().eval_db()}")
         if res.get("trec_out"):
             out.print(f"TREC run {res['run_id']} written to {res['trec_out']}")

@@ -269,16 +269,29 @@ def _text_files(root: Path) -> Iterator[str]:
         yield rel
 
 
-def skipped_text_files(root: Path) -> list[str]:
-    """Relative posix paths of the regular files a text folder holds but does not read (not .txt/.md; hidden
-    files such as .DS_Store left out), so that an ingest can say what it did not read instead of staying silent."""
-    out: list[str] = []
+SKIPPED_NAMED = 20  # skipped files named in a report; the count covers the rest
+
+
+def skipped_text_files(root: Path, named: int = SKIPPED_NAMED) -> tuple[int, list[str]]:
+    """How many regular files a text folder holds but does not read (not .txt/.md), and the first `named` of
+    them in path order, so that an ingest says what it did not read instead of staying silent. Hidden files and
+    folders (.DS_Store, .git) are left out; links and special files are not listed (the read itself reports
+    those named like text). Memory stays bounded however large the folder."""
+    count, first = 0, []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith(".") and not name.lower().endswith(TEXT_SUFFIXES):
-                out.append(Path(dirpath, name).relative_to(root).as_posix())
-    return sorted(out)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or name.lower().endswith(TEXT_SUFFIXES):
+                continue
+            try:
+                if not stat.S_ISREG(os.lstat(os.path.join(dirpath, name)).st_mode):
+                    continue
+            except OSError:
+                continue
+            count += 1
+            if len(first) < named:
+                first.append(Path(dirpath, name).relative_to(root).as_posix())
+    return count, first
 
 
 def _text_entries(root: Path) -> list[tuple[str, str]]:

@@ -60,7 +60,8 @@ class SourceStream:
     interactions: list[Interaction]
     bad_interactions: list[BadRecord]
     format: str
-    skipped: list[str] = field(default_factory=list)  # files of a text folder not read (not .txt/.md)
+    skipped: int = 0  # files of a text folder not read (not .txt/.md)
+    skipped_files: list[str] = field(default_factory=list)  # the first of them by path
 
 
 @dataclass
@@ -167,8 +168,8 @@ def stream_source(
     opts = _Options(id_field, title_field, text_field, max_text_bytes)
     items, interactions, inter_bad = _dispatch(p, fmt, opts)
     validated = (item if isinstance(item, BadRecord) else validate_record(item, max_text_bytes) for item in items)
-    skipped = skipped_text_files(p) if fmt == "textdir" else []
-    return SourceStream(validated, interactions, inter_bad, fmt, skipped)
+    skipped, skipped_files = skipped_text_files(p) if fmt == "textdir" else (0, [])
+    return SourceStream(validated, interactions, inter_bad, fmt, skipped, skipped_files)
 
 
 def _dispatch(p: Path, fmt: str, opts: _Options) -> tuple[Iterable[Item], list[Interaction], list[BadRecord]]:

@@ -13,7 +13,7 @@ from sidestep.config import Settings
 from sidestep.eval.beir import load_qrels, load_queries
 from sidestep.retrieval.search import maxsim_rerank, rerank, search_texts, verify_top_of
 from sidestep.storage import schemas
-from sidestep.storage.artifacts import CorruptArtifact, IndexStore
+from sidestep.storage.artifacts import IndexStore
 from sidestep.storage.atomic import write_parquet
 from sidestep.storage.documents import DocumentStore
 from sidestep.storage.indexes import load_current, load_token_view
@@ -60,7 +60,7 @@ def _verified(enc, corpus, view, verifier, qids: list[str], queries: dict[str, s
     rerank the same candidates too, untimed: rows beside the served ranker."""
     others = others or {}
     runs: dict[str, dict[str, list]] = {"pooled_cosine": {}, "maxsim": {}, "verifier": {}, **{n: {} for n in others}}
-    spent: dict[str, list[float]] = {"maxsim_ms": [], "token_maps_ms": [], "verify_ms": []}
+    spent: dict[str, list[float]] = {"maxsim_ms": [], "token_maps_ms": [], "verify_ms": [], "others_ms": []}
     warm_up()  # compile the map reductions before the clock runs, as a serving replica does at start
     for s in range(0, len(qids), QUERY_BATCH):
         batch = qids[s:s + QUERY_BATCH]
@@ -84,10 +84,12 @@ def _verified(enc, corpus, view, verifier, qids: list[str], queries: dict[str, s
                     spent["token_maps_ms"].append(t["token_maps"])
                     spent["verify_ms"].append(t["verify"])
                     runs["verifier"][q] = _top(ids, sc, k)
+            t_other = time.perf_counter()
             for name, other in others.items():
                 (sc, _, _), = rerank(other.model, [view], [toks[j]], [pieces[j]], [ids], [rec], max_doc_tokens,
                                      verify_top)
                 runs[name][q] = _top(ids, sc, k)
+            spent["others_ms"].append((time.perf_counter() - t_other) * 1000)
     if verifier is None:
         del runs["verifier"]
     return runs, spent
@@ -139,50 +141,55 @@ def verifier_kind(loaded, domain: str) -> str:
 GENERAL_ROW = "general_verifier"  # the general verifier's run beside a ranker that is not it
 
 
-def _general_beside(root: DataRoot, domain: str, dataset_dir: str, served, choice: dict | None
+def _general_beside(root: DataRoot, domain: str, dataset_dir: str, split: str, served, choice: dict | None
                     ) -> tuple[LoadedVerifier | None, dict | None]:
     """The general verifier eval applies beside the served ranker when that is not the general verifier itself,
-    and what eval says of it: which version, whether it read this corpus's judgments (if not, its row is the
-    leave-one-corpus-out figure), and why it does not serve.
+    and what eval says of it: which version, which of this corpus's judgments it read (none: its row is the
+    leave-one-corpus-out figure; the evaluated split: its row is scored on its own training judgments), and why
+    it does not serve.
 
     Beside a ranker choice it is the version that choice weighed (its figure is the one the choice turned
     down); beside a domain's own verifier, the current one. A version pruned or damaged since costs only its
-    row."""
+    row. A manifest that does not list what was read leaves the question open (None), never claims "none"."""
     if served is not None and served.domain == GENERAL_DOMAIN:
         return None, None
     if served is None:
-        if choice is None or not choice.get("learned_offered"):
+        version = (choice or {}).get("learned_offered", {}).get(f"verifier:{GENERAL_DOMAIN}")
+        if version is None:
             return None, None
-        name, version = next(iter(choice["learned_offered"].items()))
-        gdomain, why = name.split(":", 1)[-1], f"{choice['ranker']} serves: {choice['reason']}"
+        why = f"the ranker choice picked {choice['ranker']}: {choice['reason']}"
     else:
-        gdomain, version = GENERAL_DOMAIN, None
-        why = f"the {verifier_kind(served, domain)} verifier {served.version} serves"
+        version, why = None, f"the domain's {verifier_kind(served, domain)} verifier {served.version} serves"
     try:
-        general = load_verifier(root, gdomain, version)
-    except CorruptArtifact as e:
+        general = load_verifier(root, GENERAL_DOMAIN, version)
+    except Exception as e:  # noqa: BLE001 - a bad artifact costs only its row, as it does for serving
         return None, {"verifier_kind": "general", "verifier_version": version, "served": False,
-                      "error": str(e)}
+                      "error": f"{type(e).__name__}: {e}"}
     if general is None:
         return None, None
-    m = general.manifest or {}
+    sources = (general.manifest or {}).get("sources")
     here = str(Path(dataset_dir).resolve())
-    read = [lab.get("domain") for lab in (m.get("sources") or {}).get("labelled", [])
-            if lab.get("domain") == domain or lab.get("dataset") == here]
+    read = None if sources is None else [
+        {"domain": lab.get("domain"), "split": lab.get("split")} for lab in sources.get("labelled", [])
+        if lab.get("domain") == domain or lab.get("dataset") == here]
     return general, {"verifier_kind": "general", "verifier_version": general.version, "served": False,
-                     "read_judgments_of_this_corpus": bool(read), "leave_one_corpus_out": not read,
-                     "leave_out": m.get("leave_out"), "why": why}
+                     "judgments_read": read, "read_judgments_of_this_corpus": None if read is None else bool(read),
+                     "trained_on_evaluated_split": None if read is None else any(r["split"] == split for r in read),
+                     "leave_one_corpus_out": None if read is None else not read,
+                     "leave_out": (general.manifest or {}).get("leave_out"), "why": why}
 
 
 def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain: str, *, k: int = 100,
                     split: str = "test", min_rel: int = 1, out: str | None = None, label: str = "main",
                     group_id: str | None = None, verify: bool = False, verifier_from: str | None = None,
-                    baselines: bool = True) -> dict:
+                    baselines: bool = True, general_beside: bool = True) -> dict:
     """Run SPLIT's queries through the serving path and store every configuration as a run in DuckDB.
 
     With verify (and a published verifier: the domain's own, or VERIFIER_FROM's), `metrics` is recall ->
     verify and the baselines beside it come from the same run: pooled cosine (recall only), MaxSim
-    reranking the same candidates, BM25 and its reciprocal-rank fusion with dense recall."""
+    reranking the same candidates, BM25 and its reciprocal-rank fusion with dense recall. With verify and
+    general_beside, a published general verifier that does not serve is applied too, as the run
+    `general_verifier` (see _general_beside)."""
     queries = load_queries(dataset_dir, split=split)
     qrels = load_qrels(dataset_dir, split)
     store = IndexStore(root)
@@ -205,8 +212,8 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
             f"self-supervised queries ({choice['reason']})"))
         if choice.get("verifier"):
             loaded = load_verifier(root, choice["verifier"]["domain"])
-    general, general_info = (_general_beside(root, domain, dataset_dir, loaded, choice) if verify
-                             else (None, None))
+    general, general_info = (_general_beside(root, domain, dataset_dir, split, loaded, choice)
+                             if verify and general_beside else (None, None))
     if general_info is not None:
         verify_info["general"] = general_info
     if loaded is not None:
@@ -240,6 +247,8 @@ def evaluate_domain(root: DataRoot, settings: Settings, dataset_dir: str, domain
     if baselines:
         runs.update(_lexical(root, domain, qids, queries, k, runs.get("pooled_cosine")))
     seconds = time.perf_counter() - t0
+    if verify or baselines:
+        seconds -= sum(spent["others_ms"]) / 1000  # the general verifier's row beside is not the served path
     main_name = "verifier" if verify_info["applied"] else "pooled_cosine"
     if choice is not None and not verify_info["applied"] and choice["ranker"] in ("maxsim", "fusion") and baselines:
         main_name = {"maxsim": "maxsim", "fusion": "rrf_bm25_dense"}[choice["ranker"]]

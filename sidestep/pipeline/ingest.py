@@ -57,4 +57,4 @@ def ingest_source(root: DataRoot, source: SourceConfig, *, max_text_bytes: int,
                         read=n_read, new=counts["new"], updated=counts["updated"],
                         unchanged=counts["unchanged"], tombstoned=len(tombstoned), quarantined=n_bad,
                         duplicates=dedupe.n_duplicates, interactions=n_inter, live_documents=live,
-                        skipped=stream.skipped)
+                        skipped=stream.skipped, skipped_files=stream.skipped_files)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from sidestep.pipeline.embed import embed_domain
 from sidestep.pipeline.index import publish_domain
 from sidestep.pipeline.ingest import ingest_source
 from sidestep.pipeline.summarize import summarize_domain
-from sidestep.results import EmbedReport, IngestReport, PublishResult, SummarizeReport
+from sidestep.results import EmbedReport, IngestReport, PublishResult, SummarizeReport, skipped_preview
 
 DOCS = [
     {"id": "a", "title": "Backups", "text": "Database backups run nightly at two and are kept for thirty days."},
@@ -67,21 +68,30 @@ def _every_document_mapped(settings):
 
 def test_a_text_folder_reports_every_file_it_does_not_read(data_root, settings, tmp_path):
     """A PDF or a binary dropped in a notes folder is not read (only .txt/.md are), and the ingest says so by
-    name rather than staying silent; hidden files (.DS_Store) and hidden folders are not listed."""
+    name rather than staying silent: every such regular file counted, the first 20 by path named. Hidden files
+    (.DS_Store) and folders (.git), links and special files are not listed."""
     notes = tmp_path / "notes"
     (notes / "sub").mkdir(parents=True)
     (notes / ".git").mkdir()
     (notes / "a.md").write_text("# Hives\n\nThe queen was laying well in hive one.\n")
     (notes / "sub" / "b.TXT").write_text("Varroa counts were low in the spring.\n")
-    (notes / "report.pdf").write_bytes(b"%PDF-1.4 not text")
+    (notes / "report [final].pdf").write_bytes(b"%PDF-1.4 not text")
     (notes / "sub" / "scale.bin").write_bytes(bytes(range(256)))
+    for i in range(23):
+        (notes / "sub" / f"photo{i:02d}.jpg").write_bytes(b"\xff\xd8")
     (notes / ".DS_Store").write_bytes(b"\0\1")
     (notes / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (notes / "link.bin").symlink_to(notes / "sub" / "scale.bin")
+    os.mkfifo(notes / "pipe.dat")
     rep = ingest_source(data_root, SourceConfig(domain="tiny", path=str(notes)),
                         max_text_bytes=settings.ingest.max_text_bytes)
     assert (rep.format, rep.read, rep.new, rep.quarantined) == ("textdir", 2, 2, 0)
-    assert rep.skipped == ["report.pdf", "sub/scale.bin"]
-    assert IngestReport.from_dict(json.loads(json.dumps(rep.as_dict()))).skipped == rep.skipped
+    assert rep.skipped == 25
+    assert rep.skipped_files == ["report [final].pdf"] + [f"sub/photo{i:02d}.jpg" for i in range(19)]
+    assert skipped_preview(rep.skipped, rep.skipped_files) == (
+        "report [final].pdf, sub/photo00.jpg, sub/photo01.jpg, sub/photo02.jpg, sub/photo03.jpg and 20 more")
+    back = IngestReport.from_dict(json.loads(json.dumps(rep.as_dict())))
+    assert (back.skipped, back.skipped_files) == (rep.skipped, rep.skipped_files)
 
 
 def test_documents_shorter_than_min_chunks_get_no_map_and_the_setting_decides_what_is_published(

@@ -182,8 +182,10 @@ def test_the_general_verifier_is_offered_through_the_gate_served_evaluated_and_a
     assert ev2["baselines"]["general_verifier"] == ev["metrics"]
     w = ev2["verify"]["general"]
     assert (w["verifier_kind"], w["verifier_version"], w["served"]) == ("general", g.version, False)
-    assert w["why"] == "maxsim serves: maxsim test"
-    assert w["read_judgments_of_this_corpus"] and not w["leave_one_corpus_out"]  # it read jargon's judgments
+    assert w["why"] == "the ranker choice picked maxsim: maxsim test"
+    # it read jargon's test judgments, the very split evaluated: said so, never called leave-one-corpus-out
+    assert w["judgments_read"] == [{"domain": "jargon", "split": "test"}] and w["trained_on_evaluated_split"]
+    assert w["read_judgments_of_this_corpus"] and w["leave_one_corpus_out"] is False
     # adaptation: fine-tuned from the general verifier on the domain's own lists, published only past the gate
     ad = adapt_domain(jargon, fast, "jargon", per_domain=12, epochs=1, log=quiet)
     assert set(ad["gate"]["ndcg10"]) == {GENERAL, ADAPTED, "maxsim", "pooled_cosine", "fusion"}
@@ -204,5 +206,18 @@ def test_the_general_verifier_is_offered_through_the_gate_served_evaluated_and_a
     assert ev3["verify"]["applied"] and ev3["verify"]["verifier_version"] == own.version
     w = ev3["verify"]["general"]
     assert (w["verifier_version"], w["leave_one_corpus_out"], w["leave_out"]) == (loco["version"], True, "jargon")
-    assert w["why"] == f"the {ev3['verify']['verifier_kind']} verifier {own.version} serves"
+    assert w["why"] == f"the domain's {ev3['verify']['verifier_kind']} verifier {own.version} serves"
+    assert w["judgments_read"] == [] and w["trained_on_evaluated_split"] is False
     assert set(ev3["baselines"]) == {"pooled_cosine", "maxsim", "general_verifier", "bm25", "rrf_bm25_dense"}
+    assert ev3["metrics"] == evaluate_domain(jargon, fast, folder, "jargon", k=10, verify=True,
+                                             general_beside=False)["metrics"]
+    # a damaged general verifier costs only its row: eval of the domain goes on, and says why the row is missing
+    current = jargon.root / "verifiers" / GENERAL_DOMAIN / "CURRENT"
+    good = current.read_text()
+    current.write_text("../../etc")
+    try:
+        ev4 = evaluate_domain(jargon, fast, folder, "jargon", k=10, verify=True)
+    finally:
+        current.write_text(good)
+    assert ev4["metrics"] == ev3["metrics"] and "general_verifier" not in ev4["baselines"]
+    assert ev4["verify"]["general"]["error"] and not ev4["verify"]["general"]["served"]
