@@ -34,7 +34,9 @@ def eval_(
     """Ingest and index a BEIR folder, run its queries through the serving search path, store the runs
     in DuckDB and print nDCG@10, MRR@10 and Recall@100 (computed by SQL views), with the baselines of the
     same run: pooled cosine (recall only), MaxSim reranking the same candidates, BM25, and BM25 + dense
-    reciprocal-rank fusion."""
+    reciprocal-rank fusion. A domain without a verifier of its own is served by the ranker chosen on its
+    held-out self-supervised queries. A published general verifier that does not serve is applied too, as a
+    row of its own, saying which of this corpus's judgments it read (none: the leave-one-corpus-out figure)."""
     res = _run(_engine().evaluate, as_json, dataset_dir, domain, k=k, split=split, min_rel=min_rel, verify=verify,
                train_verifier=train_verifier, verifier_from=verifier_from, out=out_path,
                trec_out=trec_out).as_dict()
