@@ -14,6 +14,7 @@ import os
 import re
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -252,9 +253,10 @@ def _iter_parquet(path: Path, opts: _Options) -> Iterator[Item]:
 # --------------------------------------------------------------------------- text folders
 
 
-def _iter_textdir(root: Path, opts: _Options) -> Iterator[Item]:
-    """Only regular files inside the root are read: links are not followed, special files never opened."""
-    for rel, kind in _text_entries(root):
+def _iter_textdir(root: Path, opts: _Options, entries: list[tuple[str, str]] | None = None) -> Iterator[Item]:
+    """Only regular files inside the root are read: links are not followed, special files never opened.
+    `entries`: the folder's scan (`scan_textdir(root).entries`) when the caller already has it."""
+    for rel, kind in _text_entries(root) if entries is None else entries:
         if kind == "symlink":
             yield BadRecord(rel, f"symlink: not followed (points to {_link_target(root / rel)})", rel)
         elif kind != "file":
@@ -272,45 +274,47 @@ def _text_files(root: Path) -> Iterator[str]:
 SKIPPED_NAMED = 20  # skipped files named in a report; the count covers the rest
 
 
-def skipped_text_files(root: Path, named: int = SKIPPED_NAMED) -> tuple[int, list[str]]:
-    """How many regular files a text folder holds but does not read (not .txt/.md), and the first `named` of
-    them in path order, so that an ingest says what it did not read instead of staying silent. Hidden files and
-    folders (.DS_Store, .git) are left out; links and special files are not listed (the read itself reports
-    those named like text). Memory stays bounded however large the folder."""
-    count, first = 0, []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or name.lower().endswith(TEXT_SUFFIXES):
-                continue
-            try:
-                if not stat.S_ISREG(os.lstat(os.path.join(dirpath, name)).st_mode):
-                    continue
-            except OSError:
-                continue
-            count += 1
-            if len(first) < named:
-                first.append(Path(dirpath, name).relative_to(root).as_posix())
-    return count, first
+@dataclass
+class TextDirScan:
+    """One walk of a text folder: what it reads, and what it holds but does not read."""
+
+    entries: list[tuple[str, str]]  # (relative path, "file" | "symlink" | a special kind) of each .txt/.md entry
+    skipped: int  # regular files that are not .txt/.md (hidden files and folders left out)
+    skipped_files: list[str]  # the first SKIPPED_NAMED of them, in walk order (files before subfolders, sorted)
 
 
-def _text_entries(root: Path) -> list[tuple[str, str]]:
-    """(relative path, "file" | "symlink" | a special kind such as "fifo") of every .txt/.md entry and every
-    linked folder.
+def scan_textdir(root: Path) -> TextDirScan:
+    """Every .txt/.md entry and every linked folder, with its kind, and the count (and first names) of the
+    regular files the folder holds but does not read, so that an ingest says what it did not read instead of
+    staying silent. Links and special files not named like text are not counted; hidden files and anything
+    under a hidden folder (.DS_Store, .git/) are not counted either. Memory for the skipped stays bounded.
 
     os.walk does not enter linked folders (followlinks=False) but lists them among the folders; lstat
     tells a link or a FIFO named like a text file from a regular file without opening it.
     """
     found: list[tuple[str, str]] = []
+    skipped, first = 0, []
     for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel_dir = Path(dirpath).relative_to(root)
+        hidden_dir = any(part.startswith(".") for part in rel_dir.parts)
         for name in dirnames:
             if Path(dirpath, name).is_symlink():
-                found.append((Path(dirpath, name).relative_to(root).as_posix(), "symlink"))
-        for name in filenames:
+                found.append(((rel_dir / name).as_posix(), "symlink"))
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
             if name.lower().endswith(TEXT_SUFFIXES):
-                path = Path(dirpath, name)
-                found.append((path.relative_to(root).as_posix(), _entry_kind(path)))
-    return sorted(found)
+                found.append(((rel_dir / name).as_posix(), _entry_kind(path)))
+            elif not (hidden_dir or name.startswith(".")) and _entry_kind(path) == "file":
+                skipped += 1
+                if len(first) < SKIPPED_NAMED:
+                    first.append((rel_dir / name).as_posix())
+    return TextDirScan(sorted(found), skipped, first)
+
+
+def _text_entries(root: Path) -> list[tuple[str, str]]:
+    """(relative path, kind) of every .txt/.md entry and every linked folder (`scan_textdir`)."""
+    return scan_textdir(root).entries
 
 
 def _entry_kind(path: Path) -> str:

@@ -23,12 +23,13 @@ from pathlib import Path
 
 from sidestep.config import FORMATS
 from sidestep.ingest.formats import (
+    TextDirScan,
     _iter_csv,
     _iter_json_records,
     _iter_parquet,
     _iter_textdir,
     _text_files,
-    skipped_text_files,
+    scan_textdir,
 )
 from sidestep.ingest.recbole import atomic_inter, has_atomic_header, read_recbole
 from sidestep.ingest.recformats import _read_lcrec, _read_unisrec
@@ -166,13 +167,14 @@ def stream_source(
     p = Path(path)
     fmt = _resolve_format(p, fmt)
     opts = _Options(id_field, title_field, text_field, max_text_bytes)
-    items, interactions, inter_bad = _dispatch(p, fmt, opts)
+    scan = scan_textdir(p) if fmt == "textdir" else None  # one walk: what is read and what is not
+    items, interactions, inter_bad = _dispatch(p, fmt, opts, scan)
     validated = (item if isinstance(item, BadRecord) else validate_record(item, max_text_bytes) for item in items)
-    skipped, skipped_files = skipped_text_files(p) if fmt == "textdir" else (0, [])
-    return SourceStream(validated, interactions, inter_bad, fmt, skipped, skipped_files)
+    return SourceStream(validated, interactions, inter_bad, fmt, *((scan.skipped, scan.skipped_files) if scan else ()))
 
 
-def _dispatch(p: Path, fmt: str, opts: _Options) -> tuple[Iterable[Item], list[Interaction], list[BadRecord]]:
+def _dispatch(p: Path, fmt: str, opts: _Options, scan: TextDirScan | None = None
+              ) -> tuple[Iterable[Item], list[Interaction], list[BadRecord]]:
     """Layout checks run here, eagerly, so SourceError comes before any record is parsed."""
     if fmt == "beir":
         corpus = p / "corpus.jsonl"
@@ -187,7 +189,7 @@ def _dispatch(p: Path, fmt: str, opts: _Options) -> tuple[Iterable[Item], list[I
     if fmt == "parquet":
         return _iter_parquet(p, opts), [], []
     if fmt == "textdir":
-        return _iter_textdir(p, opts), [], []
+        return _iter_textdir(p, opts, scan.entries if scan else None), [], []
     if fmt == "recbole":
         return read_recbole(p)
     if fmt == "unisrec":
