@@ -32,7 +32,7 @@ def _index(root: str, settings, dataset_dir: str, domain: str) -> DomainReport:
 def train_verifier_flow(dataset_dir: str | None, domain: str | None, split: str = "train", seed: int = 0,
                         config_path: str | None = None, self_supervised: bool = False, general: bool = False,
                         labelled: list[str] | None = None, leave_out: str | None = None,
-                        per_domain: int = 300) -> dict:
+                        per_domain: int | None = None) -> dict:
     """Index DATASET_DIR (a BEIR folder) into DOMAIN, then train and publish DOMAIN's verifier on its SPLIT
     qrels: hard negatives from recall's top candidates and structural near-misses of each positive.
 
@@ -56,7 +56,8 @@ def train_verifier_flow(dataset_dir: str | None, domain: str | None, split: str 
             every such domain's ranker again.
         labelled: With general: labelled sets as DIR=DOMAIN[:SPLIT] (each indexed as DOMAIN first).
         leave_out: With general: a domain whose judgments are not read (leave-one-corpus-out).
-        per_domain: With general: self-supervised queries drawn from each domain's text.
+        per_domain: With general: self-supervised queries drawn from each domain's text (default: the
+            config's verify.general_per_domain).
     """
     settings = settings_from(config_path)
     root = str(root_from(settings).root)

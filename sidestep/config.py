@@ -255,6 +255,11 @@ class VerifyConfig(_Strict):
                                        "stopping, and the same share again for the publishing gate (a document's "
                                        "title is a query in one part only, and held-out documents are no training "
                                        "list's candidates).")
+    general_per_domain: int = Field(
+        600, ge=10, description="`train-verifier --general`: self-supervised queries drawn from each indexed domain's "
+                                "text (a tenth of them validate). Leave-one-corpus-out on SciFact, 600 rather than 300 "
+                                "moved the general verifier from 0.7167 to 0.7220 nDCG@10 and its training (SciFact's "
+                                "809 judged claims beside two 5,000-document corpora) from 629 s to 792 s on 2 cores.")
     ranker_queries: int = Field(
         200, ge=0, description="Held-out self-supervised queries (titles, heading questions, sentence crops of the "
                                "domain's own documents) the ranker of a domain without its own verifier is chosen "

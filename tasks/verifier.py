@@ -37,7 +37,7 @@ def train_verifier_self_supervised_task(root: str, settings: Settings, domain: s
 
 @task(name="train-general-verifier", **TRAIN_RETRY, cache_policy=NO_CACHE, tags=["verifier"])
 def train_general_verifier_task(root: str, settings: Settings, labelled: list[str], leave_out: str | None = None,
-                                per_domain: int = 300, seed: int = 0) -> dict:
+                                per_domain: int | None = None, seed: int = 0) -> dict:
     """The general verifier from every labelled set (DIR=DOMAIN[:SPLIT]) and every domain's own text."""
     from sidestep.pipeline.general import parse_labelled, train_general_verifier
 

@@ -109,7 +109,9 @@ def train_verifier(
                         ] = None,
     leave_out: Annotated[str | None, typer.Option("--leave-out", help="With --general: a domain whose judgments "
                                                   "are not read (leave-one-corpus-out).")] = None,
-    per_domain: Annotated[int, typer.Option(help="With --general: self-supervised queries per domain.")] = 300,
+    per_domain: Annotated[int | None, typer.Option(help="With --general: self-supervised queries per domain "
+                                                   "(default: the config's verify.general_per_domain, 600).")
+                          ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train and publish DOMAIN's verifier: positives from the train qrels, hard negatives from recall's top

@@ -104,12 +104,15 @@ def self_supervised_lists(ps: PseudoSet, settings: Settings, enc, *, n_val: int,
 
 
 def train_general_verifier(root: DataRoot, settings: Settings, *, labelled: list[LabelledSet],
-                           domains: list[str] | None = None, leave_out: str | None = None, per_domain: int = 300,
+                           domains: list[str] | None = None, leave_out: str | None = None,
+                           per_domain: int | None = None,
                            seed: int = 0, publish_as: str = GENERAL_DOMAIN, log=print) -> dict:
     """Train the general verifier (see the module docstring) and publish it as PUBLISH_AS. `domains`: those
     whose text gives self-supervised lists (default: every indexed domain); `leave_out`: a domain whose
-    judgments are not read; `per_domain`: self-supervised queries per domain (a tenth of them validate)."""
+    judgments are not read; `per_domain`: self-supervised queries per domain (a tenth of them validate; default
+    the settings' `verify.general_per_domain`)."""
     t0 = time.perf_counter()
+    per_domain = settings.verify.general_per_domain if per_domain is None else per_domain
     # one general adapter would have to fit every domain's queries: the identity serves them all alike
     settings = settings.model_copy(update={"verify": settings.verify.model_copy(update={"adapter_epochs": 0,
                                                                                         "pseudo_docs": 0})})

@@ -171,7 +171,7 @@ def choose_ranker(root: DataRoot, settings: Settings, domain: str, *, seed: int 
     learned = learned_candidates(root, domain)
     fp = digest({"index": corpus.version, "learned": {k: x.version for k, x in sorted(learned.items())},
                  "n": v.ranker_queries, "seed": seed, "candidates": v.candidates, "max_doc_tokens": v.max_doc_tokens,
-                 "verify_top": v.verify_top, "rule": "learned-beyond-ci95"})
+                 "verify_top": v.verify_top, "rule": "learned-beyond-ci95", "queries": "kind-drawn-at-random"})
     current = load_choice(root, domain)
     if current is not None and current.get("fingerprint") == fp and not force:
         return {**current, "published": False, "unchanged": True}

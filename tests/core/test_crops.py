@@ -16,10 +16,12 @@ TEXT = ("Pumps are checked weekly. The qorvex valve leaks when the seal is worn 
 def test_each_kind_takes_its_piece_out_of_the_positive():
     titles = ["Checking the pumps weekly", "", ""]
     texts = [TEXT, "## Storing fresh herbs\nWrap the herbs in a damp towel and keep them cold for a week.", TEXT]
-    got = {p.pos: p for p in pseudo_queries(titles, texts, 10, seed=0)}
+    got = {p.pos: p for p in pseudo_queries(titles, texts, 10, seed=0, kinds=("title", "heading"))}
     assert got[0].kind == "title" and got[0].query == titles[0] and got[0].doc_text == TEXT
     assert got[1].kind == "heading" and got[1].query == "what about storing fresh herbs?"
     assert "Storing fresh herbs" not in got[1].doc_text and got[1].doc_text.startswith("Wrap the herbs")
+    assert 2 not in got  # no title, no heading, and crops not asked for
+    got = {p.pos: p for p in pseudo_queries(titles, texts, 10, seed=0)}
     assert got[2].kind == "crop" and got[2].query in TEXT and got[2].query not in got[2].doc_text
     assert got[2].query != "Pumps are checked weekly."  # never the first sentence of a longer text
     assert 5 <= len(got[2].query.split()) <= 30
@@ -28,6 +30,18 @@ def test_each_kind_takes_its_piece_out_of_the_positive():
     assert pseudo_queries(["", ""], ["One sentence only here.", ""], 5, seed=0) == []  # nothing would be left
     with pytest.raises(ValueError, match="unknown pseudo-query kinds"):
         pseudo_queries(titles, texts, 3, seed=0, kinds=("title", "summary"))
+
+
+def test_a_titled_corpus_gives_crops_too_not_its_titles_alone():
+    """A title is the easiest query a document has: a titled corpus must not give titles alone."""
+    titles = [f"Pump station number {i} checks" for i in range(200)]
+    texts = [TEXT] * 200
+    drawn = pseudo_queries(titles, texts, 200, seed=3)
+    kinds = {k: sum(p.kind == k for p in drawn) for k in ("title", "crop")}
+    assert len(drawn) == 200 and 70 <= kinds["title"] <= 130 and kinds["title"] + kinds["crop"] == 200
+    for p in drawn:
+        assert p.query not in p.doc_text  # whichever kind, its piece is out of its positive
+    assert {p.kind for p in pseudo_queries(titles, texts, 50, seed=3, kinds=("title",))} == {"title"}
 
 
 def test_ndcg_of_one_relevant_document_and_the_paired_interval():

@@ -142,12 +142,11 @@ def test_the_general_verifier_is_offered_through_the_gate_served_evaluated_and_a
     from sidestep.storage.verifiers import load_verifier, publish_verifier
 
     fast = settings.model_copy(update={"verify": settings.verify.model_copy(update={
-        "epochs": 1, "near_misses": 1, "ranker_queries": 10})})
+        "epochs": 1, "near_misses": 1, "ranker_queries": 10, "general_per_domain": 12})})
     quiet = lambda *_: None  # noqa: E731
     folder = str(jargon.root.parent / "jargon")
     judged = LabelledSet(folder, "jargon", "test")
-    res = train_general_verifier(jargon, fast, labelled=[judged],
-                                 domains=["jargon"], per_domain=12, log=quiet)
+    res = train_general_verifier(jargon, fast, labelled=[judged], domains=["jargon"], log=quiet)  # 12 a domain
     g = load_verifier(jargon, GENERAL_DOMAIN)
     assert g.version == res["version"] and g.manifest["general"] and g.manifest["leave_out"] is None
     lab, = g.manifest["sources"]["labelled"]
