@@ -3,11 +3,14 @@ self-supervised lists, as in production), then evaluated on that corpus beside e
 run; the domain's adaptation from it (published only past its gate) evaluated the same way; the ranker the domain
 would be served (the choice on its held-out self-supervised queries).
 
-    python benchmarks/loco.py --root /tmp/x/root --corpus msmarco [--per-domain 100] [--epochs 5] [--near-misses 1]
+    python benchmarks/loco.py --root /tmp/x/root --corpus msmarco [--per-domain N] [--epochs N] [--near-misses N]
+        [--ranker-queries N] [--out FILE]
+
+Every budget left out is the configured default (verify.general_per_domain, epochs, near_misses, ranker_queries).
 
 ROOT must hold SciFact (domain scifact) and msmarco-5k (domain msmarco) indexed (a copy of a benchmark root: nothing
-is re-encoded); `--corpus antonym` indexes scifact-antonym into it. Writes benchmarks/loco_last_run.json (one key
-per corpus, merged with earlier runs).
+is re-encoded); `--corpus antonym` indexes scifact-antonym into it. Writes benchmarks/loco_last_run.json, or
+--out (one key per corpus, merged with earlier runs of the same file).
 """
 
 from __future__ import annotations
@@ -132,10 +135,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True)
     ap.add_argument("--corpus", choices=["msmarco", "scifact", "antonym"], required=True)
-    ap.add_argument("--per-domain", type=int, default=100)
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--near-misses", type=int, default=1)
-    ap.add_argument("--ranker-queries", type=int, default=100)
+    ap.add_argument("--per-domain", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--near-misses", type=int, default=None)
+    ap.add_argument("--ranker-queries", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-adapt", action="store_true")
     ap.add_argument("--reuse-general", action="store_true",
                     help="use the general verifier already published (trained without this corpus's judgments)")
@@ -143,12 +147,14 @@ def main() -> None:
                     help="use the corpus's ranker choice already published (made with this general verifier offered)")
     a = ap.parse_args()
     s = default_settings()
-    s = s.model_copy(update={"verify": s.verify.model_copy(update={
-        "epochs": a.epochs, "near_misses": a.near_misses, "ranker_queries": a.ranker_queries})})
+    budgets = {"epochs": a.epochs, "near_misses": a.near_misses, "ranker_queries": a.ranker_queries,
+               "general_per_domain": a.per_domain}
+    s = s.model_copy(update={"verify": s.verify.model_copy(update={k: x for k, x in budgets.items() if x is not None})})
     root = DataRoot(Path(a.root))
     c = a.corpus
     t0 = time.perf_counter()
-    res: dict = {"corpus": c, "args": vars(a), "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
+    res: dict = {"corpus": c, "args": vars(a), "budgets": {k: getattr(s.verify, k) for k in budgets},
+                 "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
     domains = ["scifact", "msmarco"]
     if c == "antonym" and IndexStore(root).current("antonym") is None:  # indexed once per root
         index_antonym(root, s)
@@ -162,7 +168,7 @@ def main() -> None:
             raise SystemExit(f"the published general verifier read {c}'s judgments")
         g = {"version": m.version, **m.manifest, "reused": True}
     else:
-        g = train_general_verifier(root, s, labelled=labelled, domains=domains, leave_out=c, per_domain=a.per_domain)
+        g = train_general_verifier(root, s, labelled=labelled, domains=domains, leave_out=c)
     g.pop("self_supervised_positives", None)
     res["general"] = {k: g.get(k) for k in ("version", "seconds", "data_seconds", "train_lists", "val_queries",
                                             "val_ndcg10", "best_epoch", "sources", "leave_out", "reused")}
@@ -176,7 +182,7 @@ def main() -> None:
     general = load_verifier(root, GENERAL_DOMAIN)
     verifiers = {"general": general}
     if not a.no_adapt:
-        ad = adapt_domain(root, s, c, per_domain=a.per_domain)
+        ad = adapt_domain(root, s, c, **({} if a.per_domain is None else {"per_domain": a.per_domain}))
         res["adaptation"] = ad
         if ad.get("published"):
             verifiers["adapted"] = load_verifier(root, c)
@@ -196,9 +202,9 @@ def main() -> None:
     res["served"] = served(res)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     res["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    prev = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    prev = json.loads(a.out.read_text()) if a.out.is_file() else {}
     prev[c] = res
-    OUT.write_text(json.dumps(prev, indent=1, default=str))
+    a.out.write_text(json.dumps(prev, indent=1, default=str))
     print(json.dumps(res, indent=1, default=str))
 
 
