@@ -35,8 +35,9 @@ def ray_home(root: DataRoot) -> Path:
     return home
 
 
-def configure(root: DataRoot, *, ray: bool = False) -> dict[str, str]:
-    """Set the environment variables that keep the stack local; returns what was set."""
+def configure(root: DataRoot, *, ray: bool = False, create_home: bool = True) -> dict[str, str]:
+    """Set the environment variables that keep the stack local; returns what was set. create_home=False sets
+    them without creating Prefect's home (a command that only prints its help writes nothing)."""
     env = {
         "PREFECT_HOME": os.environ.get("PREFECT_HOME") or str(root.prefect_home()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -62,7 +63,8 @@ def configure(root: DataRoot, *, ray: bool = False) -> dict[str, str]:
             "RAY_SERVE_HTTP_HOST": "127.0.0.1",
         })
     # a read-only root can still be searched; writing commands refuse it (rootcheck.check_root)
-    with contextlib.suppress(OSError):
-        Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    if create_home:
+        with contextlib.suppress(OSError):
+            Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.update(env)
     return env

@@ -63,7 +63,7 @@ def main(
     from sidestep.storage.rootcheck import DataRootError
 
     try:
-        runtime.configure(_root())
+        runtime.configure(_root(), create_home="--help" not in sys.argv[1:])  # help alone writes nothing
     except DataRootError as e:  # a URL as the data root: a clear message, exit 2, before any command runs
         _fail(str(e), "--json" in sys.argv, 2)
 

@@ -34,6 +34,22 @@ def test_the_installed_entry_point_runs():
     assert r.returncode == 0 and all(c in r.stdout for c in COMMANDS)
 
 
+def test_asking_for_help_writes_nothing(tmp_path):
+    """`sidestep CMD --help` in a folder of the user's own leaves no data root (./var) behind."""
+    exe = VENV_BIN / "sidestep"
+    if not exe.exists():
+        pytest.skip("sidestep is not installed in .venv")
+    env = {k: x for k, x in os.environ.items() if k not in ("SIDESTEP_HOME", "PREFECT_HOME")}
+    for args in (["--help"], ["compare", "--help"], ["--home", "data", "status", "--help"]):
+        r = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+        assert r.returncode == 0 and "Usage" in r.stdout, r.stderr
+    assert list(tmp_path.iterdir()) == []
+    r = subprocess.run([str(exe), "--home", "data", "status", "--json"], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "data").is_dir()  # a command that runs still makes its data root
+
+
 def test_train_verifier_needs_a_folder_unless_self_supervised_and_demo_can_keep_serving():
     r = runner.invoke(app, ["train-verifier", "--domain", "notes", "--json"])
     assert r.exit_code == 2 and "unless --self-supervised" in json.loads(r.stdout)["error"]
