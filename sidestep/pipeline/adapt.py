@@ -57,7 +57,7 @@ def attempt_key(root: DataRoot, settings: Settings, domain: str) -> str | None:
         return None
     store = verifier_store(root)
     return digest({"index": index, "general": store.current(GENERAL_DOMAIN), "own": store.current(domain),
-                   "verify": settings.verify.model_dump(mode="json")})
+                   "verify": settings.verify.model_dump(mode="json"), "queries": "kind-drawn-at-random"})
 
 
 def last_attempt(root: DataRoot, domain: str) -> str | None:
