@@ -170,7 +170,9 @@ def stream_source(
     scan = scan_textdir(p) if fmt == "textdir" else None  # one walk: what is read and what is not
     items, interactions, inter_bad = _dispatch(p, fmt, opts, scan)
     validated = (item if isinstance(item, BadRecord) else validate_record(item, max_text_bytes) for item in items)
-    return SourceStream(validated, interactions, inter_bad, fmt, *((scan.skipped, scan.skipped_files) if scan else ()))
+    if scan is None:
+        return SourceStream(validated, interactions, inter_bad, fmt)
+    return SourceStream(validated, interactions, inter_bad, fmt, skipped=scan.skipped, skipped_files=scan.skipped_files)
 
 
 def _dispatch(p: Path, fmt: str, opts: _Options, scan: TextDirScan | None = None
