@@ -134,10 +134,12 @@ class SearchService(VersionedDomains):
                 unavailable = ranker == "pooled_cosine" or bool(general and not self.verifier.has(general))
             else:  # the Ray app: its verifier deployment decides, unless pooled cosine was chosen outright
                 unavailable = stage.choice is not None and ranker == "pooled_cosine"
-            if unavailable:
+            if unavailable and ranker == "pooled_cosine" and stage.choice is not None:
+                stage.reason = self._why(stage)  # recall's order is the chosen ranker's
+            elif unavailable:
                 stage.reason = f"no verifier is published for domain {name!r}: results are recall only"
                 if stage.choice is not None:
-                    stage.reason += f" (pooled cosine chosen: {stage.choice['reason']})"
+                    stage.reason += (f" (the chosen {ranker} is not loaded; the choice: {stage.choice['reason']})")
         if verify and stage.reason is None:
             t1 = time.perf_counter()
             qpieces = self.encoder.query_ids([query])[0]  # tokenized once: the encoder and the lexical features
@@ -247,6 +249,8 @@ class SearchService(VersionedDomains):
             reason = (verified or {}).get("reason") or stage.reason
             if stage.requested and reason:
                 info["reason"] = reason
+            if stage.requested and stage.request is None and (stage.choice or {}).get("ranker") == "pooled_cosine":
+                info["ranker"] = "pooled_cosine"
         timings["total"] = (time.perf_counter() - stage.t0) * 1e3
         return {
             "index_version": stage.corpus.version,

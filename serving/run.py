@@ -111,26 +111,58 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def wait_for_stop() -> int:
-    """Block until SIGINT (Ctrl-C) or SIGTERM and return which. Both are handled explicitly: a process
-    started with SIGINT ignored (a shell's background job, some process supervisors) never gets Python's
-    KeyboardInterrupt, and would otherwise ignore Ctrl-C and leave its servers up. The previous handlers
-    are restored before returning, so the caller's cleanup can still be interrupted."""
-    stop = threading.Event()
-    got: list[int] = []
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM, handled from before a server starts until it is asked to stop.
 
-    def handler(signum, _frame) -> None:
-        got.append(signum)
-        stop.set()
+    Both are handled explicitly: a process started with SIGINT ignored (a shell's background job, some process
+    supervisors) never gets Python's KeyboardInterrupt, and SIGTERM's default ends the process without any
+    cleanup. Installed before anything starts, so that a stop asked for while a server is still starting (Ray
+    and Serve take tens of seconds, and the port may already answer) is not lost: the first such signal raises
+    KeyboardInterrupt there, and the caller's `with` stops what was started. Once `wait()` runs, a signal ends
+    the wait instead; the previous handlers are then restored, so the caller's cleanup can still be interrupted
+    as it could be without this."""
 
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        for sig, h in old.items():
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.got: list[int] = []
+        self._stop = threading.Event()
+        self._waiting = False
+        self._old: dict[int, object] = {}
+
+    def _handler(self, signum, _frame) -> None:
+        self.got.append(signum)
+        self._stop.set()
+        if not self._waiting and len(self.got) == 1:
+            raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name} while starting")
+
+    def __enter__(self) -> StopSignals:
+        self._old = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
+        return self
+
+    def wait(self) -> int:
+        """Block until SIGINT or SIGTERM (or one that came while starting) and return which."""
+        self._waiting = True
+        try:
+            while not self._stop.wait(0.5):
+                pass
+        finally:
+            self._restore()
+        return self.got[0]
+
+    def _restore(self) -> None:
+        for sig, h in self._old.items():
             signal.signal(sig, h)
-    return got[0]
+        self._old = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+
+def wait_for_stop() -> int:
+    """Block until SIGINT (Ctrl-C) or SIGTERM and return which (see StopSignals)."""
+    with StopSignals() as stop:
+        return stop.wait()
 
 
 class ServeHandle:
@@ -167,12 +199,17 @@ class ServeHandle:
         from .app import build_app
 
         if not ray.is_initialized():
+            kept = signal.getsignal(signal.SIGTERM)
             ray.init(num_cpus=self.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                      namespace="sidestep", log_to_driver=False, logging_level="WARNING",
                      runtime_env={"env_vars": {**serve_env, **{k: os.environ[k] for k in (
                          "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SIDESTEP_HOME", "HOME",
                          "RAY_USAGE_STATS_ENABLED", "TOKENIZERS_PARALLELISM", "ORT_DISABLE_TELEMETRY")
                          if k in os.environ}}})
+            if callable(kept) and threading.current_thread() is threading.main_thread():
+                # ray.init replaces SIGTERM's handler with its own (sys.exit); a caller's own one (StopSignals:
+                # stop what was started, exit 130) stays. Ray's replaces only the default.
+                signal.signal(signal.SIGTERM, kept)
         if self.direct:  # the proxy still runs (Ray starts one on the head node): on a spare port
             self.proxy_port = _free_port(self.host)
         serve.start(http_options={"host": self.host, "port": self.proxy_port}, logging_config={"log_level": "WARNING"})

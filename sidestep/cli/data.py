@@ -123,9 +123,11 @@ def reindex(
 def search(
     query: Annotated[str, typer.Argument(help="Query text.")],
     domain: DomainOpt = None,
-    k: Annotated[int, typer.Option(min=1, max=1000)] = 10,
+    k: Annotated[int, typer.Option("--k", "-k", help="Documents returned.", min=1, max=1000)] = 10,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Rerank recall's candidates with the "
-                                         "domain's verifier (when one is published).")] = True,
+                                         "domain's verifier, or, for a domain without one, with the ranker "
+                                         "its indexing chose (the general verifier, MaxSim, BM25 + dense "
+                                         "fusion or pooled cosine); --no-verify: recall's order alone.")] = True,
     mode: Annotated[str, typer.Option(help="chunks (bag of chunks) or map (route by document maps, then "
                                       "map-conditioned chunk choice).")] = "chunks",
     doc_id: Annotated[str | None, typer.Option(help="With --mode map: rank the chunks of this document.")] = None,
@@ -153,8 +155,12 @@ def search(
                 _fail(str(e), as_json, 2)
     _emit(res, as_json)
     if not as_json:
+        v = res.get("verify") or {}
+        ranked = ("verifier " + str(v.get("verifier_version")) if v.get("applied") and not v.get("ranker")
+                  else v.get("ranker") or "recall (pooled cosine)")
         t = Table("#", "doc_id", "chunk", "score", "title / snippet",
-                  title=f"{res['domain']} @ {res['index_version']} ({res['mode']})")
+                  title=f"{res['domain']} @ {res['index_version']} ({res['mode']})",
+                  caption=f"ranked by {ranked}" + (f": {v['reason']}" if v.get("reason") else ""))
         for i, h in enumerate(res["results"], 1):
             t.add_row(str(i), h["doc_id"], str(h.get("chunk", 0)), f"{h['score']:.4f}",
                       (h.get("snippet", "") if doc_id else h.get("title") or h.get("snippet", ""))[:80])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -20,7 +22,7 @@ def serve(
 
     Fails closed: a non-loopback --host needs $SIDESTEP_API_TOKEN (or --insecure), and a token variable
     that is set but empty is an error."""
-    from sidestep.serving.run import InsecureServe, ServeHandle, check_auth, wait_for_stop
+    from sidestep.serving.run import InsecureServe, ServeHandle, StopSignals, check_auth
 
     s = _settings()
     bind = host or s.serve.host
@@ -28,10 +30,28 @@ def serve(
         check_auth(bind, s.serve.token_env, insecure=insecure)
     except InsecureServe as e:
         _fail(str(e), False, 2)
-    with ServeHandle(_root(), host=bind, port=port or s.serve.port, preset=preset, insecure=insecure) as h:
+    with (StopSignals() as stop, _stopped_while_starting("serving"),
+          ServeHandle(_root(), host=bind, port=port or s.serve.port, preset=preset, insecure=insecure) as h):
         err.print(f"serving on {h.url}  (docs: {h.url}/docs)  Ctrl-C to stop")
-        wait_for_stop()
+        stop.wait()
         err.print("stopping")
+
+
+@contextmanager
+def _stopped_while_starting(what: str):
+    """A stop signal that came before `what` was up (StopSignals raised it there, and the server's own `with`
+    has stopped what it had started): say so and exit 130, as an interrupted command does."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+    except SystemExit as e:  # ray.init's own SIGTERM handler, while it runs, exits with the signal's number
+        if e.code not in (signal.SIGTERM, signal.SIGINT):
+            raise
+    else:
+        return
+    err.print(f"stopped before {what} had started; everything it started is stopped")
+    raise typer.Exit(130)
 
 
 def deploy(
@@ -42,13 +62,14 @@ def deploy(
     """Start a local Prefect server (SQLite under the data root) with its UI, and a runner serving every
     deployment (the nightly one on its cron schedule) until Ctrl-C."""
     from sidestep.flows.ui import LocalPrefect
-    from sidestep.serving.run import wait_for_stop
+    from sidestep.serving.run import StopSignals
 
     root = _root()
-    with LocalPrefect(root.prefect_home(), host=host, port=port, env={"SIDESTEP_HOME": str(root.root)}) as p:
+    with (StopSignals() as stop, _stopped_while_starting("the Prefect server and runner"),
+          LocalPrefect(root.prefect_home(), host=host, port=port, env={"SIDESTEP_HOME": str(root.root)}) as p):
         names = sorted(f"{d['name']}" for d in p.deployments())
         err.print(f"Prefect UI on {p.ui_url}  ·  {len(names)} deployments  ·  Ctrl-C to stop")
-        wait_for_stop()
+        stop.wait()
         err.print("stopping the runner, then the server")
 
 

@@ -93,7 +93,8 @@ def test_search_follows_the_chosen_ranker(jargon, settings):
         got = [h["doc_id"] for h in out["results"]]
         if ranker == "pooled_cosine":
             assert got == [h["doc_id"] for h in dense] and not out["verify"]["applied"]
-            assert "pooled cosine chosen: pooled_cosine test" in out["verify"]["reason"]
+            assert out["verify"]["ranker"] == "pooled_cosine" and "pooled_cosine serves" in out["verify"]["reason"]
+            assert "(pooled_cosine test)" in out["verify"]["reason"]
             continue
         assert out["verify"]["ranker"] == ranker and not out["verify"]["applied"]
         assert f"{ranker} serves" in out["verify"]["reason"] and got[0] == "d7"
@@ -126,7 +127,7 @@ def test_search_follows_the_chosen_ranker(jargon, settings):
     # command line does: recall order, no request to the verifier deployment
     replica = SearchService(settings, jargon, encoder=svc.encoder, verifier=None)
     stage = replica.recall_stage(q, 5, "jargon", True)
-    assert stage.request is None and "pooled cosine chosen" in stage.reason
+    assert stage.request is None and "pooled_cosine serves" in stage.reason
     assert [h["doc_id"] for h in replica.finish(stage, None)["results"]] == [h["doc_id"] for h in dense]
 
 
