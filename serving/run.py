@@ -112,56 +112,56 @@ def _is_loopback(host: str) -> bool:
 
 
 class StopSignals:
-    """SIGINT (Ctrl-C) and SIGTERM, handled from before a server starts until it is asked to stop.
+    """SIGINT (Ctrl-C) and SIGTERM, handled from before a server starts until it has stopped.
 
     Both are handled explicitly: a process started with SIGINT ignored (a shell's background job, some process
     supervisors) never gets Python's KeyboardInterrupt, and SIGTERM's default ends the process without any
     cleanup. Installed before anything starts, so that a stop asked for while a server is still starting (Ray
-    and Serve take tens of seconds, and the port may already answer) is not lost: the first such signal raises
-    KeyboardInterrupt there, and the caller's `with` stops what was started. Once `wait()` runs, a signal ends
-    the wait instead; the previous handlers are then restored, so the caller's cleanup can still be interrupted
-    as it could be without this."""
+    and Serve take tens of seconds, and the port may already answer) is not lost: there it raises
+    KeyboardInterrupt, and the caller's `with` stops what was started. The first signal once `wait()` runs ends
+    the wait instead. Any later one raises KeyboardInterrupt wherever the caller's cleanup is (its `finally`
+    blocks still run): a second Ctrl-C cuts a slow stop short, as it does in any Python program. The previous
+    handlers come back on leaving the `with`."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, *, waiting: bool = False) -> None:
         self.got: list[int] = []
+        self.woken = False  # the wait ended: the server had started and was asked to stop
         self._stop = threading.Event()
-        self._waiting = False
+        self._waiting = waiting
         self._old: dict[int, object] = {}
 
     def _handler(self, signum, _frame) -> None:
         self.got.append(signum)
-        self._stop.set()
-        if not self._waiting and len(self.got) == 1:
-            raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name} while starting")
+        if self._waiting and not self.woken:
+            self.woken = True
+            self._stop.set()
+            return
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name} "
+                                f"{'while stopping' if self.woken else 'while starting'}")
 
     def __enter__(self) -> StopSignals:
         self._old = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
         return self
 
     def wait(self) -> int:
-        """Block until SIGINT or SIGTERM (or one that came while starting) and return which."""
+        """Block until SIGINT or SIGTERM and return which."""
         self._waiting = True
-        try:
-            while not self._stop.wait(0.5):
-                pass
-        finally:
-            self._restore()
-        return self.got[0]
+        while not self._stop.wait(0.5):
+            pass
+        return self.got[-1]
 
-    def _restore(self) -> None:
+    def __exit__(self, *exc) -> None:
         for sig, h in self._old.items():
             signal.signal(sig, h)
         self._old = {}
 
-    def __exit__(self, *exc) -> None:
-        self._restore()
-
 
 def wait_for_stop() -> int:
-    """Block until SIGINT (Ctrl-C) or SIGTERM and return which (see StopSignals)."""
-    with StopSignals() as stop:
+    """Block until SIGINT (Ctrl-C) or SIGTERM and return which (see StopSignals); the previous handlers are
+    back when it returns."""
+    with StopSignals(waiting=True) as stop:
         return stop.wait()
 
 
@@ -252,8 +252,8 @@ class ServeHandle:
                 if not done.wait(shutdown_timeout_s):
                     log.warning("Serve did not shut down within %.0f s; stopping Ray", shutdown_timeout_s)
         finally:
-            if ray.is_initialized():
-                ray.shutdown()
+            # also when ray.init was interrupted before it connected: its processes may have started
+            ray.shutdown()
             for k, v in getattr(self, "_saved_env", {}).items():
                 if v is None:
                     os.environ.pop(k, None)

@@ -156,7 +156,8 @@ def search(
     _emit(res, as_json)
     if not as_json:
         v = res.get("verify") or {}
-        ranked = ("verifier " + str(v.get("verifier_version")) if v.get("applied") and not v.get("ranker")
+        ranked = ("document maps (mode map)" if res["mode"] != "chunks"
+                  else "verifier " + str(v.get("verifier_version")) if v.get("applied") and not v.get("ranker")
                   else v.get("ranker") or "recall (pooled cosine)")
         t = Table("#", "doc_id", "chunk", "score", "title / snippet",
                   title=f"{res['domain']} @ {res['index_version']} ({res['mode']})",

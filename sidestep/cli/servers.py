@@ -30,7 +30,7 @@ def serve(
         check_auth(bind, s.serve.token_env, insecure=insecure)
     except InsecureServe as e:
         _fail(str(e), False, 2)
-    with (StopSignals() as stop, _stopped_while_starting("serving"),
+    with (StopSignals() as stop, _stopped_while_starting(stop, "serving"),
           ServeHandle(_root(), host=bind, port=port or s.serve.port, preset=preset, insecure=insecure) as h):
         err.print(f"serving on {h.url}  (docs: {h.url}/docs)  Ctrl-C to stop")
         stop.wait()
@@ -38,15 +38,17 @@ def serve(
 
 
 @contextmanager
-def _stopped_while_starting(what: str):
+def _stopped_while_starting(stop, what: str):
     """A stop signal that came before `what` was up (StopSignals raised it there, and the server's own `with`
-    has stopped what it had started): say so and exit 130, as an interrupted command does."""
+    has stopped what it had started): say so and exit 130, as an interrupted command does. A second stop
+    while stopping, after the wait ended, interrupts as it would anywhere else."""
     try:
         yield
     except KeyboardInterrupt:
-        pass
-    except SystemExit as e:  # ray.init's own SIGTERM handler, while it runs, exits with the signal's number
-        if e.code not in (signal.SIGTERM, signal.SIGINT):
+        if stop.woken:
+            raise
+    except SystemExit as e:  # ray.init's own SIGTERM handler, while ray.init runs: sys.exit(15)
+        if stop.woken or e.code != signal.SIGTERM:
             raise
     else:
         return
@@ -65,7 +67,7 @@ def deploy(
     from sidestep.serving.run import StopSignals
 
     root = _root()
-    with (StopSignals() as stop, _stopped_while_starting("the Prefect server and runner"),
+    with (StopSignals() as stop, _stopped_while_starting(stop, "the Prefect server and runner"),
           LocalPrefect(root.prefect_home(), host=host, port=port, env={"SIDESTEP_HOME": str(root.root)}) as p):
         names = sorted(f"{d['name']}" for d in p.deployments())
         err.print(f"Prefect UI on {p.ui_url}  ·  {len(names)} deployments  ·  Ctrl-C to stop")

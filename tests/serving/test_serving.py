@@ -186,7 +186,9 @@ def test_search_answers_with_the_index_version_and_ranked_results(server, sample
     scores = [h["score"] for h in body["results"]]
     assert scores == sorted(scores, reverse=True)
     # no verifier of its own: the ranker chosen for it at index time (storage/rankers.py) orders the results
-    ranker = (load_choice(sample.root, "field-notes") or {}).get("ranker", "pooled_cosine")
+    choice = load_choice(sample.root, "field-notes")
+    assert choice is not None, "indexing the sample chooses a ranker for each domain without a verifier"
+    ranker = choice["ranker"]
     if ranker == "pooled_cosine":
         assert all(h["recall_score"] == h["score"] for h in body["results"])
         assert body["verify"] == {"requested": True, "applied": False, "ranker": "pooled_cosine",
