@@ -168,18 +168,34 @@ def search(
         out.print(t)
 
 
+STATUS_TABLE_WIDTH = 160  # columns the one-row-per-domain table needs to stay readable
+
+
 def status(as_json: JsonOpt = False) -> None:
     """Published versions per domain, document counts and quarantine sizes."""
     res = _engine().status().as_dict()
     _emit(res, as_json)
     if not as_json:
-        t = Table("domain", "serving_version", "age", "documents", "tombstoned", "chunks", "versions",
-                  "quarantined", "tables_version", "verifier_version", title=f"data root {res['data_root']}")
-        for d, r in res["domains"].items():
-            t.add_row(d, str(r["serving_version"]), _age(r["serving_age_s"]), str(r["documents"]),
-                      str(r["tombstoned"]), str(r["chunks"]), str(len(r["versions"])), str(r["quarantined"]),
-                      str(r["tables_version"] or "-"), str(r["verifier_version"] or "-"))
-        out.print(t)
+        rows = {d: {"serving_version": str(r["serving_version"]), "age": _age(r["serving_age_s"]),
+                    "documents": str(r["documents"]), "tombstoned": str(r["tombstoned"]), "chunks": str(r["chunks"]),
+                    "versions": str(len(r["versions"])), "quarantined": str(r["quarantined"]),
+                    "tables_version": str(r["tables_version"] or "-"),
+                    "verifier_version": str(r["verifier_version"] or "-"),
+                    "ranker": ("own verifier" if r["verifier_version"] else
+                               str((r.get("ranker") or {}).get("ranker") or "-"))}
+                for d, r in res["domains"].items()}
+        if out.width >= STATUS_TABLE_WIDTH:
+            t = Table("domain", *next(iter(rows.values()), {}), title=f"data root {res['data_root']}")
+            for d, row in rows.items():
+                t.add_row(d, *row.values())
+            out.print(t)
+        else:  # a narrow terminal would cut every column to a few letters: one small table per domain instead
+            out.print(f"data root {res['data_root']}")
+            for d, row in rows.items():
+                t = Table("field", "value", title=d, title_justify="left")
+                for k, v in row.items():
+                    t.add_row(k, v)
+                out.print(t)
         for d, r in res["domains"].items():
             for what in ("pin", "tables_pin"):
                 if r.get(what):

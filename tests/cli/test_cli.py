@@ -132,6 +132,14 @@ def test_ingest_then_status_and_search_as_json(data_root, tmp_path, encoder):
     r = runner.invoke(app, ["--config", str(cfg), "status", "--json"])
     st = json.loads(r.stdout)["domains"]["notes"]
     assert st["serving_version"] == hits["index_version"] and st["documents"] == 3 and st["quarantined"] == 1
+    # read by a person in an 80-column terminal: every field and the whole version, not columns cut to "doma…"
+    from sidestep.cli.common import out
+
+    assert out.width < 160
+    r = runner.invoke(app, ["--config", str(cfg), "status"])
+    assert r.exit_code == 0, r.output
+    assert hits["index_version"] in r.stdout and "…" not in r.stdout
+    assert all(f in r.stdout for f in ("serving_version", "documents", "quarantined", "verifier_version", "ranker"))
 
 
 @pytest.mark.slow
