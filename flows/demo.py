@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sidestep.config import SAMPLES_DIR, Settings
+from sidestep.results import SearchResults
 from sidestep.storage.paths import DataRoot
 from sidestep.storage.warehouse import Warehouse
 
@@ -148,11 +149,7 @@ def run_demo(settings: Settings, root: DataRoot, *, port: int = 8000, console: C
                 r = http.post("/search", json={"query": query, "domain": domain, "k": 3, "verify": True})
                 r.raise_for_status()
                 body = r.json()
-                v = body["verify"]
-                how = (f"verify applied by verifier {v['verifier_version']} ({v.get('verified')} of "
-                       f"{v.get('candidates')} candidates read)" if v["applied"]
-                       else f"served by {v['ranker']}: {v.get('reason')}" if v.get("ranker")
-                       else f"verify not applied: {v.get('reason', 'not requested')}")
+                how = f"ranked by {SearchResults.from_dict(body).ranked_by}"
                 t = Table("#", "doc_id", "score", "recall", "title", title=f"[{domain}] {query}  →  index_version "
                           f"{body['index_version']}  ({body['timings_ms']['total']:.1f} ms)")
                 for i, h in enumerate(body["results"], 1):

@@ -304,6 +304,19 @@ class SearchResults(list):
         return {"index_version": self.index_version, "domain": self.domain, "mode": self.mode,
                 "results": [h.as_dict() for h in self], "verify": self.verify, "timings_ms": self.timings_ms}
 
+    @property
+    def ranked_by(self) -> str:
+        """What ordered these hits, and why, in one line (the search table's caption, the demo's summary)."""
+        v = self.verify
+        if self.mode != "chunks":
+            what = "document maps (mode map)"
+        elif v.get("applied"):
+            what = (f"{v['ranker'] + ', ' if v.get('ranker') else ''}verifier {v.get('verifier_version')} "
+                    f"({v.get('verified', v.get('candidates'))} of {v.get('candidates')} candidates read)")
+        else:
+            what = v.get("ranker") or "recall (pooled cosine)"
+        return what + (f": {v['reason']}" if v.get("reason") else "")
+
     def __repr__(self) -> str:
         return f"SearchResults({list.__repr__(self)}, index_version={self.index_version!r})"
 

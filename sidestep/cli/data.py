@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from sidestep.results import skipped_preview
+from sidestep.results import SearchResults, skipped_preview
 
 from .common import (
     DomainOpt,
@@ -155,13 +155,9 @@ def search(
                 _fail(str(e), as_json, 2)
     _emit(res, as_json)
     if not as_json:
-        v = res.get("verify") or {}
-        ranked = ("document maps (mode map)" if res["mode"] != "chunks"
-                  else "verifier " + str(v.get("verifier_version")) if v.get("applied") and not v.get("ranker")
-                  else v.get("ranker") or "recall (pooled cosine)")
         t = Table("#", "doc_id", "chunk", "score", "title / snippet",
                   title=f"{res['domain']} @ {res['index_version']} ({res['mode']})",
-                  caption=f"ranked by {ranked}" + (f": {v['reason']}" if v.get("reason") else ""))
+                  caption=f"ranked by {SearchResults.from_dict(res).ranked_by}")
         for i, h in enumerate(res["results"], 1):
             t.add_row(str(i), h["doc_id"], str(h.get("chunk", 0)), f"{h['score']:.4f}",
                       (h.get("snippet", "") if doc_id else h.get("title") or h.get("snippet", ""))[:80])
@@ -169,6 +165,8 @@ def search(
 
 
 STATUS_TABLE_WIDTH = 160  # columns the one-row-per-domain table needs to stay readable
+STATUS_FIELDS = ("serving_version", "age", "documents", "tombstoned", "chunks", "versions", "quarantined",
+                 "tables_version", "verifier_version", "ranker")
 
 
 def status(as_json: JsonOpt = False) -> None:
@@ -185,7 +183,7 @@ def status(as_json: JsonOpt = False) -> None:
                                str((r.get("ranker") or {}).get("ranker") or "-"))}
                 for d, r in res["domains"].items()}
         if out.width >= STATUS_TABLE_WIDTH:
-            t = Table("domain", *next(iter(rows.values()), {}), title=f"data root {res['data_root']}")
+            t = Table("domain", *STATUS_FIELDS, title=f"data root {res['data_root']}")
             for d, row in rows.items():
                 t.add_row(d, *row.values())
             out.print(t)
